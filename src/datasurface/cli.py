@@ -1,0 +1,267 @@
+"""`datasurface-job`: the command line (contract §3). Thin: each command calls one library function.
+
+Errors are one line on stderr (a traceback only with --debug); the last stdout line is always
+`DATASURFACE_RESULT_CODE=<status>` so a caller can read the result without parsing logs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from datasurface import __version__
+from datasurface.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DataSurfaceError
+
+app = typer.Typer(
+    name="datasurface-job",
+    help="Ingest operational PostgreSQL tables as snapshots into live and forensic merge tables.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+_state = {"debug": False}
+
+# --- options shared by the commands that work on a platform's merge database -------------------
+
+Model = Annotated[str, typer.Option("--model", envvar="DATASURFACE_MODEL", show_envvar=True,
+    help="Model repository: a git URL (https, ssh, file://) or a local directory.")]
+ModelRef = Annotated[str | None, typer.Option("--model-ref", envvar="DATASURFACE_MODEL_REF", show_envvar=True,
+    help="Branch, tag or commit of the model repository (default: the remote's default branch).")]
+ModelPath = Annotated[str, typer.Option("--model-path", envvar="DATASURFACE_MODEL_PATH", show_envvar=True,
+    help="The model file inside the repository.")]
+Platform = Annotated[str, typer.Option("--platform", envvar="DATASURFACE_PLATFORM", show_envvar=True,
+    help="Platform name; its merge schema is the name in lower case.")]
+Mode = Annotated[str, typer.Option("--mode", envvar="DATASURFACE_MODE", show_envvar=True,
+    help="live (current rows only) or forensic (every version, SCD type 2).")]
+StoreOpt = Annotated[str, typer.Option("--store", envvar="DATASURFACE_STORE", show_envvar=True,
+    help="The store (from the model) to ingest.")]
+MergeHost = Annotated[str, typer.Option("--merge-host", envvar="DATASURFACE_MERGE_HOST", show_envvar=True,
+    help="Merge database host, or a Unix-socket directory (starts with /).")]
+MergePort = Annotated[int, typer.Option("--merge-port", envvar="DATASURFACE_MERGE_PORT", show_envvar=True,
+    help="Merge database port.")]
+MergeDatabase = Annotated[str, typer.Option("--merge-database", envvar="DATASURFACE_MERGE_DATABASE",
+    show_envvar=True, help="Merge database name.")]
+MergeCredential = Annotated[str, typer.Option("--merge-credential", envvar="DATASURFACE_MERGE_CREDENTIAL",
+    show_envvar=True, help="Credential name X: the user and password come from env X_USER and X_PASSWORD.")]
+LockWait = Annotated[float, typer.Option("--lock-wait", envvar="DATASURFACE_LOCK_WAIT", show_envvar=True,
+    help="Seconds to wait for another run on the same stream to finish before giving up (0: fail at once).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"datasurface-job {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", envvar="DATASURFACE_DEBUG",
+        help="Show the full traceback on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+        help="Show the version and exit.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _merge_target(host: str, port: int, database: str, credential: str):  # type: ignore[no-untyped-def]
+    from datasurface.db import Endpoint
+
+    return Endpoint(host=host, port=port, database=database), credential
+
+
+@app.command()
+def merge(
+    platform: Platform,
+    mode: Mode,
+    store: StoreOpt,
+    merge_host: MergeHost,
+    merge_database: MergeDatabase,
+    merge_credential: MergeCredential,
+    model: Model,
+    model_ref: ModelRef = None,
+    model_path: ModelPath = "datasurface.yaml",
+    merge_port: MergePort = 5432,
+    lock_wait: LockWait = 0.0,
+) -> None:
+    """Bring the store's stream(s) forward by one committed batch.
+
+    Exit 0: a fresh batch was committed. Exit 10: a batch left open by an interrupted run was
+    finished (run again for a fresh snapshot). Exit 1: failure, nothing half-applied.
+    """
+    from datasurface.engine import run_merge
+
+    endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
+    raise typer.Exit(run_merge(model=model, model_ref=model_ref, model_path=model_path, platform=platform,
+                               mode=mode, store=store, merge=endpoint, merge_credential=cred,
+                               lock_wait=lock_wait))
+
+
+@app.command("reset-batch")
+def reset_batch(
+    platform: Platform,
+    store: StoreOpt,
+    merge_host: MergeHost,
+    merge_database: MergeDatabase,
+    merge_credential: MergeCredential,
+    dataset: Annotated[str | None, typer.Option("--dataset", envvar="DATASURFACE_DATASET", show_envvar=True,
+        help="The dataset, for a single_dataset store (each dataset is its own stream).")] = None,
+    merge_port: MergePort = 5432,
+    lock_wait: LockWait = 0.0,
+) -> None:
+    """Discard the stream's open (uncommitted) batch; refuses a committed one."""
+    from datasurface.engine import run_reset_batch
+
+    endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
+    run_reset_batch(platform=platform, store=store, dataset=dataset, merge=endpoint, merge_credential=cred,
+                    lock_wait=lock_wait)
+
+
+@app.command()
+def setup(
+    platform: Platform,
+    mode: Mode,
+    merge_host: MergeHost,
+    merge_database: MergeDatabase,
+    merge_credential: MergeCredential,
+    model: Model,
+    store: Annotated[list[str] | None, typer.Option("--store", envvar="DATASURFACE_STORES", show_envvar=True,
+        help="Stores to set up (repeatable; default: every store in the model).")] = None,
+    model_ref: ModelRef = None,
+    model_path: ModelPath = "datasurface.yaml",
+    merge_port: MergePort = 5432,
+) -> None:
+    """Validate the model and create or evolve the platform's schema, tables and views (no ingestion)."""
+    from datasurface.engine import run_setup
+
+    endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
+    run_setup(model=model, model_ref=model_ref, model_path=model_path, platform=platform, mode=mode,
+              stores=store or None, merge=endpoint, merge_credential=cred)
+
+
+@app.command()
+def status(
+    platform: Platform,
+    merge_host: MergeHost,
+    merge_database: MergeDatabase,
+    merge_credential: MergeCredential,
+    store: Annotated[str | None, typer.Option("--store", envvar="DATASURFACE_STORE", show_envvar=True,
+        help="Only this store.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="How many recent batches to show.")] = 20,
+    merge_port: MergePort = 5432,
+) -> None:
+    """Show a table of the platform's recent batches and their counts."""
+    from datasurface.engine import run_status
+
+    endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
+    run_status(platform=platform, store=store, limit=limit, merge=endpoint, merge_credential=cred)
+
+
+@app.command()
+def check(
+    model: Model,
+    merge_host: MergeHost,
+    merge_database: MergeDatabase,
+    merge_credential: MergeCredential,
+    model_ref: ModelRef = None,
+    model_path: ModelPath = "datasurface.yaml",
+    merge_port: MergePort = 5432,
+) -> None:
+    """Check connectivity: the model loads and validates, every store's source and the merge database answer."""
+    from datasurface.engine import run_check
+
+    endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
+    run_check(model=model, model_ref=model_ref, model_path=model_path, merge=endpoint, merge_credential=cred)
+
+
+@app.command()
+def simulate(
+    host: Annotated[str, typer.Option("--host", envvar="DATASURFACE_SIM_HOST", show_envvar=True,
+        help="Source database host, or a Unix-socket directory (starts with /).")],
+    database: Annotated[str, typer.Option("--database", envvar="DATASURFACE_SIM_DATABASE", show_envvar=True,
+        help="Source database name.")],
+    credential: Annotated[str, typer.Option("--credential", envvar="DATASURFACE_SIM_CREDENTIAL",
+        show_envvar=True, help="Credential name X: env X_USER and X_PASSWORD.")],
+    port: Annotated[int, typer.Option("--port", envvar="DATASURFACE_SIM_PORT", show_envvar=True,
+        help="Source database port.")] = 5432,
+    create_tables: Annotated[bool, typer.Option("--create-tables",
+        help="Create customers/addresses if missing and seed a few rows if empty.")] = False,
+    max_changes: Annotated[int, typer.Option("--max-changes", envvar="DATASURFACE_SIM_MAX_CHANGES",
+        show_envvar=True, help="Stop after N operations; 0 runs until SIGTERM/SIGINT.")] = 0,
+    min_interval: Annotated[float, typer.Option("--min-interval", envvar="DATASURFACE_SIM_MIN_INTERVAL",
+        show_envvar=True, help="Minimum seconds between operations.")] = 1.0,
+    max_interval: Annotated[float, typer.Option("--max-interval", envvar="DATASURFACE_SIM_MAX_INTERVAL",
+        show_envvar=True, help="Maximum seconds between operations.")] = 5.0,
+    seed: Annotated[int | None, typer.Option("--seed", envvar="DATASURFACE_SIM_SEED", show_envvar=True,
+        help="Make the sequence of operations reproducible.")] = None,
+    max_disconnected: Annotated[float, typer.Option("--max-disconnected",
+        envvar="DATASURFACE_SIM_MAX_DISCONNECTED", show_envvar=True,
+        help="Give up (exit 1) after this many seconds without a database connection.")] = 300.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log one line per operation.")] = False,
+) -> None:
+    """Keep the source database busy with realistic customer and address changes."""
+    from datasurface.simulator import run_simulator
+
+    run_simulator(host=host, port=port, database=database, credential=credential, create_tables=create_tables,
+                  max_changes=max_changes, min_interval=min_interval, max_interval=max_interval, seed=seed,
+                  max_disconnected=max_disconnected, verbose=verbose)
+
+
+@app.command()
+def demo(
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds of simulate → live merge → forensic merge.")] = 5,
+    changes: Annotated[int, typer.Option("--changes", help="Simulated changes per round.")] = 50,
+    keep: Annotated[Path | None, typer.Option("--keep", help="Keep the database in this folder.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the simulator.")] = 1,
+) -> None:
+    """Run the whole pipeline locally on a throwaway PostgreSQL (no cluster)."""
+    from datasurface.demo import run_demo
+
+    run_demo(rounds=rounds, changes=changes, keep=keep, seed=seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs a command and maps every outcome to an exit status."""
+    code = EXIT_OK
+    try:
+        app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        typer.echo("datasurface-job: aborted", err=True)
+        code = EXIT_FAILURE
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        code = EXIT_USAGE if isinstance(exc, click.exceptions.UsageError) else exc.exit_code
+    except DataSurfaceError as exc:
+        if _state["debug"]:
+            import traceback
+
+            traceback.print_exc()
+        typer.echo(f"datasurface-job: error: {exc}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("datasurface-job: interrupted", err=True)
+        code = 130
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        typer.echo(f"datasurface-job: unexpected error: {type(exc).__name__}: {exc} (rerun with --debug)",
+                   err=True)
+        code = EXIT_FAILURE
+    sys.stdout.flush()
+    print(f"DATASURFACE_RESULT_CODE={code}", flush=True)
+    return code
+
+
+def _exit() -> None:  # pragma: no cover - console script
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

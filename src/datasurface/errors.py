@@ -1,0 +1,36 @@
+"""The errors the job reports, each mapped to the exit status of contract §3."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_RECOVERED = 10
+
+
+class DataSurfaceError(Exception):
+    """A failure reported to the user as one line on stderr, with exit status 1."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UsageError(DataSurfaceError):
+    """Bad command-line usage (exit status 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ModelError(DataSurfaceError):
+    """The model file is missing, malformed or invalid."""
+
+
+class CredentialError(DataSurfaceError):
+    """A credential's env vars are missing."""
+
+
+class DatabaseError(DataSurfaceError):
+    """A database could not be reached or refused what was asked of it."""
+
+
+class StreamBusyError(DataSurfaceError):
+    """Another run holds the stream's lock."""

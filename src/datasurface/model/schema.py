@@ -1,0 +1,65 @@
+"""The validated, immutable form of `datasurface.yaml` (contract §1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # normalised PostgreSQL spelling, lower case: "varchar(20)", "numeric(10,2)", "double precision"
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    table: str
+    primary_key: tuple[str, ...]
+    columns: tuple[Column, ...]
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def non_key_columns(self) -> tuple[Column, ...]:
+        return tuple(c for c in self.columns if c.name not in self.primary_key)
+
+
+@dataclass(frozen=True)
+class Source:
+    host: str
+    port: int
+    database: str
+    schema: str
+    credential: str
+
+
+@dataclass(frozen=True)
+class Store:
+    name: str
+    consistency: str  # "multi_dataset" | "single_dataset"
+    source: Source
+    datasets: tuple[Dataset, ...]
+
+    def dataset(self, name: str) -> Dataset:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Model:
+    stores: tuple[Store, ...]
+    origin: str = ""  # where it was loaded from, for messages
+
+    def store(self, name: str) -> Store:
+        for s in self.stores:
+            if s.name == name:
+                return s
+        raise KeyError(name)
