@@ -1,0 +1,292 @@
+"""The simulator's loop: connect, perform one operation per transaction, wait, repeat.
+
+Stops cleanly on SIGTERM/SIGINT (the current transaction finishes, waits are interrupted at once),
+survives the database going away (one log line, retries with backoff, gives up only after
+`max_disconnected` seconds without a connection) and ends with a summary of operations by kind.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+import psycopg2
+from psycopg2.extensions import connection as PgConnection
+
+from datasurface.credentials import Credential, resolve
+from datasurface.db import Endpoint, connect, first_line
+from datasurface.errors import DatabaseError, DataSurfaceError, UsageError
+from datasurface.simulator.operations import OPERATIONS, Outcome, choose
+from datasurface.simulator.schema import ensure_tables
+
+log = logging.getLogger("datasurface.simulator")
+
+# serialization failure, deadlock, lock timeout: the transaction was rolled back, try it again
+_RETRY_CODES = {"40001", "40P01", "55P03"}
+_MAX_ATTEMPTS = 5
+# connection errors that waiting will not fix
+_FATAL_CONNECT = ("authentication failed", "does not exist", "no password supplied", "no pg_hba.conf entry",
+                  "permission denied")
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 5.0
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+def _setup_logging() -> None:
+    """Log lines to stderr unless the application configured logging already."""
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s simulate: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def _is_connection_problem(exc: psycopg2.Error, conn: PgConnection) -> bool:
+    if conn.closed:
+        return True
+    if isinstance(exc, psycopg2.InterfaceError):
+        return True
+    code = exc.pgcode or ""
+    # 08: connection exception, 57P: operator intervention (shutdown, crash), none: lost mid-call
+    return isinstance(exc, psycopg2.OperationalError) and (not code or code.startswith(("08", "57P")))
+
+
+class Simulator:
+    """Performs operations against one database; `run` may be called again to do more (the demo)."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        credential: Credential,
+        *,
+        min_interval: float = 0.0,
+        max_interval: float = 0.0,
+        seed: int | None = None,
+        max_disconnected: float = 300.0,
+        verbose: bool = False,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.credential = credential
+        self.min_interval = min_interval
+        self.max_interval = max_interval
+        self.seed = seed if seed is not None else secrets.randbelow(2**31)
+        self.max_disconnected = max_disconnected
+        self.verbose = verbose
+        self.stop = stop or threading.Event()
+        self.rng = random.Random(self.seed)
+        # waits use their own generator: other intervals must not change the operations
+        self.interval_rng = random.Random(f"{self.seed}/intervals")
+        self.counts: Counter[str] = Counter()
+        self.retried = 0
+        self.reconnects = 0
+        self.performed = 0
+        self._conn: PgConnection | None = None
+        self._down_since: float | None = None
+
+    # --- connection -----------------------------------------------------------------------------
+
+    def _open(self) -> PgConnection:
+        conn: PgConnection = connect(self.endpoint, self.credential, application_name="datasurface-simulator",
+                       connect_timeout=5)
+        with conn.cursor() as cur:
+            # a lock held elsewhere must never keep a stop request waiting for long
+            cur.execute("SET lock_timeout = '2s'")
+        conn.commit()
+        return conn
+
+    def connection(self) -> PgConnection | None:
+        """An open connection, reconnecting with backoff; None when asked to stop while waiting."""
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        delay = _BACKOFF_FIRST
+        while True:
+            try:
+                self._conn = self._open()
+            except DatabaseError as exc:
+                reason = str(exc)
+                if any(m in reason for m in _FATAL_CONNECT):
+                    raise
+                now = time.monotonic()
+                if self._down_since is None:
+                    self._down_since = now
+                    log.warning("%s; retrying for up to %gs", reason, self.max_disconnected)
+                if now - self._down_since >= self.max_disconnected:
+                    where = self.endpoint.describe()
+                    raise DatabaseError(f"no connection to {where} for {self.max_disconnected:g}s: {reason}"
+                                        ) from None
+                if self.stop.wait(min(delay, self.max_disconnected - (now - self._down_since))):
+                    return None
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            if self._down_since is not None:
+                self.reconnects += 1
+                log.warning("reconnected to %s after %.1fs", self.endpoint.describe(),
+                            time.monotonic() - self._down_since)
+                self._down_since = None
+            return self._conn
+
+    def _lost(self, exc: BaseException) -> None:
+        log.warning("lost the connection to %s (%s); reconnecting for up to %gs", self.endpoint.describe(),
+                    first_line(exc), self.max_disconnected)
+        self._down_since = time.monotonic()
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg2.Error:
+                pass
+            self._conn = None
+
+    # --- operations -----------------------------------------------------------------------------
+
+    def create_tables(self) -> None:
+        conn = self.connection()
+        if conn is None:
+            return
+        try:
+            seeded = ensure_tables(conn)
+        except psycopg2.Error as exc:
+            raise DatabaseError(f"cannot create the tables in {self.endpoint.describe()}: {first_line(exc)}"
+                                ) from exc
+        log.info("tables customers and addresses ready%s",
+                 f" (seeded {seeded} customers)" if seeded else "")
+
+    def _execute(self, conn: PgConnection, kind: str) -> Outcome:
+        """One operation in one transaction, retried when the database rolled it back for concurrency."""
+        operation = OPERATIONS[kind][1]
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                with conn.cursor() as cur:
+                    outcome = operation(cur, self.rng)
+                conn.commit()
+                return outcome
+            except psycopg2.Error as exc:
+                try:
+                    if not conn.closed:
+                        conn.rollback()
+                except psycopg2.Error:
+                    pass
+                if _is_connection_problem(exc, conn):
+                    raise _ConnectionLost() from exc
+                if exc.pgcode in _RETRY_CODES and attempt < _MAX_ATTEMPTS:
+                    self.retried += 1
+                    self.stop.wait(0.01 * attempt)
+                    continue
+                hint = " (run with --create-tables)" if exc.pgcode in ("42P01", "42703") else ""
+                raise DatabaseError(f"{kind} failed: {first_line(exc)}{hint}") from exc
+        raise AssertionError("unreachable")
+
+    def run(self, max_changes: int) -> Counter[str]:
+        """Perform `max_changes` operations (0: until `stop` is set); returns this call's counts by kind."""
+        counts: Counter[str] = Counter()
+        while not self.stop.is_set() and (max_changes == 0 or sum(counts.values()) < max_changes):
+            conn = self.connection()
+            if conn is None:
+                break
+            kind = choose(self.rng)
+            try:
+                outcome = self._execute(conn, kind)
+            except _ConnectionLost as lost:
+                self._lost(lost.__cause__ or lost)
+                continue
+            counts[outcome.kind] += 1
+            self.counts[outcome.kind] += 1
+            self.performed += 1
+            log.log(logging.INFO if self.verbose else logging.DEBUG, "op %d %s: %s",
+                    self.performed, outcome.kind, outcome.detail)
+            if max_changes == 0 or sum(counts.values()) < max_changes:
+                self.stop.wait(self.interval_rng.uniform(self.min_interval, self.max_interval))
+        return counts
+
+    def summary(self, elapsed: float) -> str:
+        kinds = " ".join(f"{k}={self.counts.get(k, 0)}" for k in OPERATIONS)
+        return (f"summary: {self.performed} operations in {elapsed:.1f}s: {kinds}; "
+                f"{self.retried} retried, {self.reconnects} reconnects")
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT set `stop` (the loop finishes its transaction and ends) instead of killing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if not stop.is_set():
+            log.info("%s: stopping after the current operation", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _validate(port: int, max_changes: int, min_interval: float, max_interval: float,
+              max_disconnected: float) -> None:
+    if not 0 < port < 65536:
+        raise UsageError(f"--port {port}: not a TCP port")
+    if max_changes < 0:
+        raise UsageError(f"--max-changes {max_changes}: must be 0 (run until stopped) or more")
+    if min_interval < 0 or max_interval < 0:
+        raise UsageError("--min-interval and --max-interval must not be negative")
+    if min_interval > max_interval:
+        raise UsageError(f"--min-interval {min_interval:g} is larger than --max-interval {max_interval:g}")
+    if max_disconnected < 0:
+        raise UsageError("--max-disconnected must not be negative")
+
+
+def run_simulator(
+    *,
+    host: str,
+    port: int,
+    database: str,
+    credential: str,
+    create_tables: bool,
+    max_changes: int,
+    min_interval: float,
+    max_interval: float,
+    seed: int | None,
+    max_disconnected: float,
+    verbose: bool,
+) -> None:
+    """`datasurface-job simulate` (contract §3). Raises DataSurfaceError on failure."""
+    _validate(port, max_changes, min_interval, max_interval, max_disconnected)
+    cred = resolve(credential)
+    _setup_logging()
+    stop = threading.Event()
+    sim = Simulator(Endpoint(host, port, database), cred, min_interval=min_interval,
+                    max_interval=max_interval, seed=seed, max_disconnected=max_disconnected,
+                    verbose=verbose, stop=stop)
+    started = time.monotonic()
+    log.info("simulating changes in %s as %s (seed %d, %s)", sim.endpoint.describe(), cred.user, sim.seed,
+             f"{max_changes} operations" if max_changes else "until SIGTERM/SIGINT")
+    try:
+        with _stop_on_signals(stop):
+            if create_tables:
+                sim.create_tables()
+            sim.run(max_changes)
+    except DataSurfaceError:
+        raise
+    except psycopg2.Error as exc:  # anything the loop did not classify: still one line, no traceback
+        raise DatabaseError(first_line(exc)) from exc
+    finally:
+        sim.close()
+        log.info("%s", sim.summary(time.monotonic() - started))
