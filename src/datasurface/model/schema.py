@@ -8,7 +8,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Column:
     name: str
-    type: str  # normalised PostgreSQL spelling, lower case: "varchar(20)", "numeric(10,2)", "double precision"
+    # normalised PostgreSQL spelling, lower case: "varchar(20)", "numeric(10,2)", "double precision"
+    type: str
     nullable: bool = True
 
 

@@ -1,0 +1,543 @@
+"""Parse and validate `datasurface.yaml` text into a `Model` (contract §1).
+
+The file is data: it is read with PyYAML's safe loader only, and every rule of contract §1 is checked
+here, so the rest of the job can trust a `Model`. Every problem is reported with the file, the path
+inside it (`stores[0].datasets[1].columns[3].type`), the problem and the line; all problems found are
+listed, not just the first, in one line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from datasurface.errors import ModelError
+from datasurface.model.schema import Column, Dataset, Model, Source, Store
+
+API_VERSION = "datasurface/v1"
+KIND = "Model"
+CONSISTENCIES = ("multi_dataset", "single_dataset")
+DEFAULT_CONSISTENCY = "multi_dataset"
+DEFAULT_PORT = 5432
+DEFAULT_SCHEMA = "public"
+
+STORE_NAME_MAX = 40
+DATASET_NAME_MAX = 40
+IDENTIFIER_MAX = 63  # PostgreSQL's NAMEDATALEN - 1: column, table and schema names
+
+# Columns the merge tables add to the model's columns (contract §2); a model column may not use them.
+RESERVED_COLUMNS = frozenset({"ds_batch_id", "ds_batch_in", "ds_batch_out"})
+# Tables the merge schema holds besides `<store>_<dataset>` (contract §2).
+RESERVED_TABLES = frozenset({"ds_batches", "ds_batch_datasets"})
+
+ACCEPTED_TYPES = (
+    "smallint", "integer", "bigint", "numeric(p,s)", "numeric(p)", "numeric", "real", "double precision",
+    "boolean", "varchar(n)", "char(n)", "text", "date", "timestamp", "timestamptz", "time", "uuid",
+    "jsonb", "bytea",
+)
+_PLAIN_TYPES = frozenset({
+    "smallint", "integer", "bigint", "numeric", "real", "double precision", "boolean", "text", "date",
+    "timestamp", "timestamptz", "time", "uuid", "jsonb", "bytea",
+})
+NUMERIC_MAX_PRECISION = 1000
+LENGTH_MAX = 10485760  # PostgreSQL's limit for varchar(n) and char(n)
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._:-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+_CREDENTIAL = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+_NUMERIC = re.compile(r"numeric\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")
+_LENGTH_TYPE = re.compile(r"(varchar|char)\s*\(\s*(\d+)\s*\)")
+
+_ROOT_KEYS = ("apiVersion", "kind", "stores")
+_STORE_KEYS = ("name", "consistency", "source", "datasets")
+_SOURCE_KEYS = ("host", "port", "database", "schema", "credential")
+_DATASET_KEYS = ("name", "table", "primaryKey", "columns")
+_COLUMN_KEYS = ("name", "type", "nullable")
+
+PathPart = str | int
+Path = tuple[PathPart, ...]
+
+
+def format_path(path: Sequence[PathPart]) -> str:
+    """`("stores", 0, "name")` -> `stores[0].name`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    message: str
+    line: int | None = None  # 1-based line in the file, when known
+
+    def describe(self, origin: str) -> str:
+        where = f" (line {self.line})" if self.line is not None else ""
+        return f"{origin}: {format_path(self.path)}: {self.message}{where}"
+
+
+class ModelValidationError(ModelError):
+    """The model file parsed but breaks rules of contract §1; `problems` lists each of them."""
+
+    MAX_LISTED = 10
+
+    def __init__(self, origin: str, problems: Sequence[Problem]) -> None:
+        self.origin = origin
+        self.problems = tuple(problems)
+        listed = [p.describe(origin) for p in self.problems[: self.MAX_LISTED]]
+        more = len(self.problems) - len(listed)
+        text = "; ".join(listed) + (f"; and {more} more problem(s)" if more > 0 else "")
+        super().__init__(text)
+
+
+# --- column types -----------------------------------------------------------------------------
+
+
+class TypeProblem(ValueError):
+    """A column type outside contract §1; the message says why."""
+
+
+def normalise_type(text: str) -> str:
+    """The canonical lower-case spelling of a contract §1 column type, or TypeProblem.
+
+    `NUMERIC( 10 , 2 )` -> `numeric(10,2)`, `numeric(5)` -> `numeric(5,0)`, `Double  Precision` ->
+    `double precision`, `VARCHAR(20)` -> `varchar(20)`.
+    """
+    t = " ".join(text.split()).lower()
+    if t in _PLAIN_TYPES:
+        return t
+    m = _NUMERIC.fullmatch(t)
+    if m:
+        precision = int(m.group(1))
+        scale = int(m.group(2)) if m.group(2) is not None else 0
+        if not 1 <= precision <= NUMERIC_MAX_PRECISION:
+            raise TypeProblem(
+                f"numeric precision must be 1..{NUMERIC_MAX_PRECISION}, got {precision} in {text!r}")
+        if scale > precision:
+            raise TypeProblem(f"numeric scale must be 0..precision ({precision}), got {scale} in {text!r}")
+        return f"numeric({precision},{scale})"
+    m = _LENGTH_TYPE.fullmatch(t)
+    if m:
+        length = int(m.group(2))
+        if not 1 <= length <= LENGTH_MAX:
+            raise TypeProblem(f"{m.group(1)} length must be 1..{LENGTH_MAX}, got {length} in {text!r}")
+        return f"{m.group(1)}({length})"
+    hint = ""
+    if t in ("varchar", "char", "character varying", "character"):
+        hint = ": give a length, e.g. varchar(100)"
+    raise TypeProblem(f"unknown type {text!r} (accepted: {', '.join(ACCEPTED_TYPES)}){hint}")
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+def parse_model(text: str, origin: str) -> Model:
+    """Parse and validate the text of a model file; `origin` names the file in every message.
+
+    Raises ModelError (ModelValidationError for rule violations) naming the file, the path inside it,
+    the problem and its line.
+    """
+    root_node, data = _load_yaml(text, origin)
+    validator = _Validator()
+    if root_node is not None:
+        _check_duplicate_keys(root_node, validator)
+    model = validator.model(data, origin)
+    if validator.problems:
+        located = [
+            Problem(p.path, p.message, _line_of(root_node, p.path) if p.line is None else p.line)
+            for p in validator.problems
+        ]
+        raise ModelValidationError(origin, located)
+    assert model is not None
+    return model
+
+
+def _load_yaml(text: str, origin: str) -> tuple[yaml.Node | None, Any]:
+    """Compose and construct with the safe loader in one pass, keeping the nodes for line numbers."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = " ".join(str(s) for s in (exc.context, exc.problem) if s)
+        raise ModelError(f"{origin}: {where}malformed YAML: {what}") from None
+    except yaml.YAMLError as exc:
+        one_line = " ".join(str(exc).split())
+        raise ModelError(f"{origin}: malformed YAML: {one_line}") from None
+    except RecursionError:
+        raise ModelError(f"{origin}: malformed YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
+    return node, data
+
+
+def _check_duplicate_keys(root: yaml.Node, validator: _Validator) -> None:
+    """PyYAML silently keeps the last of two equal keys; a model that says a thing twice is an error."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, Path]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:  # aliases share nodes: visit each once (also guards against cycles)
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is None:
+                    continue
+                if key in keys:
+                    validator.problems.append(Problem(
+                        (*path, key), f"duplicate key (first given at line {keys[key]})",
+                        key_node.start_mark.line + 1))
+                else:
+                    keys[key] = key_node.start_mark.line + 1
+                stack.append((value_node, (*path, key)))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                stack.append((item, (*path, i)))
+
+
+def _line_of(root: yaml.Node | None, path: Path) -> int | None:
+    """The line of `path`: of its last key when it ends in a mapping key, else of its node; of the
+    nearest enclosing node when the path does not exist (a missing key)."""
+    if root is None:
+        return None
+    node: yaml.Node = root
+    for n, part in enumerate(path):
+        last = n == len(path) - 1
+        if isinstance(part, int) and isinstance(node, yaml.SequenceNode) and 0 <= part < len(node.value):
+            node = node.value[part]
+            continue
+        if isinstance(part, str) and isinstance(node, yaml.MappingNode):
+            found = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part]
+            if found:
+                node = found[-1][0] if last else found[-1][1]
+                continue
+        break
+    return node.start_mark.line + 1
+
+
+# --- the rules ----------------------------------------------------------------------------------
+
+
+def _kind_of(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({value!r})"
+    if isinstance(value, int):
+        return f"a number ({value!r})"
+    if isinstance(value, float):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__} ({value!s})"
+
+
+class _Validator:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def add(self, path: Path, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    # generic shapes
+
+    def mapping(self, value: object, path: Path, allowed: Sequence[str], required: Iterable[str]
+                ) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            self.add(path, f"expected a mapping (keys: {', '.join(allowed)}), got {_kind_of(value)}")
+            return None
+        for key in value:
+            if key not in allowed:
+                hint = difflib.get_close_matches(str(key), allowed, n=1)
+                suggestion = f"did you mean {hint[0]!r}? " if hint else ""
+                self.add((*path, str(key)), f"unknown key ({suggestion}allowed: {', '.join(allowed)})")
+        for key in required:
+            if key not in value:
+                self.add((*path, key), "required key is missing")
+        return value
+
+    def list_of(self, value: object, path: Path, what: str) -> list[Any] | None:
+        if not isinstance(value, list):
+            self.add(path, f"expected a list of {what}, got {_kind_of(value)}")
+            return None
+        if not value:
+            self.add(path, f"the list is empty (at least one {what.rstrip('s')} is required)")
+            return None
+        return value
+
+    def string(self, value: object, path: Path) -> str | None:
+        if not isinstance(value, str):
+            self.add(path, f"expected a string, got {_kind_of(value)}")
+            return None
+        if not value.strip():
+            self.add(path, "must not be empty")
+            return None
+        return value
+
+    def name(self, value: object, path: Path, max_len: int) -> str | None:
+        text = self.string(value, path)
+        if text is None:
+            return None
+        if not _NAME.fullmatch(text):
+            self.add(path, f"{text!r} is not a plain identifier: use letters, digits and _, "
+                     "starting with a letter")
+            return None
+        if len(text) > max_len:
+            self.add(path, f"{text!r} is {len(text)} characters long (at most {max_len} allowed)")
+            return None
+        return text
+
+    # the model
+
+    def model(self, data: object, origin: str) -> Model | None:
+        if data is None:
+            self.add((), f"the file is empty (expected a mapping with keys: {', '.join(_ROOT_KEYS)})")
+            return None
+        root = self.mapping(data, (), _ROOT_KEYS, _ROOT_KEYS)
+        if root is None:
+            return None
+        if "apiVersion" in root and root["apiVersion"] != API_VERSION:
+            self.add(("apiVersion",), f"expected {API_VERSION!r}, got {_kind_of(root['apiVersion'])}")
+        if "kind" in root and root["kind"] != KIND:
+            self.add(("kind",), f"expected {KIND!r}, got {_kind_of(root['kind'])}")
+        stores: list[Store] = []
+        items = self.list_of(root.get("stores"), ("stores",), "stores") if "stores" in root else None
+        first_seen: dict[str, Path] = {}
+        for i, item in enumerate(items or ()):
+            store = self.store(item, ("stores", i))
+            if store is None:
+                continue
+            key = store.name.lower()
+            if key in first_seen:
+                self.add(("stores", i, "name"), f"duplicate store name {store.name!r} (same as "
+                         f"{format_path(first_seen[key])}, names are compared case-insensitively)")
+                continue
+            first_seen[key] = ("stores", i, "name")
+            stores.append(store)
+        if self.problems:
+            return None
+        self.merge_names(stores)
+        if self.problems:
+            return None
+        return Model(stores=tuple(stores), origin=origin)
+
+    def store(self, value: object, path: Path) -> Store | None:
+        data = self.mapping(value, path, _STORE_KEYS, ("name", "source", "datasets"))
+        if data is None:
+            return None
+        name = self.name(data.get("name"), (*path, "name"), STORE_NAME_MAX) if "name" in data else None
+        consistency = DEFAULT_CONSISTENCY
+        if "consistency" in data:
+            c = data["consistency"]
+            if c not in CONSISTENCIES:
+                self.add((*path, "consistency"), f"expected {' or '.join(CONSISTENCIES)}, got {_kind_of(c)}")
+            else:
+                consistency = c
+        source = self.source(data["source"], (*path, "source")) if "source" in data else None
+        datasets: list[Dataset] = []
+        first_seen: dict[str, Path] = {}
+        items = None
+        if "datasets" in data:
+            items = self.list_of(data["datasets"], (*path, "datasets"), "datasets")
+        for j, item in enumerate(items or ()):
+            dpath = (*path, "datasets", j)
+            dataset = self.dataset(item, dpath)
+            if dataset is None:
+                continue
+            key = dataset.name.lower()
+            if key in first_seen:
+                self.add((*dpath, "name"), f"duplicate dataset name {dataset.name!r} in this store (same as "
+                         f"{format_path(first_seen[key])}, names are compared case-insensitively)")
+                continue
+            first_seen[key] = (*dpath, "name")
+            datasets.append(dataset)
+        if name is None or source is None or items is None or len(datasets) != len(items):
+            return None
+        return Store(name=name, consistency=consistency, source=source, datasets=tuple(datasets))
+
+    def source(self, value: object, path: Path) -> Source | None:
+        data = self.mapping(value, path, _SOURCE_KEYS, ("host", "database", "credential"))
+        if data is None:
+            return None
+        ok = True
+        host = self.string(data["host"], (*path, "host")) if "host" in data else None
+        if host is not None and not (host.startswith("/") or _HOSTNAME.fullmatch(host)):
+            self.add((*path, "host"), f"{host!r} is neither a hostname nor a Unix-socket directory "
+                     "(starting with /)")
+            host = None
+        port = DEFAULT_PORT
+        if "port" in data:
+            p = data["port"]
+            if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
+                self.add((*path, "port"), f"expected a port number 1..65535, got {_kind_of(p)}")
+                ok = False
+            else:
+                port = p
+        database = self.string(data["database"], (*path, "database")) if "database" in data else None
+        if database is not None and (len(database) > IDENTIFIER_MAX or "\x00" in database):
+            self.add((*path, "database"), f"{database!r} is not a valid database name "
+                     f"(at most {IDENTIFIER_MAX} characters)")
+            database = None
+        schema = DEFAULT_SCHEMA
+        if "schema" in data:
+            s = self.name(data["schema"], (*path, "schema"), IDENTIFIER_MAX)
+            if s is None:
+                ok = False
+            else:
+                schema = s
+        credential = self.string(data["credential"], (*path, "credential")) if "credential" in data else None
+        if credential is not None and not _CREDENTIAL.fullmatch(credential):
+            self.add((*path, "credential"), f"{credential!r} is not a credential name: use letters, digits, "
+                     "_ - and ., starting with a letter (it names env X_USER and X_PASSWORD)")
+            credential = None
+        if not ok or host is None or database is None or credential is None:
+            return None
+        return Source(host=host, port=port, database=database, schema=schema, credential=credential)
+
+    def dataset(self, value: object, path: Path) -> Dataset | None:
+        data = self.mapping(value, path, _DATASET_KEYS, ("name", "primaryKey", "columns"))
+        if data is None:
+            return None
+        name = self.name(data["name"], (*path, "name"), DATASET_NAME_MAX) if "name" in data else None
+        table = name
+        table_ok = True
+        if "table" in data:
+            table = self.name(data["table"], (*path, "table"), IDENTIFIER_MAX)
+            table_ok = table is not None
+        columns: list[Column] = []
+        by_name: dict[str, int] = {}  # lower-case name -> index in `columns`
+        explicit_null: dict[int, bool] = {}  # index in `columns` -> the column said `nullable: true`
+        col_paths: list[Path] = []
+        items = self.list_of(data["columns"], (*path, "columns"), "columns") if "columns" in data else None
+        columns_ok = items is not None
+        declared = {item["name"].lower() for item in items or () if isinstance(item, dict)
+                    and isinstance(item.get("name"), str)}
+        for k, item in enumerate(items or ()):
+            cpath = (*path, "columns", k)
+            parsed = self.column(item, cpath)
+            if parsed is None:
+                columns_ok = False
+                continue
+            column, said_nullable = parsed
+            key = column.name.lower()
+            if key in by_name:
+                self.add((*cpath, "name"), f"duplicate column name {column.name!r} (same as "
+                         f"{format_path((*col_paths[by_name[key]], 'name'))}, names are compared "
+                         "case-insensitively)")
+                columns_ok = False
+                continue
+            by_name[key] = len(columns)
+            explicit_null[len(columns)] = said_nullable
+            col_paths.append(cpath)
+            columns.append(column)
+        key_names = self.primary_key(data, path, columns, by_name, col_paths, explicit_null, declared)
+        if name is None or not table_ok or table is None or not columns_ok or key_names is None:
+            return None
+        pk = set(key_names)
+        columns = [Column(c.name, c.type, False) if c.name in pk else c for c in columns]
+        return Dataset(name=name, table=table, primary_key=tuple(key_names), columns=tuple(columns))
+
+    def primary_key(self, data: dict[str, Any], path: Path, columns: list[Column], by_name: dict[str, int],
+                    col_paths: list[Path], explicit_null: dict[int, bool], declared: set[str]
+                    ) -> list[str] | None:
+        if "primaryKey" not in data:
+            return None
+        kpath = (*path, "primaryKey")
+        items = self.list_of(data["primaryKey"], kpath, "column names")
+        if items is None:
+            return None
+        names: list[str] = []
+        seen: set[str] = set()
+        ok = True
+        for i, item in enumerate(items):
+            text = self.string(item, (*kpath, i))
+            if text is None:
+                ok = False
+                continue
+            key = text.lower()
+            if key in seen:
+                self.add((*kpath, i), f"{text!r} is named twice in the primary key")
+                ok = False
+                continue
+            seen.add(key)
+            if key not in by_name:
+                ok = False
+                if key in declared:
+                    continue  # the column is there but invalid: its own problem is reported
+                known = ", ".join(c.name for c in columns) or "none valid"
+                self.add((*kpath, i), f"no column named {text!r} in this dataset (columns: {known})")
+                continue
+            index = by_name[key]
+            if explicit_null[index]:
+                self.add((*col_paths[index], "nullable"),
+                         f"column {columns[index].name!r} is in the primary key, which is never nullable")
+                ok = False
+            names.append(columns[index].name)  # the column's own spelling
+        return names if ok else None
+
+    def column(self, value: object, path: Path) -> tuple[Column, bool] | None:
+        data = self.mapping(value, path, _COLUMN_KEYS, ("name", "type"))
+        if data is None:
+            return None
+        name = self.name(data["name"], (*path, "name"), IDENTIFIER_MAX) if "name" in data else None
+        if name is not None and name.lower() in RESERVED_COLUMNS:
+            self.add((*path, "name"), f"{name!r} is reserved for the merge tables' own columns "
+                     f"({', '.join(sorted(RESERVED_COLUMNS))})")
+            name = None
+        type_ = None
+        if "type" in data:
+            text = self.string(data["type"], (*path, "type"))
+            if text is not None:
+                try:
+                    type_ = normalise_type(text)
+                except TypeProblem as exc:
+                    self.add((*path, "type"), str(exc))
+        nullable = True
+        nullable_ok = True
+        if "nullable" in data:
+            n = data["nullable"]
+            if not isinstance(n, bool):
+                self.add((*path, "nullable"), f"expected true or false, got {_kind_of(n)}")
+                nullable_ok = False
+            else:
+                nullable = n
+        if name is None or type_ is None or not nullable_ok:
+            return None
+        return Column(name=name, type=type_, nullable=nullable), "nullable" in data and nullable
+
+    def merge_names(self, stores: list[Store]) -> None:
+        """Each dataset becomes table `<store>_<dataset>` and view `<store>_<dataset>_current` in one
+        schema: two datasets must not land on the same name (PostgreSQL cuts names at 63 bytes).
+
+        Called only on a model without other problems, so list indexes are the file's."""
+        owner: dict[str, str] = {t: "the batch ledger" for t in RESERVED_TABLES}
+        for i, store in enumerate(stores):
+            for j, dataset in enumerate(store.datasets):
+                base = f"{store.name}_{dataset.name}".lower()
+                relations = (base[:IDENTIFIER_MAX], f"{base}_current"[:IDENTIFIER_MAX])
+                taken = [r for r in relations if r in owner]
+                if taken:
+                    self.add(("stores", i, "datasets", j, "name"),
+                             f"merge table/view name {taken[0]!r} of this dataset is also used by "
+                             f"{owner[taken[0]]}: rename the store or the dataset")
+                    continue
+                for r in relations:
+                    owner[r] = f"{format_path(('stores', i, 'datasets', j))}"
