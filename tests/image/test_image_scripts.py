@@ -1,0 +1,225 @@
+"""The real-cluster scripts (issue 6 items 1 and 3): shellcheck-clean; build-image.sh picks docker, then
+podman, then buildah and tags datasurface-job:<version>; kind-down.sh deletes only its cluster; and the
+in-cluster model git server that kind-up.sh deploys really serves the example model over git://.
+
+No container engine or kind here: the builders and kind are stand-ins that record their arguments (the
+scripts' logic is what is tested); the model server's own script runs for real, on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from dockerfile import REPO_ROOT
+
+SCRIPTS = ["scripts/build-image.sh", "scripts/kind-up.sh", "scripts/kind-down.sh"]
+VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def shellcheck() -> str:
+    found = Path(sys.executable).parent / "shellcheck"
+    return str(found) if found.exists() else (shutil.which("shellcheck") or "shellcheck")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_shellcheck_clean(script: str) -> None:
+    proc = subprocess.run([shellcheck(), "--severity=style", script], cwd=REPO_ROOT, capture_output=True,
+                          text=True)
+    assert (proc.returncode, proc.stdout) == (0, "")
+    assert os.access(REPO_ROOT / script, os.X_OK), f"{script} is not executable"
+
+
+def test_shellcheck_really_checks(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.sh"
+    bad.write_text("#!/bin/sh\nrm -rf $1/*\n")
+    proc = subprocess.run([shellcheck(), str(bad)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "SC2086" in proc.stdout
+
+
+# --- stand-in tools -------------------------------------------------------------------------------------
+
+SYSTEM_TOOLS = ["bash", "env", "sh", "dirname", "awk", "sed", "git", "date", "cat", "grep", "tr", "cut",
+                "cksum", "mktemp", "rm", "seq", "sleep"]
+
+
+def sandbox_path(tmp_path: Path, fakes: dict[str, str]) -> tuple[str, Path]:
+    """A PATH with only the system tools the scripts use plus stand-ins that log their argv to a file."""
+    sys_bin, fake_bin, log = tmp_path / "sys", tmp_path / "fake", tmp_path / "calls.log"
+    sys_bin.mkdir()
+    fake_bin.mkdir()
+    for name in SYSTEM_TOOLS:
+        real = shutil.which(name)
+        assert real, name
+        (sys_bin / name).symlink_to(real)
+    for name, body in fakes.items():
+        script = fake_bin / name
+        script.write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\n{body}\n')
+        script.chmod(0o755)
+    return f"{fake_bin}{os.pathsep}{sys_bin}", log
+
+
+def run_script(script: str, args: list[str], path: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": path, "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run([str(REPO_ROOT / script), *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def calls(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+# --- build-image.sh ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("installed", "expected"), [
+    (["docker", "podman", "buildah"], "docker"),
+    (["podman", "buildah"], "podman"),
+    (["buildah"], "buildah"),
+])
+def test_build_image_picks_docker_then_podman_then_buildah(tmp_path: Path, installed: list[str],
+                                                           expected: str) -> None:
+    path, log = sandbox_path(tmp_path, dict.fromkeys(installed, ""))
+    proc = run_script("scripts/build-image.sh", [], path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"datasurface-job:{VERSION}"]
+    (call,) = calls(log)
+    argv = call.split()
+    assert argv[:2] == [expected, "build"]
+    assert argv[-1] == str(REPO_ROOT)
+    assert f"--file {REPO_ROOT}/image/Dockerfile" in call
+    assert f"--tag datasurface-job:{VERSION}" in call
+    assert f"--build-arg VERSION={VERSION}" in call
+    assert "--build-arg REVISION=" in call and "--build-arg REVISION=unknown" not in call
+
+
+def test_build_image_tags_and_pushes_to_a_registry(tmp_path: Path) -> None:
+    path, log = sandbox_path(tmp_path, {"podman": ""})
+    proc = run_script("scripts/build-image.sh", ["--registry", "ghcr.io/me/", "--tag", "dev", "--push"], path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["ghcr.io/me/datasurface-job:dev"]
+    build, push = calls(log)
+    assert "--tag datasurface-job:dev --tag ghcr.io/me/datasurface-job:dev" in build
+    assert push == "podman push ghcr.io/me/datasurface-job:dev"
+
+
+@pytest.mark.parametrize(("args", "fakes", "message"), [
+    ([], {}, "none of docker, podman or buildah is installed"),
+    (["--push"], {"docker": ""}, "--push needs --registry"),
+    (["--what"], {"docker": ""}, "unknown argument: --what"),
+    ([], {"docker": "exit 3"}, ""),
+])
+def test_build_image_fails_clearly(tmp_path: Path, args: list[str], fakes: dict[str, str], message: str) -> None:
+    path, _ = sandbox_path(tmp_path, fakes)
+    proc = run_script("scripts/build-image.sh", args, path)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert proc.stdout == ""
+
+
+# --- kind-down.sh --------------------------------------------------------------------------------------
+
+
+def test_kind_down_deletes_only_its_cluster(tmp_path: Path) -> None:
+    path, log = sandbox_path(tmp_path, {"kind": 'if [ "$1" = get ]; then printf "other\\ndatasurface\\n"; fi'})
+    proc = run_script("scripts/kind-down.sh", [], path)
+    assert proc.returncode == 0, proc.stderr
+    assert calls(log) == ["kind get clusters", "kind delete cluster --name datasurface"]
+
+    log.unlink()
+    proc = run_script("scripts/kind-down.sh", ["--name", "absent"], path)
+    assert proc.returncode == 0 and "nothing to do" in proc.stderr
+    assert calls(log) == ["kind get clusters"]
+
+
+# --- kind-up.sh: the in-cluster model git server -------------------------------------------------------
+
+
+def model_server(release: str = "mvp", namespace: str = "datasurface") -> list[dict]:  # type: ignore[type-arg]
+    proc = subprocess.run([str(REPO_ROOT / "scripts/kind-up.sh"), "--print-model-server", "--release", release,
+                           "--namespace", namespace], capture_output=True, text=True, check=True)
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def test_model_server_manifests_are_valid_and_restricted(tmp_path: Path) -> None:
+    docs = model_server()
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
+        ("ConfigMap", "model-git-seed"), ("Deployment", "model-git"), ("Service", "model-git")]
+    manifest = tmp_path / "model-git.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs))
+    validator = Path(sys.executable).parent / "kubernetes-validate"
+    for k8s in ("1.30.0", "1.35.0"):
+        proc = subprocess.run([str(validator), "--strict", "--quiet", "-k", k8s, str(manifest)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    pod = docs[1]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == f"datasurface-job:{VERSION}"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/seed", "/srv/git", "/tmp"}
+    assert docs[2]["spec"]["ports"][0]["port"] == 9418
+
+
+def test_model_server_follows_the_release_name() -> None:
+    example = (REPO_ROOT / "examples/model/datasurface.yaml").read_text()
+    assert model_server()[0]["data"]["datasurface.yaml"] == example
+    renamed = model_server(release="prod")[0]["data"]["datasurface.yaml"]
+    assert renamed == example.replace("host: mvp-datasurface-postgresql", "host: prod-datasurface-postgresql")
+    assert renamed != example
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.timeout(120)
+def test_model_server_serves_the_example_model_over_git(tmp_path: Path) -> None:
+    """The Deployment's own script, run on loopback: the job's model loader clones the model from it."""
+    from datasurface.model import load_model
+
+    docs = model_server()
+    container = docs[1]["spec"]["template"]["spec"]["containers"][0]
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / "datasurface.yaml").write_text(docs[0]["data"]["datasurface.yaml"])
+    port = free_port()
+    env = {**os.environ, "SEED_DIR": str(seed), "GIT_ROOT": str(tmp_path / "git"), "GIT_PORT": str(port),
+           "LISTEN": "127.0.0.1", "TMPDIR": str(tmp_path)}
+    (tmp_path / "git").mkdir()
+    server = subprocess.Popen([*container["command"], *container["args"]], env=env, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"git://127.0.0.1:{port}/model.git"
+        deadline = time.monotonic() + 30
+        while True:
+            probe = subprocess.run(["git", "ls-remote", "--symref", url], capture_output=True, text=True)
+            if probe.returncode == 0 or time.monotonic() > deadline or server.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert probe.returncode == 0, probe.stderr
+        assert "ref: refs/heads/main\tHEAD" in probe.stdout
+
+        model = load_model(url)  # the remote's default branch, as the chart's job pods ask for it
+        assert [s.name for s in model.stores] == ["Store1"]
+        assert [d.name for d in model.stores[0].datasets] == ["customers", "addresses"]
+        assert load_model(url, ref="main").stores == model.stores
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        out, _ = server.communicate(timeout=10)
+    assert "model-git: serving" in out
