@@ -90,6 +90,12 @@ def make_databases(server: object) -> Databases:
                      host=server.socket_dir, port=server.port, env=env)  # type: ignore[attr-defined]
 
 
+@pytest.fixture(scope="session")
+def databases_on() -> object:
+    """A factory: fresh source and merge databases on a given server."""
+    return make_databases
+
+
 @pytest.fixture
 def dbs(pg_server: object) -> Databases:
     return make_databases(pg_server)

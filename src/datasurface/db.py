@@ -7,14 +7,13 @@ wrap. The password is passed as a keyword, never inside a DSN string that could 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import psycopg2
-import psycopg2.extensions
 from psycopg2 import sql
+from psycopg2.extensions import connection as PgConnection
 
 from datasurface.credentials import Credential
 from datasurface.errors import DatabaseError
-
-PgConnection = psycopg2.extensions.connection
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ def connect(
 ) -> PgConnection:
     """Open a psycopg2 connection; any failure becomes one clear DatabaseError line."""
     try:
-        conn: PgConnection = psycopg2.connect(
+        conn = psycopg2.connect(
             host=endpoint.host,
             port=endpoint.port,
             dbname=endpoint.database,

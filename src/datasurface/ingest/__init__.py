@@ -1,0 +1,1 @@
+"""The ingest side: check the source against the model, take a consistent snapshot, stage it."""

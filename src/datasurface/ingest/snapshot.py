@@ -1,0 +1,139 @@
+"""A consistent snapshot of a store's source tables, streamed into staging tables with COPY.
+
+All datasets of a batch are read in ONE read-only REPEATABLE READ transaction, so they show the
+source at a single point in time. Rows flow source COPY -> OS pipe -> merge COPY in binary format;
+memory stays flat whatever the table size. Staging tables are UNLOGGED and get their unique key
+index only after loading (which also rejects duplicate keys), then ANALYZE.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+
+import psycopg2
+from psycopg2 import sql
+
+from datasurface.db import PgConnection, first_line
+from datasurface.errors import DataSurfaceError
+from datasurface.faults import killpoint
+from datasurface.merge.layout import DatasetLayout, column_defs
+
+log = logging.getLogger(__name__)
+
+PIPE_CHUNK = 1 << 16
+
+
+class SnapshotError(DataSurfaceError):
+    """The snapshot could not be read or violates the model (duplicate or NULL keys)."""
+
+
+def _ids(names: Sequence[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def begin_snapshot(source: PgConnection) -> None:
+    """Open the read-only REPEATABLE READ transaction every dataset of the batch is read in."""
+    source.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
+
+
+def create_staging(merge: PgConnection, lay: DatasetLayout) -> None:
+    with merge.cursor() as cur:
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(lay.qualified(lay.staging)))
+        cur.execute(
+            sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(
+                lay.qualified(lay.staging), sql.SQL(", ").join(column_defs(lay))
+            )
+        )
+
+
+def copy_dataset(source: PgConnection, merge: PgConnection, lay: DatasetLayout, source_schema: str) -> int:
+    """Stream one source table into its (fresh) staging table; returns the number of rows."""
+    started = time.monotonic()
+    create_staging(merge, lay)
+    cols = _ids(lay.columns)
+    out_sql = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)").format(
+        cols, sql.Identifier(source_schema, lay.dataset.table)).as_string(source)
+    in_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
+        lay.qualified(lay.staging), cols).as_string(merge)
+
+    read_fd, write_fd = os.pipe()
+    producer_error: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with source.cursor() as cur, os.fdopen(write_fd, "wb", buffering=PIPE_CHUNK) as writer:
+                cur.copy_expert(out_sql, writer, size=PIPE_CHUNK)
+        except BaseException as exc:  # reported by the consuming thread
+            producer_error.append(exc)
+
+    thread = threading.Thread(target=produce, name=f"copy-{lay.table}", daemon=True)
+    thread.start()
+    consumer_error: psycopg2.Error | None = None
+    reader = os.fdopen(read_fd, "rb", buffering=PIPE_CHUNK)
+    try:
+        with merge.cursor() as cur:
+            cur.copy_expert(in_sql, reader, size=PIPE_CHUNK)
+            rows = cur.rowcount
+    except psycopg2.Error as exc:
+        consumer_error = exc
+        source.cancel()  # stop the source from sending more
+    finally:
+        reader.close()  # unblocks a producer waiting on a full pipe
+        thread.join()
+    # a producer error we caused (cancel, closed pipe) is not the cause: report the consumer's
+    if producer_error and not (
+        consumer_error is not None
+        and isinstance(producer_error[0], psycopg2.extensions.QueryCanceledError | OSError)
+    ):
+        raise _source_error(lay, producer_error[0]) from producer_error[0]
+    if isinstance(consumer_error, psycopg2.errors.NotNullViolation):
+        raise SnapshotError(
+            f"snapshot of {lay.dataset.table} (dataset {lay.dataset.name}) has a NULL in a key column: "
+            f"{first_line(consumer_error)}"
+        ) from consumer_error
+    if consumer_error is not None:
+        raise SnapshotError(f"staging {lay.dataset.name}: {first_line(consumer_error)}") from consumer_error
+    killpoint(f"ingest:{lay.dataset.name}:copied")
+    _index_and_analyze(merge, lay)
+    log.info("snapshot %s: %s rows in %.1fs", lay.dataset.name, f"{rows:,}", time.monotonic() - started)
+    return rows
+
+
+def _source_error(lay: DatasetLayout, exc: BaseException) -> SnapshotError:
+    return SnapshotError(f"reading source table {lay.dataset.table}: {first_line(exc)}")
+
+
+def _index_and_analyze(merge: PgConnection, lay: DatasetLayout) -> None:
+    with merge.cursor() as cur:
+        try:
+            cur.execute("SAVEPOINT ds_key_check")
+            cur.execute(
+                sql.SQL("CREATE UNIQUE INDEX ON {} ({})").format(lay.qualified(lay.staging), _ids(lay.key)))
+        except psycopg2.errors.UniqueViolation as exc:
+            cur.execute("ROLLBACK TO SAVEPOINT ds_key_check")
+            detail = getattr(exc.diag, "message_detail", None) or first_line(exc)
+            raise SnapshotError(
+                f"snapshot of {lay.dataset.table} (dataset {lay.dataset.name}) has duplicate primary keys: "
+                f"{detail}"
+            ) from exc
+        cur.execute("RELEASE SAVEPOINT ds_key_check")
+        cur.execute(sql.SQL("ANALYZE {}").format(lay.qualified(lay.staging)))
+
+
+def staged_rows(merge: PgConnection, lay: DatasetLayout) -> int | None:
+    """Rows in the staging table, or None when it is gone (e.g. unlogged data lost in a server crash)."""
+    with merge.cursor() as cur:
+        cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (lay.schema, lay.staging))
+        if cur.fetchone()[0] is None:  # type: ignore[index]
+            return None
+        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(lay.qualified(lay.staging)))
+        return int(cur.fetchone()[0])  # type: ignore[index]
+
+
+def drop_staging(merge: PgConnection, lay: DatasetLayout) -> None:
+    with merge.cursor() as cur:
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(lay.qualified(lay.staging)))

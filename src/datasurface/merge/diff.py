@@ -1,0 +1,79 @@
+"""The snapshot against the current rows: ONE full outer join per dataset, into a temp table.
+
+`ds_diff` holds one row per changed key with `ds_op` I (new key), U (a non-key value differs,
+NULL-safe: NULL, '' and a value are all different) or D (key gone), and the snapshot's values.
+Both merges apply it with set-based statements; its counts are the batch's counts.
+"""
+
+from __future__ import annotations
+
+from psycopg2 import sql
+
+from datasurface.db import PgConnection
+from datasurface.merge.layout import LIVE, OPEN_END, DatasetLayout
+from datasurface.merge.ledger import Counts
+
+DIFF_TABLE = "ds_diff"
+
+
+def _ids(names: tuple[str, ...], prefix: str | None = None) -> sql.Composable:
+    if prefix is None:
+        return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    return sql.SQL(", ").join(sql.Identifier(prefix, n) for n in names)
+
+
+def key_match(lay: DatasetLayout, left: str, right: str) -> sql.Composable:
+    return sql.SQL(" AND ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(left, k), sql.Identifier(right, k)) for k in lay.key
+    )
+
+
+def current_rows(lay: DatasetLayout) -> sql.Composable:
+    """The current versions: the whole live table, or the open versions of the forensic one."""
+    if lay.mode == LIVE:
+        return lay.qualified(lay.table)
+    return sql.SQL("(SELECT * FROM {} WHERE ds_batch_out = {})").format(
+        lay.qualified(lay.table), sql.Literal(OPEN_END))
+
+
+def compute_diff(conn: PgConnection, lay: DatasetLayout, snapshot_rows: int) -> Counts:
+    first_key = sql.Identifier("t", lay.key[0])
+    op = sql.SQL("CASE WHEN {tk} IS NULL THEN 'I' WHEN {sk} IS NULL THEN 'D' ELSE 'U' END").format(
+        tk=first_key, sk=sql.Identifier("s", lay.key[0]))
+    keys = sql.SQL(", ").join(
+        sql.SQL("COALESCE({}, {}) AS {}").format(sql.Identifier("s", k), sql.Identifier("t", k), sql.Identifier(k))
+        for k in lay.key
+    )
+    changed: sql.Composable = sql.SQL("{} IS NULL OR {} IS NULL").format(first_key, sql.Identifier("s", lay.key[0]))
+    select_values: sql.Composable = sql.SQL("")
+    if lay.values:
+        changed = changed + sql.SQL(" OR ({}) IS DISTINCT FROM ({})").format(
+            _ids(lay.values, "s"), _ids(lay.values, "t"))
+        select_values = sql.SQL(", ") + _ids(lay.values, "s")
+    query = sql.SQL(
+        "CREATE TEMP TABLE {diff} ON COMMIT DROP AS "
+        "SELECT {op} AS ds_op, {keys}{values} FROM {staging} s FULL JOIN {current} t ON {match} WHERE {changed}"
+    ).format(
+        diff=sql.Identifier(DIFF_TABLE), op=op, keys=keys, values=select_values,
+        staging=lay.qualified(lay.staging), current=current_rows(lay), match=key_match(lay, "s", "t"),
+        changed=changed,
+    )
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(DIFF_TABLE)))
+        cur.execute(query)
+        cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(DIFF_TABLE)))
+        cur.execute(sql.SQL("SELECT ds_op, count(*) FROM {} GROUP BY ds_op").format(sql.Identifier(DIFF_TABLE)))
+        by_op = {row[0]: int(row[1]) for row in cur.fetchall()}
+    return Counts(total=snapshot_rows, inserted=by_op.get("I", 0), updated=by_op.get("U", 0),
+                  deleted=by_op.get("D", 0))
+
+
+def diff_rows(op_filter: tuple[str, ...]) -> sql.Composable:
+    """`ds_diff d WHERE d.ds_op IN (...)` as a FROM item for the apply statements."""
+    return sql.SQL("(SELECT * FROM {} WHERE ds_op IN ({})) d").format(
+        sql.Identifier(DIFF_TABLE), sql.SQL(", ").join(sql.Literal(o) for o in op_filter))
+
+
+def drop_diff(conn: PgConnection) -> None:
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(DIFF_TABLE)))

@@ -1,0 +1,265 @@
+"""Names and DDL of a platform's merge schema (contract §2), and the schema-evolution rules.
+
+Tables hold the model's columns with the model's types plus the mode's batch columns; views
+`<table>_current` expose exactly the model's columns. An additive change (a new nullable column)
+evolves table and view; any other change is refused with what changed and how to proceed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from psycopg2 import sql
+from psycopg2.extensions import cursor
+
+from datasurface.db import PgConnection
+from datasurface.errors import DataSurfaceError, UsageError
+from datasurface.model import Dataset, Store
+from datasurface.pgtypes import catalog_spelling, same_type
+
+LIVE, FORENSIC = "live", "forensic"
+MODES = (LIVE, FORENSIC)
+OPEN_END = 2147483647  # ds_batch_out of a current forensic version
+MAX_IDENT = 63
+_PLATFORM_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+LIVE_COLUMNS = ("ds_batch_id",)
+FORENSIC_COLUMNS = ("ds_batch_in", "ds_batch_out")
+RESERVED_COLUMNS = frozenset({*LIVE_COLUMNS, *FORENSIC_COLUMNS, "ds_op"})
+
+
+class SchemaChangeError(DataSurfaceError):
+    """The model changed in a way that cannot be applied to existing merge tables."""
+
+
+def platform_schema(platform: str) -> str:
+    if not _PLATFORM_RE.match(platform) or len(platform) > MAX_IDENT:
+        raise UsageError(
+            f"invalid platform name {platform!r}: letters, digits and _, starting with a letter, "
+            f"at most {MAX_IDENT} characters"
+        )
+    return platform.lower()
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise UsageError(f"invalid mode {mode!r}: expected one of {', '.join(MODES)}")
+    return mode
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Where one dataset lives in the platform schema."""
+
+    schema: str
+    store: str
+    dataset: Dataset
+    mode: str
+
+    @property
+    def table(self) -> str:
+        return f"{self.store}_{self.dataset.name}".lower()
+
+    @property
+    def view(self) -> str:
+        return f"{self.table}_current"
+
+    @property
+    def staging(self) -> str:
+        digest = hashlib.sha1(self.table.encode()).hexdigest()[:8]
+        return f"ds_stage_{self.table[:40]}_{digest}"
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return self.dataset.primary_key
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.dataset.columns)
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """The non-key columns: a change in any of them is an update."""
+        return tuple(c.name for c in self.dataset.non_key_columns)
+
+    def qualified(self, name: str) -> sql.Composable:
+        return sql.Identifier(self.schema, name)
+
+    def check_names(self) -> None:
+        reserved = [c for c in self.columns if c in RESERVED_COLUMNS]
+        if reserved:
+            raise DataSurfaceError(
+                f"store {self.store!r} dataset {self.dataset.name!r}: column name(s) {', '.join(reserved)} "
+                f"are reserved for the merge tables"
+            )
+        if len(self.view) > MAX_IDENT:
+            raise DataSurfaceError(
+                f"store {self.store!r} dataset {self.dataset.name!r}: the view name {self.view!r} is longer "
+                f"than PostgreSQL's {MAX_IDENT} characters; use shorter store or dataset names"
+            )
+
+
+def layouts(schema: str, store: Store, mode: str) -> list[DatasetLayout]:
+    result = [DatasetLayout(schema, store.name, d, mode) for d in store.datasets]
+    for lay in result:
+        lay.check_names()
+    return result
+
+
+def _ids(names: tuple[str, ...] | list[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def column_defs(lay: DatasetLayout) -> list[sql.Composable]:
+    defs: list[sql.Composable] = []
+    for c in lay.dataset.columns:
+        not_null = " NOT NULL" if c.name in lay.key else ""
+        defs.append(sql.SQL("{} {}" + not_null).format(sql.Identifier(c.name), sql.SQL(c.type)))
+    return defs
+
+
+def create_table(cur: cursor, lay: DatasetLayout) -> None:
+    defs = column_defs(lay)
+    t = lay.qualified(lay.table)
+    if lay.mode == LIVE:
+        defs.append(sql.SQL("ds_batch_id integer NOT NULL"))
+        defs.append(sql.SQL("PRIMARY KEY ({})").format(_ids(lay.key)))
+        cur.execute(sql.SQL("CREATE TABLE {} ({})").format(t, sql.SQL(", ").join(defs)))
+    else:
+        defs.append(sql.SQL("ds_batch_in integer NOT NULL"))
+        defs.append(sql.SQL("ds_batch_out integer NOT NULL DEFAULT {}").format(sql.Literal(OPEN_END)))
+        defs.append(sql.SQL("PRIMARY KEY ({}, ds_batch_in)").format(_ids(lay.key)))
+        defs.append(sql.SQL("CHECK (ds_batch_in < ds_batch_out)"))
+        cur.execute(sql.SQL("CREATE TABLE {} ({})").format(t, sql.SQL(", ").join(defs)))
+        # the database itself guarantees at most one current version per key
+        cur.execute(
+            sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) WHERE ds_batch_out = {}").format(
+                sql.Identifier(_index_name(lay.table, "one_current")), t, _ids(lay.key), sql.Literal(OPEN_END)
+            )
+        )
+
+
+def _index_name(table: str, suffix: str) -> str:
+    name = f"{table}_{suffix}"
+    if len(name) > MAX_IDENT:
+        name = f"{table[:48]}_{hashlib.sha1(table.encode()).hexdigest()[:6]}_{suffix}"[:MAX_IDENT]
+    return name
+
+
+def create_view(cur: cursor, lay: DatasetLayout) -> None:
+    where = sql.SQL("") if lay.mode == LIVE else sql.SQL(" WHERE ds_batch_out = {}").format(sql.Literal(OPEN_END))
+    cur.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(lay.qualified(lay.view)))
+    cur.execute(
+        sql.SQL("CREATE VIEW {} AS SELECT {} FROM {}{}").format(
+            lay.qualified(lay.view), _ids(lay.columns), lay.qualified(lay.table), where
+        )
+    )
+
+
+def table_columns(conn: PgConnection, schema: str, table: str) -> dict[str, str] | None:
+    """Column name -> format_type of an existing table, in order; None when there is no such table."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+                 FROM pg_attribute a
+                WHERE a.attrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))
+                  AND a.attnum > 0 AND NOT a.attisdropped
+                ORDER BY a.attnum""",
+            (schema, table),
+        )
+        rows = cur.fetchall()
+        if rows:
+            return {name: typ for name, typ in rows}
+        cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (schema, table))
+        return {} if cur.fetchone()[0] is not None else None  # type: ignore[index]
+
+
+def table_key(conn: PgConnection, schema: str, table: str) -> tuple[str, ...]:
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT a.attname
+                 FROM pg_index i
+                 JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                WHERE i.indrelid = to_regclass(format('%%I.%%I', %s::text, %s::text)) AND i.indisprimary
+                ORDER BY k.ord""",
+            (schema, table),
+        )
+        return tuple(r[0] for r in cur.fetchall())
+
+
+def plan_evolution(conn: PgConnection, lay: DatasetLayout) -> list[str] | None:
+    """None: the table does not exist yet. Otherwise the new nullable columns to add (maybe none).
+
+    Raises SchemaChangeError for anything that is not additive.
+    """
+    existing = table_columns(conn, lay.schema, lay.table)
+    if existing is None:
+        return None
+    where = f"{lay.schema}.{lay.table}"
+    mode_cols = LIVE_COLUMNS if lay.mode == LIVE else FORENSIC_COLUMNS
+    other_cols = FORENSIC_COLUMNS if lay.mode == LIVE else LIVE_COLUMNS
+    if any(c in existing for c in other_cols) or not all(c in existing for c in mode_cols):
+        other = FORENSIC if lay.mode == LIVE else LIVE
+        raise SchemaChangeError(
+            f"{where} is a {other} table, but mode {lay.mode} was requested: a platform has one mode; "
+            f"use another platform name for {lay.mode}"
+        )
+    problems = []
+    model_cols = {c.name: c for c in lay.dataset.columns}
+    for name, typ in existing.items():
+        if name in mode_cols:
+            continue
+        col = model_cols.get(name)
+        if col is None:
+            problems.append(f"column {name!r} was removed from the model")
+        elif not same_type(col.type, typ):
+            problems.append(f"column {name!r} changed type from {typ} to {catalog_spelling(col.type)}")
+    key = table_key(conn, lay.schema, lay.table)
+    if lay.mode == FORENSIC:
+        key = key[:-1]  # the primary key is (key..., ds_batch_in)
+    if key != lay.key:
+        problems.append(f"primary key changed from ({', '.join(key)}) to ({', '.join(lay.key)})")
+    added = [c for c in lay.dataset.columns if c.name not in existing]
+    problems += [f"new column {c.name!r} is NOT NULL (only nullable columns can be added)"
+                 for c in added if not c.nullable]
+    if problems:
+        raise SchemaChangeError(
+            f"{where}: the model changed in a way that cannot be applied to existing data: "
+            f"{'; '.join(problems)}. Only new nullable columns are applied automatically; to apply this "
+            f"change, drop the table {where} and its view (the next merge rebuilds it from a fresh "
+            f"snapshot, losing its history) or ingest into a new platform"
+        )
+    return [c.name for c in added]
+
+
+def ensure_dataset(conn: PgConnection, lay: DatasetLayout) -> bool:
+    """Create or evolve the dataset's table and view (in the caller's transaction). True if changed."""
+    added = plan_evolution(conn, lay)
+    with conn.cursor() as cur:
+        if added is None:
+            create_table(cur, lay)
+            create_view(cur, lay)
+            return True
+        for name in added:
+            col = lay.dataset.column(name)
+            cur.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                    lay.qualified(lay.table), sql.Identifier(name), sql.SQL(col.type)
+                )
+            )
+        if added or not _view_matches(conn, lay):
+            create_view(cur, lay)
+        return bool(added)
+
+
+def _view_matches(conn: PgConnection, lay: DatasetLayout) -> bool:
+    cols = table_columns(conn, lay.schema, lay.view)
+    return cols is not None and tuple(cols) == lay.columns
+
+
+def ensure_schema(conn: PgConnection, schema: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))

@@ -1,0 +1,234 @@
+"""The batch ledger (contract §2): `ds_batches` and `ds_batch_datasets`, and the stream lock.
+
+A stream is a store (multi_dataset) or one dataset of a store (single_dataset). A batch moves
+`ingesting` -> `staged` -> `committed`; each step is one transaction, so a run killed at any moment
+leaves the stream in one of these states and the next run carries on from there. Batch ids are
+assigned when a batch opens and a discarded open batch gives its id back: committed ids have no gaps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg2 import sql
+
+from datasurface.db import PgConnection
+from datasurface.errors import DataSurfaceError, StreamBusyError
+
+INGESTING, STAGED, COMMITTED = "ingesting", "staged", "committed"
+
+
+@dataclass(frozen=True)
+class Stream:
+    store: str
+    dataset: str | None  # None for a multi_dataset store
+
+    @property
+    def key(self) -> str:
+        return self.store if self.dataset is None else f"{self.store}.{self.dataset}"
+
+    def describe(self) -> str:
+        return f"store {self.store}" + ("" if self.dataset is None else f" dataset {self.dataset}")
+
+
+@dataclass(frozen=True)
+class Batch:
+    stream: Stream
+    batch_id: int
+    status: str
+    mode: str
+    fingerprint: str
+    staged_rows: dict[str, int]
+    staging_tables: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Counts:
+    total: int = 0
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.total + other.total, self.inserted + other.inserted,
+                      self.updated + other.updated, self.deleted + other.deleted)
+
+
+class BatchLedger:
+    """The ledger tables of one platform schema."""
+
+    def __init__(self, conn: PgConnection, schema: str):
+        self.conn = conn
+        self.schema = schema
+
+    def _t(self, name: str) -> sql.Composable:
+        return sql.Identifier(self.schema, name)
+
+    def ensure(self) -> None:
+        """Create the ledger tables (in the caller's transaction)."""
+        with self.conn.cursor() as cur:
+            cur.execute(sql.SQL("""
+                CREATE TABLE IF NOT EXISTS {} (
+                    stream text NOT NULL,
+                    store text NOT NULL,
+                    dataset text,
+                    batch_id integer NOT NULL CHECK (batch_id > 0),
+                    status text NOT NULL,
+                    mode text NOT NULL,
+                    model_fingerprint text NOT NULL,
+                    staged_rows jsonb,
+                    staging_tables text[],
+                    started_at timestamptz NOT NULL DEFAULT now(),
+                    finished_at timestamptz,
+                    rows_total bigint,
+                    rows_inserted bigint,
+                    rows_updated bigint,
+                    rows_deleted bigint,
+                    PRIMARY KEY (stream, batch_id))""").format(self._t("ds_batches")))
+            cur.execute(sql.SQL("""
+                CREATE TABLE IF NOT EXISTS {} (
+                    store text NOT NULL,
+                    batch_id integer NOT NULL,
+                    dataset text NOT NULL,
+                    rows_total bigint NOT NULL,
+                    rows_inserted bigint NOT NULL,
+                    rows_updated bigint NOT NULL,
+                    rows_deleted bigint NOT NULL,
+                    PRIMARY KEY (store, dataset, batch_id))""").format(self._t("ds_batch_datasets")))
+
+    def exists(self) -> bool:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(format('%%I.ds_batches', %s::text))", (self.schema,))
+            return cur.fetchone()[0] is not None  # type: ignore[index]
+
+    def latest(self, stream: Stream) -> Batch | None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("""SELECT batch_id, status, mode, model_fingerprint, staged_rows, staging_tables FROM {}
+                            WHERE stream = %s ORDER BY batch_id DESC LIMIT 1""").format(self._t("ds_batches")),
+                (stream.key,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return None
+        return _batch(stream, row)
+
+    def open_batch(self, stream: Stream, mode: str, fingerprint: str, staging_tables: list[str]) -> Batch:
+        last = self.latest(stream)
+        batch_id = 1 if last is None else last.batch_id + 1
+        with self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("""INSERT INTO {} (stream, store, dataset, batch_id, status, mode, model_fingerprint,
+                                          staging_tables)
+                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""").format(self._t("ds_batches")),
+                (stream.key, stream.store, stream.dataset, batch_id, INGESTING, mode, fingerprint, staging_tables),
+            )
+        return Batch(stream, batch_id, INGESTING, mode, fingerprint, {}, tuple(staging_tables))
+
+    def mark_staged(self, batch: Batch, staged_rows: dict[str, int]) -> None:
+        self._set(batch, "status = %s, staged_rows = %s", (STAGED, json.dumps(staged_rows)))
+
+    def commit(self, batch: Batch, per_dataset: dict[str, Counts]) -> Counts:
+        total = sum(per_dataset.values(), Counts())
+        with self.conn.cursor() as cur:
+            for dataset, c in per_dataset.items():
+                cur.execute(
+                    sql.SQL("""INSERT INTO {} (store, batch_id, dataset, rows_total, rows_inserted,
+                               rows_updated, rows_deleted) VALUES (%s, %s, %s, %s, %s, %s, %s)""").format(
+                        self._t("ds_batch_datasets")),
+                    (batch.stream.store, batch.batch_id, dataset, c.total, c.inserted, c.updated, c.deleted),
+                )
+        self._set(
+            batch,
+            "status = %s, finished_at = clock_timestamp(), rows_total = %s, rows_inserted = %s, "
+            "rows_updated = %s, rows_deleted = %s, staged_rows = NULL, staging_tables = NULL",
+            (COMMITTED, total.total, total.inserted, total.updated, total.deleted),
+        )
+        return total
+
+    def discard(self, batch: Batch) -> None:
+        if batch.status == COMMITTED:
+            raise DataSurfaceError(
+                f"batch {batch.batch_id} of {batch.stream.describe()} is committed: committed batches are "
+                f"never discarded (they are part of the forensic history)"
+            )
+        with self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("DELETE FROM {} WHERE stream = %s AND batch_id = %s AND status <> %s").format(
+                    self._t("ds_batches")),
+                (batch.stream.key, batch.batch_id, COMMITTED),
+            )
+
+    def get(self, stream: Stream, batch_id: int) -> Batch | None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("""SELECT batch_id, status, mode, model_fingerprint, staged_rows, staging_tables FROM {}
+                            WHERE stream = %s AND batch_id = %s""").format(self._t("ds_batches")),
+                (stream.key, batch_id),
+            )
+            row = cur.fetchone()
+        return None if row is None else _batch(stream, row)
+
+    def _set(self, batch: Batch, assignments: str, params: tuple[Any, ...]) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("UPDATE {} SET {} WHERE stream = %s AND batch_id = %s").format(
+                    self._t("ds_batches"), sql.SQL(assignments)),
+                (*params, batch.stream.key, batch.batch_id),
+            )
+            if cur.rowcount != 1:
+                raise DataSurfaceError(f"batch {batch.batch_id} of {batch.stream.describe()} vanished")
+
+    def recent(self, store: str | None, limit: int) -> list[tuple[Any, ...]]:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("""SELECT store, dataset, batch_id, status, started_at, finished_at, rows_total,
+                                  rows_inserted, rows_updated, rows_deleted FROM {}
+                            WHERE %s::text IS NULL OR store = %s
+                            ORDER BY started_at DESC, stream, batch_id DESC LIMIT %s""").format(
+                    self._t("ds_batches")),
+                (store, store, limit),
+            )
+            return list(cur.fetchall())
+
+
+def _batch(stream: Stream, row: tuple[Any, ...]) -> Batch:
+    return Batch(stream, row[0], row[1], row[2], row[3], dict(row[4] or {}), tuple(row[5] or ()))
+
+
+class StreamLock:
+    """A session-level advisory lock per (schema, stream): two runs on one stream never both apply.
+
+    Held on the run's merge connection, so a killed run releases it with its connection.
+    """
+
+    def __init__(self, conn: PgConnection, schema: str, stream: Stream, wait_seconds: float = 0.0):
+        self.conn = conn
+        self.name = f"datasurface/{schema}/{stream.key}"
+        self.stream = stream
+        self.wait_seconds = wait_seconds
+
+    def acquire(self) -> None:
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (self.name,))
+                got = cur.fetchone()[0]  # type: ignore[index]
+            self.conn.commit()
+            if got:
+                return
+            if time.monotonic() >= deadline:
+                waited = f" after waiting {self.wait_seconds:g}s" if self.wait_seconds else ""
+                raise StreamBusyError(
+                    f"another run holds {self.stream.describe()} of this platform{waited}; "
+                    f"it will commit its batch (use --lock-wait to wait for it)"
+                )
+            time.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
+
+    def release(self) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (self.name,))
+        self.conn.commit()

@@ -1,0 +1,215 @@
+"""Helpers for the merge engine tests: a two-dataset source covering every model type, random
+snapshot sequences, an oracle for counts, and readers of the merge tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import os
+import random
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ALLTYPES_COLUMNS = [
+    ("id", "integer"), ("c_smallint", "smallint"), ("c_integer", "integer"), ("c_bigint", "bigint"),
+    ("c_numeric_ps", "numeric(12,3)"), ("c_numeric", "numeric"), ("c_real", "real"),
+    ("c_double", "double precision"), ("c_boolean", "boolean"), ("c_varchar", "varchar(30)"),
+    ("c_char", "char(5)"), ("c_text", "text"), ("c_date", "date"), ("c_timestamp", "timestamp"),
+    ("c_timestamptz", "timestamptz"), ("c_time", "time"), ("c_uuid", "uuid"), ("c_jsonb", "jsonb"),
+    ("c_bytea", "bytea"),
+]
+PAIRS_COLUMNS = [("region", "varchar(10)"), ("code", "integer"), ("note", "text"), ("amount", "numeric(10,2)")]
+DATASETS = {"alltypes": (ALLTYPES_COLUMNS, ("id",)), "pairs": (PAIRS_COLUMNS, ("region", "code"))}
+
+
+def model_dict(host: str, port: int, database: str, *, store: str = "Store1",
+               consistency: str = "multi_dataset", datasets: dict[str, Any] | None = None) -> dict[str, Any]:
+    datasets = DATASETS if datasets is None else datasets
+    return {
+        "apiVersion": "datasurface/v1",
+        "kind": "Model",
+        "stores": [{
+            "name": store,
+            "consistency": consistency,
+            "source": {"host": host, "port": port, "database": database, "credential": "source"},
+            "datasets": [
+                {"name": name, "primaryKey": list(key),
+                 "columns": [{"name": c, "type": t, **({"nullable": False} if c in key else {})} for c, t in cols]}
+                for name, (cols, key) in datasets.items()
+            ],
+        }],
+    }
+
+
+def write_model(folder: Path, model: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "datasurface.yaml").write_text(yaml.safe_dump(model, sort_keys=False))
+    return folder
+
+
+def create_source_tables(conn: Any, datasets: dict[str, Any] | None = None) -> None:
+    datasets = DATASETS if datasets is None else datasets
+    with conn.cursor() as cur:
+        for name, (cols, key) in datasets.items():
+            defs = ", ".join(f'"{c}" {t}' for c, t in cols)
+            cur.execute(f'CREATE TABLE "{name}" ({defs}, PRIMARY KEY ({", ".join(key)}))')
+    conn.commit()
+
+
+# --- random snapshots -----------------------------------------------------------------------------
+
+TEXT_CHOICES = [None, "", "x", "hello", "Ünïcode ✓", "with\ttab", "quote'\"", "NULL"]
+
+
+def _value(rng: random.Random, typ: str) -> Any:
+    if rng.random() < 0.15:
+        return None
+    if typ in ("smallint",):
+        return rng.randint(-32768, 32767)
+    if typ == "integer":
+        return rng.randint(-(2**31), 2**31 - 1)
+    if typ == "bigint":
+        return rng.randint(-(2**63), 2**63 - 1)
+    if typ.startswith("numeric("):
+        return decimal.Decimal(rng.randint(-10**8, 10**8)) / 1000 if "3" in typ else \
+            decimal.Decimal(rng.randint(-10**6, 10**6)) / 100
+    if typ == "numeric":
+        return decimal.Decimal(str(rng.randint(-10**20, 10**20))) / decimal.Decimal(10 ** rng.randint(0, 10))
+    if typ == "real":
+        return rng.randint(-1000, 1000) / 4  # exactly representable
+    if typ == "double precision":
+        return rng.randint(-10**9, 10**9) / 1024
+    if typ == "boolean":
+        return rng.random() < 0.5
+    if typ.startswith("varchar") or typ == "text":
+        return rng.choice(TEXT_CHOICES[1:]) + str(rng.randint(0, 3)) if rng.random() < 0.5 else rng.choice(TEXT_CHOICES)
+    if typ.startswith("char("):
+        return "".join(rng.choice("abcde") for _ in range(5))
+    if typ == "date":
+        return dt.date(2000, 1, 1) + dt.timedelta(days=rng.randint(0, 20000))
+    if typ == "timestamp":
+        return dt.datetime(2000, 1, 1) + dt.timedelta(seconds=rng.randint(0, 10**9), microseconds=rng.randint(0, 999999))
+    if typ == "timestamptz":
+        return dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=rng.randint(0, 10**9))
+    if typ == "time":
+        return dt.time(rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59), rng.randint(0, 999999))
+    if typ == "uuid":
+        return str(uuid.UUID(int=rng.getrandbits(128)))
+    if typ == "jsonb":
+        return json.dumps(rng.choice([{"a": rng.randint(0, 5)}, [1, 2, "x"], "s", 3, None, {"n": {"m": [True]}}]))
+    if typ == "bytea":
+        return bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 6)))
+    raise ValueError(typ)
+
+
+def _key(rng: random.Random, name: str) -> tuple[Any, ...]:
+    if name == "alltypes":
+        return (rng.randint(1, 120),)
+    return (rng.choice(["north", "south", "east", "west", ""]), rng.randint(1, 15))
+
+
+def random_row(rng: random.Random, name: str, key: tuple[Any, ...]) -> tuple[Any, ...]:
+    cols, keycols = DATASETS[name]
+    return key + tuple(_value(rng, t) for c, t in cols if c not in keycols)
+
+
+def next_snapshot(rng: random.Random, prev: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]],
+                  removed: dict[str, set[tuple[Any, ...]]]) -> dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]:
+    """Deletes, updates (one or all values; NULL/''/value flips), inserts and re-adds of deleted keys."""
+    snap = {}
+    for name in DATASETS:
+        rows = dict(prev.get(name, {}))
+        cols, keycols = DATASETS[name]
+        for k in list(rows):
+            r = rng.random()
+            if r < 0.12:
+                del rows[k]
+                removed[name].add(k)
+            elif r < 0.35:
+                row = list(rows[k])
+                i = rng.randrange(len(keycols), len(cols))
+                typ = cols[i][1]
+                row[i] = rng.choice([None, "", "x"]) if typ in ("text", "varchar(30)") else _value(rng, typ)
+                rows[k] = tuple(row)
+        for _ in range(rng.randint(0, 8)):
+            k = _key(rng, name)
+            if k not in rows:
+                rows[k] = random_row(rng, name, k)
+        for k in list(removed[name]):
+            if k not in rows and rng.random() < 0.3:  # delete, then re-add
+                rows[k] = random_row(rng, name, k)
+                removed[name].discard(k)
+        snap[name] = rows
+    return snap
+
+
+def load_snapshot(conn: Any, snap: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]) -> None:
+    from psycopg2.extras import execute_values
+
+    with conn.cursor() as cur:
+        for name, rows in snap.items():
+            cols = [c for c, _ in DATASETS[name][0]]
+            cur.execute(f'TRUNCATE "{name}"')
+            if rows:
+                execute_values(cur, f'INSERT INTO "{name}" ({", ".join(cols)}) VALUES %s', list(rows.values()))
+    conn.commit()
+
+
+# --- reading results ------------------------------------------------------------------------------
+
+def _norm(v: Any) -> Any:
+    return bytes(v) if isinstance(v, memoryview) else v
+
+
+def fetch(conn: Any, relation: str, name: str, where: str = "", params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    cols, key = DATASETS[name]
+    colsql = ", ".join(f'"{c}"' for c, _ in cols)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT {colsql} FROM {relation} {where} ORDER BY {', '.join(key)}", params)
+        rows = [tuple(_norm(v) for v in r) for r in cur.fetchall()]
+    conn.rollback()
+    return rows
+
+
+def oracle_counts(before: list[tuple[Any, ...]], after: list[tuple[Any, ...]], nkey: int) -> dict[str, int]:
+    b = {r[:nkey]: r[nkey:] for r in before}
+    a = {r[:nkey]: r[nkey:] for r in after}
+    return {
+        "total": len(a),
+        "inserted": sum(1 for k in a if k not in b),
+        "updated": sum(1 for k in a if k in b and a[k] != b[k]),
+        "deleted": sum(1 for k in b if k not in a),
+    }
+
+
+def merge_state(conn: Any, schema: str) -> dict[str, Any]:
+    """Everything in a platform schema (tables' rows and the ledger), to compare before/after."""
+    state: dict[str, Any] = {}
+    with conn.cursor() as cur:
+        cur.execute("""SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                        WHERE n.nspname = %s AND c.relkind IN ('r', 'v') ORDER BY 1""", (schema,))
+        for (rel,) in cur.fetchall():
+            cur.execute(f'SELECT * FROM "{schema}"."{rel}"')
+            state[rel] = sorted((tuple(map(repr, map(_norm, r))) for r in cur.fetchall()))
+    conn.rollback()
+    return state
+
+
+# --- running the job as a real process ------------------------------------------------------------
+
+def run_job(args: list[str], env: dict[str, str], extra_env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **env, **(extra_env or {})}
+    return subprocess.run([sys.executable, "-m", "datasurface.cli", *args], env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def merge_args(model: Path, platform: str, mode: str, dbs: Any, store: str = "Store1") -> list[str]:
+    return ["merge", "--model", str(model), "--platform", platform, "--mode", mode, "--store", store,
+            *dbs.merge_args()]
