@@ -1,0 +1,208 @@
+{{/* Names ---------------------------------------------------------------------------------------- */}}
+{{- define "datasurface.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "datasurface.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels: helm.sh/chart and version never in selectors. Call with (dict "ctx" $ "component" "x"). */}}
+{{- define "datasurface.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "datasurface.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "datasurface.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "datasurface.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: datasurface
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Images ---------------------------------------------------------------------------------------- */}}
+{{- define "datasurface.jobImage" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "datasurface.airflowImage" -}}
+{{- printf "%s:%s" .Values.airflow.image.repository .Values.airflow.image.tag -}}
+{{- end -}}
+
+{{/* Databases ------------------------------------------------------------------------------------- */}}
+{{- define "datasurface.postgresql.fullname" -}}
+{{- printf "%s-postgresql" (include "datasurface.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The Secret holding the database logins (bundled or external). */}}
+{{- define "datasurface.database.secretName" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- default (include "datasurface.postgresql.fullname" .) .Values.postgresql.auth.existingSecret -}}
+{{- else -}}
+{{- .Values.externalDatabase.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "datasurface.database.host" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- include "datasurface.postgresql.fullname" . -}}
+{{- else -}}
+{{- .Values.externalDatabase.host -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "datasurface.database.port" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- .Values.postgresql.service.port -}}
+{{- else -}}
+{{- .Values.externalDatabase.port -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Database names: fixed for the bundled server (its init script creates them). */}}
+{{- define "datasurface.database.source" -}}
+{{- ternary "customer_db" .Values.externalDatabase.sourceDatabase .Values.postgresql.enabled -}}
+{{- end -}}
+{{- define "datasurface.database.merge" -}}
+{{- ternary "merge_db" .Values.externalDatabase.mergeDatabase .Values.postgresql.enabled -}}
+{{- end -}}
+{{- define "datasurface.database.airflow" -}}
+{{- ternary "airflow_db" .Values.externalDatabase.airflowDatabase .Values.postgresql.enabled -}}
+{{- end -}}
+
+{{/* Credentials ----------------------------------------------------------------------------------- */}}
+{{/* Env prefix of a credential name (contract §3): upper-cased, [^A-Z0-9] -> _ */}}
+{{- define "datasurface.credentialPrefix" -}}
+{{- regexReplaceAll "[^A-Z0-9]" (upper .) "_" -}}
+{{- end -}}
+
+{{/* The secretEnv list (as JSON) of platform.json: X_USER/X_PASSWORD per credential, then the git token. */}}
+{{- define "datasurface.secretEnv" -}}
+{{- $dbSecret := include "datasurface.database.secretName" . -}}
+{{- $entries := list -}}
+{{- range $name := keys .Values.credentials | sortAlpha -}}
+{{- $cred := get $.Values.credentials $name -}}
+{{- $secret := default $dbSecret $cred.secretName -}}
+{{- $prefix := include "datasurface.credentialPrefix" $name -}}
+{{- $entries = append $entries (dict "name" (printf "%s_USER" $prefix) "secret" $secret "key" $cred.usernameKey) -}}
+{{- $entries = append $entries (dict "name" (printf "%s_PASSWORD" $prefix) "secret" $secret "key" $cred.passwordKey) -}}
+{{- end -}}
+{{- with (include "datasurface.gitTokenSecret" . | fromJson) -}}
+{{- $entries = append $entries (dict "name" "DATASURFACE_GIT_TOKEN" "secret" .name "key" .key "optional" true) -}}
+{{- end -}}
+{{- toJson $entries -}}
+{{- end -}}
+
+{{/* secretEnv entries as container env vars (secretKeyRef). */}}
+{{- define "datasurface.secretEnvVars" -}}
+{{- range (include "datasurface.secretEnv" . | fromJsonArray) }}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secret }}
+      key: {{ .key }}
+      {{- if .optional }}
+      optional: true
+      {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The git token Secret reference as JSON ({} when none). */}}
+{{- define "datasurface.gitTokenSecret" -}}
+{{- if .Values.model.tokenSecret.name -}}
+{{- toJson (dict "name" .Values.model.tokenSecret.name "key" .Values.model.tokenSecret.key) -}}
+{{- else if .Values.model.token -}}
+{{- toJson (dict "name" (printf "%s-git" (include "datasurface.fullname" .)) "key" "token") -}}
+{{- else -}}
+{}
+{{- end -}}
+{{- end -}}
+
+{{/* The Slack webhook Secret reference as JSON ({} when none). */}}
+{{- define "datasurface.slackSecret" -}}
+{{- if .Values.slack.webhookSecret.name -}}
+{{- toJson (dict "name" .Values.slack.webhookSecret.name "key" .Values.slack.webhookSecret.key) -}}
+{{- else if .Values.slack.webhook -}}
+{{- toJson (dict "name" (printf "%s-slack" (include "datasurface.fullname" .)) "key" "webhook") -}}
+{{- else -}}
+{}
+{{- end -}}
+{{- end -}}
+
+{{/* The model: built-in ConfigMap or a git repository. */}}
+{{- define "datasurface.model.configMapName" -}}
+{{- printf "%s-model" (include "datasurface.fullname" .) -}}
+{{- end -}}
+
+{{/* Plain (non-secret) env of job-image pods: the model and the merge database (contract §3). */}}
+{{- define "datasurface.jobEnv" -}}
+- name: DATASURFACE_MODEL
+  value: {{ default "/model" .Values.model.repo | quote }}
+{{- if and .Values.model.repo .Values.model.ref }}
+- name: DATASURFACE_MODEL_REF
+  value: {{ .Values.model.ref | quote }}
+{{- end }}
+- name: DATASURFACE_MODEL_PATH
+  value: {{ ternary .Values.model.path "datasurface.yaml" (not (empty .Values.model.repo)) | quote }}
+- name: DATASURFACE_MERGE_HOST
+  value: {{ include "datasurface.database.host" . | quote }}
+- name: DATASURFACE_MERGE_PORT
+  value: {{ include "datasurface.database.port" . | quote }}
+- name: DATASURFACE_MERGE_DATABASE
+  value: {{ include "datasurface.database.merge" . | quote }}
+- name: DATASURFACE_MERGE_CREDENTIAL
+  value: {{ .Values.merge.credential | quote }}
+- name: TMPDIR
+  value: /tmp
+{{- end -}}
+
+{{/* Airflow --------------------------------------------------------------------------------------- */}}
+{{- define "datasurface.airflow.fullname" -}}
+{{- printf "%s-airflow" (include "datasurface.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "datasurface.airflow.serviceAccountName" -}}
+{{- if .Values.airflow.serviceAccount.create -}}
+{{- default (include "datasurface.airflow.fullname" .) .Values.airflow.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.airflow.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "datasurface.airflow.secretName" -}}
+{{- default (include "datasurface.airflow.fullname" .) .Values.airflow.existingSecret -}}
+{{- end -}}
+
+{{/* Platforms ------------------------------------------------------------------------------------- */}}
+{{- define "datasurface.platform.configMapName" -}}
+{{- printf "%s-dags-%s" (include "datasurface.fullname" .ctx) (lower .platform.name) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* A stable secret value: the existing Secret's value (lookup), else a fresh random one.
+     Call with (dict "ctx" $ "secret" NAME "key" KEY "length" N "b64" bool); returns base64 data. */}}
+{{- define "datasurface.stableSecret" -}}
+{{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .secret -}}
+{{- if and $existing $existing.data (hasKey $existing.data .key) -}}
+{{- index $existing.data .key -}}
+{{- else if .b64 -}}
+{{- randAlphaNum (int .length) | b64enc | b64enc -}}
+{{- else -}}
+{{- randAlphaNum (int .length) | b64enc -}}
+{{- end -}}
+{{- end -}}

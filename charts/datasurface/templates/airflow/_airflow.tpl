@@ -1,0 +1,134 @@
+{{/* Env shared by every Airflow container. */}}
+{{- define "datasurface.airflow.env" -}}
+{{- $secret := include "datasurface.airflow.secretName" . -}}
+{{- $dbSecret := default (include "datasurface.database.secretName" .) .Values.airflow.database.secretName -}}
+- name: AIRFLOW__CORE__EXECUTOR
+  value: LocalExecutor
+- name: AIRFLOW__CORE__LOAD_EXAMPLES
+  value: "False"
+- name: AIRFLOW__CORE__DAGS_FOLDER
+  value: {{ .Values.airflow.dagsFolder | quote }}
+- name: AIRFLOW__CORE__DAG_IGNORE_FILE_SYNTAX
+  value: glob
+- name: AIRFLOW__CORE__HOSTNAME_CALLABLE
+  value: airflow.utils.net.get_host_ip_address
+- name: AIRFLOW__CORE__EXECUTION_API_SERVER_URL
+  value: {{ printf "http://%s-api-server:%d/execution/" (include "datasurface.airflow.fullname" .) (int .Values.airflow.apiServer.service.port) | quote }}
+- name: AIRFLOW__CORE__AUTH_MANAGER
+  value: airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
+- name: AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS
+  value: {{ printf "%s:admin" .Values.airflow.adminUsername | quote }}
+- name: AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE
+  value: /opt/airflow/auth/passwords.json
+- name: AIRFLOW_CONFIG
+  value: /tmp/airflow.cfg
+- name: AIRFLOW__CORE__FERNET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: fernet-key
+- name: AIRFLOW__API__SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: api-secret-key
+- name: AIRFLOW__API_AUTH__JWT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: jwt-secret
+- name: AIRFLOW_DB_USER
+  valueFrom:
+    secretKeyRef:
+      name: {{ $dbSecret }}
+      key: {{ .Values.airflow.database.usernameKey }}
+- name: AIRFLOW_DB_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $dbSecret }}
+      key: {{ .Values.airflow.database.passwordKey }}
+{{- /* Kubernetes expands $(VAR) from the two env vars above: no password in the manifest. */}}
+- name: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN
+  value: {{ printf "postgresql+psycopg2://$(AIRFLOW_DB_USER):$(AIRFLOW_DB_PASSWORD)@%s:%s/%s" (include "datasurface.database.host" .) (include "datasurface.database.port" .) (include "datasurface.database.airflow" .) | quote }}
+{{- with .Values.airflow.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The Slack webhook env (scheduler, dag-processor), when configured. */}}
+{{- define "datasurface.airflow.slackEnv" -}}
+{{- with (include "datasurface.slackSecret" . | fromJson) }}
+- name: DATASURFACE_SLACK_WEBHOOK
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name }}
+      key: {{ .key }}
+{{- end }}
+{{- end -}}
+
+{{/* Init container: wait until the migration Job has brought the schema to this Airflow's head. */}}
+{{- define "datasurface.airflow.waitForMigrations" -}}
+- name: wait-for-migrations
+  image: {{ include "datasurface.airflowImage" . }}
+  imagePullPolicy: {{ .Values.airflow.image.pullPolicy }}
+  args: [db, check-migrations, --migration-wait-timeout, "900"]
+  securityContext:
+    {{- toYaml .Values.airflow.containerSecurityContext | nindent 4 }}
+  env:
+    {{- include "datasurface.airflow.env" . | nindent 4 }}
+    - name: CONNECTION_CHECK_MAX_COUNT
+      value: "100"
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+    - name: logs
+      mountPath: /opt/airflow/logs
+{{- end -}}
+
+{{/* The DAGs folder: one projected volume, each platform ConfigMap as its own sub-folder, plus an
+     .airflowignore that hides the volume's `..data` bookkeeping folders (without it Airflow's DAG walk
+     follows the symlinks, sees the same folder twice and stops with "Detected recursive loop"). */}}
+{{- define "datasurface.airflow.dagsVolume" -}}
+- name: dags
+  projected:
+    defaultMode: 0444
+    sources:
+      - configMap:
+          name: {{ include "datasurface.airflow.fullname" . }}-dags-root
+      {{- range .Values.platforms }}
+      - configMap:
+          name: {{ include "datasurface.platform.configMapName" (dict "ctx" $ "platform" .) }}
+          items:
+            - key: datasurface_dags.py
+              path: {{ lower .name }}/datasurface_dags.py
+            - key: platform.json
+              path: {{ lower .name }}/platform.json
+      {{- end }}
+{{- end -}}
+
+{{/* Rolls the pods that read the DAGs when a platform is added, changed or removed. */}}
+{{- define "datasurface.airflow.dagsChecksum" -}}
+checksum/dags: {{ include (print .Template.BasePath "/dags/configmaps.yaml") . | sha256sum }}
+{{- end -}}
+
+{{- define "datasurface.airflow.podSpecCommon" -}}
+serviceAccountName: {{ include "datasurface.airflow.serviceAccountName" . }}
+securityContext:
+  {{- toYaml .Values.airflow.podSecurityContext | nindent 2 }}
+{{- with .Values.airflow.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.airflow.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.airflow.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.airflow.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
