@@ -300,8 +300,12 @@ def _fetch(git: _Git, remote: _Remote) -> tuple[str, str]:
 
 
 def _fetch_ref(git: _Git, remote: _Remote, refname: str) -> str:
-    git.check("cannot fetch model repository", "fetch", "-q", "--depth", "1", "--no-tags",
-              "--no-recurse-submodules", "--", remote.url, refname)
+    """A branch or tag: shallow (only its commit), or in full from a server that cannot do shallow."""
+    status, _, _ = git.run("fetch", "-q", "--depth", "1", "--no-tags", "--no-recurse-submodules", "--",
+                           remote.url, refname)
+    if status != 0:
+        git.check("cannot fetch model repository", "fetch", "-q", "--no-tags", "--no-recurse-submodules",
+                  "--", remote.url, refname)
     return _resolve(git, remote, "FETCH_HEAD")
 
 

@@ -163,8 +163,9 @@ def parse_model(text: str, origin: str) -> Model:
 
 def _load_yaml(text: str, origin: str) -> tuple[yaml.Node | None, Any]:
     """Compose and construct with the safe loader in one pass, keeping the nodes for line numbers."""
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
@@ -178,7 +179,8 @@ def _load_yaml(text: str, origin: str) -> tuple[yaml.Node | None, Any]:
     except RecursionError:
         raise ModelError(f"{origin}: malformed YAML: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return node, data
 
 
@@ -428,8 +430,8 @@ class _Validator:
         col_paths: list[Path] = []
         items = self.list_of(data["columns"], (*path, "columns"), "columns") if "columns" in data else None
         columns_ok = items is not None
-        declared = {item["name"].lower() for item in items or () if isinstance(item, dict)
-                    and isinstance(item.get("name"), str)}
+        declared = None if items is None else {
+            item["name"].lower() for item in items if isinstance(item, dict) and isinstance(item.get("name"), str)}
         for k, item in enumerate(items or ()):
             cpath = (*path, "columns", k)
             parsed = self.column(item, cpath)
@@ -456,7 +458,7 @@ class _Validator:
         return Dataset(name=name, table=table, primary_key=tuple(key_names), columns=tuple(columns))
 
     def primary_key(self, data: dict[str, Any], path: Path, columns: list[Column], by_name: dict[str, int],
-                    col_paths: list[Path], explicit_null: dict[int, bool], declared: set[str]
+                    col_paths: list[Path], explicit_null: dict[int, bool], declared: set[str] | None
                     ) -> list[str] | None:
         if "primaryKey" not in data:
             return None
@@ -480,8 +482,8 @@ class _Validator:
             seen.add(key)
             if key not in by_name:
                 ok = False
-                if key in declared:
-                    continue  # the column is there but invalid: its own problem is reported
+                if declared is None or key in declared:
+                    continue  # the column (or the column list) is there but invalid: reported already
                 known = ", ".join(c.name for c in columns) or "none valid"
                 self.add((*kpath, i), f"no column named {text!r} in this dataset (columns: {known})")
                 continue
