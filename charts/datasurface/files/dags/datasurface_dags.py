@@ -232,7 +232,7 @@ class _Reader:
             return {}
         for k, v in value.items():
             if not isinstance(v, values):
-                self.fail(f"must be a {_kind_name(values)} (got {_kind(v)})", f"{key}.{k}")
+                self.fail(f"must be {_kind_name(values)} (got {_kind(v)})", f"{key}.{k}")
         return value
 
     def items(self, key: str, *, required: bool = False) -> list[Any]:
@@ -254,7 +254,7 @@ def _kind(value: Any) -> str:
 
 
 def _kind_name(types: type | tuple[type, ...]) -> str:
-    names = {str: "string", int: "integer", float: "number", dict: "object", list: "list"}
+    names = {str: "a string", int: "an integer", float: "a number", dict: "an object", list: "a list"}
     seq = types if isinstance(types, tuple) else (types,)
     return " or ".join(names.get(t, t.__name__) for t in seq)
 
