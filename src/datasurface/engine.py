@@ -231,6 +231,7 @@ def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: s
             stream_lays = [lay for lay in lays if stream.dataset in (None, lay.dataset.name)]
             lock = StreamLock(conn, schema, stream, lock_wait)
             lock.acquire()
+            killpoint("stream:locked")
             try:
                 recovered |= StreamRun(conn, st, stream, stream_lays, mode).run()
             finally:
