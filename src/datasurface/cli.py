@@ -229,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: runs a command and maps every outcome to an exit status."""
     code = EXIT_OK
     try:
-        app(args=argv, standalone_mode=False)
+        returned = app(args=argv, standalone_mode=False)
+        if returned == 130:  # typer turns Ctrl-C into a *returned* 130 when not in standalone mode
+            typer.echo("datasurface-job: interrupted", err=True)
+            code = 130
     except typer.Exit as exc:
         code = exc.exit_code
     except click.exceptions.Abort:

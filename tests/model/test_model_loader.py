@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -231,6 +232,20 @@ def test_unreachable_https_fails_fast_without_the_token(monkeypatch: pytest.Monk
     assert TOKEN not in message and base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode() not in message
 
 
+def test_a_server_that_never_answers_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATASURFACE_GIT_TIMEOUT", "2")
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    with socket.socket() as silent:  # accepts connections (backlog) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"https://127.0.0.1:{silent.getsockname()[1]}/x.git"
+        started = time.monotonic()
+        message = model_error(url)
+    assert time.monotonic() - started < 20
+    assert message == f"cannot read model repository {url}: fatal: no answer within 2 seconds " \
+                      "(set DATASURFACE_GIT_TIMEOUT to wait longer)"
+
+
 def test_password_in_url_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     url = "https://someone:pa55word@127.0.0.1:1/x.git"
     message = model_error(url)
@@ -424,6 +439,7 @@ def test_local_folder_refusals(tmp_path: Path, path: str, words: str) -> None:
 
 
 def test_local_folder_problems(tmp_path: Path) -> None:
+    assert "no model given" in model_error("")
     assert "does not exist" in model_error(str(tmp_path / "nope"))
     (tmp_path / "file").write_text("x")
     assert "is not a directory" in model_error(str(tmp_path / "file"))

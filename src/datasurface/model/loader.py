@@ -32,7 +32,7 @@ from datasurface.model.validate import parse_model
 DEFAULT_MODEL_PATH = "datasurface.yaml"
 MAX_MODEL_BYTES = 8 * 1024 * 1024
 GIT_TIMEOUT_ENV = "DATASURFACE_GIT_TIMEOUT"
-DEFAULT_GIT_TIMEOUT = 600.0  # seconds, for each git command
+DEFAULT_GIT_TIMEOUT = 300.0  # seconds, for each git command
 
 _URL_SCHEMES = ("https", "http", "ssh", "git", "file")
 _SCP_LIKE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*@[A-Za-z0-9][A-Za-z0-9.-]*:(?!//).*")
@@ -48,6 +48,8 @@ def load_model(model: str, ref: str | None = None, path: str = DEFAULT_MODEL_PAT
     default branch. `path` is the file inside the folder or repository and may not leave it.
     `on_clone` (tests) is called with the temporary clone folder before it is removed.
     """
+    if not model or not model.strip():
+        raise ModelError("no model given: name a git URL or a local directory (--model, DATASURFACE_MODEL)")
     rel = _relative_model_path(path)
     if is_git_url(model):
         return _load_from_git(model, ref, rel, on_clone)
@@ -153,8 +155,11 @@ class _Git:
     """Runs the git CLI (through GitPython) in one folder with a locked-down environment."""
 
     def __init__(self, workdir: Path, remote: _Remote) -> None:
-        import git  # GitPython: imported here so that local-folder use needs no git binary
-
+        try:
+            import git  # GitPython: imported here so that local-folder use needs no git binary
+        except ImportError as exc:  # GitPython refuses to import without a git executable
+            raise ModelError(f"cannot read model repository {remote.shown}: git is not available "
+                             f"({' '.join(str(exc).split())[:200]})") from None
         self._git = git.Git(str(workdir))
         self._remote = remote
         self._env = _git_environment(remote.url)
@@ -176,6 +181,8 @@ class _Git:
             raise ModelError(f"cannot run git for the model repository {self._remote.shown}: "
                              f"{exc.strerror or exc}") from None
         text = err.decode("utf-8", "replace") if isinstance(err, bytes) else str(err)
+        if status != 0 and text.startswith("Timeout:"):  # GitPython killed it after kill_after_timeout
+            text = f"fatal: no answer within {self._timeout:g} seconds (set {GIT_TIMEOUT_ENV} to wait longer)"
         return int(status), out if isinstance(out, bytes) else str(out).encode(), text
 
     def check(self, what: str, *args: str) -> bytes:
