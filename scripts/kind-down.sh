@@ -21,7 +21,8 @@ done
 
 command -v kind >/dev/null 2>&1 || die "kind is not installed (https://kind.sigs.k8s.io)"
 
-if kind get clusters 2>/dev/null | grep -qxF "$cluster"; then
+clusters=$(kind get clusters 2>/dev/null || true)
+if grep -qxF "$cluster" <<<"$clusters"; then
   echo "kind-down: deleting kind cluster $cluster" >&2
   kind delete cluster --name "$cluster"
 else

@@ -179,7 +179,8 @@ helm=$("$root/scripts/get-helm.sh")
 k() { kubectl --context "$context" --namespace "$namespace" "$@"; }
 
 # --- 1. cluster -------------------------------------------------------------------------------------------
-if kind get clusters 2>/dev/null | grep -qxF "$cluster"; then
+clusters=$(kind get clusters 2>/dev/null || true)
+if grep -qxF "$cluster" <<<"$clusters"; then
   say "kind cluster $cluster exists: reusing it"
 else
   say "creating kind cluster $cluster"
@@ -235,16 +236,19 @@ fi
 platform_lower=$(printf '%s' "$dag_platform" | tr '[:upper:]' '[:lower:]')
 dag_id="${platform_lower}__${dag_store}_ingestion"
 scheduler=$(k get pods -l "app.kubernetes.io/instance=$release,app.kubernetes.io/component=scheduler" \
-  --field-selector=status.phase=Running -o name | head -n 1)
+  --field-selector=status.phase=Running -o jsonpath='{.items[0].metadata.name}')
 [ -n "$scheduler" ] || die "no running Airflow scheduler pod for release $release"
-airflow() { k exec "$scheduler" -- airflow "$@"; }
+airflow() { k exec "pod/$scheduler" -- airflow "$@"; }
 
+# Outputs are captured before grep reads them: with pipefail, `cmd | grep -q` can fail on SIGPIPE.
 say "waiting for Airflow to parse $dag_id"
+dags=""
 for _ in $(seq 1 60); do
-  if airflow dags list --output plain 2>/dev/null | grep -qw "$dag_id"; then break; fi
+  dags=$(airflow dags list --output plain 2>/dev/null || true)
+  if grep -qw "$dag_id" <<<"$dags"; then break; fi
   sleep 5
 done
-airflow dags list --output plain | grep -qw "$dag_id" || die "Airflow has not loaded $dag_id"
+grep -qw "$dag_id" <<<"$dags" || die "Airflow has not loaded $dag_id"
 airflow dags unpause "$dag_id" >/dev/null
 
 # The platform's settings, as the chart rendered them for the DAG (contract: platform.json).
