@@ -190,8 +190,9 @@ app.kubernetes.io/part-of: datasurface
 {{- end -}}
 
 {{/* Platforms ------------------------------------------------------------------------------------- */}}
+{{/* Kubernetes names: the platform name in lower case with _ as - (label values and folders keep _). */}}
 {{- define "datasurface.platform.configMapName" -}}
-{{- printf "%s-dags-%s" (include "datasurface.fullname" .ctx) (lower .platform.name) | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-dags-%s" (include "datasurface.fullname" .ctx) (lower .platform.name | replace "_" "-") | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/* A stable secret value: the existing Secret's value (lookup), else a fresh random one.
