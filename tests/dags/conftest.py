@@ -61,7 +61,9 @@ def kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "users": [{"name": "test", "user": {"token": "not-a-real-token"}}],
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
     }))
-    monkeypatch.setenv("KUBECONFIG", str(path))
+    # The provider's default connection, pointed at that file (KUBECONFIG is read when kubernetes is imported).
+    monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", json.dumps(
+        {"conn_type": "kubernetes", "extra": {"kube_config_path": str(path)}}))
     for var in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
         monkeypatch.delenv(var, raising=False)
     return path

@@ -295,7 +295,7 @@ def parse_settings(data: Any) -> PlatformSettings:
 
     schedule = top.string("schedule", default="@hourly", nullable=True)
     infra_schedule = top.string("infrastructureSchedule", default="@daily", nullable=True)
-    retries = top.integer("retries", default=2, minimum=0, maximum=100)
+    retries = top.integer("retries", default=2, minimum=0)
     retry_delay = top.number("retryDelaySeconds", default=300, minimum=0)
 
     m = top.child("model", top.value("model", True, {}))

@@ -1,0 +1,232 @@
+"""The chart's DAG ConfigMaps, loaded by a real Airflow 3 DagBag: ids, schedules, task graph, the job pods.
+
+Each platform ConfigMap rendered by the real `helm template` is written to `<dags>/<platform lower>/`, as
+the chart mounts it, and parsed as the dag-processor would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dag_support import DAG_MODULE, chart_helm, dag_bag, example_settings, write_platform
+
+INGESTION_GRAPH = {"merge": ["done", "retrigger"], "retrigger": [], "done": []}
+
+
+def platform_configmaps(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The rendered platform ConfigMaps by their datasurface.io/platform label."""
+    return {d["metadata"]["labels"]["datasurface.io/platform"]: d for d in docs
+            if d.get("kind") == "ConfigMap" and "datasurface.io/platform" in d["metadata"].get("labels", {})}
+
+
+def write_dags_folder(configmaps: dict[str, dict[str, Any]], root: Path) -> Path:
+    for platform, cm in configmaps.items():
+        folder = root / platform
+        folder.mkdir(parents=True)
+        for name, text in cm["data"].items():
+            (folder / name).write_text(text)
+    return root
+
+
+def graph(dag: Any) -> dict[str, list[str]]:
+    return {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
+
+
+def env_of(task: Any) -> dict[str, Any]:
+    """The task pod's env: name -> plain value, or ("secret", name, key, optional) for a secretKeyRef."""
+    out: dict[str, Any] = {}
+    for e in task.env_vars:
+        ref = e.value_from.secret_key_ref if e.value_from else None
+        out[e.name] = ("secret", ref.name, ref.key, bool(ref.optional)) if ref else e.value
+    return out
+
+
+@pytest.fixture(scope="module")
+def default_render() -> list[dict[str, Any]]:
+    return chart_helm().render_chart()
+
+
+def test_default_values_render_one_configmap_per_platform_with_the_module_verbatim(
+        default_render: list[dict[str, Any]]) -> None:
+    cms = platform_configmaps(default_render)
+    assert sorted(cms) == ["yellowforensic", "yellowlive"]
+    for platform, cm in cms.items():
+        assert cm["metadata"]["name"] == f"mvp-datasurface-dags-{platform}"
+        assert sorted(cm["data"]) == ["datasurface_dags.py", "platform.json"]
+        assert cm["data"]["datasurface_dags.py"] == DAG_MODULE.read_text()
+        assert json.loads(cm["data"]["platform.json"])["platform"].lower() == platform
+
+
+def test_default_chart_dags_load_in_airflow(default_render: list[dict[str, Any]], tmp_path: Path) -> None:
+    bag = dag_bag(write_dags_folder(platform_configmaps(default_render), tmp_path / "dags"))
+    assert bag.import_errors == {}
+    assert sorted(bag.dags) == ["yellowforensic__Store1_ingestion", "yellowforensic_infrastructure",
+                                "yellowlive__Store1_ingestion", "yellowlive_infrastructure"]
+    for platform, mode in (("YellowLive", "live"), ("YellowForensic", "forensic")):
+        lower = platform.lower()
+        dag = bag.dags[f"{lower}__Store1_ingestion"]
+        assert dag.schedule == "@hourly"
+        assert (dag.max_active_runs, dag.catchup) == (1, False)
+        assert set(dag.tags) == {"datasurface", f"platform:{lower}", mode, "ingestion"}
+        assert graph(dag) == INGESTION_GRAPH
+        merge, retrigger, done = (dag.get_task(t) for t in ("merge", "retrigger", "done"))
+        assert type(merge).__name__ == "KubernetesPodOperator"
+        assert merge.arguments == ["merge", "--platform", platform, "--mode", mode, "--store", "Store1"]
+        assert merge.cmds == []  # the image's entrypoint (datasurface-job) runs
+        assert list(merge.skip_on_exit_code) == [10]
+        assert (merge.on_finish_action.value, merge.do_xcom_push, merge.get_logs) == ("delete_pod", False, True)
+        assert (merge.retries, merge.retry_delay) == (2, timedelta(seconds=300))
+        assert merge.image == "ghcr.io/datasurface/datasurface-job:0.1.0"
+        assert merge.namespace == "default"
+        env = env_of(merge)
+        secret = "mvp-datasurface-postgresql"
+        assert {k: v for k, v in env.items() if isinstance(v, tuple)} == {
+            "MERGE_USER": ("secret", secret, "merge-username", False),
+            "MERGE_PASSWORD": ("secret", secret, "merge-password", False),
+            "SOURCE_USER": ("secret", secret, "source-username", False),
+            "SOURCE_PASSWORD": ("secret", secret, "source-password", False),
+        }
+        assert env["DATASURFACE_MODEL"] == "/model"  # the chart's example model ConfigMap
+        assert "DATASURFACE_MODEL_REF" not in env
+        assert (env["DATASURFACE_MERGE_HOST"], env["DATASURFACE_MERGE_PORT"]) == (secret, "5432")
+        assert (env["DATASURFACE_MERGE_DATABASE"], env["DATASURFACE_MERGE_CREDENTIAL"]) == ("merge_db", "merge")
+        assert retrigger.trigger_dag_id == dag.dag_id
+        assert retrigger.trigger_rule == "all_skipped" and retrigger.wait_for_completion is False
+        assert done.trigger_rule == "all_success"
+        assert merge.on_failure_callback in (None, [])  # no Slack webhook configured by default
+
+        infra = bag.dags[f"{lower}_infrastructure"]
+        assert infra.schedule == "@daily"
+        assert graph(infra) == {"setup": []}
+        setup = infra.get_task("setup")
+        assert setup.arguments == ["setup", "--platform", platform, "--mode", mode, "--store", "Store1"]
+        assert not setup.skip_on_exit_code
+        assert env_of(setup) == env
+
+
+THREE_PLATFORMS = {
+    "airflow": {"enabled": False},
+    "model": {"repo": "https://git.example.test/acme/model.git", "ref": "v2", "path": "models/ds.yaml",
+              "tokenSecret": {"name": "model-git", "key": "token"}},
+    "slack": {"webhookSecret": {"name": "slack", "key": "url"}},
+    "platforms": [
+        {"name": "YellowLive", "mode": "live", "stores": ["Store1"], "schedule": "@hourly"},
+        {"name": "YellowForensic", "mode": "forensic", "stores": ["Store1", "Store2"],
+         "schedule": "*/15 * * * *", "retries": 0, "retryDelaySeconds": 30},
+        {"name": "Blue_Dev", "mode": "live", "stores": ["Orders"], "schedule": "0 3 * * *", "runner": "local",
+         "infrastructureSchedule": "@weekly"},
+    ],
+}
+
+
+def test_three_platforms_without_airflow(tmp_path: Path) -> None:
+    docs = chart_helm().render_chart(values=THREE_PLATFORMS)
+    cms = platform_configmaps(docs)
+    assert sorted(cms) == ["blue_dev", "yellowforensic", "yellowlive"]
+    assert not [d for d in docs if d["kind"] in ("Deployment", "StatefulSet") and "airflow" in d["metadata"]["name"]]
+    bag = dag_bag(write_dags_folder(cms, tmp_path / "dags"))
+    assert bag.import_errors == {}
+    assert sorted(bag.dags) == [
+        "blue_dev__Orders_ingestion", "blue_dev_infrastructure",
+        "yellowforensic__Store1_ingestion", "yellowforensic__Store2_ingestion", "yellowforensic_infrastructure",
+        "yellowlive__Store1_ingestion", "yellowlive_infrastructure",
+    ]
+    for store in ("Store1", "Store2"):
+        dag = bag.dags[f"yellowforensic__{store}_ingestion"]
+        assert dag.schedule == "*/15 * * * *" and graph(dag) == INGESTION_GRAPH
+        merge = dag.get_task("merge")
+        assert merge.arguments == ["merge", "--platform", "YellowForensic", "--mode", "forensic", "--store", store]
+        assert (merge.retries, merge.retry_delay) == (0, timedelta(seconds=30))
+        env = env_of(merge)
+        assert env["DATASURFACE_GIT_TOKEN"] == ("secret", "model-git", "token", True)
+        assert (env["DATASURFACE_MODEL"], env["DATASURFACE_MODEL_REF"], env["DATASURFACE_MODEL_PATH"]) == (
+            "https://git.example.test/acme/model.git", "v2", "models/ds.yaml")
+        assert callable(merge.on_failure_callback) or merge.on_failure_callback  # Slack configured
+        assert not any(v.name == "model" for v in merge.volumes)  # a git model: no model ConfigMap
+    infra = bag.dags["yellowforensic_infrastructure"]
+    assert infra.get_task("setup").arguments == ["setup", "--platform", "YellowForensic", "--mode", "forensic",
+                                                 "--store", "Store1", "--store", "Store2"]
+    blue = bag.dags["blue_dev__Orders_ingestion"]
+    assert graph(blue) == INGESTION_GRAPH
+    local = blue.get_task("merge")
+    assert type(local).__name__ == "LocalJobOperator"
+    assert local.job_args == ["merge", "--platform", "Blue_Dev", "--mode", "live", "--store", "Orders"]
+    assert local.run_again_on_10 is True
+    assert local.job_env["DATASURFACE_MODEL"] == "https://git.example.test/acme/model.git"
+    assert "MERGE_PASSWORD" in local.required_env and "DATASURFACE_GIT_TOKEN" not in local.required_env
+    assert bag.dags["blue_dev_infrastructure"].schedule == "@weekly"
+
+
+def test_job_pod_spec(default_render: list[dict[str, Any]], tmp_path: Path, kubeconfig: Path) -> None:
+    """The pod KubernetesPodOperator would create, built by the provider itself (no cluster contacted)."""
+    from kubernetes.client import ApiClient
+
+    bag = dag_bag(write_dags_folder(platform_configmaps(default_render), tmp_path / "dags"))
+    task = bag.dags["yellowlive__Store1_ingestion"].get_task("merge")
+    pod = ApiClient().sanitize_for_serialization(task.build_pod_request_obj())
+    spec = pod["spec"]
+    assert pod["metadata"]["namespace"] == "default"
+    assert pod["metadata"]["name"].startswith("ds-yellowlive-store1-")
+    labels = pod["metadata"]["labels"]
+    assert labels["datasurface.io/platform"] == "yellowlive" and labels["datasurface.io/store"] == "Store1"
+    assert labels["app.kubernetes.io/part-of"] == "datasurface"
+    assert spec["restartPolicy"] == "Never"
+    assert spec["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in spec  # null in values: the namespace default
+    assert spec["securityContext"] == {"fsGroup": 10001, "runAsGroup": 10001, "runAsNonRoot": True,
+                                       "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
+    [container] = spec["containers"]  # no XCom sidecar
+    assert container["image"] == "ghcr.io/datasurface/datasurface-job:0.1.0"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    assert not container.get("command")  # empty: the image ENTRYPOINT (datasurface-job) runs
+    assert container["args"] == ["merge", "--platform", "YellowLive", "--mode", "live", "--store", "Store1"]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]},
+                                            "seccompProfile": {"type": "RuntimeDefault"}}
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MERGE_PASSWORD"] == {"name": "MERGE_PASSWORD", "valueFrom": {"secretKeyRef": {
+        "name": "mvp-datasurface-postgresql", "key": "merge-password", "optional": False}}}
+    assert env["TMPDIR"]["value"] == "/tmp"
+    assert not [e for e in container["env"] if "PASSWORD" in e["name"] and "value" in e]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[mounts["/tmp"]["name"]]["emptyDir"] == {}
+    assert mounts["/model"]["readOnly"] is True
+    assert volumes[mounts["/model"]["name"]]["configMap"]["name"] == "mvp-datasurface-model"
+
+
+def test_pod_spec_without_model_configmap_and_with_pull_secrets(tmp_path: Path, kubeconfig: Path) -> None:
+    from kubernetes.client import ApiClient
+
+    settings = example_settings()
+    settings["kubernetes"].update(imagePullSecrets=["regcred"], serviceAccountName="datasurface-jobs",
+                                  imagePullPolicy="Always", namespace="data")
+    bag = dag_bag(write_platform(tmp_path / "dags" / "yellowlive", settings).parent)
+    pod = ApiClient().sanitize_for_serialization(
+        bag.dags["yellowlive_infrastructure"].get_task("setup").build_pod_request_obj())
+    spec = pod["spec"]
+    assert pod["metadata"]["namespace"] == "data"
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert spec["serviceAccountName"] == "datasurface-jobs"
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["containers"][0]["imagePullPolicy"] == "Always"
+    assert [m["mountPath"] for m in spec["containers"][0]["volumeMounts"]] == ["/tmp"]
+    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    assert env["DATASURFACE_GIT_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert env["DATASURFACE_MODEL_REF"]["value"] == "main"
+
+
+def test_parsing_a_platform_is_fast(default_render: list[dict[str, Any]], tmp_path: Path) -> None:
+    """Parsing touches no database, network or model: well under a second once Airflow is imported."""
+    folder = write_dags_folder(platform_configmaps(default_render), tmp_path / "dags") / "yellowlive"
+    dag_bag(folder)  # warm: the provider and kubernetes client imports happen once per process
+    started = time.monotonic()
+    bag = dag_bag(folder)
+    assert time.monotonic() - started < 1.0
+    assert len(bag.dags) == 2
