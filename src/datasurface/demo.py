@@ -111,21 +111,27 @@ def _env(values: dict[str, str]) -> Iterator[None]:
 
 
 def _check_keep(keep: Path | None) -> None:
-    if keep is not None and keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+    if keep is None:
+        return
+    if keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
         raise UsageError(f"--keep {keep}: must be a new or empty folder")
+    if os.geteuid() == 0:  # the server then runs as user postgres, which must reach the folder
+        postgres_uid = pwd.getpwnam("postgres").pw_uid
+        for parent in keep.resolve().parents:
+            st = parent.stat() if parent.exists() else None
+            if st is not None and not st.st_mode & 0o001 and st.st_uid != postgres_uid:
+                raise UsageError(f"--keep {keep}: the server runs as user postgres, which cannot enter "
+                                 f"{parent}; choose a folder it can reach (e.g. under /tmp or /var/tmp)")
 
 
 def _allow_owner_without_password(server: LocalPostgres) -> str:
-    """For a kept server: the OS user that runs it may log in as the superuser over the socket (peer
-    authentication, no password stored anywhere). Returns that OS user."""
+    """For a kept server: once started again, the OS user that runs it may log in as the superuser over
+    the socket (peer authentication: no password stored anywhere). Not reloaded now: this run keeps
+    logging in with its passwords. Returns that OS user."""
     os_user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
     hba, ident_file = server.data_dir / "pg_hba.conf", server.data_dir / "pg_ident.conf"
     ident_file.write_text(ident_file.read_text() + f"demo {os_user} postgres\n")
     hba.write_text("local all postgres peer map=demo\n" + hba.read_text())
-    conn = server.admin_connect()
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_reload_conf()")
-    conn.close()
     return os_user
 
 

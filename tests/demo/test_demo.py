@@ -1,0 +1,181 @@
+"""The local demo end to end: its reported batches and counts agree with what is in the databases,
+it leaves nothing running (also on Ctrl-C), and `scripts/demo.sh` (the README's first command) works."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+from rich.console import Console
+
+from datasurface import demo
+from datasurface.demo import DemoResult, DemoServer, execute_demo
+
+pytestmark = pytest.mark.timeout(180)
+
+FOREVER = 2147483647
+
+
+def _connect(endpoint: Any, cred: Any):  # type: ignore[no-untyped-def]
+    return psycopg2.connect(host=endpoint.host, port=endpoint.port, dbname=endpoint.database, user=cred.user,
+                            password=cred.password)
+
+
+def _rows(conn, query: str, *args: object) -> list[tuple[Any, ...]]:  # type: ignore[no-untyped-def]
+    with conn.cursor() as cur:
+        cur.execute(query, args)
+        return list(cur.fetchall())
+
+
+def _postmasters_under(root: Path) -> list[str]:
+    """Command lines of running processes that mention `root` (a postgres server of that folder)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        if str(root) in cmd and ") Z " not in stat:
+            found.append(cmd)
+    return found
+
+
+def test_demo_end_to_end_counts_match_the_databases() -> None:
+    rounds, changes = 2, 20
+    checked: dict[str, Any] = {}
+
+    def inspect(srv: DemoServer, result: DemoResult) -> None:
+        checked["root"] = srv.server.data_dir.parent
+        src, mrg = _connect(srv.source, srv.source_credential), _connect(srv.merge, srv.merge_credential)
+        for table in ("customers", "addresses"):
+            source_rows = _rows(src, f"SELECT * FROM public.{table} ORDER BY id")  # noqa: S608
+            assert result.source_rows[table] == len(source_rows)
+            for platform in ("yellowlive", "yellowforensic"):
+                name = "YellowLive" if platform == "yellowlive" else "YellowForensic"
+                # the ledger: batches 1..rounds, all committed, one per round
+                ledger = _rows(mrg, f"SELECT batch_id, status FROM {platform}.ds_batches "  # noqa: S608
+                                    "WHERE store = 'Store1' ORDER BY batch_id")
+                assert ledger == [(n, "committed") for n in range(1, rounds + 1)]
+                reported = [b for b in result.batches if b.platform == name and b.dataset == table]
+                assert [b.batch_id for b in reported] == list(range(1, rounds + 1))
+                assert reported == [
+                    demo.BatchCounts(name, *r) for r in _rows(
+                        mrg, f"SELECT batch_id, dataset, rows_total, rows_inserted, rows_updated, "  # noqa: S608
+                             f"rows_deleted FROM {platform}.ds_batch_datasets WHERE store = 'Store1' "
+                             f"AND dataset = %s ORDER BY batch_id", table)]
+                # the current rows are exactly the source's, and the counts add up
+                view = _rows(mrg, f"SELECT * FROM {platform}.store1_{table}_current ORDER BY id")  # noqa: S608
+                assert view == source_rows
+                assert result.current_rows[(name, table)] == len(view)
+                assert reported[-1].total == len(source_rows)
+                assert sum(b.inserted - b.deleted for b in reported) == len(source_rows)
+                if platform == "yellowforensic":
+                    versions = _rows(mrg, f"SELECT count(*) FILTER (WHERE ds_batch_out = {FOREVER}), "  # noqa: S608
+                                          f"count(*) FROM {platform}.store1_{table}")[0]
+                    assert versions == (len(source_rows), sum(b.inserted + b.updated for b in reported))
+        # the "as of batch 1" row is the version valid at batch 1
+        as_of = result.as_of
+        then = _rows(mrg, "SELECT * FROM yellowforensic.store1_customers_current LIMIT 0")
+        assert then == []
+        old = _rows(mrg, "SELECT email, phone FROM yellowforensic.store1_customers WHERE id = %s "
+                         "AND ds_batch_in <= 1 AND 1 < ds_batch_out", as_of["then"]["id"])
+        assert old == [(as_of["then"]["email"], as_of["then"]["phone"])]
+        src.close()
+        mrg.close()
+        checked["inspected"] = True
+
+    out = io.StringIO()
+    result = execute_demo(rounds=rounds, changes=changes, keep=None, seed=3,
+                          console=Console(file=out, width=140), inspect=inspect)
+    assert checked.get("inspected")
+    assert sum(result.simulated.values()) == rounds * changes
+    assert result.merge_codes == [("YellowLive", 0), ("YellowForensic", 0)] * rounds
+    text = out.getvalue()
+    assert "Batches of store Store1" in text and "as of batch 1 vs now" in text
+    # nothing left behind: the server stopped and its throwaway folder is gone
+    assert not checked["root"].exists()
+    assert _postmasters_under(checked["root"]) == []
+    for var in ("SOURCE_USER", "SOURCE_PASSWORD", "MERGE_USER", "MERGE_PASSWORD"):
+        assert os.environ.get(var) is None or var not in os.environ or "demo_" not in os.environ[var]
+
+
+def test_model_without_the_repository_is_the_example_model(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+    from_repo = demo.model_document("/sock")
+    assert from_repo["stores"][0]["source"]["host"] == "/sock"
+    monkeypatch.setattr(demo, "EXAMPLE_MODEL", tmp_path / "missing.yaml")
+    assert demo.model_document("/sock") == from_repo
+
+
+def test_keep_must_be_a_new_or_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "something").write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "datasurface.cli", "demo", "--keep", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "must be a new or empty folder" in proc.stderr
+    if os.geteuid() == 0:  # the server would run as postgres, which cannot enter pytest's private tmp
+        proc = subprocess.run([sys.executable, "-m", "datasurface.cli", "demo", "--keep", str(tmp_path / "new")],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2
+        assert "cannot enter" in proc.stderr
+
+
+@pytest.fixture
+def keep_root() -> Iterator[Path]:
+    """A folder the server's OS user can reach (pytest's tmp_path is private to root)."""
+    root = Path(tempfile.mkdtemp(prefix="ds-demo-keep-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_ctrl_c_stops_everything_and_keeps_the_data(tmp_path: Path, keep_root: Path) -> None:
+    keep = keep_root / "kept"
+    log = tmp_path / "out.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "datasurface.cli", "demo", "--rounds", "100000",
+                                 "--changes", "20", "--keep", str(keep)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 90
+            while not re.search(r"^round 3: simulated", log.read_text(), re.M):
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert proc.returncode == 130, text
+    assert "Kept" in text and str(keep.resolve()) in text
+    assert (keep / "data" / "PG_VERSION").exists()
+    assert not (keep / "data" / "postmaster.pid").exists()
+    assert _postmasters_under(keep.resolve()) == []
+
+
+def test_demo_script_is_the_quick_start(repo_root: Path) -> None:
+    readme = (repo_root / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1]
+    first_command = re.search(r"```bash\n(\S+)", quick_start)
+    assert first_command and first_command.group(1) == "scripts/demo.sh"
+    proc = subprocess.run(["bash", "scripts/demo.sh", "--rounds", "1", "--changes", "5"], cwd=repo_root,
+                          capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "as of batch 1" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "DATASURFACE_RESULT_CODE=0"
