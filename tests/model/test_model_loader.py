@@ -258,6 +258,7 @@ def test_ssh_fails_fast_without_prompting() -> None:
     message = model_error("ssh://git@127.0.0.1:1/x.git", "main")
     assert time.monotonic() - started < 30
     assert message.startswith("cannot read model repository ssh://git@127.0.0.1:1/x.git (ref main): ")
+    assert "Connection refused" in message  # ssh's own reason, not only git's generic one
 
 
 # --- git: nothing on disk, nothing run -------------------------------------------------------------------
@@ -408,6 +409,20 @@ def test_token_is_never_sent_over_plain_http(monkeypatch: pytest.MonkeyPatch) ->
     keys = [k for k, v in https.items() if v.startswith("Authorization: Basic ")]
     assert len(keys) == 1
     assert https[keys[0].replace("VALUE", "KEY")] == "http.https://example.com:8443/.extraHeader"
+    header = base64.b64decode(https[keys[0]].removeprefix("Authorization: Basic ")).decode()
+    assert header == f"x-access-token:{TOKEN}"
+    named = _git_environment("https://oauth2@gitlab.example.com/x.git")
+    [value] = [v for v in named.values() if v.startswith("Authorization: Basic ")]
+    assert base64.b64decode(value.removeprefix("Authorization: Basic ")).decode() == f"oauth2:{TOKEN}"
+    # a URL with its own password keeps it; the token is not added
+    assert all(TOKEN not in v for v in _git_environment("https://u:p@example.com/x.git").values())
+
+
+@pytest.mark.parametrize("url", ["https://[::1/x.git", "https://host:99999/x.git", "https://h:port/x"])
+def test_unparseable_urls_are_a_model_error(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    message = model_error(url)
+    assert message.startswith("cannot read model repository") and TOKEN not in message
 
 
 # --- local folders ----------------------------------------------------------------------------------------

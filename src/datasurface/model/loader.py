@@ -70,13 +70,22 @@ def is_git_url(model: str) -> bool:
     return bool(_SCP_LIKE.fullmatch(model)) and not Path(model).exists()
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password in its userinfo replaced by `***`."""
+def _split(url: str) -> urllib.parse.SplitResult | None:
+    """The parts of a scheme:// URL; None for scp-like addresses and what urllib cannot parse."""
+    if "://" not in url:
+        return None
     try:
         parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
-        return url
-    if parts.password is None:
+        return None
+    return parts
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password in its userinfo replaced by `***`."""
+    parts = _split(url)
+    if parts is None or parts.password is None:
         return url
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
@@ -163,8 +172,9 @@ class _Git:
         self._git = git.Git(str(workdir))
         self._remote = remote
         self._env = _git_environment(remote.url)
-        self._secrets = [s for s in (os.environ.get(GIT_TOKEN_ENV), urllib.parse.urlsplit(remote.url).password)
-                         if s]
+        parts = _split(remote.url)
+        password = parts.password if parts is not None else None
+        self._secrets = [s for s in (os.environ.get(GIT_TOKEN_ENV), _basic_auth(remote.url), password) if s]
         timeout = os.environ.get(GIT_TIMEOUT_ENV, "")
         try:
             self._timeout = float(timeout) if timeout else DEFAULT_GIT_TIMEOUT
@@ -194,8 +204,13 @@ class _Git:
     def reason(self, stderr: str) -> str:
         """git's own last word, on one line, with the URL's password and the token removed."""
         lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-        fatal = [ln for ln in lines if ln.lower().startswith(("fatal:", "error:"))]
-        text = fatal[0] if fatal else (lines[-1] if lines else "git failed without a message")
+        first = next((i for i, ln in enumerate(lines) if ln.lower().startswith(("fatal:", "error:"))), None)
+        if first is None:
+            text = lines[-1] if lines else "git failed without a message"
+        elif first > 0 and "could not read from remote repository" in lines[first].lower():
+            text = f"{lines[first - 1]} ({lines[first]})"  # the transport's own reason (ssh) comes first
+        else:
+            text = lines[first]
         text = text.replace(self._remote.url, self._remote.shown)
         for secret in self._secrets:
             text = text.replace(secret, _REDACTED)
@@ -215,12 +230,9 @@ def _git_environment(url: str) -> dict[str, str]:
         ("advice.detachedHead", "false"),
         ("init.defaultBranch", "main"),
     ]
-    parts = urllib.parse.urlsplit(url) if "://" in url else None
-    token = os.environ.get(GIT_TOKEN_ENV, "")
-    if token and parts is not None and parts.scheme.lower() == "https" and parts.password is None:
-        user = urllib.parse.unquote(parts.username) if parts.username else "x-access-token"
-        basic = base64.b64encode(f"{user}:{token}".encode()).decode("ascii")
-        host = parts.netloc.rpartition("@")[2]
+    basic = _basic_auth(url)
+    if basic:
+        host = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
         config.append((f"http.https://{host}/.extraHeader", f"Authorization: Basic {basic}"))
     env = {
         "GIT_TERMINAL_PROMPT": "0",
@@ -233,6 +245,17 @@ def _git_environment(url: str) -> dict[str, str]:
         env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"  # fail instead of asking; core.sshCommand is kept
     env.update(_environment_config(os.environ, config))
     return env
+
+
+def _basic_auth(url: str) -> str | None:
+    """base64(`user:token`) for an https URL without a password of its own, when the token is set;
+    the user is the URL's, else `x-access-token` (GitHub; GitLab and Gitea accept any user)."""
+    token = os.environ.get(GIT_TOKEN_ENV, "")
+    parts = _split(url)
+    if not token or parts is None or parts.scheme.lower() != "https" or parts.password is not None:
+        return None
+    user = urllib.parse.unquote(parts.username) if parts.username else "x-access-token"
+    return base64.b64encode(f"{user}:{token}".encode()).decode("ascii")
 
 
 def _environment_config(environ: Mapping[str, str], config: list[tuple[str, str]]) -> dict[str, str]:
@@ -294,6 +317,8 @@ def _fetch(git: _Git, remote: _Remote) -> tuple[str, str]:
 
     ref = remote.ref
     if ref is None:
+        if head_branch is None and "HEAD" in refs:  # a server that does not say which branch HEAD is
+            return _fetch_ref(git, remote, "HEAD"), "HEAD"
         if head_branch is None or head_branch not in refs:
             raise ModelError(f"model repository {remote.shown} has no default branch (is it empty?); "
                              "give a ref")
