@@ -19,6 +19,13 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "charts" / "datasurface"
+# chart-testing's values sets: one rendering per interesting configuration
+CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
+
+
+def ci_id(path: Path) -> str:
+    """`ci/three-platforms-values.yaml` -> `three-platforms` (a readable pytest id)."""
+    return path.name.removesuffix("-values.yaml")
 
 
 @functools.cache
