@@ -92,6 +92,11 @@ def test_defaults_and_normalisation() -> None:
     assert addresses.primary_key == ("id",)
 
 
+@pytest.mark.parametrize("host", ["pg-data", "pg.svc.cluster.local", "10.0.0.7", "::1", "fe80::1", "/tmp/sock dir"])
+def test_hosts(host: str) -> None:
+    assert parse(with_change("stores.0.source.host", host)).stores[0].source.host == host
+
+
 def test_single_dataset_socket_dir_and_other_settings() -> None:
     doc = valid()
     doc["stores"][0]["consistency"] = "single_dataset"
@@ -188,6 +193,9 @@ CASES: list[tuple[str, object, str, str]] = [
     ("stores.0.source.host", "pg data", "stores[0].source.host", "neither a hostname nor a Unix-socket"),
     ("stores.0.source.host", "run/postgresql", "stores[0].source.host", "neither a hostname"),
     ("stores.0.source.host", 5, "stores[0].source.host", "expected a string"),
+    ("stores.0.source.host", "[::1]", "stores[0].source.host", "neither a hostname"),
+    ("stores.0.source.host", "pg_data:5432", "stores[0].source.host", "neither a hostname"),
+    ("stores.0.source.host", "-pg", "stores[0].source.host", "neither a hostname"),
     ("stores.0.source.database", "", "stores[0].source.database", "must not be empty"),
     ("stores.0.source.database", ["db"], "stores[0].source.database", "expected a string, got a list"),
     ("stores.0.source.schema", "my-schema", "stores[0].source.schema", "not a plain identifier"),

@@ -48,7 +48,8 @@ NUMERIC_MAX_PRECISION = 1000
 LENGTH_MAX = 10485760  # PostgreSQL's limit for varchar(n) and char(n)
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._:-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+# a DNS name or IPv4 address, or a bare IPv6 address (libpq's host= takes no brackets)
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*")
 _CREDENTIAL = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 _NUMERIC = re.compile(r"numeric\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")
 _LENGTH_TYPE = re.compile(r"(varchar|char)\s*\(\s*(\d+)\s*\)")
@@ -157,7 +158,8 @@ def parse_model(text: str, origin: str) -> Model:
             for p in validator.problems
         ]
         raise ModelValidationError(origin, located)
-    assert model is not None
+    if model is None:  # cannot happen without a problem listed; never hand out a half model
+        raise ModelValidationError(origin, [Problem((), "invalid model")])
     return model
 
 
