@@ -9,6 +9,7 @@ and their counts and one "as of batch N" forensic query. The server is stopped w
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import secrets
@@ -93,6 +94,18 @@ def model_document(socket_dir: str) -> dict[str, Any]:
     source = doc["stores"][0]["source"]
     source.update({"host": socket_dir, "port": 5432, "database": SOURCE_DB, "credential": "source"})
     return doc
+
+
+@contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """The job's INFO lines would bury the progress display: warnings only while the demo runs."""
+    logger = logging.getLogger("datasurface")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextmanager
@@ -235,7 +248,7 @@ def execute_demo(*, rounds: int, changes: int, keep: Path | None, seed: int,
 
         env = {"SOURCE_USER": source_cred.user, "SOURCE_PASSWORD": source_cred.password,
                "MERGE_USER": merge_cred.user, "MERGE_PASSWORD": merge_cred.password}
-        with _env(env):
+        with _env(env), _quiet_logs():
             sim = Simulator(source, source_cred, seed=seed, max_disconnected=10.0)
             sim.create_tables()
             _rounds(out, sim, model_dir, merge, rounds, changes, result)
