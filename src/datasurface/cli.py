@@ -6,6 +6,7 @@ Errors are one line on stderr (a traceback only with --debug); the last stdout l
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -67,6 +68,8 @@ def _root(
         help="Show the version and exit.")] = False,
 ) -> None:
     _state["debug"] = debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _merge_target(host: str, port: int, database: str, credential: str):  # type: ignore[no-untyped-def]
@@ -111,15 +114,20 @@ def reset_batch(
     merge_credential: MergeCredential,
     dataset: Annotated[str | None, typer.Option("--dataset", envvar="DATASURFACE_DATASET", show_envvar=True,
         help="The dataset, for a single_dataset store (each dataset is its own stream).")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Only this batch id (refused if committed); "
+        "default: the stream's open batch, if any.")] = None,
     merge_port: MergePort = 5432,
     lock_wait: LockWait = 0.0,
 ) -> None:
-    """Discard the stream's open (uncommitted) batch; refuses a committed one."""
+    """Discard the stream's open (uncommitted) batch so the next merge starts fresh with the current model.
+
+    Refuses a committed batch (exit 1). Exit 0 when it reset something or nothing was open.
+    """
     from datasurface.engine import run_reset_batch
 
     endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
     run_reset_batch(platform=platform, store=store, dataset=dataset, merge=endpoint, merge_credential=cred,
-                    lock_wait=lock_wait)
+                    batch_id=batch, lock_wait=lock_wait)
 
 
 @app.command()

@@ -20,7 +20,7 @@ from psycopg2 import sql
 
 from datasurface import credentials
 from datasurface.db import Endpoint, PgConnection, connect, first_line
-from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfaceError, UsageError
+from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfaceError
 from datasurface.faults import killpoint
 from datasurface.ingest import snapshot
 from datasurface.ingest.source import check_store
@@ -39,7 +39,7 @@ def find_store(model: Model, name: str) -> Store:
         return model.store(name)
     except KeyError:
         known = ", ".join(s.name for s in model.stores)
-        raise UsageError(f"unknown store {name!r} (the model has: {known})") from None
+        raise DataSurfaceError(f"unknown store {name!r} (the model has: {known})") from None
 
 
 def fingerprint(store: Store, datasets: tuple[str, ...]) -> str:

@@ -94,9 +94,10 @@ def _value(rng: random.Random, typ: str) -> Any:
     if typ == "date":
         return dt.date(2000, 1, 1) + dt.timedelta(days=rng.randint(0, 20000))
     if typ == "timestamp":
-        return dt.datetime(2000, 1, 1) + dt.timedelta(seconds=rng.randint(0, 10**9), microseconds=rng.randint(0, 999999))
+        return dt.datetime(2000, 1, 1) + dt.timedelta(seconds=rng.randint(0, 10**9),
+                                                      microseconds=rng.randint(0, 999999))
     if typ == "timestamptz":
-        return dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=rng.randint(0, 10**9))
+        return dt.datetime(2000, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=rng.randint(0, 10**9))
     if typ == "time":
         return dt.time(rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59), rng.randint(0, 999999))
     if typ == "uuid":
@@ -196,7 +197,7 @@ def merge_state(conn: Any, schema: str) -> dict[str, Any]:
                         WHERE n.nspname = %s AND c.relkind IN ('r', 'v') ORDER BY 1""", (schema,))
         for (rel,) in cur.fetchall():
             cur.execute(f'SELECT * FROM "{schema}"."{rel}"')
-            state[rel] = sorted((tuple(map(repr, map(_norm, r))) for r in cur.fetchall()))
+            state[rel] = sorted(tuple(map(repr, map(_norm, r))) for r in cur.fetchall())
     conn.rollback()
     return state
 

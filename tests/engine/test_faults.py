@@ -19,8 +19,16 @@ from datasurface.db import Endpoint
 from datasurface.engine import run_merge
 from datasurface.errors import EXIT_OK, EXIT_RECOVERED
 from tests.engine.support import (
-    DATASETS, create_source_tables, fetch, load_snapshot, merge_args, model_dict, next_snapshot, oracle_counts,
-    run_job, write_model,
+    DATASETS,
+    create_source_tables,
+    fetch,
+    load_snapshot,
+    merge_args,
+    model_dict,
+    next_snapshot,
+    oracle_counts,
+    run_job,
+    write_model,
 )
 
 BEFORE_OPEN = ["stream:locked", "source:checked", "batch:opening"]

@@ -19,7 +19,14 @@ from datasurface.db import Endpoint
 from datasurface.engine import run_merge
 from datasurface.errors import EXIT_OK
 from tests.engine.support import (
-    DATASETS, create_source_tables, fetch, load_snapshot, model_dict, next_snapshot, oracle_counts, write_model,
+    DATASETS,
+    create_source_tables,
+    fetch,
+    load_snapshot,
+    model_dict,
+    next_snapshot,
+    oracle_counts,
+    write_model,
 )
 
 SNAPSHOTS = 22
@@ -51,7 +58,7 @@ def test_random_snapshots_match_oracle(pg_servers: dict[int, Any], databases_on:
             code = run_merge(model=str(model), model_ref=None, model_path="datasurface.yaml", platform=platform,
                              mode=mode, store="Store1", merge=endpoint, merge_credential="merge")
             assert code == EXIT_OK
-        for name, (cols, key) in DATASETS.items():
+        for name, (_cols, key) in DATASETS.items():
             want = expected[name][n]
             table = f"store1_{name}"
             assert fetch(mrg, f"oraclelive.{table}", name) == want, f"live table, batch {n}"

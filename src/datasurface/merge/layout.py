@@ -15,9 +15,9 @@ from psycopg2 import sql
 from psycopg2.extensions import cursor
 
 from datasurface.db import PgConnection
-from datasurface.errors import DataSurfaceError, UsageError
+from datasurface.errors import DataSurfaceError
 from datasurface.model import Dataset, Store
-from datasurface.pgtypes import catalog_spelling, same_type
+from datasurface.pgtypes import same_type
 
 LIVE, FORENSIC = "live", "forensic"
 MODES = (LIVE, FORENSIC)
@@ -36,7 +36,7 @@ class SchemaChangeError(DataSurfaceError):
 
 def platform_schema(platform: str) -> str:
     if not _PLATFORM_RE.match(platform) or len(platform) > MAX_IDENT:
-        raise UsageError(
+        raise DataSurfaceError(
             f"invalid platform name {platform!r}: letters, digits and _, starting with a letter, "
             f"at most {MAX_IDENT} characters"
         )
@@ -45,7 +45,7 @@ def platform_schema(platform: str) -> str:
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
-        raise UsageError(f"invalid mode {mode!r}: expected one of {', '.join(MODES)}")
+        raise DataSurfaceError(f"invalid mode {mode!r}: expected one of {', '.join(MODES)}")
     return mode
 
 
@@ -216,7 +216,7 @@ def plan_evolution(conn: PgConnection, lay: DatasetLayout) -> list[str] | None:
         if col is None:
             problems.append(f"column {name!r} was removed from the model")
         elif not same_type(col.type, typ):
-            problems.append(f"column {name!r} changed type from {typ} to {catalog_spelling(col.type)}")
+            problems.append(f"column {name!r} changed type from {typ} to {col.type}")
     key = table_key(conn, lay.schema, lay.table)
     if lay.mode == FORENSIC:
         key = key[:-1]  # the primary key is (key..., ds_batch_in)
