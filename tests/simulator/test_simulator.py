@@ -145,7 +145,7 @@ def test_invariant_holds_after_hundreds_of_operations(dbs) -> None:  # type: ign
 
 def test_three_concurrent_simulators(dbs) -> None:  # type: ignore[no-untyped-def]
     argv = simulate_argv(dbs.host, dbs.port, dbs.source, "--create-tables", "--max-changes", "500",
-                         "--min-interval", "0", "--max-interval", "0.004", "--verbose")
+                         "--min-interval", "0", "--max-interval", "0.01", "--verbose")
     procs = [subprocess.Popen(argv, env=job_env(dbs.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(3)]
     outputs = [p.communicate(timeout=90) for p in procs]
