@@ -94,8 +94,11 @@ def merge(
 ) -> None:
     """Bring the store's stream(s) forward by one committed batch.
 
-    Exit 0: a fresh batch was committed. Exit 10: a batch left open by an interrupted run was
-    finished (run again for a fresh snapshot). Exit 1: failure, nothing half-applied.
+    Exit 0: a fresh batch was committed.
+
+    Exit 10: a batch left open by an interrupted run was finished; run again for a fresh snapshot.
+
+    Exit 1: failure, with nothing half-applied. Exit 2: usage error.
     """
     from datasurface.engine import run_merge
 
