@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         if returned == 130:  # typer turns Ctrl-C into a *returned* 130 when not in standalone mode
             typer.echo("datasurface-job: interrupted", err=True)
             code = 130
+        elif isinstance(returned, int):  # click *returns* a typer.Exit's code when not in standalone mode
+            code = returned
     except typer.Exit as exc:
         code = exc.exit_code
     except click.exceptions.Abort:
