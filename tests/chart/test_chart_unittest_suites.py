@@ -5,7 +5,6 @@ kinds they use, so the suites cannot silently rot."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
