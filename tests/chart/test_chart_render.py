@@ -506,3 +506,27 @@ def test_notes_explain_access() -> None:
     assert "admin-password" in notes
     assert "yellowlive__Store1_ingestion" in notes
     assert "scale deployment/mvp-datasurface-simulator" in notes
+
+
+def test_auth_passwords_init_writes_the_simple_auth_manager_file(defaults: Docs, tmp_path: Any) -> None:
+    """The api-server's init container builds the simple auth manager's password file from env only."""
+    import os
+    import subprocess
+    import sys
+
+    dep = find(defaults, "Deployment", "mvp-datasurface-airflow-api-server")
+    init = next(c for c in pod_spec(dep)["initContainers"] if c["name"] == "auth-passwords")
+    assert init["args"][0] == "python"
+    env = env_of(init)
+    assert env["ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mvp-datasurface-airflow",
+                                                                  "key": "admin-password"}
+    path = tmp_path / "passwords.json"
+    run_env = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(path), "ADMIN_USERNAME": "admin",
+               "ADMIN_PASSWORD": "p\"w'x"}
+    subprocess.run([sys.executable, *init["args"][1:]], env=run_env, check=True)
+    assert json.loads(path.read_text()) == {"admin": "p\"w'x"}
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    main_env = env_of(pod_spec(dep)["containers"][0])
+    assert main_env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]["value"] == str(
+        env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]["value"])
+    assert main_env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"]["value"] == "admin:admin"
