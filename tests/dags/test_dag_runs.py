@@ -205,7 +205,7 @@ def test_broken_model_fails_the_task_after_retries_with_one_slack_notice(
     text = slack[0]["text"]
     assert "platform RunBroken" in text and "store Store1" in text
     assert f"{LOG_BASE_URL}/dags/runbroken__Store1_ingestion/runs/" in text and "/tasks/merge" in text
-    assert "exited with status 1" in text
+    assert "exited with status 1: error:" in text and "columns[1].type: unknown type" in text
 
     infra = dags["runbroken_infrastructure"].test()
     assert (str(infra.state), ti_states(infra)) == ("failed", {"setup": "failed"})

@@ -201,3 +201,20 @@ def test_missing_settings_file_is_an_import_error(tmp_path: Path) -> None:
     (folder / "platform.json").unlink()
     bag = dag_bag(tmp_path)
     assert "platform.json: cannot read the platform settings" in bag.import_errors[str(folder / "datasurface_dags.py")]
+
+
+def test_slack_notice_is_best_effort(dags_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No env var: no notice; an unreachable or invalid webhook: logged, never raised into Airflow."""
+    import socket
+
+    settings = dags_module.parse_settings(example_settings(slackWebhookEnv="DS_TEST_UNREACHABLE_HOOK"))
+    notify = dags_module.slack_notifier(settings, "ingestion of store Store1")
+    assert dags_module.slack_notifier(dags_module.parse_settings(example_settings(slackWebhookEnv=None)), "x") is None
+    monkeypatch.delenv("DS_TEST_UNREACHABLE_HOOK", raising=False)
+    notify({})
+    with socket.socket() as s:  # a port nothing listens on once this socket is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for url in (f"http://127.0.0.1:{port}/hook", "not a url", "file:///etc/passwd"):
+        monkeypatch.setenv("DS_TEST_UNREACHABLE_HOOK", url)
+        notify({"ti": None, "exception": RuntimeError("boom")})

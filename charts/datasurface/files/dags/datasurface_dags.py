@@ -435,8 +435,12 @@ class LocalJobOperator(BaseOperator):
         self._proc = subprocess.Popen([executable, *self.job_args], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True, errors="replace")
         assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            self.log.info("%s", line.rstrip("\n"))
+        reason = ""
+        for raw in self._proc.stdout:
+            line = raw.rstrip("\n")
+            self.log.info("%s", line)
+            if line.startswith(f"{JOB_COMMAND}: "):  # the job's one-line reason for a failure
+                reason = line[len(JOB_COMMAND) + 2:]
         code = self._proc.wait()
         self._proc = None
         if code == EXIT_OK:
@@ -444,7 +448,8 @@ class LocalJobOperator(BaseOperator):
         if code == EXIT_RUN_AGAIN and self.run_again_on_10:
             raise AirflowSkipException(f"{JOB_COMMAND} exited {code}: it finished a batch left open by an "
                                        f"interrupted run; the DAG runs again at once")
-        raise JobFailed(f"{JOB_COMMAND} {self.job_args[0]} exited with status {code}")
+        raise JobFailed(f"{JOB_COMMAND} {self.job_args[0]} exited with status {code}"
+                        + (f": {reason[:500]}" if reason else ""))
 
     def on_kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -529,13 +534,16 @@ def slack_notifier(settings: PlatformSettings, subject: str) -> Callable[[Any], 
             url = os.environ.get(env_name, "").strip()
             if not url:
                 return
+            if not url.startswith(("https://", "http://")):
+                log.warning("Slack notice not sent: %s is not an http(s) URL", env_name)
+                return
             ti = context.get("ti") or context.get("task_instance")
             log_url = getattr(ti, "log_url", None) or "(no log URL)"
             reason = str(context.get("exception") or "").strip().splitlines()
             text = (f":red_circle: DataSurface {subject} failed: platform {settings.platform}, "
                     f"{getattr(ti, 'dag_id', '?')}.{getattr(ti, 'task_id', '?')}, "
                     f"try {getattr(ti, 'try_number', '?')}"
-                    f"{': ' + reason[0][:300] if reason else ''}\nLog: {log_url}")
+                    f"{': ' + reason[0][:600] if reason else ''}\nLog: {log_url}")
             request = urllib.request.Request(url, data=json.dumps({"text": text}).encode(),
                                              headers={"Content-Type": "application/json"}, method="POST")
             with urllib.request.urlopen(request, timeout=SLACK_TIMEOUT_SECONDS) as response:
