@@ -218,3 +218,9 @@ def test_slack_notice_is_best_effort(dags_module: ModuleType, monkeypatch: pytes
     for url in (f"http://127.0.0.1:{port}/hook", "not a url", "file:///etc/passwd"):
         monkeypatch.setenv("DS_TEST_UNREACHABLE_HOOK", url)
         notify({"ti": None, "exception": RuntimeError("boom")})
+
+
+def test_a_section_of_the_wrong_type_is_one_error(dags_module: ModuleType) -> None:
+    with pytest.raises(dags_module.PlatformSettingsError) as err:
+        dags_module.parse_settings(example_settings(merge=["mvp-datasurface-postgresql"]))
+    assert str(err.value) == "merge: must be an object (got a list)"

@@ -44,9 +44,9 @@ MODEL_MOUNT = "/model"
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 SLACK_TIMEOUT_SECONDS = 10
 
-_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?\Z")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # platforms and stores (the model's naming rule)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")  # DNS-1123 subdomain
 _PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 
@@ -155,10 +155,9 @@ class _Reader:
     def __init__(self, errors: list[str], data: Any, path: str) -> None:
         self.errors = errors
         self.path = path
-        self.data: dict[str, Any] = {}
-        if isinstance(data, dict):
-            self.data = data
-        else:
+        self.data: dict[str, Any] = data if isinstance(data, dict) else {}
+        self.is_object = isinstance(data, dict)  # if not, its missing keys are not reported too
+        if not self.is_object:
             self.fail(f"must be an object (got {_kind(data)})")
 
     def where(self, key: str | int | None = None) -> str:
@@ -178,7 +177,7 @@ class _Reader:
 
     def value(self, key: str, required: bool, default: Any) -> Any:
         if key not in self.data:
-            if required:
+            if required and self.is_object:
                 self.fail("required", key)
             return default
         return self.data[key]
@@ -193,8 +192,8 @@ class _Reader:
             self.fail(f"must be a non-empty string{' or null' if nullable else ''} (got {_kind(value)})", key)
         elif choices and value not in choices:
             self.fail(f"must be one of {', '.join(choices)} (got {value!r})", key)
-        elif pattern is not None and not pattern.match(value):
-            self.fail(f"{value!r} is not a valid name (pattern {pattern.pattern.rstrip(chr(92) + 'Z')})", key)
+        elif pattern is not None and not pattern.fullmatch(value):
+            self.fail(f"{value!r} is not a valid name (pattern {pattern.pattern})", key)
         return value
 
     def integer(self, key: str, *, default: int, minimum: int, maximum: int | None = None) -> int:
@@ -285,7 +284,7 @@ def parse_settings(data: Any) -> PlatformSettings:
     if "stores" in top.data and isinstance(raw_stores, list) and not raw_stores:
         top.fail("must name at least one store", "stores")
     for i, store in enumerate(raw_stores):
-        if not isinstance(store, str) or not _NAME.match(store) or len(store) > 40:
+        if not isinstance(store, str) or not _NAME.fullmatch(store) or len(store) > 40:
             top.fail(f"must be a store name: letters, digits, _, starting with a letter, at most 40 "
                      f"characters (got {_kind(store)})", f"stores[{i}]")
         elif store in stores:
@@ -347,7 +346,7 @@ def _job_env_names() -> set[str]:
 def _parse_kubernetes(k: _Reader) -> KubernetesSettings:
     pull_secrets = []
     for i, name in enumerate(k.items("imagePullSecrets")):
-        if not isinstance(name, str) or not _K8S_NAME.match(name):
+        if not isinstance(name, str) or not _K8S_NAME.fullmatch(name):
             k.fail(f"must be a Secret name (got {_kind(name)})", f"imagePullSecrets[{i}]")
         pull_secrets.append(name)
     resources = k.mapping("resources", values=dict)
