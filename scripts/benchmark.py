@@ -1,0 +1,489 @@
+#!/usr/bin/env python3
+"""Benchmark `datasurface-job merge` against the physical floor (issue 7).
+
+The floor, measured in the same run on the same snapshot: COPY of the source table (binary, through an
+OS pipe, like the job) into an UNLOGGED table in the merge database, plus ONE `FULL JOIN` diff of it
+against the current rows. The job is `datasurface-job merge` run as a subprocess, end to end (process
+start, model load, source check, ledger, staging, diff, apply, commit); its peak RSS comes from the
+kernel (wait4 rusage of that child).
+
+It starts its own throwaway PostgreSQL (one server, with a source and a merge database, as the test
+suite does), generates the source tables server-side with `generate_series`, applies churn server-side
+(a mixed batch: one third inserts, one third updates, one third deletes) and checks every run:
+the `_current` view equals the source table (count + order-independent row hash), the ledger's counts
+equal the churn applied, and the floor's diff found the same number of changes.
+
+    .venv/bin/python scripts/benchmark.py                       # default: a few minutes on 2 cores
+    .venv/bin/python scripts/benchmark.py --sizes 10m --churn 1 # bigger runs
+    .venv/bin/python scripts/benchmark.py --shapes narrow --sizes 100k --modes forensic --history 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import yaml
+from psycopg2 import sql
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from datasurface.localpg import LocalPostgres, find_bin_dir  # noqa: E402
+
+OPEN_END = 2147483647
+STORE = "Bench"
+PIPE_CHUNK = 1 << 16
+
+# (name, type, generator expression over g = generate_series value); key column first.
+NARROW = [
+    ("id", "bigint", "g"),
+    ("name", "varchar(40)", "'name-' || g"),
+    ("amount", "numeric(12,2)", "(g % 100000) / 100.0"),
+    ("qty", "integer", "(g % 997)::integer"),
+    ("created", "date", "date '2020-01-01' + (g % 2000)::integer"),
+    ("note", "text", "md5(g::text)"),
+]
+
+
+def _nullable(expr: str, salt: int) -> str:
+    """About 10% NULLs, a different 10% per column."""
+    return f"CASE WHEN (g * 7 + {salt}) % 10 = 0 THEN NULL ELSE {expr} END"
+
+
+def _wide() -> list[tuple[str, str, str]]:
+    cols = [("id", "bigint", "g"), ("version", "integer", "0")]
+    kinds = [
+        ("integer", "((g * {s}) % 100000)::integer"),
+        ("bigint", "g * {s}"),
+        ("numeric(14,4)", "((g * {s}) % 1000000) / 10000.0"),
+        ("double precision", "(g * {s}) / 7.0"),
+        ("boolean", "(g + {s}) % 3 = 0"),
+        ("varchar(60)", "'v{s}-' || (g * {s})"),
+        ("text", "md5((g + {s})::text)"),
+        ("date", "date '2000-01-01' + ((g * {s}) % 9000)::integer"),
+        ("timestamptz", "timestamptz '2020-01-01 00:00:00+00' + ((g * {s}) % 100000000) * interval '1 second'"),
+        ("timestamp", "timestamp '2021-01-01' + ((g + {s}) % 1000000) * interval '1 minute'"),
+        ("uuid", "md5((g * {s})::text)::uuid"),
+        ("smallint", "((g + {s}) % 30000)::smallint"),
+        ("jsonb", "jsonb_build_object('k', g % 100, 's', {s})"),
+        ("char(8)", "lpad(((g + {s}) % 100000000)::text, 8, '0')"),
+    ]
+    salt = 1
+    while len(cols) < 30:
+        typ, expr = kinds[(len(cols) - 2) % len(kinds)]
+        cols.append((f"c{len(cols):02d}", typ, _nullable(expr.format(s=salt), salt)))
+        salt += 1
+    return cols
+
+
+SHAPES = {"narrow": NARROW, "wide": _wide()}
+# the column each shape's updates change (never NULL, so the update always changes the row)
+UPDATE_SET = {"narrow": "amount = amount + 1, note = md5(note)", "wide": "version = version + 1"}
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().lower().replace("_", "")
+    mult = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
+    return int(float(t[:-1] if mult > 1 else t) * mult)
+
+
+def human(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n >= 1_000 and n % 1_000 == 0:
+        return f"{n // 1_000}k"
+    return str(n)
+
+
+@dataclass
+class Result:
+    shape: str
+    nominal: int
+    size: int
+    churn: str
+    mode: str
+    batch: int
+    floor_s: float
+    job_s: float
+    rss_mb: float
+    changes: int
+    check: str = "ok"
+    shown: bool = True
+
+    @property
+    def ratio(self) -> float:
+        return self.job_s / self.floor_s if self.floor_s else float("nan")
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.size / self.job_s if self.job_s else float("nan")
+
+
+COLUMNS = ["shape", "rows", "churn", "mode", "batch", "floor s", "job s", "ratio", "rows/s", "peak RSS MB",
+           "changes", "check"]
+
+
+def _num(x: float) -> str:
+    return "-" if x != x else f"{x:.2f}"  # NaN: no floor for the initial load
+
+
+def row_cells(r: Result) -> list[str]:
+    return [r.shape, human(r.nominal), r.churn, r.mode, str(r.batch), _num(r.floor_s), f"{r.job_s:.2f}",
+            _num(r.ratio), f"{r.rows_per_s:,.0f}", f"{r.rss_mb:.0f}", f"{r.changes:,}", r.check]
+
+
+def markdown_table(results: list[Result]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(row_cells(r)) + " |" for r in results]
+    return "\n".join(lines)
+
+
+def plain_row(cells: list[str]) -> str:
+    widths = [6, 5, 6, 8, 5, 7, 7, 6, 10, 11, 9, 5]
+    return "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
+
+
+class CheckFailed(Exception):
+    pass
+
+
+@dataclass
+class Bench:
+    server: LocalPostgres
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    source_db: str = ""
+    merge_db: str = ""
+
+    # ---- databases -------------------------------------------------------------------------
+
+    def create_databases(self, tag: str) -> None:
+        src_user, mrg_user = f"bench_src_{tag}", f"bench_mrg_{tag}"
+        src_pw, mrg_pw = secrets.token_hex(12), secrets.token_hex(12)
+        self.server.create_role(src_user, src_pw)
+        self.server.create_role(mrg_user, mrg_pw)
+        self.source_db, self.merge_db = f"bench_source_{tag}", f"bench_merge_{tag}"
+        self.server.create_database(self.source_db, owner=src_user)
+        self.server.create_database(self.merge_db, owner=mrg_user)
+        self.env = {"SOURCE_USER": src_user, "SOURCE_PASSWORD": src_pw,
+                    "MERGE_USER": mrg_user, "MERGE_PASSWORD": mrg_pw}
+
+    def drop_databases(self) -> None:
+        conn = self.server.admin_connect()
+        with conn.cursor() as cur:
+            for db in (self.source_db, self.merge_db):
+                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+            for role in (self.env["SOURCE_USER"], self.env["MERGE_USER"]):
+                cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        conn.close()
+
+    def connect(self, which: str) -> Any:
+        prefix, db = ("SOURCE", self.source_db) if which == "source" else ("MERGE", self.merge_db)
+        conn = psycopg2.connect(host=self.server.socket_dir, port=self.server.port, dbname=db,
+                                user=self.env[f"{prefix}_USER"], password=self.env[f"{prefix}_PASSWORD"])
+        return conn
+
+    @contextmanager
+    def conn(self, which: str) -> Iterator[Any]:
+        c = self.connect(which)
+        try:
+            yield c
+        finally:
+            c.close()
+
+    # ---- source data -----------------------------------------------------------------------
+
+    def generate(self, shape: str, size: int) -> None:
+        cols = SHAPES[shape]
+        defs = ", ".join(f'"{n}" {t}' + (" PRIMARY KEY" if n == "id" else "") for n, t, _ in cols)
+        exprs = ", ".join(e for _, _, e in cols)
+        with self.conn("source") as c, c.cursor() as cur:
+            cur.execute(f'CREATE TABLE "{shape}" ({defs})')
+            cur.execute(f'INSERT INTO "{shape}" SELECT {exprs} FROM generate_series(1, {int(size)}) g')
+            c.commit()
+            c.autocommit = True
+            cur.execute(f'VACUUM ANALYZE "{shape}"')
+
+    def churn(self, shape: str, fraction: float, seed: int) -> dict[str, int]:
+        """One third each of inserts, updates, deletes (of the current row count); exact counts."""
+        cols = SHAPES[shape]
+        exprs = ", ".join(e for _, _, e in cols)
+        with self.conn("source") as c, c.cursor() as cur:
+            cur.execute(f'SELECT count(*), coalesce(max(id), 0) FROM "{shape}"')
+            count, max_id = cur.fetchone()
+            if fraction <= 0:
+                return {"total": count, "inserted": 0, "updated": 0, "deleted": 0}
+            third = fraction / 3
+            threshold = int(third * 1_000_000)
+            # disjoint pseudo-random sets per batch: hash of the key with the batch as seed
+            h = "(abs(hashint8extended(id, %s)) %% 1000000)"
+            cur.execute(f'UPDATE "{shape}" SET {UPDATE_SET[shape]} WHERE {h} < %s', (seed, threshold))
+            updated = cur.rowcount
+            cur.execute(f'DELETE FROM "{shape}" WHERE {h} >= %s AND {h} < %s',
+                        (seed, threshold, seed, 2 * threshold))
+            deleted = cur.rowcount
+            n_ins = max(1, round(count * third))
+            cur.execute(f'INSERT INTO "{shape}" SELECT {exprs} '
+                        f'FROM generate_series({int(max_id) + 1}, {int(max_id) + n_ins}) g')
+            inserted = cur.rowcount
+            c.commit()
+            return {"total": count + inserted - deleted, "inserted": inserted, "updated": updated,
+                    "deleted": deleted}
+
+    # ---- model and job ---------------------------------------------------------------------
+
+    def write_model(self, shape: str) -> Path:
+        folder = self.workdir / f"model-{shape}"
+        folder.mkdir(parents=True, exist_ok=True)
+        model = {
+            "apiVersion": "datasurface/v1", "kind": "Model",
+            "stores": [{
+                "name": STORE, "consistency": "multi_dataset",
+                "source": {"host": self.server.socket_dir, "port": self.server.port, "database": self.source_db,
+                           "credential": "source"},
+                "datasets": [{
+                    "name": shape, "primaryKey": ["id"],
+                    "columns": [{"name": n, "type": t, **({"nullable": False} if n == "id" else {})}
+                                for n, t, _ in SHAPES[shape]],
+                }],
+            }],
+        }
+        (folder / "datasurface.yaml").write_text(yaml.safe_dump(model, sort_keys=False))
+        return folder
+
+    def run_job(self, model: Path, mode: str) -> tuple[float, float]:
+        """Wall seconds and peak RSS (MB) of one `datasurface-job merge` process."""
+        exe = Path(sys.executable).with_name("datasurface-job")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from datasurface.cli import _exit; _exit()"]
+        cmd += ["merge", "--model", str(model), "--platform", f"bench_{mode}", "--mode", mode, "--store", STORE,
+                "--merge-host", self.server.socket_dir, "--merge-port", str(self.server.port),
+                "--merge-database", self.merge_db, "--merge-credential", "merge"]
+        env = {**os.environ, **self.env}
+        with tempfile.TemporaryFile() as out:
+            started = time.monotonic()
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)
+            elapsed = time.monotonic() - started
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                out.seek(0)
+                raise CheckFailed(f"job exited {proc.returncode}: {out.read().decode(errors='replace')[-2000:]}")
+        return elapsed, usage.ru_maxrss / 1024  # Linux: kilobytes
+
+    # ---- the floor -------------------------------------------------------------------------
+
+    def floor(self, shape: str, mode: str) -> tuple[float, int]:
+        """COPY source -> pipe -> unlogged table in the merge db, plus one FULL JOIN diff; seconds, changes."""
+        cols = SHAPES[shape]
+        names = ", ".join(f'"{n}"' for n, _, _ in cols)
+        defs = ", ".join(f'"{n}" {t}' for n, t, _ in cols)
+        values = [n for n, _, _ in cols if n != "id"]
+        target = f'"bench_{mode}"."{STORE.lower()}_{shape}"'
+        current = target if mode == "live" else f"(SELECT * FROM {target} WHERE ds_batch_out = {OPEN_END})"
+        s_vals = ", ".join(f's."{n}"' for n in values)
+        c_vals = ", ".join(f'c."{n}"' for n in values)
+        diff = (f"SELECT count(*) FROM floor_stage s FULL JOIN {current} c ON s.id = c.id "
+                f"WHERE s.id IS NULL OR c.id IS NULL OR ({s_vals}) IS DISTINCT FROM ({c_vals})")
+        with self.conn("source") as src, self.conn("merge") as mrg:
+            with mrg.cursor() as cur:
+                cur.execute("DROP TABLE IF EXISTS floor_stage")
+                mrg.commit()
+            started = time.monotonic()
+            src.set_session(isolation_level="REPEATABLE READ", readonly=True)
+            with mrg.cursor() as cur:
+                cur.execute(f"CREATE UNLOGGED TABLE floor_stage ({defs})")
+            read_fd, write_fd = os.pipe()
+            errors: list[BaseException] = []
+
+            def produce() -> None:
+                try:
+                    with src.cursor() as c, os.fdopen(write_fd, "wb", buffering=PIPE_CHUNK) as w:
+                        c.copy_expert(f'COPY (SELECT {names} FROM "{shape}") TO STDOUT (FORMAT binary)', w,
+                                      size=PIPE_CHUNK)
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    errors.append(exc)
+
+            t = threading.Thread(target=produce, daemon=True)
+            t.start()
+            with os.fdopen(read_fd, "rb", buffering=PIPE_CHUNK) as r, mrg.cursor() as cur:
+                cur.copy_expert(f"COPY floor_stage ({names}) FROM STDIN (FORMAT binary)", r, size=PIPE_CHUNK)
+            t.join()
+            if errors:
+                raise errors[0]
+            src.rollback()
+            with mrg.cursor() as cur:
+                cur.execute(diff)
+                changes = int(cur.fetchone()[0])
+            mrg.commit()
+            elapsed = time.monotonic() - started
+            with mrg.cursor() as cur:
+                cur.execute("DROP TABLE floor_stage")
+            mrg.commit()
+        return elapsed, changes
+
+    # ---- correctness -----------------------------------------------------------------------
+
+    def fingerprint(self, which: str, relation: str, names: str) -> tuple[int, int]:
+        q = (f"SELECT count(*), coalesce(sum(hashtextextended(ROW({names})::text, 0)::numeric), 0) "
+             f"FROM {relation}")
+        with self.conn(which) as c, c.cursor() as cur:
+            cur.execute(q)
+            n, h = cur.fetchone()
+        return int(n), int(h)
+
+    def check(self, shape: str, mode: str, expected: dict[str, int], floor_changes: int,
+              versions: int | None) -> None:
+        names = ", ".join(f'"{n}"' for n, _, _ in SHAPES[shape])
+        schema = f"bench_{mode}"
+        src = self.fingerprint("source", f'"{shape}"', names)
+        cur_view = self.fingerprint("merge", f'"{schema}"."{STORE.lower()}_{shape}_current"', names)
+        if src != cur_view:
+            raise CheckFailed(f"{mode}: current view != source (count, hash): {cur_view} vs {src}")
+        with self.conn("merge") as c, c.cursor() as cur:
+            cur.execute(f'SELECT batch_id, status, rows_total, rows_inserted, rows_updated, rows_deleted '
+                        f'FROM "{schema}".ds_batches ORDER BY batch_id DESC LIMIT 1')
+            _, status, total, ins, upd, dele = cur.fetchone()
+            if versions is not None:
+                cur.execute(f'SELECT count(*) FROM "{schema}"."{STORE.lower()}_{shape}"')
+                got_versions = int(cur.fetchone()[0])
+                if got_versions != versions:
+                    raise CheckFailed(f"{mode}: {got_versions} row versions, expected {versions}")
+        got = {"total": total, "inserted": ins, "updated": upd, "deleted": dele}
+        if status != "committed" or got != expected:
+            raise CheckFailed(f"{mode}: ledger {status} {got}, churn applied {expected}")
+        if floor_changes != ins + upd + dele:
+            raise CheckFailed(f"{mode}: floor diff found {floor_changes} changes, ledger {ins + upd + dele}")
+
+
+def churn_label(fraction: float | None) -> str:
+    return "load" if fraction is None else f"{fraction * 100:g}%"
+
+
+def run_scenario(bench: Bench, shape: str, size: int, modes: list[str], churns: list[float], history: int,
+                 emit: Any) -> list[Result]:
+    tag = f"{shape}_{size}_{os.getpid()}"
+    bench.create_databases(tag)
+    results: list[Result] = []
+    try:
+        t0 = time.monotonic()
+        bench.generate(shape, size)
+        print(f"# {shape} {human(size)}: source generated in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+        model = bench.write_model(shape)
+        versions = {m: 0 for m in modes}
+        batch = {m: 0 for m in modes}
+        expected = {"total": size, "inserted": size, "updated": 0, "deleted": 0}
+        steps: list[float | None] = [None, *churns]
+        if history:
+            steps += [0.01] * max(0, history - len(steps))
+        for i, fraction in enumerate(steps):
+            if fraction is not None:
+                expected = bench.churn(shape, fraction, seed=i)
+            for mode in modes:
+                floor_s, floor_changes = bench.floor(shape, mode) if fraction is not None else (0.0, size)
+                job_s, rss = bench.run_job(model, mode)
+                batch[mode] += 1
+                versions[mode] += expected["inserted"] + expected["updated"]
+                res = Result(shape, size, expected["total"], churn_label(fraction), mode, batch[mode], floor_s, job_s,
+                             rss, expected["inserted"] + expected["updated"] + expected["deleted"])
+                try:
+                    bench.check(shape, mode, expected, floor_changes,
+                                versions[mode] if mode == "forensic" else None)
+                except CheckFailed as exc:
+                    res.check = "FAIL"
+                    emit(res)
+                    raise
+                if fraction is None:
+                    res.floor_s = float("nan")  # no merge table yet: the first batch is the initial load
+                res.shown = i <= len(churns) or i == len(steps) - 1 or i % 10 == 0
+                if res.shown:
+                    emit(res)
+                results.append(res)
+    finally:
+        bench.drop_databases()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="100k,1m", help="row counts, comma-separated (k, m suffixes); e.g. 10m")
+    p.add_argument("--shapes", default="narrow,wide", help="narrow (6 columns) and/or wide (30 columns)")
+    p.add_argument("--wide-sizes", default="100k",
+                   help="sizes for the wide shape (default 100k only; e.g. 100k,1m)")
+    p.add_argument("--modes", default="live,forensic", help="live and/or forensic")
+    p.add_argument("--churn", default="1,0", help="churn per batch in percent, comma-separated; e.g. 1,0,10")
+    p.add_argument("--history", type=int, default=0,
+                   help="forensic-after-N-batches: run N batches in total at 1%% churn and report batch N "
+                        "next to the first 1%% batch (e.g. 50)")
+    p.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
+    p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    args = p.parse_args(argv)
+
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s]
+    wide_sizes = [parse_size(s) for s in args.wide_sizes.split(",") if s]
+    shapes = [s for s in args.shapes.split(",") if s]
+    modes = [m for m in args.modes.split(",") if m]
+    churns = [float(c) / 100 for c in args.churn.split(",") if c]
+    for s in shapes:
+        if s not in SHAPES:
+            p.error(f"unknown shape {s!r}")
+    for m in modes:
+        if m not in ("live", "forensic"):
+            p.error(f"unknown mode {m!r}")
+
+    workdir = Path(tempfile.mkdtemp(prefix="ds-bench-"))
+    server = LocalPostgres(find_bin_dir()).start()  # its own temp folder, readable by the server user
+    print(f"# PostgreSQL {server.version} at {server.socket_dir} (one server: source and merge databases)",
+          file=sys.stderr)
+    print(plain_row(COLUMNS), flush=True)
+    results: list[Result] = []
+
+    def emit(r: Result) -> None:
+        print(plain_row(row_cells(r)), flush=True)
+
+    failed = False
+    try:
+        bench = Bench(server, workdir)
+        for shape in shapes:
+            for size in (wide_sizes if shape == "wide" else sizes):
+                try:
+                    results += run_scenario(bench, shape, size, modes, churns, args.history, emit)
+                except CheckFailed as exc:
+                    print(f"CORRECTNESS CHECK FAILED: {exc}", file=sys.stderr)
+                    failed = True
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.history:
+        for shape in shapes:
+            for size in (wide_sizes if shape == "wide" else sizes):
+                fr = [r for r in results if r.shape == shape and r.mode == "forensic" and r.churn == "1%"
+                      and r.nominal == size]
+                if len(fr) >= 2:
+                    first, last = fr[0], fr[-1]
+                    print(f"# forensic {shape} {human(size)}: batch {last.batch} {last.job_s:.2f}s vs batch "
+                          f"{first.batch} {first.job_s:.2f}s = {last.job_s / first.job_s:.2f}x")
+    if args.markdown:
+        args.markdown.write_text(markdown_table([r for r in results if r.shown]) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps([r.__dict__ | {"ratio": r.ratio, "rows_per_s": r.rows_per_s}
+                                         for r in results], indent=1, default=str))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
