@@ -63,29 +63,29 @@ def test_demo_end_to_end_counts_match_the_databases() -> None:
         checked["root"] = srv.server.data_dir.parent
         src, mrg = _connect(srv.source, srv.source_credential), _connect(srv.merge, srv.merge_credential)
         for table in ("customers", "addresses"):
-            source_rows = _rows(src, f"SELECT * FROM public.{table} ORDER BY id")  # noqa: S608
+            source_rows = _rows(src, f"SELECT * FROM public.{table} ORDER BY id")
             assert result.source_rows[table] == len(source_rows)
             for platform in ("yellowlive", "yellowforensic"):
                 name = "YellowLive" if platform == "yellowlive" else "YellowForensic"
                 # the ledger: batches 1..rounds, all committed, one per round
-                ledger = _rows(mrg, f"SELECT batch_id, status FROM {platform}.ds_batches "  # noqa: S608
+                ledger = _rows(mrg, f"SELECT batch_id, status FROM {platform}.ds_batches "
                                     "WHERE store = 'Store1' ORDER BY batch_id")
                 assert ledger == [(n, "committed") for n in range(1, rounds + 1)]
                 reported = [b for b in result.batches if b.platform == name and b.dataset == table]
                 assert [b.batch_id for b in reported] == list(range(1, rounds + 1))
                 assert reported == [
                     demo.BatchCounts(name, *r) for r in _rows(
-                        mrg, f"SELECT batch_id, dataset, rows_total, rows_inserted, rows_updated, "  # noqa: S608
+                        mrg, f"SELECT batch_id, dataset, rows_total, rows_inserted, rows_updated, "
                              f"rows_deleted FROM {platform}.ds_batch_datasets WHERE store = 'Store1' "
                              f"AND dataset = %s ORDER BY batch_id", table)]
                 # the current rows are exactly the source's, and the counts add up
-                view = _rows(mrg, f"SELECT * FROM {platform}.store1_{table}_current ORDER BY id")  # noqa: S608
+                view = _rows(mrg, f"SELECT * FROM {platform}.store1_{table}_current ORDER BY id")
                 assert view == source_rows
                 assert result.current_rows[(name, table)] == len(view)
                 assert reported[-1].total == len(source_rows)
                 assert sum(b.inserted - b.deleted for b in reported) == len(source_rows)
                 if platform == "yellowforensic":
-                    versions = _rows(mrg, f"SELECT count(*) FILTER (WHERE ds_batch_out = {FOREVER}), "  # noqa: S608
+                    versions = _rows(mrg, f"SELECT count(*) FILTER (WHERE ds_batch_out = {FOREVER}), "
                                           f"count(*) FROM {platform}.store1_{table}")[0]
                     assert versions == (len(source_rows), sum(b.inserted + b.updated for b in reported))
         # the "as of batch 1" row is the version valid at batch 1

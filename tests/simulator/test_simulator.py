@@ -64,7 +64,7 @@ def summary_counts(stderr: str) -> Counter[str]:
 
 def table_rows(conn, table: str) -> list[tuple[object, ...]]:  # type: ignore[no-untyped-def]
     with conn.cursor() as cur:
-        cur.execute(f"SELECT * FROM {table} ORDER BY id")  # noqa: S608 - constant table names
+        cur.execute(f"SELECT * FROM {table} ORDER BY id")
         rows = cur.fetchall()
     conn.rollback()
     return rows
