@@ -230,3 +230,57 @@ def test_parsing_a_platform_is_fast(default_render: list[dict[str, Any]], tmp_pa
     bag = dag_bag(folder)
     assert time.monotonic() - started < 1.0
     assert len(bag.dags) == 2
+
+
+class _FakePodManager:
+    """Stands in for the Kubernetes API (there is no cluster here): serves the finished pod, records deletes."""
+
+    def __init__(self, pod: Any) -> None:
+        self.pod = pod
+        self.deleted: list[str] = []
+
+    def read_pod(self, pod: Any) -> Any:
+        return self.pod
+
+    def delete_pod(self, pod: Any) -> None:
+        self.deleted.append(pod.metadata.name)
+
+
+@pytest.mark.parametrize(("phase", "exit_code", "outcome"), [
+    ("Succeeded", 0, "success"), ("Failed", 10, "skipped"), ("Failed", 1, "failed"), ("Failed", 2, "failed")])
+def test_the_provider_maps_the_job_exit_code_to_the_task_state(
+        default_render: list[dict[str, Any]], tmp_path: Path, kubeconfig: Path, phase: str, exit_code: int,
+        outcome: str) -> None:
+    """The installed provider's own end-of-pod handling (cleanup) with our operator's settings: exit 10 skips
+    `merge` (so `retrigger` runs), 0 succeeds, anything else fails; the pod is deleted every time."""
+    from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+    from kubernetes.client import models as k8s
+
+    bag = dag_bag(write_dags_folder(platform_configmaps(default_render), tmp_path / "dags"))
+    task = bag.dags["yellowlive__Store1_ingestion"].get_task("merge")
+    pod = k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="ds-yellowlive-store1-abc", namespace="default"),
+        spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base")]),
+        status=k8s.V1PodStatus(phase=phase, container_statuses=[k8s.V1ContainerStatus(
+            name="base", image="job", image_id="job", ready=False, restart_count=0,
+            state=k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=exit_code)))]))
+    fake = _FakePodManager(pod)
+    task.pod_manager = fake
+    task.patch_already_checked = lambda *args, **kwargs: None  # a label patch: an API call
+    raised: BaseException | None = None
+    try:
+        task.cleanup(pod=pod, remote_pod=pod)
+    except (AirflowSkipException, AirflowException) as exc:
+        raised = exc
+    state = "success" if raised is None else "skipped" if isinstance(raised, AirflowSkipException) else "failed"
+    assert state == outcome
+    assert fake.deleted == ["ds-yellowlive-store1-abc"]
+    setup = bag.dags["yellowlive_infrastructure"].get_task("setup")
+    setup.pod_manager = _FakePodManager(pod)
+    setup.patch_already_checked = lambda *args, **kwargs: None
+    if exit_code == 0:
+        setup.cleanup(pod=pod, remote_pod=pod)
+    else:  # setup has no "run again": 10 is a failure there
+        with pytest.raises(AirflowException) as err:
+            setup.cleanup(pod=pod, remote_pod=pod)
+        assert not isinstance(err.value, AirflowSkipException)
