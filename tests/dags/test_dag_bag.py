@@ -63,7 +63,8 @@ def test_default_values_render_one_configmap_per_platform_with_the_module_verbat
 
 
 def test_default_chart_dags_load_in_airflow(default_render: list[dict[str, Any]], tmp_path: Path) -> None:
-    bag = dag_bag(write_dags_folder(platform_configmaps(default_render), tmp_path / "dags"))
+    configmaps = platform_configmaps(default_render)
+    bag = dag_bag(write_dags_folder(configmaps, tmp_path / "dags"))
     assert bag.import_errors == {}
     assert sorted(bag.dags) == ["yellowforensic__Store1_ingestion", "yellowforensic_infrastructure",
                                 "yellowlive__Store1_ingestion", "yellowlive_infrastructure"]
@@ -81,7 +82,7 @@ def test_default_chart_dags_load_in_airflow(default_render: list[dict[str, Any]]
         assert list(merge.skip_on_exit_code) == [10]
         assert (merge.on_finish_action.value, merge.do_xcom_push, merge.get_logs) == ("delete_pod", False, True)
         assert (merge.retries, merge.retry_delay) == (2, timedelta(seconds=300))
-        assert merge.image == "ghcr.io/datasurface/datasurface-job:0.1.0"
+        assert merge.image == json.loads(configmaps[lower]["data"]["platform.json"])["kubernetes"]["image"]
         assert merge.namespace == "default"
         env = env_of(merge)
         secret = "mvp-datasurface-postgresql"
@@ -166,7 +167,9 @@ def test_job_pod_spec(default_render: list[dict[str, Any]], tmp_path: Path, kube
     """The pod KubernetesPodOperator would create, built by the provider itself (no cluster contacted)."""
     from kubernetes.client import ApiClient
 
-    bag = dag_bag(write_dags_folder(platform_configmaps(default_render), tmp_path / "dags"))
+    configmaps = platform_configmaps(default_render)
+    k8s_settings = json.loads(configmaps["yellowlive"]["data"]["platform.json"])["kubernetes"]
+    bag = dag_bag(write_dags_folder(configmaps, tmp_path / "dags"))
     task = bag.dags["yellowlive__Store1_ingestion"].get_task("merge")
     pod = ApiClient().sanitize_for_serialization(task.build_pod_request_obj())
     spec = pod["spec"]
@@ -178,17 +181,16 @@ def test_job_pod_spec(default_render: list[dict[str, Any]], tmp_path: Path, kube
     assert spec["restartPolicy"] == "Never"
     assert spec["automountServiceAccountToken"] is False
     assert "serviceAccountName" not in spec  # null in values: the namespace default
-    assert spec["securityContext"] == {"fsGroup": 10001, "runAsGroup": 10001, "runAsNonRoot": True,
-                                       "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert spec["securityContext"] == k8s_settings["securityContext"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
     [container] = spec["containers"]  # no XCom sidecar
-    assert container["image"] == "ghcr.io/datasurface/datasurface-job:0.1.0"
-    assert container["imagePullPolicy"] == "IfNotPresent"
+    assert container["image"] == k8s_settings["image"]
+    assert container["imagePullPolicy"] == k8s_settings["imagePullPolicy"] == "IfNotPresent"
     assert not container.get("command")  # empty: the image ENTRYPOINT (datasurface-job) runs
     assert container["args"] == ["merge", "--platform", "YellowLive", "--mode", "live", "--store", "Store1"]
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]},
-                                            "seccompProfile": {"type": "RuntimeDefault"}}
-    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
+    assert container["securityContext"] == k8s_settings["containerSecurityContext"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True  # hence the /tmp emptyDir
+    assert container["resources"] == k8s_settings["resources"]
     env = {e["name"]: e for e in container["env"]}
     assert env["MERGE_PASSWORD"] == {"name": "MERGE_PASSWORD", "valueFrom": {"secretKeyRef": {
         "name": "mvp-datasurface-postgresql", "key": "merge-password", "optional": False}}}
