@@ -431,3 +431,18 @@ def test_source_and_merge_on_different_postgresql_versions(pg_servers: dict[int,
             assert fetch(mrg, f"xver.store1_{name}_current", name) == fetch(src, f'"{name}"', name)
         mrg.close()
         src.close()
+
+
+def test_cli_exits_10_after_finishing_an_interrupted_batch(world: dict[str, Any]) -> None:
+    dbs = world["dbs"]
+    args = merge_args(world["model"], PLATFORM, "forensic", dbs)
+    assert run_job(args, dbs.env).returncode == 0
+    killed = run_job(args, dbs.env, {"DATASURFACE_TEST_KILL_AT": "ledger:before_commit"})
+    assert killed.returncode == -9
+    recovered = run_job(args, dbs.env)
+    assert recovered.returncode == 10, recovered.stderr
+    assert recovered.stdout.strip().splitlines()[-1] == "DATASURFACE_RESULT_CODE=10"
+    assert "finishing batch 2" in recovered.stderr
+    fresh = run_job(args, dbs.env)
+    assert fresh.returncode == 0
+    assert "batch 3" in fresh.stdout
