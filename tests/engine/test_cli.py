@@ -435,7 +435,7 @@ def test_source_and_merge_on_different_postgresql_versions(pg_servers: dict[int,
 
 def test_cli_exits_10_after_finishing_an_interrupted_batch(world: dict[str, Any]) -> None:
     dbs = world["dbs"]
-    args = merge_args(world["model"], PLATFORM, "forensic", dbs)
+    args = merge_args(world["model"], "YellowHistory", "forensic", dbs)
     assert run_job(args, dbs.env).returncode == 0
     killed = run_job(args, dbs.env, {"DATASURFACE_TEST_KILL_AT": "ledger:before_commit"})
     assert killed.returncode == -9
