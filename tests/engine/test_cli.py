@@ -446,3 +446,11 @@ def test_cli_exits_10_after_finishing_an_interrupted_batch(world: dict[str, Any]
     fresh = run_job(args, dbs.env)
     assert fresh.returncode == 0
     assert "batch 3" in fresh.stdout
+
+
+def test_a_platform_keeps_its_mode(world: dict[str, Any]) -> None:
+    dbs, mrg = world["dbs"], world["mrg"]
+    before = merge_state(mrg, SCHEMA)
+    proc = run_job(merge_args(world["model"], PLATFORM, "forensic", dbs), dbs.env)
+    assert_one_line_error(proc, "is a live table", "mode forensic")
+    assert merge_state(mrg, SCHEMA) == before
