@@ -138,8 +138,8 @@ class StreamRun:
             except Exception as exc:
                 with suppress(Exception):
                     self.merge.rollback()
-                if opened_here:
-                    self._discard(batch)  # a handled failure leaves nothing behind
+                if opened_here or isinstance(exc, snapshot.SnapshotError):
+                    self._discard(batch)  # a handled failure (or a bad staged snapshot) leaves nothing behind
                 raise as_user_error(exc, f"batch {batch.batch_id} of {self.stream.describe()}") from exc
         self._report(batch, counts)
         return not opened_here

@@ -3,13 +3,24 @@
 `ds_diff` holds one row per changed key with `ds_op` I (new key), U (a non-key value differs,
 NULL-safe: NULL, '' and a value are all different) or D (key gone), and the snapshot's values.
 Both merges apply it with set-based statements; its counts are the batch's counts.
+
+The staging table has no unique index (building one sorts the whole snapshot); the diff finds
+duplicate keys instead. Each staged row appears once in the join (the current rows have unique
+keys), so without duplicates `staged = current - deleted + inserted`; a duplicate of a key that is
+in the current rows breaks that identity, and a duplicate of a new key makes the apply's INSERT
+violate the merge table's own unique key (`duplicates_refused`). Either way: duplicate primary keys.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg2
 from psycopg2 import sql
 
-from datasurface.db import PgConnection
+from datasurface.db import PgConnection, first_line
+from datasurface.ingest.snapshot import SnapshotError, duplicate_keys
 from datasurface.merge.layout import LIVE, OPEN_END, DatasetLayout
 from datasurface.merge.ledger import Counts
 
@@ -64,8 +75,24 @@ def compute_diff(conn: PgConnection, lay: DatasetLayout, snapshot_rows: int) -> 
         cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(DIFF_TABLE)))
         cur.execute(sql.SQL("SELECT ds_op, count(*) FROM {} GROUP BY ds_op").format(sql.Identifier(DIFF_TABLE)))
         by_op = {row[0]: int(row[1]) for row in cur.fetchall()}
-    return Counts(total=snapshot_rows, inserted=by_op.get("I", 0), updated=by_op.get("U", 0),
-                  deleted=by_op.get("D", 0))
+        cur.execute(sql.SQL("SELECT count(*) FROM {} t").format(current_rows(lay)))
+        current = int(cur.fetchone()[0])  # type: ignore[index]
+    counts = Counts(total=snapshot_rows, inserted=by_op.get("I", 0), updated=by_op.get("U", 0),
+                    deleted=by_op.get("D", 0))
+    if snapshot_rows != current - counts.deleted + counts.inserted:
+        raise duplicate_keys(conn, lay)
+    return counts
+
+
+@contextmanager
+def duplicates_refused(lay: DatasetLayout) -> Iterator[None]:
+    """Around the INSERT of new keys: a unique violation there means the snapshot repeats a new key."""
+    try:
+        yield
+    except psycopg2.errors.UniqueViolation as exc:
+        detail = getattr(exc.diag, "message_detail", None) or first_line(exc)
+        raise SnapshotError(f"snapshot of {lay.dataset.table} (dataset {lay.dataset.name}) has duplicate "
+                            f"primary keys: {detail}") from exc
 
 
 def diff_rows(op_filter: tuple[str, ...]) -> sql.Composable:

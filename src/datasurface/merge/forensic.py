@@ -9,7 +9,7 @@ from psycopg2 import sql
 
 from datasurface.db import PgConnection
 from datasurface.faults import killpoint
-from datasurface.merge.diff import compute_diff, diff_rows, drop_diff, key_match
+from datasurface.merge.diff import compute_diff, diff_rows, drop_diff, duplicates_refused, key_match
 from datasurface.merge.layout import OPEN_END, DatasetLayout
 from datasurface.merge.ledger import Counts
 
@@ -35,9 +35,10 @@ class ForensicMerge:
                         sql.Literal(OPEN_END)))
             killpoint(f"merge:{lay.dataset.name}:changed")
             if counts.updated or counts.inserted:
-                cur.execute(
-                    sql.SQL("INSERT INTO {} ({}, ds_batch_in, ds_batch_out) SELECT {}, {}, {} FROM {}").format(
-                        target, _ids(lay.columns), _ids(lay.columns), sql.Literal(batch_id),
-                        sql.Literal(OPEN_END), diff_rows(("I", "U"))))
+                with duplicates_refused(lay):
+                    cur.execute(
+                        sql.SQL("INSERT INTO {} ({}, ds_batch_in, ds_batch_out) SELECT {}, {}, {} FROM {}").format(
+                            target, _ids(lay.columns), _ids(lay.columns), sql.Literal(batch_id),
+                            sql.Literal(OPEN_END), diff_rows(("I", "U"))))
         drop_diff(self.conn)
         return counts

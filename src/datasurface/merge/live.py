@@ -7,7 +7,7 @@ from psycopg2 import sql
 
 from datasurface.db import PgConnection
 from datasurface.faults import killpoint
-from datasurface.merge.diff import compute_diff, diff_rows, drop_diff, key_match
+from datasurface.merge.diff import compute_diff, diff_rows, drop_diff, duplicates_refused, key_match
 from datasurface.merge.layout import DatasetLayout
 from datasurface.merge.ledger import Counts
 
@@ -36,7 +36,8 @@ class LiveMerge:
                     target, sets, sql.Literal(batch_id), diff_rows(("U",)), key_match(lay, "t", "d")))
             killpoint(f"merge:{lay.dataset.name}:changed")
             if counts.inserted:
-                cur.execute(sql.SQL("INSERT INTO {} ({}, ds_batch_id) SELECT {}, {} FROM {}").format(
-                    target, _ids(lay.columns), _ids(lay.columns), sql.Literal(batch_id), diff_rows(("I",))))
+                with duplicates_refused(lay):
+                    cur.execute(sql.SQL("INSERT INTO {} ({}, ds_batch_id) SELECT {}, {} FROM {}").format(
+                        target, _ids(lay.columns), _ids(lay.columns), sql.Literal(batch_id), diff_rows(("I",))))
         drop_diff(self.conn)
         return counts
