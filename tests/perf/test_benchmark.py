@@ -1,0 +1,80 @@
+"""Smoke test of scripts/benchmark.py: a tiny run finishes, every correctness check passes and the
+table has its columns. No timing assertions: the numbers themselves are for the README, not CI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+COLUMNS = ["shape", "rows", "churn", "mode", "batch", "floor s", "job s", "ratio", "rows/s", "peak RSS MB",
+           "changes", "check"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    md, js = out / "table.md", out / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--sizes", "2k", "--wide-sizes", "1k",
+         "--churn", "10,0", "--markdown", str(md), "--json", str(js)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    return proc, md, js
+
+
+def test_benchmark_runs_and_checks_pass(run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
+    proc, _, js = run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CORRECTNESS CHECK FAILED" not in proc.stderr
+    results = json.loads(js.read_text())
+    # narrow and wide, live and forensic, a load batch plus one batch per churn level
+    assert {(r["shape"], r["mode"]) for r in results} == {(s, m) for s in ("narrow", "wide")
+                                                          for m in ("live", "forensic")}
+    assert len(results) == 2 * 2 * 3
+    assert all(r["check"] == "ok" for r in results)
+    by = {(r["shape"], r["mode"], r["churn"]): r for r in results}
+    assert by[("narrow", "live", "load")]["changes"] == 2000
+    assert by[("narrow", "live", "0%")]["changes"] == 0
+    assert by[("narrow", "forensic", "10%")]["changes"] > 0
+    for r in results:
+        assert r["job_s"] > 0 and r["rss_mb"] > 0
+        if r["churn"] != "load":
+            assert r["floor_s"] > 0
+
+
+def test_benchmark_prints_the_table(run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
+    proc, md, _ = run
+    header = proc.stdout.splitlines()[0].split()
+    assert " ".join(header) == " ".join(COLUMNS)
+    rows = [line for line in proc.stdout.splitlines()[1:] if line.strip() and not line.startswith("#")]
+    assert len(rows) == 12
+    assert all(line.split()[-1] == "ok" for line in rows)
+    table = md.read_text().splitlines()
+    assert table[0] == "| " + " | ".join(COLUMNS) + " |"
+    assert len(table) == 2 + 12
+
+
+def test_benchmark_fails_on_a_wrong_answer(pg_server: object, tmp_path: Path) -> None:
+    """The correctness check can fail: a job that commits nothing must not pass as fast."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import benchmark
+
+    bench = benchmark.Bench(pg_server, tmp_path)  # type: ignore[arg-type]
+    bench.create_databases("wrong")
+    try:
+        bench.generate("narrow", 500)
+        model = bench.write_model("narrow")
+        bench.run_job(model, "live")
+        bench.check("narrow", "live", {"total": 500, "inserted": 500, "updated": 0, "deleted": 0}, 500, None)
+        expected = bench.churn("narrow", 0.3, seed=1)
+        # the churn is not merged: the current view still shows the old rows
+        with pytest.raises(benchmark.CheckFailed, match="current view != source"):
+            bench.check("narrow", "live", expected, floor_changes=expected["inserted"] + expected["updated"]
+                        + expected["deleted"], versions=None)
+    finally:
+        bench.drop_databases()
