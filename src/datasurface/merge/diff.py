@@ -101,6 +101,15 @@ def diff_rows(op_filter: tuple[str, ...]) -> sql.Composable:
         sql.Identifier(DIFF_TABLE), sql.SQL(", ").join(sql.Literal(o) for o in op_filter))
 
 
+def refresh_stats(conn: PgConnection, lay: DatasetLayout, counts: Counts) -> None:
+    """ANALYZE the merge table after a large change (autovacuum's rule: 50 rows + 10% of the table),
+    so the next batch's diff and apply are planned with its real size (e.g. after the first load)."""
+    before = counts.total - counts.inserted + counts.deleted
+    if counts.inserted + counts.updated + counts.deleted > 50 + before // 10:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("ANALYZE {}").format(lay.qualified(lay.table)))
+
+
 def drop_diff(conn: PgConnection) -> None:
     with conn.cursor() as cur:
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(DIFF_TABLE)))

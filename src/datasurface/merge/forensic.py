@@ -9,7 +9,7 @@ from psycopg2 import sql
 
 from datasurface.db import PgConnection
 from datasurface.faults import killpoint
-from datasurface.merge.diff import compute_diff, diff_rows, drop_diff, duplicates_refused, key_match
+from datasurface.merge.diff import compute_diff, diff_rows, drop_diff, duplicates_refused, key_match, refresh_stats
 from datasurface.merge.layout import OPEN_END, DatasetLayout
 from datasurface.merge.ledger import Counts
 
@@ -40,5 +40,6 @@ class ForensicMerge:
                         sql.SQL("INSERT INTO {} ({}, ds_batch_in, ds_batch_out) SELECT {}, {}, {} FROM {}").format(
                             target, _ids(lay.columns), _ids(lay.columns), sql.Literal(batch_id),
                             sql.Literal(OPEN_END), diff_rows(("I", "U"))))
+        refresh_stats(self.conn, lay, counts)
         drop_diff(self.conn)
         return counts

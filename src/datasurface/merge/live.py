@@ -7,7 +7,7 @@ from psycopg2 import sql
 
 from datasurface.db import PgConnection
 from datasurface.faults import killpoint
-from datasurface.merge.diff import compute_diff, diff_rows, drop_diff, duplicates_refused, key_match
+from datasurface.merge.diff import compute_diff, diff_rows, drop_diff, duplicates_refused, key_match, refresh_stats
 from datasurface.merge.layout import DatasetLayout
 from datasurface.merge.ledger import Counts
 
@@ -39,5 +39,6 @@ class LiveMerge:
                 with duplicates_refused(lay):
                     cur.execute(sql.SQL("INSERT INTO {} ({}, ds_batch_id) SELECT {}, {} FROM {}").format(
                         target, _ids(lay.columns), _ids(lay.columns), sql.Literal(batch_id), diff_rows(("I",))))
+        refresh_stats(self.conn, lay, counts)
         drop_diff(self.conn)
         return counts
