@@ -101,6 +101,19 @@ def diff_rows(op_filter: tuple[str, ...]) -> sql.Composable:
         sql.Identifier(DIFF_TABLE), sql.SQL(", ").join(sql.Literal(o) for o in op_filter))
 
 
+@contextmanager
+def keyed_apply(conn: PgConnection) -> Iterator[None]:
+    """Around the apply statements: they touch the diff's keys through the merge table's key index,
+    whose pages the diff has just read. At the default random_page_cost (4) the planner scans the whole
+    table (with all forensic history) to close 1% of the versions; at 1.1 (the usual SSD/cached value)
+    it probes the index for small diffs and still hashes large ones. Only for these statements."""
+    with conn.cursor() as cur:
+        cur.execute("SET LOCAL random_page_cost = 1.1")
+    yield
+    with conn.cursor() as cur:
+        cur.execute("SET LOCAL random_page_cost TO DEFAULT")
+
+
 def refresh_stats(conn: PgConnection, lay: DatasetLayout, counts: Counts) -> None:
     """ANALYZE the merge table after a large change (autovacuum's rule: 50 rows + 10% of the table),
     so the next batch's diff and apply are planned with its real size (e.g. after the first load)."""

@@ -9,7 +9,15 @@ from psycopg2 import sql
 
 from datasurface.db import PgConnection
 from datasurface.faults import killpoint
-from datasurface.merge.diff import compute_diff, diff_rows, drop_diff, duplicates_refused, key_match, refresh_stats
+from datasurface.merge.diff import (
+    compute_diff,
+    diff_rows,
+    drop_diff,
+    duplicates_refused,
+    key_match,
+    keyed_apply,
+    refresh_stats,
+)
 from datasurface.merge.layout import OPEN_END, DatasetLayout
 from datasurface.merge.ledger import Counts
 
@@ -27,7 +35,7 @@ class ForensicMerge:
         lay, target = self.lay, self.lay.qualified(self.lay.table)
         counts = compute_diff(self.conn, lay, snapshot_rows)
         killpoint(f"merge:{lay.dataset.name}:diffed")
-        with self.conn.cursor() as cur:
+        with keyed_apply(self.conn), self.conn.cursor() as cur:
             if counts.updated or counts.deleted:
                 cur.execute(
                     sql.SQL("UPDATE {} t SET ds_batch_out = {} FROM {} WHERE {} AND t.ds_batch_out = {}").format(

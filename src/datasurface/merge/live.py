@@ -7,7 +7,15 @@ from psycopg2 import sql
 
 from datasurface.db import PgConnection
 from datasurface.faults import killpoint
-from datasurface.merge.diff import compute_diff, diff_rows, drop_diff, duplicates_refused, key_match, refresh_stats
+from datasurface.merge.diff import (
+    compute_diff,
+    diff_rows,
+    drop_diff,
+    duplicates_refused,
+    key_match,
+    keyed_apply,
+    refresh_stats,
+)
 from datasurface.merge.layout import DatasetLayout
 from datasurface.merge.ledger import Counts
 
@@ -25,7 +33,7 @@ class LiveMerge:
         lay, target = self.lay, self.lay.qualified(self.lay.table)
         counts = compute_diff(self.conn, lay, snapshot_rows)
         killpoint(f"merge:{lay.dataset.name}:diffed")
-        with self.conn.cursor() as cur:
+        with keyed_apply(self.conn), self.conn.cursor() as cur:
             if counts.deleted:
                 cur.execute(sql.SQL("DELETE FROM {} t USING {} WHERE {}").format(
                     target, diff_rows(("D",)), key_match(lay, "t", "d")))
