@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The merge benchmark (issue 7): `datasurface-job merge` against the floor (COPY of the snapshot plus one
+# FULL JOIN diff), on a throwaway PostgreSQL it starts itself. Needs Python 3.11+, pip and PyPI access.
+# Usage: scripts/benchmark.sh [benchmark.py options]   (scripts/benchmark.sh --help for them)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -c 'import datasurface, psycopg2, yaml' 2>/dev/null \
+  || .venv/bin/pip install -q --disable-pip-version-check -e '.[embedded]'
+exec .venv/bin/python scripts/benchmark.py "$@"
