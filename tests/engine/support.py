@@ -142,7 +142,7 @@ def next_snapshot(rng: random.Random, prev: dict[str, dict[tuple[Any, ...], tupl
             k = _key(rng, name)
             if k not in rows:
                 rows[k] = random_row(rng, name, k)
-        for k in list(removed[name]):
+        for k in sorted(removed[name]):
             if k not in rows and rng.random() < 0.3:  # delete, then re-add
                 rows[k] = random_row(rng, name, k)
                 removed[name].discard(k)
@@ -170,7 +170,8 @@ def _norm(v: Any) -> Any:
 
 def fetch(conn: Any, relation: str, name: str, where: str = "", params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     cols, key = DATASETS[name]
-    colsql = ", ".join(f'"{c}"' for c, _ in cols)
+    # jsonb as text: psycopg2 reads both SQL NULL and JSON null as None, which would hide a real change
+    colsql = ", ".join(f'"{c}"::text' if t == "jsonb" else f'"{c}"' for c, t in cols)
     with conn.cursor() as cur:
         cur.execute(f"SELECT {colsql} FROM {relation} {where} ORDER BY {', '.join(key)}", params)
         rows = [tuple(_norm(v) for v in r) for r in cur.fetchall()]
