@@ -6,6 +6,7 @@ wrap. The password is passed as a keyword, never inside a DSN string that could 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg2
@@ -67,4 +68,9 @@ def ident(*parts: str) -> sql.Composable:
     return sql.Identifier(*parts)
 
 
-__all__ = ["Endpoint", "PgConnection", "connect", "first_line", "ident", "psycopg2", "sql"]
+def idents(names: Sequence[str], prefix: str | None = None) -> sql.Composable:
+    """`"a", "b"` or, with a prefix, `"t"."a", "t"."b"`: a quoted column list."""
+    return sql.SQL(", ").join(sql.Identifier(n) if prefix is None else sql.Identifier(prefix, n) for n in names)
+
+
+__all__ = ["Endpoint", "PgConnection", "connect", "first_line", "ident", "idents", "psycopg2", "sql"]

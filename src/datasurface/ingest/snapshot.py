@@ -13,12 +13,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
 
 import psycopg2
 from psycopg2 import sql
 
-from datasurface.db import PgConnection, first_line
+from datasurface.db import PgConnection, first_line, idents
 from datasurface.errors import DataSurfaceError
 from datasurface.faults import killpoint
 from datasurface.merge.layout import DatasetLayout, column_defs
@@ -30,10 +29,6 @@ PIPE_CHUNK = 1 << 16
 
 class SnapshotError(DataSurfaceError):
     """The snapshot could not be read or violates the model (duplicate or NULL keys)."""
-
-
-def _ids(names: Sequence[str]) -> sql.Composable:
-    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
 def begin_snapshot(source: PgConnection) -> None:
@@ -55,7 +50,7 @@ def copy_dataset(source: PgConnection, merge: PgConnection, lay: DatasetLayout, 
     """Stream one source table into its (fresh) staging table; returns the number of rows."""
     started = time.monotonic()
     create_staging(merge, lay)
-    cols = _ids(lay.columns)
+    cols = idents(lay.columns)
     out_sql = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)").format(
         cols, sql.Identifier(source_schema, lay.dataset.table)).as_string(source)
     in_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
@@ -111,7 +106,7 @@ def duplicate_keys(merge: PgConnection, lay: DatasetLayout) -> SnapshotError:
     """The error for a staged snapshot the diff found duplicate keys in, naming one of them."""
     with merge.cursor() as cur:
         cur.execute(sql.SQL("SELECT {} FROM {} GROUP BY {} HAVING count(*) > 1 LIMIT 1").format(
-            _ids(lay.key), lay.qualified(lay.staging), _ids(lay.key)))
+            idents(lay.key), lay.qualified(lay.staging), idents(lay.key)))
         row = cur.fetchone()
     detail = ("Key ({})=({}) is duplicated.".format(", ".join(lay.key), ", ".join(str(v) for v in row))
               if row is not None else "the staged row count does not add up")

@@ -18,19 +18,15 @@ from contextlib import contextmanager
 
 import psycopg2
 from psycopg2 import sql
+from psycopg2.extensions import cursor
 
-from datasurface.db import PgConnection, first_line
+from datasurface.db import PgConnection, first_line, idents
+from datasurface.faults import killpoint
 from datasurface.ingest.snapshot import SnapshotError, duplicate_keys
 from datasurface.merge.layout import LIVE, OPEN_END, DatasetLayout
 from datasurface.merge.ledger import Counts
 
 DIFF_TABLE = "ds_diff"
-
-
-def _ids(names: tuple[str, ...], prefix: str | None = None) -> sql.Composable:
-    if prefix is None:
-        return sql.SQL(", ").join(sql.Identifier(n) for n in names)
-    return sql.SQL(", ").join(sql.Identifier(prefix, n) for n in names)
 
 
 def key_match(lay: DatasetLayout, left: str, right: str) -> sql.Composable:
@@ -59,8 +55,8 @@ def compute_diff(conn: PgConnection, lay: DatasetLayout, snapshot_rows: int) -> 
     select_values: sql.Composable = sql.SQL("")
     if lay.values:
         changed = changed + sql.SQL(" OR ({}) IS DISTINCT FROM ({})").format(
-            _ids(lay.values, "s"), _ids(lay.values, "t"))
-        select_values = sql.SQL(", ") + _ids(lay.values, "s")
+            idents(lay.values, "s"), idents(lay.values, "t"))
+        select_values = sql.SQL(", ") + idents(lay.values, "s")
     query = sql.SQL(
         "CREATE TEMP TABLE {diff} ON COMMIT DROP AS "
         "SELECT {op} AS ds_op, {keys}{values} FROM {staging} s FULL JOIN {current} t ON {match} WHERE {changed}"
@@ -121,6 +117,34 @@ def refresh_stats(conn: PgConnection, lay: DatasetLayout, counts: Counts) -> Non
     if counts.inserted + counts.updated + counts.deleted > 50 + before // 10:
         with conn.cursor() as cur:
             cur.execute(sql.SQL("ANALYZE {}").format(lay.qualified(lay.table)))
+
+
+class DiffMerge:
+    """Diff the staged snapshot against the current rows, then write the changes: first what the diff
+    retires (deleted keys, old values), then what it adds (new keys, new values). Each mode says how."""
+
+    def __init__(self, conn: PgConnection, lay: DatasetLayout):
+        self.conn = conn
+        self.lay = lay
+        self.target = lay.qualified(lay.table)
+
+    def apply(self, batch_id: int, snapshot_rows: int) -> Counts:
+        counts = compute_diff(self.conn, self.lay, snapshot_rows)
+        killpoint(f"merge:{self.lay.dataset.name}:diffed")
+        with keyed_apply(self.conn), self.conn.cursor() as cur:
+            self.retire(cur, counts, batch_id)
+            killpoint(f"merge:{self.lay.dataset.name}:changed")
+            with duplicates_refused(self.lay):
+                self.add(cur, counts, batch_id)
+        refresh_stats(self.conn, self.lay, counts)
+        drop_diff(self.conn)
+        return counts
+
+    def retire(self, cur: cursor, counts: Counts, batch_id: int) -> None:
+        raise NotImplementedError
+
+    def add(self, cur: cursor, counts: Counts, batch_id: int) -> None:
+        raise NotImplementedError
 
 
 def drop_diff(conn: PgConnection) -> None:

@@ -6,48 +6,23 @@ one current version per key."""
 from __future__ import annotations
 
 from psycopg2 import sql
+from psycopg2.extensions import cursor
 
-from datasurface.db import PgConnection
-from datasurface.faults import killpoint
-from datasurface.merge.diff import (
-    compute_diff,
-    diff_rows,
-    drop_diff,
-    duplicates_refused,
-    key_match,
-    keyed_apply,
-    refresh_stats,
-)
-from datasurface.merge.layout import OPEN_END, DatasetLayout
+from datasurface.db import idents
+from datasurface.merge.diff import DiffMerge, diff_rows, key_match
+from datasurface.merge.layout import OPEN_END
 from datasurface.merge.ledger import Counts
 
 
-def _ids(names: tuple[str, ...]) -> sql.Composable:
-    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+class ForensicMerge(DiffMerge):
+    def retire(self, cur: cursor, counts: Counts, batch_id: int) -> None:
+        if counts.updated or counts.deleted:
+            cur.execute(sql.SQL("UPDATE {} t SET ds_batch_out = {} FROM {} WHERE {} AND t.ds_batch_out = {}").format(
+                self.target, sql.Literal(batch_id), diff_rows(("U", "D")), key_match(self.lay, "t", "d"),
+                sql.Literal(OPEN_END)))
 
-
-class ForensicMerge:
-    def __init__(self, conn: PgConnection, lay: DatasetLayout):
-        self.conn = conn
-        self.lay = lay
-
-    def apply(self, batch_id: int, snapshot_rows: int) -> Counts:
-        lay, target = self.lay, self.lay.qualified(self.lay.table)
-        counts = compute_diff(self.conn, lay, snapshot_rows)
-        killpoint(f"merge:{lay.dataset.name}:diffed")
-        with keyed_apply(self.conn), self.conn.cursor() as cur:
-            if counts.updated or counts.deleted:
-                cur.execute(
-                    sql.SQL("UPDATE {} t SET ds_batch_out = {} FROM {} WHERE {} AND t.ds_batch_out = {}").format(
-                        target, sql.Literal(batch_id), diff_rows(("U", "D")), key_match(lay, "t", "d"),
-                        sql.Literal(OPEN_END)))
-            killpoint(f"merge:{lay.dataset.name}:changed")
-            if counts.updated or counts.inserted:
-                with duplicates_refused(lay):
-                    cur.execute(
-                        sql.SQL("INSERT INTO {} ({}, ds_batch_in, ds_batch_out) SELECT {}, {}, {} FROM {}").format(
-                            target, _ids(lay.columns), _ids(lay.columns), sql.Literal(batch_id),
-                            sql.Literal(OPEN_END), diff_rows(("I", "U"))))
-        refresh_stats(self.conn, lay, counts)
-        drop_diff(self.conn)
-        return counts
+    def add(self, cur: cursor, counts: Counts, batch_id: int) -> None:
+        if counts.updated or counts.inserted:
+            cols = idents(self.lay.columns)
+            cur.execute(sql.SQL("INSERT INTO {} ({}, ds_batch_in, ds_batch_out) SELECT {}, {}, {} FROM {}").format(
+                self.target, cols, cols, sql.Literal(batch_id), sql.Literal(OPEN_END), diff_rows(("I", "U"))))

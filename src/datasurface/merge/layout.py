@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from psycopg2 import sql
 from psycopg2.extensions import cursor
 
-from datasurface.db import PgConnection
+from datasurface.db import PgConnection, idents
 from datasurface.errors import DataSurfaceError
 from datasurface.model import Dataset, Store
 from datasurface.pgtypes import same_type
@@ -108,10 +108,6 @@ def layouts(schema: str, store: Store, mode: str) -> list[DatasetLayout]:
     return result
 
 
-def _ids(names: tuple[str, ...] | list[str]) -> sql.Composable:
-    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
-
-
 def column_defs(lay: DatasetLayout) -> list[sql.Composable]:
     defs: list[sql.Composable] = []
     for c in lay.dataset.columns:
@@ -125,18 +121,18 @@ def create_table(cur: cursor, lay: DatasetLayout) -> None:
     t = lay.qualified(lay.table)
     if lay.mode == LIVE:
         defs.append(sql.SQL("ds_batch_id integer NOT NULL"))
-        defs.append(sql.SQL("PRIMARY KEY ({})").format(_ids(lay.key)))
+        defs.append(sql.SQL("PRIMARY KEY ({})").format(idents(lay.key)))
         cur.execute(sql.SQL("CREATE TABLE {} ({})").format(t, sql.SQL(", ").join(defs)))
     else:
         defs.append(sql.SQL("ds_batch_in integer NOT NULL"))
         defs.append(sql.SQL("ds_batch_out integer NOT NULL DEFAULT {}").format(sql.Literal(OPEN_END)))
-        defs.append(sql.SQL("PRIMARY KEY ({}, ds_batch_in)").format(_ids(lay.key)))
+        defs.append(sql.SQL("PRIMARY KEY ({}, ds_batch_in)").format(idents(lay.key)))
         defs.append(sql.SQL("CHECK (ds_batch_in < ds_batch_out)"))
         cur.execute(sql.SQL("CREATE TABLE {} ({})").format(t, sql.SQL(", ").join(defs)))
         # the database itself guarantees at most one current version per key
         cur.execute(
             sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) WHERE ds_batch_out = {}").format(
-                sql.Identifier(_index_name(lay.table, "one_current")), t, _ids(lay.key), sql.Literal(OPEN_END)
+                sql.Identifier(_index_name(lay.table, "one_current")), t, idents(lay.key), sql.Literal(OPEN_END)
             )
         )
 
@@ -153,7 +149,7 @@ def create_view(cur: cursor, lay: DatasetLayout) -> None:
     cur.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(lay.qualified(lay.view)))
     cur.execute(
         sql.SQL("CREATE VIEW {} AS SELECT {} FROM {}{}").format(
-            lay.qualified(lay.view), _ids(lay.columns), lay.qualified(lay.table), where
+            lay.qualified(lay.view), idents(lay.columns), lay.qualified(lay.table), where
         )
     )
 
