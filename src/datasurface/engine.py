@@ -177,7 +177,9 @@ class StreamRun:
         per_dataset = {}
         strategy = LiveMerge if self.mode == layout.LIVE else ForensicMerge
         for lay in self.lays:
-            per_dataset[lay.dataset.name] = strategy(self.merge, lay).apply(batch.batch_id, rows[lay.dataset.name])
+            name = lay.dataset.name
+            per_dataset[name] = strategy(self.merge, lay).apply(
+                batch.batch_id, rows[name], self.ledger.last_total(self.store.name, name))
             killpoint(f"merge:{lay.dataset.name}:applied")
         self.ledger.commit(batch, per_dataset)
         killpoint("ledger:updated")

@@ -454,3 +454,20 @@ def test_a_platform_keeps_its_mode(world: dict[str, Any]) -> None:
     proc = run_job(merge_args(world["model"], PLATFORM, "forensic", dbs), dbs.env)
     assert_one_line_error(proc, "is a live table", "mode forensic")
     assert merge_state(mrg, SCHEMA) == before
+
+
+def test_dropping_a_merge_table_rebuilds_it_from_the_next_snapshot(world: dict[str, Any]) -> None:
+    """The documented way to apply a non-additive change: drop the table and its view."""
+    dbs, src, mrg = world["dbs"], world["src"], world["mrg"]
+    with mrg.cursor() as cur:
+        cur.execute(f"DROP VIEW {SCHEMA}.store1_pairs_current")
+        cur.execute(f"DROP TABLE {SCHEMA}.store1_pairs")
+    mrg.commit()
+    proc = run_job(merge_args(world["model"], PLATFORM, "live", dbs), dbs.env)
+    assert proc.returncode == 0, proc.stderr
+    assert fetch(mrg, f"{SCHEMA}.store1_pairs_current", "pairs") == fetch(src, "pairs", "pairs")
+    with mrg.cursor() as cur:
+        cur.execute(f"SELECT rows_total, rows_inserted FROM {SCHEMA}.ds_batch_datasets WHERE batch_id = 2")
+        total, inserted = cur.fetchone()
+    mrg.rollback()
+    assert total == inserted > 0

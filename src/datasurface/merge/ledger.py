@@ -149,6 +149,17 @@ class BatchLedger:
         )
         return total
 
+    def last_total(self, store: str, dataset: str) -> int:
+        """Rows of the dataset's last committed snapshot: the merge table's current row count."""
+        with self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("""SELECT rows_total FROM {} WHERE store = %s AND dataset = %s
+                            ORDER BY batch_id DESC LIMIT 1""").format(self._t("ds_batch_datasets")),
+                (store, dataset),
+            )
+            row = cur.fetchone()
+        return 0 if row is None else int(row[0])
+
     def discard(self, batch: Batch) -> None:
         if batch.status == COMMITTED:
             raise DataSurfaceError(
