@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from psycopg2.extensions import connection as PgConnection
 
 from datasurface.db import ident, sql
+from datasurface.model import Column
 
 ID_SEQUENCE = "simulator_ids"
 # An arbitrary constant: every simulator creating the tables at once serialises on it.
@@ -21,37 +22,30 @@ SEED_RNG = 20240601  # the first rows are the same in every database, whatever -
 
 
 @dataclass(frozen=True)
-class TableColumn:
-    name: str
-    type: str
-    nullable: bool = True
-
-
-@dataclass(frozen=True)
 class Table:
     name: str
-    columns: tuple[TableColumn, ...]
+    columns: tuple[Column, ...]
     primary_key: tuple[str, ...] = ("id",)
 
 
 CUSTOMERS = Table("customers", (
-    TableColumn("id", "varchar(20)", nullable=False),
-    TableColumn("firstname", "varchar(100)"),
-    TableColumn("lastname", "varchar(100)"),
-    TableColumn("dob", "date"),
-    TableColumn("email", "varchar(100)"),
-    TableColumn("phone", "varchar(100)"),
-    TableColumn("primaryaddressid", "varchar(20)"),
-    TableColumn("billingaddressid", "varchar(20)"),
+    Column("id", "varchar(20)", nullable=False),
+    Column("firstname", "varchar(100)"),
+    Column("lastname", "varchar(100)"),
+    Column("dob", "date"),
+    Column("email", "varchar(100)"),
+    Column("phone", "varchar(100)"),
+    Column("primaryaddressid", "varchar(20)"),
+    Column("billingaddressid", "varchar(20)"),
 ))
 
 ADDRESSES = Table("addresses", (
-    TableColumn("id", "varchar(20)", nullable=False),
-    TableColumn("customerid", "varchar(20)", nullable=False),
-    TableColumn("streetname", "varchar(100)"),
-    TableColumn("city", "varchar(100)"),
-    TableColumn("state", "varchar(100)"),
-    TableColumn("zipcode", "varchar(30)"),
+    Column("id", "varchar(20)", nullable=False),
+    Column("customerid", "varchar(20)", nullable=False),
+    Column("streetname", "varchar(100)"),
+    Column("city", "varchar(100)"),
+    Column("state", "varchar(100)"),
+    Column("zipcode", "varchar(30)"),
 ))
 
 TABLES = (CUSTOMERS, ADDRESSES)
