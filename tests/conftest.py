@@ -1,7 +1,7 @@
 """Shared fixtures: real PostgreSQL servers started by the suite itself (no mocks).
 
 `pg_server` is the machine's PostgreSQL (15 here) or, without one, the embedded server;
-`pg_servers` offers every version available (system 15, embedded 16) for range tests.
+`pg_servers` offers every version available (system 15, embedded 16 and 18) for range tests.
 Each test gets its own source and merge databases with their own roles via `dbs`.
 """
 
@@ -58,18 +58,16 @@ def pg_server() -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def pg_servers(pg_server: object) -> Iterator[dict[int, object]]:
-    """Every PostgreSQL major available here: the system one plus the embedded one."""
-    from datasurface.localpg import embedded_bin_dir
+    """Every PostgreSQL major available here: the system one plus the embedded wheels' (16, 18)."""
+    from datasurface.localpg import LocalPostgres, embedded_bin_dirs, server_version
 
     servers = {pg_server.version: pg_server}  # type: ignore[attr-defined]
     extra = []
-    if embedded_bin_dir() is not None:
-        embedded = _start("embedded")
-        if embedded.version in servers:
-            embedded.stop()
-        else:
-            servers[embedded.version] = embedded
-            extra.append(embedded)
+    for bin_dir in embedded_bin_dirs():
+        if server_version(bin_dir) not in servers:
+            server = LocalPostgres(bin_dir).start()
+            servers[server.version] = server
+            extra.append(server)
     yield servers
     for s in extra:
         s.stop()

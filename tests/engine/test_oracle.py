@@ -3,7 +3,7 @@
 Datasets use every model type, a composite key, nullable columns flipping NULL / '' / value,
 deletes and delete-then-re-add. After each batch: the live table and both views equal the snapshot,
 forensic "as of N" equals snapshot N for every earlier N, and the ledger counts equal the oracle's.
-Runs against every PostgreSQL major available (system 15, embedded 16).
+Runs against every PostgreSQL major available (system 15, embedded 16 and 18).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from tests.engine.support import (
 SNAPSHOTS = 22
 
 
-@pytest.mark.parametrize(("version", "seed"), [(15, 1), (15, 2), (15, 3), (16, 1)])
+@pytest.mark.parametrize(("version", "seed"), [(15, 1), (15, 2), (15, 3), (16, 1), (18, 1)])
 def test_random_snapshots_match_oracle(pg_servers: dict[int, Any], databases_on: Any, version: int, seed: int,
                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if version not in pg_servers:
