@@ -104,7 +104,7 @@ class StreamRun:
                     raise DataSurfaceError(
                         f"batch {latest.batch_id} of {self.stream.describe()} was opened under a different "
                         f"model or mode and is never merged under this one; run `datasurface-job reset-batch "
-                        f"--platform <platform> --store {self.stream.store}"
+                        f"--platform {self.schema} --store {self.stream.store}"
                         + (f" --dataset {self.stream.dataset}" if self.stream.dataset else "")
                         + "` to discard it, then merge again"
                     )
