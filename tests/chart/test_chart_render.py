@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helm import CHART_DIR, REPO_ROOT, find, render_chart, run_helm
+from helm import CHART_DIR, REPO_ROOT, find, render_chart, render_chart_text, run_helm
 
 Docs = list[dict[str, Any]]
 Render = Callable[..., Docs]
@@ -173,6 +173,7 @@ def test_platform_json_defaults(defaults: Docs) -> None:
         "runner": "kubernetes",
         "retries": 2,
         "retryDelaySeconds": 300,
+        "executionTimeoutSeconds": 3600,
         "model": {"repo": "/model", "ref": None, "path": "datasurface.yaml"},
         "merge": {"host": "mvp-datasurface-postgresql", "port": 5432, "database": "merge_db",
                   "credential": "merge"},
@@ -219,6 +220,26 @@ def test_platform_overrides_and_lower_case_names(render: Render) -> None:
     dags = next(v for v in pod_spec(sched)["volumes"] if v["name"] == "dags")
     paths = [i["path"] for s in dags["projected"]["sources"] for i in s["configMap"].get("items", [])]
     assert paths == ["blue_live2/datasurface_dags.py", "blue_live2/platform.json"]
+
+
+def test_execution_timeout_global_default_and_per_platform(render: Render) -> None:
+    """platformDefaults.executionTimeoutSeconds reaches every platform.json; a platform's own value wins."""
+    docs = render({
+        "platformDefaults": {"executionTimeoutSeconds": 5400},
+        "platforms": [
+            {"name": "Quick", "mode": "live", "stores": ["Store1"], "schedule": "@hourly",
+             "executionTimeoutSeconds": 60},
+            {"name": "Slow", "mode": "forensic", "stores": ["Store1"], "schedule": "@daily"},
+        ]})
+    assert platform_json(docs, "quick")["executionTimeoutSeconds"] == 60
+    assert platform_json(docs, "slow")["executionTimeoutSeconds"] == 5400
+    # --set gives an int64 (values files a float64): both render as a JSON integer
+    text = render_chart_text(extra_args=["--set", "platformDefaults.executionTimeoutSeconds=7200"],
+                             show_only="templates/dags/configmaps.yaml")
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    assert [platform_json(docs, p)["executionTimeoutSeconds"] for p in ("yellowlive", "yellowforensic")] == [
+        7200, 7200]
+    assert '"executionTimeoutSeconds": 7200,' in text
 
 
 def test_model_repo_and_token(render: Render) -> None:
@@ -310,6 +331,11 @@ def test_external_database(render: Render) -> None:
      "extra"),
     ({"unknownKey": 1}, "unknownKey"),
     ({"simulator": {"replicas": "3"}}, "replicas"),
+    ({"platformDefaults": {"executionTimeoutSeconds": 30}}, "executionTimeoutSeconds"),
+    ({"platforms": [{"name": "X", "mode": "live", "stores": ["S"], "schedule": "@daily",
+                     "executionTimeoutSeconds": 30}]}, "executionTimeoutSeconds"),
+    ({"platforms": [{"name": "X", "mode": "live", "stores": ["S"], "schedule": "@daily",
+                     "executionTimeoutSeconds": "1h"}]}, "executionTimeoutSeconds"),
 ])
 def test_bad_values_fail(values: dict[str, Any], message: str) -> None:
     with pytest.raises(RuntimeError, match=re.escape(message)):

@@ -99,3 +99,24 @@ def test_platform_name_pattern_rejects(name: str) -> None:
     item = {"name": name, "mode": "live", "stores": ["S"], "schedule": "@hourly"}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft7Validator(SCHEMA).validate({"platforms": [item]})
+
+
+@pytest.mark.parametrize(("where", "seconds", "valid"), [
+    ("platformDefaults", 60, True), ("platformDefaults", 604800, True), ("platformDefaults", 30, False),
+    ("platformDefaults", 59, False), ("platformDefaults", 604801, False), ("platformDefaults", "3600", False),
+    ("platform", 60, True), ("platform", 30, False), ("platform", 3600.5, False),
+])
+def test_execution_timeout_bounds(where: str, seconds: Any, valid: bool) -> None:
+    """executionTimeoutSeconds: an integer from 60 s to a week, globally (platformDefaults) or per platform."""
+    if where == "platformDefaults":
+        values: dict[str, Any] = {"platformDefaults": {"executionTimeoutSeconds": seconds}}
+    else:
+        values = {"platforms": [{"name": "P", "mode": "live", "stores": ["S"], "schedule": "@hourly",
+                                 "executionTimeoutSeconds": seconds}]}
+    validator = jsonschema.Draft7Validator(SCHEMA)
+    if valid:
+        validator.validate(values)
+    else:
+        with pytest.raises(jsonschema.ValidationError) as err:
+            validator.validate(values)
+        assert err.value.path[-1] == "executionTimeoutSeconds"

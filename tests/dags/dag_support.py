@@ -49,6 +49,7 @@ EXAMPLE_SETTINGS: dict[str, Any] = {
     "runner": "kubernetes",
     "retries": 2,
     "retryDelaySeconds": 300,
+    "executionTimeoutSeconds": 3600,
     "model": {"repo": "https://github.com/x/y.git", "ref": "main", "path": "datasurface.yaml"},
     "merge": {"host": "mvp-datasurface-postgresql", "port": 5432, "database": "merge_db", "credential": "merge"},
     "secretEnv": [

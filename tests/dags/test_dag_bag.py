@@ -82,6 +82,9 @@ def test_default_chart_dags_load_in_airflow(default_render: list[dict[str, Any]]
         assert list(merge.skip_on_exit_code) == [10]
         assert (merge.on_finish_action.value, merge.do_xcom_push, merge.get_logs) == ("delete_pod", False, True)
         assert (merge.retries, merge.retry_delay) == (2, timedelta(seconds=300))
+        settings = json.loads(configmaps[lower]["data"]["platform.json"])
+        assert merge.execution_timeout == timedelta(seconds=settings["executionTimeoutSeconds"]) == timedelta(hours=1)
+        assert retrigger.execution_timeout is None and done.execution_timeout is None
         assert merge.image == json.loads(configmaps[lower]["data"]["platform.json"])["kubernetes"]["image"]
         assert merge.namespace == "default"
         env = env_of(merge)
@@ -107,6 +110,7 @@ def test_default_chart_dags_load_in_airflow(default_render: list[dict[str, Any]]
         setup = infra.get_task("setup")
         assert setup.arguments == ["setup", "--platform", platform, "--mode", mode, "--store", "Store1"]
         assert not setup.skip_on_exit_code
+        assert setup.execution_timeout == timedelta(hours=1)
         assert env_of(setup) == env
 
 
@@ -115,12 +119,13 @@ THREE_PLATFORMS = {
     "model": {"repo": "https://git.example.test/acme/model.git", "ref": "v2", "path": "models/ds.yaml",
               "tokenSecret": {"name": "model-git", "key": "token"}},
     "slack": {"webhookSecret": {"name": "slack", "key": "url"}},
+    "platformDefaults": {"executionTimeoutSeconds": 7200},
     "platforms": [
         {"name": "YellowLive", "mode": "live", "stores": ["Store1"], "schedule": "@hourly"},
         {"name": "YellowForensic", "mode": "forensic", "stores": ["Store1", "Store2"],
          "schedule": "*/15 * * * *", "retries": 0, "retryDelaySeconds": 30},
         {"name": "Blue_Dev", "mode": "live", "stores": ["Orders"], "schedule": "0 3 * * *", "runner": "local",
-         "infrastructureSchedule": "@weekly"},
+         "infrastructureSchedule": "@weekly", "executionTimeoutSeconds": 120},
     ],
 }
 
@@ -143,6 +148,7 @@ def test_three_platforms_without_airflow(tmp_path: Path) -> None:
         merge = dag.get_task("merge")
         assert merge.arguments == ["merge", "--platform", "YellowForensic", "--mode", "forensic", "--store", store]
         assert (merge.retries, merge.retry_delay) == (0, timedelta(seconds=30))
+        assert merge.execution_timeout == timedelta(hours=2)  # platformDefaults
         env = env_of(merge)
         assert env["DATASURFACE_GIT_TOKEN"] == ("secret", "model-git", "token", True)
         assert (env["DATASURFACE_MODEL"], env["DATASURFACE_MODEL_REF"], env["DATASURFACE_MODEL_PATH"]) == (
@@ -158,6 +164,8 @@ def test_three_platforms_without_airflow(tmp_path: Path) -> None:
     assert type(local).__name__ == "LocalJobOperator"
     assert local.job_args == ["merge", "--platform", "Blue_Dev", "--mode", "live", "--store", "Orders"]
     assert local.run_again_on_10 is True
+    assert local.execution_timeout == timedelta(seconds=120)  # the platform's own value
+    assert bag.dags["blue_dev_infrastructure"].get_task("setup").execution_timeout == timedelta(seconds=120)
     assert local.job_env["DATASURFACE_MODEL"] == "https://git.example.test/acme/model.git"
     assert "MERGE_PASSWORD" in local.required_env and "DATASURFACE_GIT_TOKEN" not in local.required_env
     assert bag.dags["blue_dev_infrastructure"].schedule == "@weekly"

@@ -2,16 +2,21 @@
 
 Proves the result handling end to end: exit 0 commits a batch and does not retrigger; an interrupted batch
 makes the job exit 10, the merge task is skipped and the DAG triggers itself; the next run commits a fresh
-batch; a broken model fails the task (after its retries) and sends exactly one Slack notice.
+batch; a broken model fails the task (after its retries) and sends exactly one Slack notice; a hung job is
+stopped by the task's execution_timeout and the next run finishes its batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
 import signal
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +26,8 @@ import pytest
 from dag_support import LOG_BASE_URL, dag_bag, write_platform
 from psycopg2 import sql
 
-pytestmark = pytest.mark.timeout(600)
+# Not pytest-timeout's default SIGALRM method: Airflow's execution_timeout takes over SIGALRM in the task.
+pytestmark = pytest.mark.timeout(600, method="thread")
 
 SLACK_ENV = "DS_TEST_SLACK_WEBHOOK"
 
@@ -222,3 +228,59 @@ def test_local_runner_without_the_credentials_fails_clearly(
     assert ti_states(run)["merge"] == "failed"
     assert len(slack) == 1 and "MERGE_PASSWORD (secretEnv) not set on the worker" in slack[0]["text"]
     assert batches(source, "runnocreds") == []
+
+
+def job_processes(platform: str) -> list[int]:
+    """Pids of running `datasurface-job ... --platform <platform>` processes (zombies excluded)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and platform.encode() in argv and any(a.endswith(b"datasurface-job") for a in argv):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_hung_job_is_stopped_by_the_execution_timeout_and_the_next_run_finishes_its_batch(
+        airflow_db: Path, source: Any, slack: list[dict[str, Any]], tmp_path: Path,
+        dags_subfolder: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real dag.test() whose job sleeps (DATASURFACE_TEST_PAUSE_AT) right after opening its batch.
+
+    platform.json can say no less than 60 s; to keep the suite fast the DAGs are built by the module's own
+    build_dags from its parsed settings with only the timeout lowered (dataclasses.replace): the same
+    operators, the same Airflow task runner applying execution_timeout and calling on_kill."""
+    settings = local_platform("RunTimeout", source, write_model(tmp_path / "model", source),
+                              executionTimeoutSeconds=60)
+    folder = dags_subfolder("runtimeout")
+    parsed = load_dags(folder, settings)["runtimeout__Store1_ingestion"]
+    assert parsed.get_task("merge").execution_timeout.total_seconds() == 60
+    spec = importlib.util.spec_from_file_location("datasurface_dags_runtimeout", folder / "datasurface_dags.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        quick = dataclasses.replace(module.load_settings(folder / "platform.json"), execution_timeout_seconds=6)
+        ingestion = module.build_dags(quick)["runtimeout__Store1_ingestion"]
+    finally:
+        del sys.modules[spec.name]
+
+    monkeypatch.setenv("DATASURFACE_TEST_PAUSE_AT", "batch:opened=120")
+    started = time.monotonic()
+    hung = ingestion.test()
+    elapsed = time.monotonic() - started
+    assert elapsed < 60  # stopped at the timeout (6 s), not after the job's 120 s pause
+    assert str(hung.state) == "failed"
+    assert ti_states(hung) == {"merge": "failed", "done": "upstream_failed", "retrigger": "skipped"}
+    assert job_processes("RunTimeout") == []  # on timeout the job was terminated, not left running
+    assert [status for _, status, *_ in batches(source, "runtimeout")] != []  # it had opened its batch ...
+    assert [status for _, status, *_ in batches(source, "runtimeout")][-1] != "committed"  # ... and hung there
+    assert len(slack) == 1 and "Timeout" in slack[0]["text"]
+
+    monkeypatch.delenv("DATASURFACE_TEST_PAUSE_AT")
+    finished = parsed.test()  # the chart's DAG (60 s): finishes the open batch, exits 10, retriggers
+    assert ti_states(finished) == {"merge": "skipped", "done": "skipped", "retrigger": "success"}
+    assert [status for _, status, *_ in batches(source, "runtimeout")] == ["committed"]

@@ -17,6 +17,7 @@ def test_the_interface_example_is_accepted(dags_module: ModuleType) -> None:
     s = dags_module.parse_settings(example_settings())
     assert (s.platform, s.mode, s.stores, s.runner) == ("YellowLive", "live", ("Store1",), "kubernetes")
     assert (s.schedule, s.infrastructure_schedule, s.retries, s.retry_delay_seconds) == ("@hourly", "@daily", 2, 300)
+    assert s.execution_timeout_seconds == 3600
     assert s.id_prefix == "yellowlive"
     assert s.ingestion_dag_id("Store1") == "yellowlive__Store1_ingestion"
     assert s.infrastructure_dag_id == "yellowlive_infrastructure"
@@ -44,10 +45,32 @@ def test_minimal_local_platform_gets_the_documented_defaults(dags_module: Module
         "model": {"repo": "/srv/model"}, "merge": {"host": "/run/postgresql", "database": "m", "credential": "merge"},
     })
     assert (s.schedule, s.infrastructure_schedule, s.retries, s.retry_delay_seconds) == ("@hourly", "@daily", 2, 300)
+    assert s.execution_timeout_seconds == 3600
     assert s.kubernetes is None and s.secret_env == () and s.slack_webhook_env is None
     assert (s.model.ref, s.model.path, s.merge.port) == (None, "datasurface.yaml", 5432)
     assert "DATASURFACE_MODEL_REF" not in s.job_env()  # null ref: the remote's default branch
     assert s.setup_args() == ["setup", "--platform", "Dev", "--mode", "forensic", "--store", "A", "--store", "B"]
+
+
+@pytest.mark.parametrize("seconds", [60, 61, 3600, 86400, 604800])
+def test_execution_timeout_accepted(dags_module: ModuleType, seconds: int) -> None:
+    s = dags_module.parse_settings(example_settings(executionTimeoutSeconds=seconds))
+    assert s.execution_timeout_seconds == seconds
+
+
+def test_execution_timeout_is_on_every_job_task_of_both_runners(dags_module: ModuleType) -> None:
+    """merge and setup carry executionTimeoutSeconds (pod and subprocess alike); retrigger and done do not."""
+    from datetime import timedelta
+
+    for runner in ("kubernetes", "local"):
+        dags = dags_module.build_dags(dags_module.parse_settings(
+            example_settings(runner=runner, executionTimeoutSeconds=900)))
+        ingestion, infra = dags["yellowlive__Store1_ingestion"], dags["yellowlive_infrastructure"]
+        for task in (ingestion.get_task("merge"), infra.get_task("setup")):
+            kind = "LocalJobOperator" if runner == "local" else "KubernetesPodOperator"
+            assert (type(task).__name__, task.execution_timeout) == (kind, timedelta(seconds=900))
+        assert ingestion.get_task("retrigger").execution_timeout is None
+        assert ingestion.get_task("done").execution_timeout is None
 
 
 def test_null_schedule_means_manual_runs_only(dags_module: ModuleType) -> None:
@@ -95,6 +118,14 @@ REJECTED = [
     ("retries", True, "retries: must be an integer (got true)"),
     ("retryDelaySeconds", -5, "retryDelaySeconds: must be >= 0"),
     ("retryDelaySeconds", "300", "retryDelaySeconds: must be a number"),
+    ("executionTimeoutSeconds", 30, "executionTimeoutSeconds: must be between 60 and 604800 (got 30)"),
+    ("executionTimeoutSeconds", 59, "executionTimeoutSeconds: must be between 60 and 604800 (got 59)"),
+    ("executionTimeoutSeconds", 0, "executionTimeoutSeconds: must be between 60 and 604800 (got 0)"),
+    ("executionTimeoutSeconds", 604801, "executionTimeoutSeconds: must be between 60 and 604800 (got 604801)"),
+    ("executionTimeoutSeconds", "3600", "executionTimeoutSeconds: must be an integer (got the string '3600')"),
+    ("executionTimeoutSeconds", 3600.5, "executionTimeoutSeconds: must be an integer (got float 3600.5)"),
+    ("executionTimeoutSeconds", True, "executionTimeoutSeconds: must be an integer (got true)"),
+    ("executionTimeoutSeconds", None, "executionTimeoutSeconds: must be an integer (got null)"),
     ("model", DELETE, "model: required"),
     ("model", "https://x/y.git", "model: must be an object (got the string"),
     ("model.repo", "", "model.repo: must be a non-empty string"),

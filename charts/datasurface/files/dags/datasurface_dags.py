@@ -43,6 +43,9 @@ JOB_COMMAND = "datasurface-job"  # the image's entrypoint; on PATH for the local
 MODEL_MOUNT = "/model"
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 SLACK_TIMEOUT_SECONDS = 10
+EXECUTION_TIMEOUT_SECONDS = 3600  # default run time limit of a job task (executionTimeoutSeconds)
+EXECUTION_TIMEOUT_RANGE = (60, 7 * 24 * 3600)  # at least a minute, at most a week
+STOP_GRACE_SECONDS = 10  # local runner: SIGTERM, then SIGKILL after this long
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # platforms and stores (the model's naming rule)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -109,6 +112,7 @@ class PlatformSettings:
     runner: str = "kubernetes"
     retries: int = 2
     retry_delay_seconds: float = 300
+    execution_timeout_seconds: int = EXECUTION_TIMEOUT_SECONDS
     secret_env: tuple[SecretEnv, ...] = ()
     slack_webhook_env: str | None = None
     kubernetes: KubernetesSettings | None = None
@@ -259,7 +263,8 @@ def _kind_name(types: type | tuple[type, ...]) -> str:
 
 
 _TOP_KEYS = ("version", "platform", "mode", "stores", "schedule", "infrastructureSchedule", "runner",
-             "retries", "retryDelaySeconds", "model", "merge", "secretEnv", "slackWebhookEnv", "kubernetes")
+             "retries", "retryDelaySeconds", "executionTimeoutSeconds", "model", "merge", "secretEnv",
+             "slackWebhookEnv", "kubernetes")
 _K8S_KEYS = ("namespace", "image", "imagePullPolicy", "imagePullSecrets", "serviceAccountName", "resources",
              "labels", "startupTimeoutSeconds", "modelConfigMap", "securityContext",
              "containerSecurityContext")
@@ -296,6 +301,9 @@ def parse_settings(data: Any) -> PlatformSettings:
     infra_schedule = top.string("infrastructureSchedule", default="@daily", nullable=True)
     retries = top.integer("retries", default=2, minimum=0)
     retry_delay = top.number("retryDelaySeconds", default=300, minimum=0)
+    low, high = EXECUTION_TIMEOUT_RANGE
+    execution_timeout = top.integer("executionTimeoutSeconds", default=EXECUTION_TIMEOUT_SECONDS, minimum=low,
+                                    maximum=high)
 
     m = top.child("model", top.value("model", True, {}))
     model = ModelSettings(repo=m.string("repo", required=True), ref=m.string("ref", nullable=True),
@@ -334,7 +342,8 @@ def parse_settings(data: Any) -> PlatformSettings:
         raise PlatformSettingsError("; ".join(errors))
     return PlatformSettings(platform=platform, mode=mode, stores=tuple(stores), model=model, merge=merge,
                             schedule=schedule, infrastructure_schedule=infra_schedule, runner=runner,
-                            retries=retries, retry_delay_seconds=retry_delay, secret_env=tuple(secret_env),
+                            retries=retries, retry_delay_seconds=retry_delay,
+                            execution_timeout_seconds=execution_timeout, secret_env=tuple(secret_env),
                             slack_webhook_env=slack, kubernetes=kubernetes)
 
 
@@ -405,6 +414,10 @@ class LocalJobOperator(BaseOperator):
     Env: the worker's env plus the platform's DATASURFACE_* settings; the secretEnv names must already be
     in the worker's env (there is no Kubernetes Secret to read them from). Exit 0: success; exit 10 with
     `run_again_on_10`: skipped (the DAG's retrigger task then runs); anything else: failure.
+
+    The job runs in its own process group. Whenever `execute` ends before the job did (Airflow's
+    `execution_timeout`, any exception) and when Airflow kills the task (`on_kill`), the group gets
+    SIGTERM and, if still alive after STOP_GRACE_SECONDS, SIGKILL: no job is left running.
     """
 
     ui_color = "#e8f0fe"
@@ -431,28 +444,53 @@ class LocalJobOperator(BaseOperator):
                             f"(install the datasurface package in the Airflow image)")
         env = {**os.environ, **self.job_env}
         self.log.info("Running %s %s", JOB_COMMAND, " ".join(self.job_args))
-        self._proc = subprocess.Popen([executable, *self.job_args], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, errors="replace")
-        assert self._proc.stdout is not None
+        proc = subprocess.Popen([executable, *self.job_args], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+        self._proc = proc
+        assert proc.stdout is not None
         reason = ""
-        for raw in self._proc.stdout:
-            line = raw.rstrip("\n")
-            self.log.info("%s", line)
-            if line.startswith(f"{JOB_COMMAND}: "):  # the job's one-line reason for a failure
-                reason = line[len(JOB_COMMAND) + 2:]
-        code = self._proc.wait()
-        self._proc = None
+        try:
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                self.log.info("%s", line)
+                if line.startswith(f"{JOB_COMMAND}: "):  # the job's one-line reason for a failure
+                    reason = line[len(JOB_COMMAND) + 2:]
+            code = proc.wait()
+        finally:  # e.g. AirflowTaskTimeout raised here by execution_timeout: the job must not outlive us
+            self.stop_job()
+            proc.stdout.close()
+            self._proc = None
         if code == EXIT_OK:
             return
         if code == EXIT_RUN_AGAIN and self.run_again_on_10:
             raise AirflowSkipException(f"{JOB_COMMAND} exited {code}: it finished a batch left open by an "
                                        f"interrupted run; the DAG runs again at once")
+        if code < 0:
+            raise JobFailed(f"{JOB_COMMAND} {self.job_args[0]} was stopped by signal {-code}")
         raise JobFailed(f"{JOB_COMMAND} {self.job_args[0]} exited with status {code}"
                         + (f": {reason[:500]}" if reason else ""))
 
+    def stop_job(self) -> None:
+        """Stop the running job, if any: SIGTERM to its process group, SIGKILL after STOP_GRACE_SECONDS."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        self.log.warning("Stopping %s (pid %d)", JOB_COMMAND, proc.pid)
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # waits are bounded: on_kill may run inside a wait
+            try:
+                os.killpg(proc.pid, sig)  # its own group (start_new_session): git and other children too
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=STOP_GRACE_SECONDS)
+                return
+            except subprocess.TimeoutExpired:
+                if sig == signal.SIGTERM:
+                    self.log.warning("%s still running %d s after SIGTERM: SIGKILL", JOB_COMMAND,
+                                     STOP_GRACE_SECONDS)
+
     def on_kill(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
+        self.stop_job()
 
 
 def _kubernetes_job(settings: PlatformSettings, *, task_id: str, name: str, args: list[str],
@@ -504,7 +542,9 @@ def _kubernetes_job(settings: PlatformSettings, *, task_id: str, name: str, args
 
 def job_task(settings: PlatformSettings, *, task_id: str, args: list[str], store: str | None,
              run_again_on_10: bool, **kwargs: Any) -> BaseOperator:
-    """The task running `datasurface-job ARGS` with the platform's runner."""
+    """The task running `datasurface-job ARGS` with the platform's runner, stopped after the platform's
+    executionTimeoutSeconds (Airflow then calls on_kill: the pod is deleted, the subprocess stopped)."""
+    kwargs.setdefault("execution_timeout", timedelta(seconds=settings.execution_timeout_seconds))
     if settings.runner == "local":
         return LocalJobOperator(task_id=task_id, job_args=args, job_env=settings.job_env(),
                                 required_env=[s.name for s in settings.secret_env if not s.optional],
