@@ -207,9 +207,6 @@ class LocalPostgres:
         if remove if remove is not None else self._owns_root:
             shutil.rmtree(self._root, ignore_errors=True)
 
-    def restart(self) -> None:
-        self._run([str(self._bin() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "restart"])
-
     def stop_server_only(self) -> None:
         self._run([str(self._bin() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"])
 

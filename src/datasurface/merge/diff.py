@@ -1,6 +1,6 @@
 """The snapshot against the current rows: ONE full outer join per dataset, into a temp table.
 
-`ds_diff` holds one row per changed key with `ds_op` I (new key), U (a non-key value differs,
+`ds_diff` holds one row per changed key with `_ds_op` I (new key), U (a non-key value differs,
 NULL-safe: NULL, '' and a value are all different) or D (key gone), and the snapshot's values.
 Both merges apply it with set-based statements; its counts are the batch's counts.
 
@@ -61,7 +61,7 @@ def compute_diff(conn: PgConnection, lay: DatasetLayout, snapshot_rows: int, cur
         select_values = sql.SQL(", ") + idents(lay.values, "s")
     query = sql.SQL(
         "CREATE TEMP TABLE {diff} ON COMMIT DROP AS "
-        "SELECT {op} AS ds_op, {keys}{values} FROM {staging} s FULL JOIN {current} t ON {match} WHERE {changed}"
+        "SELECT {op} AS _ds_op, {keys}{values} FROM {staging} s FULL JOIN {current} t ON {match} WHERE {changed}"
     ).format(
         diff=sql.Identifier(DIFF_TABLE), op=op, keys=keys, values=select_values,
         staging=lay.qualified(lay.staging), current=current_rows(lay), match=key_match(lay, "s", "t"),
@@ -71,7 +71,7 @@ def compute_diff(conn: PgConnection, lay: DatasetLayout, snapshot_rows: int, cur
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(DIFF_TABLE)))
         cur.execute(query)
         cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(DIFF_TABLE)))
-        cur.execute(sql.SQL("SELECT ds_op, count(*) FROM {} GROUP BY ds_op").format(sql.Identifier(DIFF_TABLE)))
+        cur.execute(sql.SQL("SELECT _ds_op, count(*) FROM {} GROUP BY _ds_op").format(sql.Identifier(DIFF_TABLE)))
         by_op = {row[0]: int(row[1]) for row in cur.fetchall()}
     counts = Counts(total=snapshot_rows, inserted=by_op.get("I", 0), updated=by_op.get("U", 0),
                     deleted=by_op.get("D", 0))
@@ -96,8 +96,9 @@ def duplicates_refused(lay: DatasetLayout) -> Iterator[None]:
 
 
 def diff_rows(op_filter: tuple[str, ...]) -> sql.Composable:
-    """`ds_diff d WHERE d.ds_op IN (...)` as a FROM item for the apply statements."""
-    return sql.SQL("(SELECT * FROM {} WHERE ds_op IN ({})) d").format(
+    """`ds_diff d WHERE d._ds_op IN (...)` as a FROM item for the apply statements. The op column starts
+    with `_`, which no model column can (model names start with a letter), so it never collides."""
+    return sql.SQL("(SELECT * FROM {} WHERE _ds_op IN ({})) d").format(
         sql.Identifier(DIFF_TABLE), sql.SQL(", ").join(sql.Literal(o) for o in op_filter))
 
 

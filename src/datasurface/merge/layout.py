@@ -27,7 +27,6 @@ _PLATFORM_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 LIVE_COLUMNS = ("ds_batch_id",)
 FORENSIC_COLUMNS = ("ds_batch_in", "ds_batch_out")
-RESERVED_COLUMNS = frozenset({*LIVE_COLUMNS, *FORENSIC_COLUMNS, "ds_op"})
 
 
 class SchemaChangeError(DataSurfaceError):
@@ -88,12 +87,7 @@ class DatasetLayout:
         return sql.Identifier(self.schema, name)
 
     def check_names(self) -> None:
-        reserved = [c for c in self.columns if c in RESERVED_COLUMNS]
-        if reserved:
-            raise DataSurfaceError(
-                f"store {self.store!r} dataset {self.dataset.name!r}: column name(s) {', '.join(reserved)} "
-                f"are reserved for the merge tables"
-            )
+        # reserved column names (ds_batch_*) are refused by the model validator, with their path
         if len(self.view) > MAX_IDENT:
             raise DataSurfaceError(
                 f"store {self.store!r} dataset {self.dataset.name!r}: the view name {self.view!r} is longer "
