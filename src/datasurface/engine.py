@@ -159,14 +159,14 @@ class StreamRun:
         return rows
 
     def _stage(self, source: PgConnection, batch: Batch) -> dict[str, int]:
-        snapshot.begin_snapshot(source)
+        snapshot_at = snapshot.begin_snapshot(source)
         rows = {}
         for lay in self.lays:
             killpoint(f"ingest:{lay.dataset.name}:start")
             rows[lay.dataset.name] = snapshot.copy_dataset(source, self.merge, lay, self.store.source.schema)
             killpoint(f"ingest:{lay.dataset.name}:staged")
         source.rollback()  # read-only: ends the snapshot
-        self.ledger.mark_staged(batch, rows)
+        self.ledger.mark_staged(batch, rows, snapshot_at)
         killpoint("ingest:before_commit")
         self.merge.commit()
         killpoint("after_ingest")

@@ -9,6 +9,7 @@ ANALYZE: the diff reads each of them once, in one hash join, and duplicate keys 
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import threading
@@ -31,9 +32,16 @@ class SnapshotError(DataSurfaceError):
     """The snapshot could not be read or violates the model (duplicate or NULL keys)."""
 
 
-def begin_snapshot(source: PgConnection) -> None:
-    """Open the read-only REPEATABLE READ transaction every dataset of the batch is read in."""
+def begin_snapshot(source: PgConnection) -> datetime.datetime:
+    """Open the read-only REPEATABLE READ transaction every dataset of the batch is read in.
+
+    Returns the snapshot time (contract §5 `snapshot_at`): the source server's clock at the first
+    statement of the transaction, which is the one that takes the snapshot."""
     source.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
+    with source.cursor() as cur:
+        cur.execute("SELECT statement_timestamp()")
+        at: datetime.datetime = cur.fetchone()[0]  # type: ignore[index]
+    return at
 
 
 def create_staging(merge: PgConnection, lay: DatasetLayout) -> None:

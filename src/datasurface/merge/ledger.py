@@ -8,6 +8,7 @@ assigned when a batch opens and a discarded open batch gives its id back: commit
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from dataclasses import dataclass
@@ -87,7 +88,11 @@ class BatchLedger:
                     rows_inserted bigint,
                     rows_updated bigint,
                     rows_deleted bigint,
+                    snapshot_at timestamptz,
                     PRIMARY KEY (stream, batch_id))""").format(self._t("ds_batches")))
+            # ledgers created before contract §5: their earlier batches keep snapshot_at NULL
+            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS snapshot_at timestamptz").format(
+                self._t("ds_batches")))
             cur.execute(sql.SQL("""
                 CREATE TABLE IF NOT EXISTS {} (
                     store text NOT NULL,
@@ -128,8 +133,10 @@ class BatchLedger:
             )
         return Batch(stream, batch_id, INGESTING, mode, fingerprint, {}, tuple(staging_tables))
 
-    def mark_staged(self, batch: Batch, staged_rows: dict[str, int]) -> None:
-        self._set(batch, "status = %s, staged_rows = %s", (STAGED, json.dumps(staged_rows)))
+    def mark_staged(self, batch: Batch, staged_rows: dict[str, int], snapshot_at: datetime.datetime) -> None:
+        """The staged snapshot, with the source's clock at the snapshot (kept when the batch is recovered)."""
+        self._set(batch, "status = %s, staged_rows = %s, snapshot_at = %s",
+                  (STAGED, json.dumps(staged_rows), snapshot_at))
 
     def commit(self, batch: Batch, per_dataset: dict[str, Counts]) -> Counts:
         total = sum(per_dataset.values(), Counts())
