@@ -51,7 +51,29 @@ MergeDatabase = Annotated[str, typer.Option("--merge-database", envvar="DATASURF
 MergeCredential = Annotated[str, typer.Option("--merge-credential", envvar="DATASURFACE_MERGE_CREDENTIAL",
     show_envvar=True, help="Credential name X: the user and password come from env X_USER and X_PASSWORD.")]
 LockWait = Annotated[float, typer.Option("--lock-wait", envvar="DATASURFACE_LOCK_WAIT", show_envvar=True,
-    help="Seconds to wait for another run on the same stream to finish before giving up (0: fail at once).")]
+    help="Seconds to wait for another live run on the same stream before giving up (0: fail at once). "
+    "A run that holds the stream but stopped answering (killed, frozen) is ended and taken over meanwhile.")]
+LockTimeout = Annotated[float, typer.Option("--lock-timeout", envvar="DATASURFACE_LOCK_TIMEOUT", show_envvar=True,
+    help="Total seconds a run waits for locks that other sessions (consumers) hold on the merge tables; "
+    "each wait is a short step, retried with backoff, so readers never queue behind the job.")]
+SessionTimeout = Annotated[float, typer.Option("--session-timeout", envvar="DATASURFACE_SESSION_TIMEOUT",
+    show_envvar=True, help="Seconds after which the database servers end a session of this job whose "
+    "client went silent (idle_in_transaction_session_timeout, idle_session_timeout; TCP keepalives).")]
+OrphanTimeout = Annotated[float, typer.Option("--orphan-timeout", envvar="DATASURFACE_ORPHAN_TIMEOUT",
+    show_envvar=True, help="Seconds without a heartbeat after which a run holding the stream is taken "
+    "for dead or frozen: its sessions are ended and this run takes over (finishing its batch, exit 10).")]
+
+
+def _limits(lock_wait: float, lock_timeout: float, session_timeout: float, orphan_timeout: float):  # type: ignore[no-untyped-def]
+    from datasurface.errors import UsageError
+    from datasurface.sessions import SessionLimits
+
+    for name, value, least in (("--lock-wait", lock_wait, 0), ("--lock-timeout", lock_timeout, 0),
+                               ("--session-timeout", session_timeout, 1), ("--orphan-timeout", orphan_timeout, 1)):
+        if not value >= least:
+            raise UsageError(f"{name} must be at least {least} seconds (got {value:g})")
+    return SessionLimits(lock_wait=lock_wait, lock_timeout=lock_timeout, idle_timeout=session_timeout,
+                         orphan_timeout=orphan_timeout)
 
 
 def _version(value: bool) -> None:
@@ -90,7 +112,10 @@ def merge(
     model_ref: ModelRef = None,
     model_path: ModelPath = "datasurface.yaml",
     merge_port: MergePort = 5432,
-    lock_wait: LockWait = 0.0,
+    lock_wait: LockWait = 60.0,
+    lock_timeout: LockTimeout = 300.0,
+    session_timeout: SessionTimeout = 60.0,
+    orphan_timeout: OrphanTimeout = 15.0,
 ) -> None:
     """Bring the store's stream(s) forward by one committed batch.
 
@@ -105,7 +130,7 @@ def merge(
     endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
     raise typer.Exit(run_merge(model=model, model_ref=model_ref, model_path=model_path, platform=platform,
                                mode=mode, store=store, merge=endpoint, merge_credential=cred,
-                               lock_wait=lock_wait))
+                               limits=_limits(lock_wait, lock_timeout, session_timeout, orphan_timeout)))
 
 
 @app.command("reset-batch")
@@ -120,7 +145,10 @@ def reset_batch(
     batch: Annotated[int | None, typer.Option("--batch", help="Only this batch id (refused if committed); "
         "default: the stream's open batch, if any.")] = None,
     merge_port: MergePort = 5432,
-    lock_wait: LockWait = 0.0,
+    lock_wait: LockWait = 60.0,
+    lock_timeout: LockTimeout = 300.0,
+    session_timeout: SessionTimeout = 60.0,
+    orphan_timeout: OrphanTimeout = 15.0,
 ) -> None:
     """Discard the stream's open (uncommitted) batch so the next merge starts fresh with the current model.
 
@@ -130,7 +158,7 @@ def reset_batch(
 
     endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
     run_reset_batch(platform=platform, store=store, dataset=dataset, merge=endpoint, merge_credential=cred,
-                    batch_id=batch, lock_wait=lock_wait)
+                    batch_id=batch, limits=_limits(lock_wait, lock_timeout, session_timeout, orphan_timeout))
 
 
 @app.command()
@@ -146,13 +174,16 @@ def setup(
     model_ref: ModelRef = None,
     model_path: ModelPath = "datasurface.yaml",
     merge_port: MergePort = 5432,
+    lock_timeout: LockTimeout = 300.0,
+    session_timeout: SessionTimeout = 60.0,
 ) -> None:
     """Validate the model and create or evolve the platform's schema, tables and views (no ingestion)."""
     from datasurface.engine import run_setup
 
     endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
     run_setup(model=model, model_ref=model_ref, model_path=model_path, platform=platform, mode=mode,
-              stores=store or None, merge=endpoint, merge_credential=cred)
+              stores=store or None, merge=endpoint, merge_credential=cred,
+              limits=_limits(0.0, lock_timeout, session_timeout, 15.0))
 
 
 @app.command()

@@ -6,8 +6,9 @@ wrap. The password is passed as a keyword, never inside a DSN string that could 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg2
 from psycopg2 import sql
@@ -29,6 +30,10 @@ class Endpoint:
         where = f"socket {self.host}" if self.host.startswith("/") else f"{self.host}:{self.port}"
         return f"database {self.database!r} at {where}"
 
+    def named(self, role: str) -> str:
+        """`the merge database 'merge_db' at pg:5432`: which server a message is about."""
+        return f"the {role} {self.describe()}"
+
 
 def connect(
     endpoint: Endpoint,
@@ -36,10 +41,14 @@ def connect(
     *,
     application_name: str = "datasurface-job",
     connect_timeout: int = 10,
+    extra: Mapping[str, int | str] | None = None,
 ) -> PgConnection:
-    """Open a psycopg2 connection; any failure becomes one clear DatabaseError line."""
+    """Open a psycopg2 connection; any failure becomes one clear DatabaseError line.
+
+    `extra`: further libpq connection parameters (e.g. TCP keepalives)."""
+    params: dict[str, Any] = dict(extra or {})
     try:
-        conn = psycopg2.connect(
+        conn: PgConnection = psycopg2.connect(
             host=endpoint.host,
             port=endpoint.port,
             dbname=endpoint.database,
@@ -47,10 +56,39 @@ def connect(
             password=credential.password,
             application_name=application_name,
             connect_timeout=connect_timeout,
+            **params,
         )
     except psycopg2.Error as exc:
         raise DatabaseError(f"cannot connect to {endpoint.describe()}: {first_line(exc)}") from exc
     return conn
+
+
+def is_lost(conn: PgConnection) -> bool:
+    """True when the connection to the server is gone (closed, reset, or the server ended the session)."""
+    if conn.closed:
+        return True
+    return bool(conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN)
+
+
+def driver_error(exc: psycopg2.Error, where: str, conn: PgConnection | None = None) -> DatabaseError:
+    """A driver error as one line a user can act on. `where` names the database and server; `conn` is the
+    connection the error came from, to tell a lost connection from an error the server reported."""
+    detail = first_line(exc)
+    if "no message from the libpq" in detail or not detail.strip():
+        detail = "the server closed the connection"
+    lost = conn is not None and is_lost(conn)
+    if lost or (isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError) and _looks_lost(detail)):
+        return DatabaseError(f"lost the connection to {where}: {detail}")
+    if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
+        return DatabaseError(f"{where}: {detail} (the job's role needs this privilege; grant it or use a role "
+                             f"that has it)")
+    return DatabaseError(f"{where}: {detail}")
+
+
+def _looks_lost(detail: str) -> bool:
+    text = detail.lower()
+    return any(s in text for s in ("server closed the connection", "terminating connection", "connection already "
+                                   "closed", "could not receive data", "could not send data", "connection reset"))
 
 
 def first_line(exc: BaseException) -> str:

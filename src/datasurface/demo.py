@@ -197,11 +197,13 @@ def _as_of(conn: PgConnection, batch: int) -> dict[str, Any]:
 
 def _merge(model_dir: Path, platform: str, mode: str, merge: Endpoint) -> int:
     from datasurface.engine import run_merge
+    from datasurface.sessions import SessionLimits
 
     code = EXIT_RECOVERED
     for _ in range(3):  # 10: an earlier interrupted batch was finished; run again for a fresh one
         code = run_merge(model=str(model_dir), model_ref=None, model_path="datasurface.yaml", platform=platform,
-                         mode=mode, store=STORE, merge=merge, merge_credential="merge", lock_wait=0.0)
+                         mode=mode, store=STORE, merge=merge, merge_credential="merge",
+                         limits=SessionLimits(lock_wait=0.0))
         if code != EXIT_RECOVERED:
             return code
     return code

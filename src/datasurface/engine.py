@@ -19,7 +19,7 @@ import psycopg2
 from psycopg2 import sql
 
 from datasurface import credentials
-from datasurface.db import Endpoint, PgConnection, connect, first_line
+from datasurface.db import Endpoint, PgConnection, driver_error, is_lost
 from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfaceError
 from datasurface.faults import killpoint
 from datasurface.ingest import snapshot
@@ -27,9 +27,11 @@ from datasurface.ingest.source import check_store
 from datasurface.merge import layout
 from datasurface.merge.forensic import ForensicMerge
 from datasurface.merge.layout import DatasetLayout
-from datasurface.merge.ledger import COMMITTED, INGESTING, Batch, BatchLedger, Counts, Stream, StreamLock
+from datasurface.merge.ledger import COMMITTED, INGESTING, Batch, BatchLedger, Counts, Stream
 from datasurface.merge.live import LiveMerge
+from datasurface.merge.locks import LockRetry, StreamLock, end_run_sessions
 from datasurface.model import Model, Store, load_model
+from datasurface.sessions import Heartbeat, SessionLimits, new_run_id, open_session
 
 log = logging.getLogger("datasurface")
 
@@ -49,11 +51,20 @@ def fingerprint(store: Store, datasets: tuple[str, ...]) -> str:
 
 
 @contextmanager
-def connection(endpoint: Endpoint, credential_name: str, role: str) -> Iterator[PgConnection]:
+def connection(endpoint: Endpoint, credential_name: str, role: str, run_id: str | None = None,
+               limits: SessionLimits | None = None) -> Iterator[PgConnection]:
+    """A session with the job's limits (sessions.py); a driver error inside becomes one line naming the
+    server (`role`: merge, source, check)."""
     cred = credentials.resolve(credential_name)
-    conn = connect(endpoint, cred, application_name=f"datasurface-job {role}")
+    where = endpoint.named("source" if role == "source" else "merge")
+    try:
+        conn = open_session(endpoint, cred, role, run_id or new_run_id(), limits or SessionLimits())
+    except psycopg2.Error as exc:
+        raise driver_error(exc, where) from exc
     try:
         yield conn
+    except psycopg2.Error as exc:
+        raise driver_error(exc, where, conn) from exc
     finally:
         with suppress(Exception):
             conn.close()
@@ -67,6 +78,12 @@ def _ddl_lock(conn: PgConnection, schema: str) -> None:
     """Serialises DDL on one platform schema between concurrent runs of different streams."""
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"datasurface-ddl/{schema}",))
+
+
+def layout_relations(schema: str, lays: list[DatasetLayout]) -> list[str]:
+    """What creating or evolving the layout locks: to name the sessions that block it."""
+    names = ["ds_batches", "ds_batch_datasets", *(n for lay in lays for n in (lay.table, lay.view))]
+    return [f'"{schema}"."{n}"' for n in names]
 
 
 def ensure_layout(conn: PgConnection, schema: str, lays: list[DatasetLayout]) -> None:
@@ -83,8 +100,13 @@ class StreamRun:
     """Brings one stream forward by one committed batch."""
 
     def __init__(self, merge: PgConnection, store: Store, stream: Stream, lays: list[DatasetLayout],
-                 mode: str):
+                 mode: str, run_id: str, limits: SessionLimits, merge_where: str, taken_over: str | None = None):
         self.merge = merge
+        self.merge_where = merge_where
+        self.run_id = run_id
+        self.limits = limits
+        self.taken_over = taken_over
+        self.locks = LockRetry(merge, limits)
         self.store = store
         self.stream = stream
         self.lays = lays
@@ -97,6 +119,7 @@ class StreamRun:
         """Read-only checks before anything is written; returns the open batch, if any."""
         open_batch = None
         if self.ledger.exists():
+            self._check_consistency()
             latest = self.ledger.latest(self.stream)
             if latest is not None and latest.status != COMMITTED:
                 open_batch = latest
@@ -113,36 +136,80 @@ class StreamRun:
         self.merge.rollback()
         return open_batch
 
+    def _check_consistency(self) -> None:
+        """A store's streams cannot change shape under existing batches: a multi_dataset store's one stream
+        and a single_dataset store's per-dataset streams number their batches independently, so carrying
+        the history over would break the batch ids that forensic versions and the ledger key on."""
+        shapes = self.ledger.stream_shapes(self.store.name)
+        was_multi = None in shapes
+        if not shapes or was_multi == (self.stream.dataset is None):
+            return
+        before = "multi_dataset" if was_multi else "single_dataset"
+        raise DataSurfaceError(
+            f"store {self.store.name} has batches on platform {self.schema} as a {before} store, but the model now "
+            f"says consistency: {self.store.consistency}; a platform cannot carry a store's batches over to another "
+            f"consistency. Set consistency back to {before}, or ingest the store into a new platform")
+
     def run(self) -> bool:
         """Returns True when it finished a batch left open by an earlier run."""
         open_batch = self.preflight()
-        with connection(source_endpoint(self.store), self.store.source.credential, "source") as source:
+        what = f"{self.stream.describe()} of platform {self.schema}"
+        with connection(source_endpoint(self.store), self.store.source.credential, "source", self.run_id,
+                        self.limits) as source:
+            if self.taken_over:  # the dead or frozen run's snapshot would hold back the source's vacuum
+                with suppress(psycopg2.Error):
+                    end_run_sessions(source, self.taken_over)
             check_store(source, self.store, tuple(lay.dataset for lay in self.lays))
             source.rollback()
             killpoint("source:checked")
-            ensure_layout(self.merge, self.schema, self.lays)
-            opened_here = open_batch is None
-            batch = open_batch or self.ledger.open_batch(self.stream, self.mode, self.fingerprint,
-                                                         [lay.staging for lay in self.lays])
-            killpoint("batch:opening")
-            self.merge.commit()
+            batch = self.locks.run(f"preparing the merge tables of {what}", lambda: self._open(open_batch),
+                                   lambda: layout_relations(self.schema, self.lays), exclusive=True)
             killpoint("batch:opened")
-            if open_batch is not None:
+            opened_here = open_batch is None
+            if not opened_here:
                 log.warning("%s: finishing batch %s left %s by an interrupted run", self.stream.describe(),
                             batch.batch_id, batch.status)
             try:
                 rows = self._staged_rows(batch)
                 if rows is None:
-                    rows = self._stage(source, batch)
-                counts = self._merge(batch, rows)
+                    rows = self.locks.run(f"staging batch {batch.batch_id} of {what}",
+                                          lambda: self._stage(source, batch), lambda: [])
+                counts = self.locks.run(f"merging batch {batch.batch_id} of {what}",
+                                        lambda: self._merge(batch, rows), lambda: self._merge_relations())
             except Exception as exc:
                 with suppress(Exception):
                     self.merge.rollback()
                 if opened_here or isinstance(exc, snapshot.SnapshotError):
                     self._discard(batch)  # a handled failure (or a bad staged snapshot) leaves nothing behind
-                raise as_user_error(exc, f"batch {batch.batch_id} of {self.stream.describe()}") from exc
+                raise self._user_error(exc, source, f"batch {batch.batch_id} of {self.stream.describe()}") from exc
         self._report(batch, counts)
         return not opened_here
+
+    def _open(self, open_batch: Batch | None) -> Batch:
+        """Create or evolve the layout and open the batch (or keep the open one): one transaction."""
+        ensure_layout(self.merge, self.schema, self.lays)
+        batch = open_batch or self.ledger.open_batch(self.stream, self.mode, self.fingerprint,
+                                                     [lay.staging for lay in self.lays])
+        killpoint("batch:opening")
+        self.merge.commit()
+        return batch
+
+    def _merge_relations(self) -> list[str]:
+        names = ("ds_batches", "ds_batch_datasets", *(lay.table for lay in self.lays))
+        return [f'"{self.schema}"."{n}"' for n in names]
+
+    def _user_error(self, exc: BaseException, source: PgConnection, what: str) -> BaseException:
+        """Driver errors become one clear line naming the server; our own errors pass through. A lost
+        source connection is named as such whichever side reported it first (the merge COPY sees a pipe
+        that ended, the producer an error "with no message from the libpq")."""
+        if is_lost(source):
+            cause = exc if isinstance(exc, psycopg2.Error) else exc.__cause__
+            err = driver_error(cause if isinstance(cause, psycopg2.Error) else psycopg2.OperationalError(),
+                               source_endpoint(self.store).named("source"), source)
+            return DatabaseError(f"{what}: {err}")
+        if isinstance(exc, psycopg2.Error):
+            return DatabaseError(f"{what}: {driver_error(exc, self.merge_where, self.merge)}")
+        return exc
 
     def _staged_rows(self, batch: Batch) -> dict[str, int] | None:
         """The staged snapshot of an open batch, if it is complete; None means (re)ingest."""
@@ -159,13 +226,16 @@ class StreamRun:
         return rows
 
     def _stage(self, source: PgConnection, batch: Batch) -> dict[str, int]:
-        snapshot_at = snapshot.begin_snapshot(source)
-        rows = {}
-        for lay in self.lays:
-            killpoint(f"ingest:{lay.dataset.name}:start")
-            rows[lay.dataset.name] = snapshot.copy_dataset(source, self.merge, lay, self.store.source.schema)
-            killpoint(f"ingest:{lay.dataset.name}:staged")
-        source.rollback()  # read-only: ends the snapshot
+        try:
+            snapshot_at = snapshot.begin_snapshot(source)
+            rows = {}
+            for lay in self.lays:
+                killpoint(f"ingest:{lay.dataset.name}:start")
+                rows[lay.dataset.name] = snapshot.copy_dataset(source, self.merge, lay, self.store.source.schema)
+                killpoint(f"ingest:{lay.dataset.name}:staged")
+        finally:
+            with suppress(psycopg2.Error):
+                source.rollback()  # read-only: ends the snapshot
         self.ledger.mark_staged(batch, rows, snapshot_at)
         killpoint("ingest:before_commit")
         self.merge.commit()
@@ -176,6 +246,10 @@ class StreamRun:
         """All datasets' changes and the ledger entry: one transaction."""
         per_dataset = {}
         strategy = LiveMerge if self.mode == layout.LIVE else ForensicMerge
+        # every lock the apply needs, first: a wait (bounded, retried) then happens before the diff's work
+        with self.merge.cursor() as cur:
+            cur.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(sql.SQL(r) for r in self._merge_relations())))
         for lay in self.lays:
             name = lay.dataset.name
             per_dataset[name] = strategy(self.merge, lay).apply(
@@ -203,15 +277,6 @@ class StreamRun:
                   f"inserted={c.inserted} updated={c.updated} deleted={c.deleted}")
 
 
-def as_user_error(exc: BaseException, what: str) -> BaseException:
-    """Driver errors become one clear line; our own errors pass through."""
-    if isinstance(exc, DataSurfaceError):
-        return exc
-    if isinstance(exc, psycopg2.Error):
-        return DatabaseError(f"{what}: {first_line(exc)}")
-    return exc
-
-
 def streams_of(store: Store) -> list[Stream]:
     if store.consistency == "single_dataset":
         return [Stream(store.name, d.name) for d in store.datasets]
@@ -219,8 +284,9 @@ def streams_of(store: Store) -> list[Stream]:
 
 
 def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: str, mode: str, store: str,
-              merge: Endpoint, merge_credential: str, lock_wait: float = 0.0) -> int:
+              merge: Endpoint, merge_credential: str, limits: SessionLimits | None = None) -> int:
     """Exit status: 0 a fresh batch was committed (per stream); 10 an open batch was finished."""
+    limits = limits or SessionLimits()
     schema = layout.platform_schema(platform)
     layout.check_mode(mode)
     mdl = load_model(model, model_ref, model_path)
@@ -228,14 +294,17 @@ def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: s
     credentials.resolve(st.source.credential)  # fail before touching anything
     lays = layout.layouts(schema, st, mode)
     recovered = False
-    with connection(merge, merge_credential, "merge") as conn:
+    run_id = new_run_id()
+    with heartbeat(merge, merge_credential, run_id, limits), \
+            connection(merge, merge_credential, "merge", run_id, limits) as conn:
         for stream in streams_of(st):
             stream_lays = [lay for lay in lays if stream.dataset in (None, lay.dataset.name)]
-            lock = StreamLock(conn, schema, stream, lock_wait)
+            lock = StreamLock(conn, schema, stream, limits)
             lock.acquire()
             killpoint("stream:locked")
             try:
-                recovered |= StreamRun(conn, st, stream, stream_lays, mode).run()
+                recovered |= StreamRun(conn, st, stream, stream_lays, mode, run_id, limits, merge.named("merge"),
+                                       lock.taken_over).run()
             finally:
                 with suppress(Exception):
                     conn.rollback()
@@ -243,16 +312,34 @@ def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: s
     return EXIT_RECOVERED if recovered else EXIT_OK
 
 
+@contextmanager
+def heartbeat(endpoint: Endpoint, credential_name: str, run_id: str, limits: SessionLimits) -> Iterator[None]:
+    """The run's heartbeat (sessions.py) for as long as it holds or waits for a stream lock."""
+    cred = credentials.resolve(credential_name)
+    try:
+        beat = Heartbeat(endpoint, cred, run_id, limits).start()
+    except psycopg2.Error as exc:
+        raise driver_error(exc, endpoint.named("merge")) from exc
+    try:
+        yield
+    finally:
+        beat.stop()
+
+
 def run_reset_batch(*, platform: str, store: str, dataset: str | None, merge: Endpoint, merge_credential: str,
-                    batch_id: int | None = None, lock_wait: float = 0.0) -> None:
+                    batch_id: int | None = None, limits: SessionLimits | None = None) -> None:
+    limits = limits or SessionLimits()
     schema = layout.platform_schema(platform)
     stream = Stream(store, dataset)
-    with connection(merge, merge_credential, "merge") as conn:
+    run_id = new_run_id()
+    with heartbeat(merge, merge_credential, run_id, limits), \
+            connection(merge, merge_credential, "merge", run_id, limits) as conn:
         ledger = BatchLedger(conn, schema)
         if not ledger.exists():
             print(f"{schema}: no batches yet; nothing to reset")
             return
-        lock = StreamLock(conn, schema, stream, lock_wait)
+        check_stream_form(ledger, stream, platform)
+        lock = StreamLock(conn, schema, stream, limits)
         lock.acquire()
         try:
             batch = ledger.get(stream, batch_id) if batch_id is not None else ledger.latest(stream)
@@ -272,18 +359,40 @@ def run_reset_batch(*, platform: str, store: str, dataset: str | None, merge: En
             lock.release()
 
 
+def check_stream_form(ledger: BatchLedger, stream: Stream, platform: str) -> None:
+    """A multi_dataset store has one stream (no --dataset), a single_dataset store one per dataset: the wrong
+    form would find nothing to reset while a batch stays open."""
+    shapes = ledger.stream_shapes(stream.store)
+    base = f"datasurface-job reset-batch --platform {platform} --store {stream.store}"
+    if stream.dataset is not None and shapes == {None}:
+        raise DataSurfaceError(f"store {stream.store} is ingested as one multi_dataset stream on platform "
+                               f"{platform}: its datasets have no batches of their own; run `{base}` (no --dataset)")
+    if stream.dataset is None and shapes and None not in shapes:
+        hint = ", ".join(sorted(str(d) for d in shapes))
+        raise DataSurfaceError(f"store {stream.store} is single_dataset on platform {platform}: each dataset is "
+                               f"its own stream ({hint}); run `{base} --dataset <dataset>`")
+
+
 def run_setup(*, model: str, model_ref: str | None, model_path: str, platform: str, mode: str,
-              stores: list[str] | None, merge: Endpoint, merge_credential: str) -> None:
+              stores: list[str] | None, merge: Endpoint, merge_credential: str,
+              limits: SessionLimits | None = None) -> None:
+    limits = limits or SessionLimits()
     schema = layout.platform_schema(platform)
     layout.check_mode(mode)
     mdl = load_model(model, model_ref, model_path)
     chosen = [find_store(mdl, s) for s in stores] if stores else list(mdl.stores)
     lays = [lay for st in chosen for lay in layout.layouts(schema, st, mode)]
-    with connection(merge, merge_credential, "merge") as conn:
+    with connection(merge, merge_credential, "merge", limits=limits) as conn:
         for lay in lays:
             layout.plan_evolution(conn, lay)  # refuse before changing anything
-        ensure_layout(conn, schema, lays)
-        conn.commit()
+        conn.rollback()
+
+        def step() -> None:
+            ensure_layout(conn, schema, lays)
+            conn.commit()
+
+        LockRetry(conn, limits).run(f"setting up platform {schema}", step, lambda: layout_relations(schema, lays),
+                                    exclusive=True)
     print(f"{schema}: {len(lays)} dataset(s) of {len(chosen)} store(s) ready ({mode})")
 
 

@@ -207,8 +207,9 @@ class LocalPostgres:
         if remove if remove is not None else self._owns_root:
             shutil.rmtree(self._root, ignore_errors=True)
 
-    def stop_server_only(self) -> None:
-        self._run([str(self._bin() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"])
+    def stop_server_only(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data; mode `immediate` is a crash (backends end at once)."""
+        self._run([str(self._bin() / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"])
 
     def start_server_only(self) -> None:
         assert self._root is not None

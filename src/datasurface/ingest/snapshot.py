@@ -95,9 +95,11 @@ def copy_dataset(source: PgConnection, merge: PgConnection, lay: DatasetLayout, 
     ):
         raise _source_error(lay, producer_error[0]) from producer_error[0]
     if isinstance(consumer_error, psycopg2.errors.NotNullViolation):
+        column = getattr(consumer_error.diag, "column_name", None) or "?"
+        why = "a primary key column" if column in lay.key else "declared `nullable: false` in the model"
         raise SnapshotError(
-            f"snapshot of {lay.dataset.table} (dataset {lay.dataset.name}) has a NULL in a key column: "
-            f"{first_line(consumer_error)}"
+            f"snapshot of {lay.dataset.table} (dataset {lay.dataset.name}) has a NULL in column {column!r}, "
+            f"{why}"
         ) from consumer_error
     if consumer_error is not None:
         raise SnapshotError(f"staging {lay.dataset.name}: {first_line(consumer_error)}") from consumer_error

@@ -1,6 +1,6 @@
 """The snapshot against the current rows: ONE full outer join per dataset, into a temp table.
 
-`ds_diff` holds one row per changed key with `_ds_op` I (new key), U (a non-key value differs,
+`pg_temp.ds_diff` holds one row per changed key with `_ds_op` I (new key), U (a non-key value differs,
 NULL-safe: NULL, '' and a value are all different) or D (key gone), and the snapshot's values.
 Both merges apply it with set-based statements; its counts are the batch's counts.
 
@@ -26,7 +26,9 @@ from datasurface.ingest.snapshot import SnapshotError, duplicate_keys
 from datasurface.merge.layout import LIVE, OPEN_END, DatasetLayout
 from datasurface.merge.ledger import Counts
 
-DIFF_TABLE = "ds_diff"
+# Always schema-qualified: an unqualified name would reach any `ds_diff` on the search path (a user's
+# `public.ds_diff` was dropped by every merge). pg_temp is the session's own temporary schema.
+DIFF_TABLE = sql.Identifier("pg_temp", "ds_diff")
 
 
 def key_match(lay: DatasetLayout, left: str, right: str) -> sql.Composable:
@@ -43,6 +45,28 @@ def current_rows(lay: DatasetLayout) -> sql.Composable:
         lay.qualified(lay.table), sql.Literal(OPEN_END))
 
 
+def compared(lay: DatasetLayout, alias: str) -> sql.Composable:
+    """The non-key values as the diff compares them: as consumers see them, not only as `=` does.
+
+    `=` calls 1.0 and 1.00 (numeric), 0 and -0 (floats) and {"x": 1.0} and {"x": 1.00} (jsonb) equal,
+    yet consumers see different text: such a change is an update. Unconstrained numeric is compared
+    with its scale too (cheap; numeric(p,s) has one scale), floats and jsonb by their text (floats print
+    shortest-exact with extra_float_digits >= 1, the job's session setting; jsonb text is canonical, so
+    reordered keys are no change). Everything else is exact under `=` (char(n) pads both sides alike,
+    timestamptz compares instants), so NaN, padding, key order and time zones make no phantom updates.
+    """
+    parts: list[sql.Composable] = []
+    for col in lay.dataset.non_key_columns:
+        ref = sql.Identifier(alias, col.name)
+        if col.type == "numeric":
+            parts += [ref, sql.SQL("scale({})").format(ref)]
+        elif col.type in ("real", "double precision", "jsonb"):
+            parts.append(sql.SQL("{}::text").format(ref))
+        else:
+            parts.append(ref)
+    return sql.SQL(", ").join(parts)
+
+
 def compute_diff(conn: PgConnection, lay: DatasetLayout, snapshot_rows: int, current_hint: int | None = None) -> Counts:
     """`current_hint`: the current row count as the ledger knows it (the last committed batch's total),
     which spares counting the current rows; they are counted only when the identity does not hold."""
@@ -56,22 +80,22 @@ def compute_diff(conn: PgConnection, lay: DatasetLayout, snapshot_rows: int, cur
     changed: sql.Composable = sql.SQL("{} IS NULL OR {} IS NULL").format(first_key, sql.Identifier("s", lay.key[0]))
     select_values: sql.Composable = sql.SQL("")
     if lay.values:
-        changed = changed + sql.SQL(" OR ({}) IS DISTINCT FROM ({})").format(
-            idents(lay.values, "s"), idents(lay.values, "t"))
+        changed = changed + sql.SQL(" OR ROW({}) IS DISTINCT FROM ROW({})").format(
+            compared(lay, "s"), compared(lay, "t"))
         select_values = sql.SQL(", ") + idents(lay.values, "s")
     query = sql.SQL(
         "CREATE TEMP TABLE {diff} ON COMMIT DROP AS "
         "SELECT {op} AS _ds_op, {keys}{values} FROM {staging} s FULL JOIN {current} t ON {match} WHERE {changed}"
     ).format(
-        diff=sql.Identifier(DIFF_TABLE), op=op, keys=keys, values=select_values,
+        diff=DIFF_TABLE, op=op, keys=keys, values=select_values,
         staging=lay.qualified(lay.staging), current=current_rows(lay), match=key_match(lay, "s", "t"),
         changed=changed,
     )
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(DIFF_TABLE)))
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(DIFF_TABLE))
         cur.execute(query)
-        cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(DIFF_TABLE)))
-        cur.execute(sql.SQL("SELECT _ds_op, count(*) FROM {} GROUP BY _ds_op").format(sql.Identifier(DIFF_TABLE)))
+        cur.execute(sql.SQL("ANALYZE {}").format(DIFF_TABLE))
+        cur.execute(sql.SQL("SELECT _ds_op, count(*) FROM {} GROUP BY _ds_op").format(DIFF_TABLE))
         by_op = {row[0]: int(row[1]) for row in cur.fetchall()}
     counts = Counts(total=snapshot_rows, inserted=by_op.get("I", 0), updated=by_op.get("U", 0),
                     deleted=by_op.get("D", 0))
@@ -96,10 +120,10 @@ def duplicates_refused(lay: DatasetLayout) -> Iterator[None]:
 
 
 def diff_rows(op_filter: tuple[str, ...]) -> sql.Composable:
-    """`ds_diff d WHERE d._ds_op IN (...)` as a FROM item for the apply statements. The op column starts
+    """`pg_temp.ds_diff d WHERE d._ds_op IN (...)` as a FROM item for the apply statements. The op column starts
     with `_`, which no model column can (model names start with a letter), so it never collides."""
     return sql.SQL("(SELECT * FROM {} WHERE _ds_op IN ({})) d").format(
-        sql.Identifier(DIFF_TABLE), sql.SQL(", ").join(sql.Literal(o) for o in op_filter))
+        DIFF_TABLE, sql.SQL(", ").join(sql.Literal(o) for o in op_filter))
 
 
 @contextmanager
@@ -154,4 +178,4 @@ class DiffMerge:
 
 def drop_diff(conn: PgConnection) -> None:
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(DIFF_TABLE)))
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(DIFF_TABLE))

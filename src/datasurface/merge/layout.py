@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from psycopg2 import sql
@@ -103,9 +104,11 @@ def layouts(schema: str, store: Store, mode: str) -> list[DatasetLayout]:
 
 
 def column_defs(lay: DatasetLayout) -> list[sql.Composable]:
+    """The model's columns; key columns and `nullable: false` ones are NOT NULL (staging tables too, so
+    a snapshot with a NULL there is refused while it is copied)."""
     defs: list[sql.Composable] = []
     for c in lay.dataset.columns:
-        not_null = " NOT NULL" if c.name in lay.key else ""
+        not_null = " NOT NULL" if c.name in lay.key or not c.nullable else ""
         defs.append(sql.SQL("{} {}" + not_null).format(sql.Identifier(c.name), sql.SQL(c.type)))
     return defs
 
@@ -138,14 +141,40 @@ def _index_name(table: str, suffix: str) -> str:
     return name
 
 
-def create_view(cur: cursor, lay: DatasetLayout) -> None:
+def ensure_view(conn: PgConnection, schema: str, view: str, columns: Sequence[tuple[str, sql.Composable]],
+                rest: sql.Composable) -> bool:
+    """Create the view `SELECT <expr> AS <name>, ... <rest>`, or evolve it in place; True if changed.
+
+    Evolution is `CREATE OR REPLACE VIEW`, never DROP: views that consumers built on ours stay valid.
+    PostgreSQL keeps a replaced view's columns in their order, so the existing columns keep their
+    places and new ones are appended at the end. A column that disappeared is a SchemaChangeError.
+    """
+    existing = table_columns(conn, schema, view)
+    names = [name for name, _ in columns]
+    if existing is None:
+        order = names
+    else:
+        gone = [c for c in existing if c not in names]
+        if gone:
+            raise SchemaChangeError(
+                f"{schema}.{view} has column(s) {', '.join(gone)} that the model no longer has; a view is "
+                f"only ever extended (views built on it must stay valid)")
+        order = list(existing) + [n for n in names if n not in existing]
+        if order == list(existing):
+            return False
+    exprs = dict(columns)
+    select = sql.SQL(", ").join(sql.SQL("{} AS {}").format(exprs[n], sql.Identifier(n)) for n in order)
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} {}").format(
+            sql.Identifier(schema, view), select, rest))
+    return True
+
+
+def ensure_current_view(conn: PgConnection, lay: DatasetLayout) -> bool:
+    """`<table>_current`: the model's columns of the current rows (both modes)."""
     where = sql.SQL("") if lay.mode == LIVE else sql.SQL(" WHERE ds_batch_out = {}").format(sql.Literal(OPEN_END))
-    cur.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(lay.qualified(lay.view)))
-    cur.execute(
-        sql.SQL("CREATE VIEW {} AS SELECT {} FROM {}{}").format(
-            lay.qualified(lay.view), idents(lay.columns), lay.qualified(lay.table), where
-        )
-    )
+    return ensure_view(conn, lay.schema, lay.view, [(c, sql.Identifier(c)) for c in lay.columns],
+                       sql.SQL("FROM {}{}").format(lay.qualified(lay.table), where))
 
 
 def table_columns(conn: PgConnection, schema: str, table: str) -> dict[str, str] | None:
@@ -231,23 +260,53 @@ def ensure_dataset(conn: PgConnection, lay: DatasetLayout) -> bool:
     with conn.cursor() as cur:
         if added is None:
             create_table(cur, lay)
-            create_view(cur, lay)
-            return True
-        for name in added:
+        for name in added or ():
             col = lay.dataset.column(name)
             cur.execute(
                 sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
                     lay.qualified(lay.table), sql.Identifier(name), sql.SQL(col.type)
                 )
             )
-        if added or not _view_matches(conn, lay):
-            create_view(cur, lay)
-        return bool(added)
+    nullability = added is not None and ensure_nullability(conn, lay)
+    viewed = ensure_current_view(conn, lay)
+    return added is None or bool(added) or nullability or viewed
 
 
-def _view_matches(conn: PgConnection, lay: DatasetLayout) -> bool:
-    cols = table_columns(conn, lay.schema, lay.view)
-    return cols is not None and tuple(cols) == lay.columns
+def _not_null_check(column: str) -> str:
+    return f"{column}_not_null"[:MAX_IDENT]
+
+
+def ensure_nullability(conn: PgConnection, lay: DatasetLayout) -> bool:
+    """An existing table follows the model's `nullable` of its non-key columns. Made NOT NULL, a column
+    gets `CHECK (c IS NOT NULL) NOT VALID`: every row written from now on is checked, rows already
+    there (forensic history from before) are not rescanned. Made nullable again, the rule is dropped."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT a.attname, a.attnotnull, c.conname IS NOT NULL
+                 FROM pg_catalog.pg_attribute a
+                 LEFT JOIN pg_catalog.pg_constraint c ON c.conrelid = a.attrelid AND c.contype = 'c'
+                      AND c.conname = left(a.attname || '_not_null', 63)
+                WHERE a.attrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))
+                  AND a.attnum > 0 AND NOT a.attisdropped""",
+            (lay.schema, lay.table))
+        actual = {name: (notnull, checked) for name, notnull, checked in cur.fetchall()}
+        changed = False
+        t = lay.qualified(lay.table)
+        for col in lay.dataset.non_key_columns:
+            notnull, checked = actual.get(col.name, (False, False))
+            if not col.nullable and not (notnull or checked):
+                cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(
+                    t, sql.Identifier(_not_null_check(col.name)), sql.Identifier(col.name)))
+                changed = True
+            elif col.nullable and (notnull or checked):
+                if notnull:
+                    cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(
+                        t, sql.Identifier(col.name)))
+                if checked:
+                    cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                        t, sql.Identifier(_not_null_check(col.name))))
+                changed = True
+    return changed
 
 
 def ensure_schema(conn: PgConnection, schema: str) -> None:

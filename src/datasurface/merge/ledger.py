@@ -4,20 +4,20 @@ A stream is a store (multi_dataset) or one dataset of a store (single_dataset). 
 `ingesting` -> `staged` -> `committed`; each step is one transaction, so a run killed at any moment
 leaves the stream in one of these states and the next run carries on from there. Batch ids are
 assigned when a batch opens and a discarded open batch gives its id back: committed ids have no gaps.
+The lock that keeps two runs off one stream is in locks.py.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from psycopg2 import sql
 
 from datasurface.db import PgConnection
-from datasurface.errors import DataSurfaceError, StreamBusyError
+from datasurface.errors import DataSurfaceError
 
 INGESTING, STAGED, COMMITTED = "ingesting", "staged", "committed"
 
@@ -90,9 +90,14 @@ class BatchLedger:
                     rows_deleted bigint,
                     snapshot_at timestamptz,
                     PRIMARY KEY (stream, batch_id))""").format(self._t("ds_batches")))
-            # ledgers created before contract §5: their earlier batches keep snapshot_at NULL
-            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS snapshot_at timestamptz").format(
-                self._t("ds_batches")))
+            # ledgers created before contract §5: their earlier batches keep snapshot_at NULL. Checked first:
+            # ALTER TABLE locks the ledger against its readers even when the column is there
+            cur.execute("""SELECT 1 FROM pg_catalog.pg_attribute
+                            WHERE attrelid = to_regclass(format('%%I.ds_batches', %s::text))
+                              AND attname = 'snapshot_at' AND NOT attisdropped""", (self.schema,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN snapshot_at timestamptz").format(
+                    self._t("ds_batches")))
             cur.execute(sql.SQL("""
                 CREATE TABLE IF NOT EXISTS {} (
                     store text NOT NULL,
@@ -156,6 +161,13 @@ class BatchLedger:
         )
         return total
 
+    def stream_shapes(self, store: str) -> set[str | None]:
+        """The datasets of the store's streams on this platform: {None} for a multi_dataset store."""
+        with self.conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT DISTINCT dataset FROM {} WHERE store = %s").format(
+                self._t("ds_batches")), (store,))
+            return {r[0] for r in cur.fetchall()}
+
     def last_total(self, store: str, dataset: str) -> int:
         """Rows of the dataset's last committed snapshot: the merge table's current row count."""
         with self.conn.cursor() as cur:
@@ -215,38 +227,3 @@ class BatchLedger:
 
 def _batch(stream: Stream, row: tuple[Any, ...]) -> Batch:
     return Batch(stream, row[0], row[1], row[2], row[3], dict(row[4] or {}), tuple(row[5] or ()))
-
-
-class StreamLock:
-    """A session-level advisory lock per (schema, stream): two runs on one stream never both apply.
-
-    Held on the run's merge connection, so a killed run releases it with its connection.
-    """
-
-    def __init__(self, conn: PgConnection, schema: str, stream: Stream, wait_seconds: float = 0.0):
-        self.conn = conn
-        self.name = f"datasurface/{schema}/{stream.key}"
-        self.stream = stream
-        self.wait_seconds = wait_seconds
-
-    def acquire(self) -> None:
-        deadline = time.monotonic() + self.wait_seconds
-        while True:
-            with self.conn.cursor() as cur:
-                cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (self.name,))
-                got = cur.fetchone()[0]  # type: ignore[index]
-            self.conn.commit()
-            if got:
-                return
-            if time.monotonic() >= deadline:
-                waited = f" after waiting {self.wait_seconds:g}s" if self.wait_seconds else ""
-                raise StreamBusyError(
-                    f"another run holds {self.stream.describe()} of this platform{waited}; "
-                    f"it will commit its batch (use --lock-wait to wait for it)"
-                )
-            time.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
-
-    def release(self) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (self.name,))
-        self.conn.commit()

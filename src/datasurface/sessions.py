@@ -1,0 +1,161 @@
+"""The job's database sessions in a live cluster: bounded on the server side, and watched by a heartbeat.
+
+A job pod can die mid-statement (OOM kill, eviction, execution timeout) or freeze (a partitioned node,
+SIGSTOP). PostgreSQL then keeps the job's session, its transaction and its stream lock for as long as
+it does not notice. Every session the job opens therefore tells the server to end it soon after its
+client is gone or silent (`SessionLimits.statements`):
+
+- `client_connection_check_interval`: a running statement checks its client socket every second and
+  stops when the client has died (PostgreSQL 14+);
+- `idle_in_transaction_session_timeout` / `idle_session_timeout`: a session whose client stopped
+  sending ends after `idle_timeout` seconds (PostgreSQL 14+ for the latter);
+- TCP keepalives (client and server side) and `tcp_user_timeout`: a peer that vanished from the network
+  is noticed in about `keepalive` seconds;
+- `lock_timeout`: no statement waits for a lock longer than one short step (see merge/locks.py), so the
+  job never queues consumers behind it for more than a moment.
+
+No server setting can tell a frozen client from a busy one while a COPY waits for its data, so each run
+also keeps a heartbeat: a second connection, named after the run, that answers every
+`heartbeat_interval` seconds. A run whose heartbeat has stopped is known to be dead or frozen; the next
+run on its stream ends its sessions and takes over (merge/locks.py `StreamLock`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+
+from datasurface.credentials import Credential
+from datasurface.db import Endpoint, PgConnection, connect
+
+log = logging.getLogger(__name__)
+
+APP_PREFIX = "datasurface-job"
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """How long the servers keep a silent job session, and how the job waits for locks (seconds)."""
+
+    idle_timeout: float = 60.0  # a session idle (in a transaction or not) this long is ended by the server
+    keepalive: float = 30.0  # a peer gone from the network is noticed within about this long
+    lock_step: float = 0.5  # one lock wait; retried with backoff up to lock_timeout
+    lock_timeout: float = 300.0  # total time a run waits for locks that consumers hold
+    lock_wait: float = 60.0  # how long a run waits for another run that holds its stream
+    orphan_timeout: float = 15.0  # a run whose heartbeat stopped this long is dead or frozen
+    heartbeat_interval: float = 2.0
+
+    def statements(self, server_version: int) -> list[tuple[str, str]]:
+        """(setting, value) for this session; the PostgreSQL 14+ ones only where the server has them."""
+        settings = [
+            ("idle_in_transaction_session_timeout", ms(self.idle_timeout)),
+            ("lock_timeout", ms(self.lock_step)),
+            ("tcp_keepalives_idle", str(max(1, int(self.keepalive / 3)))),
+            ("tcp_keepalives_interval", str(max(1, int(self.keepalive / 6)))),
+            ("tcp_keepalives_count", "3"),
+            ("tcp_user_timeout", ms(self.keepalive)),
+            # every object the job names is schema-qualified; this keeps functions and operators too
+            # from resolving to anything a user put on the search path
+            ("search_path", "pg_catalog, pg_temp"),
+            # floats print shortest-exact (the diff compares them as text; PostgreSQL's default, made sure)
+            ("extra_float_digits", "1"),
+        ]
+        if server_version >= 140000:
+            settings += [("idle_session_timeout", ms(self.idle_timeout)),
+                         ("client_connection_check_interval", "1000")]
+        return settings
+
+    def libpq_keepalives(self) -> dict[str, int]:
+        return {"keepalives": 1, "keepalives_idle": max(1, int(self.keepalive / 3)),
+                "keepalives_interval": max(1, int(self.keepalive / 6)), "keepalives_count": 3}
+
+
+def ms(seconds: float) -> str:
+    return str(max(1, int(seconds * 1000)))
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(4)
+
+
+def application_name(role: str, run_id: str) -> str:
+    """`datasurface-job merge 1a2b3c4d`: what pg_stat_activity shows, and how a run's sessions are found."""
+    return f"{APP_PREFIX} {role} {run_id}"
+
+
+def run_id_of(app_name: str | None) -> str | None:
+    """The run id in one of our application names, else None (not a session of this job)."""
+    parts = (app_name or "").split(" ")
+    if len(parts) == 3 and parts[0] == APP_PREFIX and len(parts[2]) == 8:
+        return parts[2]
+    return None
+
+
+def open_session(endpoint: Endpoint, credential: Credential, role: str, run_id: str,
+                 limits: SessionLimits) -> PgConnection:
+    """A connection with the job's session limits in force (one round trip after connecting)."""
+    conn = connect(endpoint, credential, application_name=application_name(role, run_id),
+                   extra=limits.libpq_keepalives())
+    try:
+        with conn.cursor() as cur:
+            for name, value in limits.statements(conn.server_version):
+                cur.execute("SELECT set_config(%s, %s, false)", (name, value))
+        conn.commit()
+    except psycopg2.Error:
+        conn.close()
+        raise
+    return conn
+
+
+class Heartbeat:
+    """A connection of its own that answers every few seconds while the run is alive.
+
+    It lives in a daemon thread: a frozen process freezes it too, and a killed one closes it, which is
+    exactly what the next run looks for. A lost heartbeat connection is reopened (a live run must not
+    look dead because of one network blip).
+    """
+
+    def __init__(self, endpoint: Endpoint, credential: Credential, run_id: str, limits: SessionLimits):
+        self._endpoint, self._credential, self._run_id, self._limits = endpoint, credential, run_id, limits
+        self._stop = threading.Event()
+        self._conn: Any = self._open()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def _open(self) -> PgConnection:
+        conn = open_session(self._endpoint, self._credential, "heartbeat", self._run_id, self._limits)
+        conn.autocommit = True
+        return conn
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._limits.heartbeat_interval):
+            try:
+                if self._conn is None:
+                    self._conn = self._open()
+                with self._conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+            except Exception as exc:  # reopened at the next beat
+                log.debug("heartbeat: %s", exc)
+                self._close()
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception as exc:  # already gone
+                log.debug("heartbeat close: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self._close()
