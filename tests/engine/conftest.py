@@ -29,6 +29,19 @@ SMALL = {"pairs": DATASETS["pairs"]}
 @pytest.fixture
 def world(dbs: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A source with data, a model and one committed batch (live) in the merge database."""
+    yield from _world(dbs, tmp_path)
+
+
+@pytest.fixture(params=[15, 18], ids=["pg15", "pg18"])
+def world_each(request: pytest.FixtureRequest, pg_servers: dict[int, Any], databases_on: Any,
+               tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """`world` on PostgreSQL 15 and on 18 (the live-cluster behaviours depend on server features)."""
+    if request.param not in pg_servers:
+        pytest.skip(f"PostgreSQL {request.param} is not available here")
+    yield from _world(databases_on(pg_servers[request.param]), tmp_path)
+
+
+def _world(dbs: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
     src = dbs.connect(dbs.source)
     create_source_tables(src, SMALL)
     rng = random.Random(5)

@@ -46,7 +46,12 @@ def _text(conn: Any, relation: str) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.parametrize("mode", ["live", "forensic"])
-def test_text_only_changes_are_updates_and_equal_values_are_not(mode: str, dbs: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [15, 18])
+def test_text_only_changes_are_updates_and_equal_values_are_not(mode: str, version: int, pg_servers: dict[int, Any],
+                                                                 databases_on: Any, tmp_path: Path) -> None:
+    if version not in pg_servers:
+        pytest.skip(f"PostgreSQL {version} is not available here")
+    dbs = databases_on(pg_servers[version])
     src, mrg = dbs.connect(dbs.source), dbs.connect(dbs.merge)
     with src.cursor() as cur:
         cur.execute("CREATE TABLE vals (" + ", ".join(f"{c} {t}" for c, t in COLUMNS) + ", PRIMARY KEY (id))")
