@@ -200,15 +200,14 @@ class StreamRun:
 
     def _user_error(self, exc: BaseException, source: PgConnection, what: str) -> BaseException:
         """Driver errors become one clear line naming the server; our own errors pass through. A lost
-        source connection is named as such whichever side reported it first (the merge COPY sees a pipe
-        that ended, the producer an error "with no message from the libpq")."""
+        connection is named as such whichever side reported it first (the merge COPY sees a pipe that
+        ended, the source's producer an error "with no message from the libpq")."""
+        cause = exc if isinstance(exc, psycopg2.Error) else exc.__cause__
+        driver = cause if isinstance(cause, psycopg2.Error) else psycopg2.OperationalError()
         if is_lost(source):
-            cause = exc if isinstance(exc, psycopg2.Error) else exc.__cause__
-            err = driver_error(cause if isinstance(cause, psycopg2.Error) else psycopg2.OperationalError(),
-                               source_endpoint(self.store).named("source"), source)
-            return DatabaseError(f"{what}: {err}")
-        if isinstance(exc, psycopg2.Error):
-            return DatabaseError(f"{what}: {driver_error(exc, self.merge_where, self.merge)}")
+            return DatabaseError(f"{what}: {driver_error(driver, source_endpoint(self.store).named('source'), source)}")
+        if is_lost(self.merge) or isinstance(exc, psycopg2.Error):
+            return DatabaseError(f"{what}: {driver_error(driver, self.merge_where, self.merge)}")
         return exc
 
     def _staged_rows(self, batch: Batch) -> dict[str, int] | None:

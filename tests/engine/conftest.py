@@ -41,6 +41,16 @@ def world_each(request: pytest.FixtureRequest, pg_servers: dict[int, Any], datab
     yield from _world(databases_on(pg_servers[request.param]), tmp_path)
 
 
+def on_every_version() -> Any:
+    """For a module: `world = on_every_version()` runs its `world` tests on PostgreSQL 15 and on 18."""
+
+    @pytest.fixture
+    def world(world_each: dict[str, Any]) -> dict[str, Any]:
+        return world_each
+
+    return world
+
+
 def _world(dbs: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
     src = dbs.connect(dbs.source)
     create_source_tables(src, SMALL)

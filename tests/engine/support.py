@@ -47,6 +47,16 @@ def model_dict(host: str, port: int, database: str, *, store: str = "Store1",
     }
 
 
+def one_dataset_model(dbs: Any, store: str, dataset: str, columns: list[tuple[str, str]],
+                      key: tuple[str, ...] = ("id",)) -> dict[str, Any]:
+    """A model of one store with one dataset on `dbs`' source database (all columns nullable but the key)."""
+    return {"apiVersion": "datasurface/v1", "kind": "Model",
+            "stores": [{"name": store, "source": {"host": dbs.host, "port": dbs.port, "database": dbs.source,
+                                                  "credential": "source"},
+                        "datasets": [{"name": dataset, "primaryKey": list(key),
+                                      "columns": [{"name": c, "type": t} for c, t in columns]}]}]}
+
+
 def write_model(folder: Path, model: dict[str, Any]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "datasurface.yaml").write_text(yaml.safe_dump(model, sort_keys=False))

@@ -12,7 +12,7 @@ from typing import Any
 
 from tests.conftest import make_databases
 from tests.engine.conftest import assert_one_line_error
-from tests.engine.support import merge_args, merge_state, run_job, write_model
+from tests.engine.support import merge_args, merge_state, one_dataset_model, run_job, write_model
 
 
 def test_a_missing_privilege_is_one_line_naming_it(world: dict[str, Any]) -> None:
@@ -38,13 +38,8 @@ def test_a_source_server_dying_during_the_copy_is_named(tmp_path: Path, dbs: Any
             cur.execute("INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 400000) g")
         src.commit()
         src.close()
-        model = write_model(tmp_path / "model", {
-            "apiVersion": "datasurface/v1", "kind": "Model",
-            "stores": [{"name": "Store1", "source": {"host": sdb.host, "port": sdb.port, "database": sdb.source,
-                                                     "credential": "source"},
-                        "datasets": [{"name": "big", "primaryKey": ["id"],
-                                      "columns": [{"name": "id", "type": "integer"},
-                                                  {"name": "note", "type": "text"}]}]}]})
+        model = write_model(tmp_path / "model",
+                            one_dataset_model(sdb, "Store1", "big", [("id", "integer"), ("note", "text")]))
         env = {**dbs.env, "SOURCE_USER": sdb.env["SOURCE_USER"], "SOURCE_PASSWORD": sdb.env["SOURCE_PASSWORD"]}
         job = subprocess.Popen([sys.executable, "-m", "datasurface.cli", *merge_args(model, "Lost", "live", dbs)],
                                env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine.support import run_job, write_model
+from tests.engine.support import one_dataset_model, run_job, write_model
 
 COLUMNS = [("id", "integer"), ("n", "numeric"), ("ns", "numeric(10,2)"), ("f", "double precision"),
            ("r", "real"), ("j", "jsonb"), ("c", "char(5)"), ("ts", "timestamptz")]
@@ -56,12 +56,7 @@ def test_text_only_changes_are_updates_and_equal_values_are_not(mode: str, versi
     with src.cursor() as cur:
         cur.execute("CREATE TABLE vals (" + ", ".join(f"{c} {t}" for c, t in COLUMNS) + ", PRIMARY KEY (id))")
     src.commit()
-    model = write_model(tmp_path / "model", {
-        "apiVersion": "datasurface/v1", "kind": "Model",
-        "stores": [{"name": "S", "source": {"host": dbs.host, "port": dbs.port, "database": dbs.source,
-                                            "credential": "source"},
-                    "datasets": [{"name": "vals", "primaryKey": ["id"],
-                                  "columns": [{"name": c, "type": t} for c, t in COLUMNS]}]}]})
+    model = write_model(tmp_path / "model", one_dataset_model(dbs, "S", "vals", COLUMNS))
     args = ["merge", "--model", str(model), "--platform", "Exact", "--mode", mode, "--store", "S", *dbs.merge_args()]
 
     def merge() -> str:

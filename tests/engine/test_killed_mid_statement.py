@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_databases
-from tests.engine.support import run_job, write_model
+from tests.engine.support import one_dataset_model, run_job, write_model
 
 ROWS = 500_000
 COLUMNS = [("id", "integer"), ("grp", "integer"), ("note", "text"), ("amount", "numeric(12,2)")]
@@ -39,12 +39,7 @@ class BigWorld:
             cur.execute(f"""INSERT INTO big SELECT g, g % 97, md5(g::text) || repeat('x', 40), g / 100.0
                              FROM generate_series(1, {ROWS}) g""")
         self.src.commit()
-        self.model = write_model(tmp / "model", {
-            "apiVersion": "datasurface/v1", "kind": "Model",
-            "stores": [{"name": "Store1", "source": {"host": self.dbs.host, "port": self.dbs.port,
-                                                      "database": self.dbs.source, "credential": "source"},
-                        "datasets": [{"name": "big", "primaryKey": ["id"],
-                                      "columns": [{"name": c, "type": t} for c, t in COLUMNS]}]}]})
+        self.model = write_model(tmp / "model", one_dataset_model(self.dbs, "Store1", "big", COLUMNS))
         for mode in PLATFORMS:
             proc = run_job(self.args(mode), self.dbs.env, timeout=300)
             assert proc.returncode == 0, proc.stderr

@@ -6,17 +6,12 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-import pytest
 import yaml
 
-from tests.engine.conftest import PLATFORM, SCHEMA, assert_one_line_error
+from tests.engine.conftest import PLATFORM, SCHEMA, assert_one_line_error, on_every_version
 from tests.engine.support import merge_args, merge_state, run_job, write_model
 
-
-@pytest.fixture
-def world(world_each: dict[str, Any]) -> dict[str, Any]:
-    """Every test here runs on PostgreSQL 15 and 18."""
-    return world_each
+world = on_every_version()
 
 def _model(world: dict[str, Any], name: str, change: Any) -> Any:
     doc = yaml.safe_load(yaml.safe_dump(world["doc"]))
