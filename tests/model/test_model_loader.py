@@ -10,8 +10,10 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +27,10 @@ from datasurface.model.loader import is_git_url, redact_url
 
 TOKEN = "sentinel-token-3f9a7c1e"  # looked for everywhere it must not be
 TOKEN_ENV = "DATASURFACE_GIT_TOKEN"
+USER, PASSWORD = "alice", "pw/s3nt1nel@9:c2e"  # a URL password, percent-encoded in the URL
+ENCODED = urllib.parse.quote(PASSWORD, safe="")
+BASIC_PASSWORD = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+BASIC_TOKEN = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
 
 
 def model_text(store: str) -> str:
@@ -293,8 +299,9 @@ class _SmartHttp(BaseHTTPRequestHandler):
     """`git http-backend` behind HTTPS and Basic auth: the part of a git host the loader talks to."""
 
     root: Path
-    expected: str
+    accepted: tuple[str, ...]
     seen: list[str | None]
+    delay: list[float]  # seconds to wait before each answer (a slow server keeps git's children visible)
 
     def do_GET(self) -> None:
         self._serve()
@@ -309,7 +316,8 @@ class _SmartHttp(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization")
         self.seen.append(auth)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if auth != self.expected:
+        time.sleep(self.delay[0])
+        if auth not in self.accepted:
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="git"')
             self.send_header("Content-Length", "0")
@@ -338,31 +346,65 @@ class _SmartHttp(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-@pytest.fixture(scope="module")
-def https_repo(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, list[str | None]]]:
-    """The test repository served over HTTPS on a free loopback port; (url, CA file, Authorization seen)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a certificate")
-    tls = tmp_path_factory.mktemp("tls")
-    cert, key = tls / "cert.pem", tls / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
-                    "-out", str(cert)], check=True, capture_output=True)
+@dataclass
+class Served:
+    url: str  # the repository's URL, without credentials
+    cert: Path | None  # the CA file for https
+    seen: list[str | None]  # the Authorization header of each request
+    delay: list[float]
+
+    def with_password(self, password: str = ENCODED) -> str:
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{USER}:{password}@{rest}"
+
+
+def _serve(repo: Repo, tls_dir: Path | None) -> Iterator[Served]:
+    """The test repository over http(s) on a free loopback port, accepting the token or alice's password."""
     seen: list[str | None] = []
+    delay = [0.0]
     handler = type("Handler", (_SmartHttp,), {
-        "root": repo.bare.parent, "seen": seen,
-        "expected": "Basic " + base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()})
+        "root": repo.bare.parent, "seen": seen, "delay": delay,
+        "accepted": (f"Basic {BASIC_TOKEN}", f"Basic {BASIC_PASSWORD}")})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    cert = None
+    if tls_dir is not None:
+        cert, key = tls_dir / "cert.pem", tls_dir / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                        "-out", str(cert)], check=True, capture_output=True)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    scheme = "https" if tls_dir is not None else "http"
     try:
-        yield f"https://127.0.0.1:{server.server_address[1]}/{repo.bare.name}", cert, seen
+        yield Served(f"{scheme}://127.0.0.1:{server.server_address[1]}/{repo.bare.name}", cert, seen, delay)
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def served_https(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a certificate")
+    yield from _serve(repo, tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def served_http(repo: Repo) -> Iterator[Served]:
+    yield from _serve(repo, None)
+
+
+@pytest.fixture
+def https_repo(served_https: Served, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path, list[str | None]]:
+    """(url, CA file, Authorization seen) of the HTTPS server; git trusts its CA."""
+    assert served_https.cert is not None
+    monkeypatch.setenv("GIT_SSL_CAINFO", str(served_https.cert))
+    served_https.seen.clear()
+    served_https.delay[0] = 0.0
+    return served_https.url, served_https.cert, served_https.seen
 
 
 def test_https_with_token(https_repo: tuple[str, Path, list[str | None]], repo: Repo,
@@ -423,6 +465,132 @@ def test_unparseable_urls_are_a_model_error(url: str, monkeypatch: pytest.Monkey
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     message = model_error(url)
     assert message.startswith("cannot read model repository") and TOKEN not in message
+
+
+# --- git: a password in the URL ----------------------------------------------------------------------
+
+
+def _served(request: pytest.FixtureRequest, scheme: str, monkeypatch: pytest.MonkeyPatch) -> Served:
+    served: Served = request.getfixturevalue(f"served_{scheme}")
+    if served.cert is not None:
+        monkeypatch.setenv("GIT_SSL_CAINFO", str(served.cert))
+    served.seen.clear()
+    served.delay[0] = 0.0
+    return served
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_a_url_password_reaches_git_only_as_a_header(scheme: str, request: pytest.FixtureRequest,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    served = _served(request, scheme, monkeypatch)
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)  # the URL's own password wins: the token is not sent
+    url = served.with_password()
+    secrets = (PASSWORD, ENCODED, BASIC_PASSWORD, TOKEN, BASIC_TOKEN)
+    clones: list[Path] = []
+
+    def inspect(clone: Path) -> None:
+        _assert_clean_clone(clone, *secrets)  # also FETCH_HEAD, which records the URL fetched
+        clones.append(clone)
+
+    model = load_model(url, "v1", on_clone=inspect)
+    assert store_of(model) == "V1" and clones
+    assert model.origin == f"{scheme}://{USER}:***@{served.url.partition('://')[2]}@v1:datasurface.yaml"
+    assert served.seen and set(served.seen) == {f"Basic {BASIC_PASSWORD}"}
+
+
+def test_a_wrong_url_password_fails_redacted(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    served = _served(request, "https", monkeypatch)
+    message = model_error(served.with_password("wrong" + ENCODED), "main")
+    assert message.startswith(f"cannot read model repository https://{USER}:***@{served.url.partition('://')[2]} "
+                              "(ref main): ")
+    assert "Authentication failed" in message or "terminal prompts disabled" in message
+    assert "wrong" not in message and ENCODED not in message and PASSWORD not in message
+
+
+@pytest.mark.parametrize(("model", "shown"), [
+    ("ssh://git:hunter2@127.0.0.1/x.git", "'ssh://git:***@127.0.0.1/x.git': an ssh:// URL cannot carry a password"),
+    ("git://u:hunter2@127.0.0.1/x.git", "'git://u:***@127.0.0.1/x.git': a git:// URL cannot carry a password"),
+    ("file://u:hunter2@localhost/srv/x.git", "'file://u:***@localhost/srv/x.git': a file:// URL cannot carry"),
+    ("git:hunter2@github.com:org/x.git", "'git:***@github.com:org/x.git': an ssh address (user@host:path) cannot"),
+])
+def test_a_password_where_git_takes_none_is_refused(model: str, shown: str) -> None:
+    message = model_error(model)
+    assert message.startswith(f"model URL {shown}"), message
+    assert "hunter2" not in message and "https://user:password@host/" in message
+
+
+def _watch_descendants(root: int, stop: threading.Event, found: dict[int, set[bytes]]) -> None:
+    """Record the argv (/proc/<pid>/cmdline) of every process below `root` until `stop` is set."""
+    while not stop.is_set():
+        parents: dict[int, int] = {}
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+        for pid in parents:
+            up = pid
+            while up in parents and up != root and up > 1:
+                up = parents[up]
+            if up == root:
+                try:
+                    found.setdefault(pid, set()).add((Path("/proc") / str(pid) / "cmdline").read_bytes())
+                except OSError:
+                    continue
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("via", ["--model", "DATASURFACE_MODEL"])
+def test_the_url_password_is_in_no_argv_of_gits_processes(via: str, request: pytest.FixtureRequest,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real job process, its git commands and git's own helpers (git-remote-https) watched in /proc
+    while they run against a slow server: the password is in none of their argv, nor in the output."""
+    served = _served(request, "https", monkeypatch)
+    served.delay[0] = 0.3
+    url = served.with_password()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATASURFACE_")}  # TMPDIR: private_tmpdir
+    args = [sys.executable, "-m", "datasurface.cli", "merge", "--model-ref", "v1", "--platform", "P", "--mode",
+            "live", "--store", "Nope", "--merge-host", "127.0.0.1", "--merge-database", "d", "--merge-credential", "m"]
+    if via == "--model":
+        args += ["--model", url]  # the job's own argv then holds it (the user's choice): its children must not
+    else:
+        env["DATASURFACE_MODEL"] = url
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    found: dict[int, set[bytes]] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_descendants, args=(proc.pid, stop, found), daemon=True)
+    watcher.start()
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop.set()
+        watcher.join()
+    assert proc.returncode == 1, err
+    assert err == "datasurface-job: error: unknown store 'Nope' (the model has: V1)\n"  # the model was read
+    argvs = [argv for pid, seen in found.items() if pid != proc.pid or via != "--model" for argv in seen]
+    git_argvs = [a for a in argvs if b"git" in a.split(b"\0")[0]]
+    assert any(b"ls-remote" in a for a in git_argvs), argvs  # the watcher saw git ...
+    assert any(b"remote-https" in a for a in git_argvs), argvs  # ... and its https helper
+    assert any(served.url.encode() in a for a in git_argvs)  # given the URL without user and password
+    for argv in argvs:
+        for secret in (PASSWORD, ENCODED, BASIC_PASSWORD):
+            assert secret.encode() not in argv, argv
+    assert PASSWORD not in out + err and ENCODED not in out + err
+    assert served.seen and set(served.seen) == {f"Basic {BASIC_PASSWORD}"}
+
+
+def test_the_cli_error_for_a_wrong_url_password_is_redacted(request: pytest.FixtureRequest,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    served = _served(request, "https", monkeypatch)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATASURFACE_")}
+    env["DATASURFACE_MODEL"] = served.with_password("wrong" + ENCODED)
+    done = subprocess.run([sys.executable, "-m", "datasurface.cli", "check", "--merge-host", "127.0.0.1",
+                           "--merge-database", "d", "--merge-credential", "m"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1
+    assert f"https://{USER}:***@{served.url.partition('://')[2]}" in done.stdout + done.stderr
+    assert "wrong" not in done.stdout + done.stderr and ENCODED not in done.stdout + done.stderr
 
 
 # --- local folders ----------------------------------------------------------------------------------------

@@ -4,9 +4,12 @@ The repository is data: it is fetched into a temporary folder (under TMPDIR) tha
 the file is read straight from git's object store (no work tree is checked out, no hooks run, no
 submodules are fetched) and parsed with the safe YAML loader. Nothing from it is imported or run.
 
-The git token (env DATASURFACE_GIT_TOKEN, https only) reaches git only through its environment, as
-an `http.<url>.extraHeader` in environment-only configuration (GIT_CONFIG_COUNT...): it is never in
-argv, in `.git/config`, in a URL on disk, in a log line or in an error message.
+The git token (env DATASURFACE_GIT_TOKEN, https only) and a password inside an http(s) URL
+(`https://user:password@host/…`) reach git only through its environment, as an `http.<url>.extraHeader`
+(Basic auth) in environment-only configuration (GIT_CONFIG_COUNT...): git is given the URL without its
+user and password, so neither is ever in the argv of git or its helpers (visible to `ps`), in
+`.git/config` or `FETCH_HEAD`, in a log line or in an error message. A password in any other URL (ssh
+takes keys, git:// and file:// take nothing) is refused.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ DEFAULT_GIT_TIMEOUT = 300.0  # seconds, for each git command
 
 _URL_SCHEMES = ("https", "http", "ssh", "git", "file")
 _SCP_LIKE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*@[A-Za-z0-9][A-Za-z0-9.-]*:(?!//).*")
+_SCP_WITH_PASSWORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*:[^@/]*@[A-Za-z0-9][A-Za-z0-9.-]*:(?!//).*")
+_PASSWORD_SCHEMES = ("https", "http")
 _HEX = re.compile(r"[0-9a-fA-F]{4,40}")
 _REDACTED = "***"
 
@@ -66,8 +71,21 @@ def is_git_url(model: str) -> bool:
         if scheme.lower() not in _URL_SCHEMES:
             raise ModelError(f"model URL {redact_url(model)!r}: unsupported scheme {scheme!r} "
                              f"(use {', '.join(s + '://' for s in _URL_SCHEMES)}, user@host:path or a directory)")
+        parts = _split(model)
+        if parts is not None and parts.password is not None and scheme.lower() not in _PASSWORD_SCHEMES:
+            kind = scheme.lower()
+            raise _password_refused(redact_url(model), f"{'an' if kind == 'ssh' else 'a'} {kind}:// URL")
         return True
+    if _SCP_WITH_PASSWORD.fullmatch(model) and not Path(model).exists():
+        user, _, rest = model.partition(":")
+        raise _password_refused(f"{user}:{_REDACTED}@{rest.partition('@')[2]}", "an ssh address (user@host:path)")
     return bool(_SCP_LIKE.fullmatch(model)) and not Path(model).exists()
+
+
+def _password_refused(shown: str, what: str) -> ModelError:
+    return ModelError(f"model URL {shown!r}: {what} cannot carry a password (ssh authenticates with a key, "
+                      "e.g. GIT_SSH_COMMAND='ssh -i /path/key'); for a password use "
+                      f"https://user:password@host/… or {GIT_TOKEN_ENV}")
 
 
 def _split(url: str) -> urllib.parse.SplitResult | None:
@@ -90,6 +108,14 @@ def redact_url(url: str) -> str:
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{_REDACTED}@{host}"))
+
+
+def _without_password(url: str) -> str:
+    """The URL git is given: an http(s) URL's user and password go into a header (`_git_environment`)."""
+    parts = _split(url)
+    if parts is None or parts.password is None:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _relative_model_path(path: str) -> str:
@@ -152,9 +178,14 @@ def _load_from_directory(directory: str, rel: str) -> Model:
 
 @dataclass(frozen=True)
 class _Remote:
-    url: str
+    url: str  # as given, maybe with a password: never handed to git, never shown
     shown: str  # the URL as it may appear in messages (password redacted)
     ref: str | None
+
+    @property
+    def git_url(self) -> str:
+        """The URL in git's argv: without the password (that travels in the environment)."""
+        return _without_password(self.url)
 
     def where(self) -> str:
         return f"{self.shown} (ref {self.ref})" if self.ref else self.shown
@@ -174,7 +205,8 @@ class _Git:
         self._env = _git_environment(remote.url)
         parts = _split(remote.url)
         password = parts.password if parts is not None else None
-        self._secrets = [s for s in (os.environ.get(GIT_TOKEN_ENV), _basic_auth(remote.url), password) if s]
+        self._secrets = [s for s in (os.environ.get(GIT_TOKEN_ENV), _basic_auth(remote.url), password,
+                                     urllib.parse.unquote(password or "")) if s]
         timeout = os.environ.get(GIT_TIMEOUT_ENV, "")
         try:
             self._timeout = float(timeout) if timeout else DEFAULT_GIT_TIMEOUT
@@ -211,7 +243,7 @@ class _Git:
             text = f"{lines[first - 1]} ({lines[first]})"  # the transport's own reason (ssh) comes first
         else:
             text = lines[first]
-        text = text.replace(self._remote.url, self._remote.shown)
+        text = text.replace(self._remote.url, self._remote.shown).replace(self._remote.git_url, self._remote.shown)
         for secret in self._secrets:
             text = text.replace(secret, _REDACTED)
         return text
@@ -219,7 +251,8 @@ class _Git:
 
 def _git_environment(url: str) -> dict[str, str]:
     """Environment for every git command: no prompts, no hooks, no credential storage, no system
-    askpass; the token as an http header scoped to the URL's host, only for https."""
+    askpass; the URL's password (http, https) or the token (https only) as a Basic-auth header scoped to
+    the URL's scheme, host and port."""
     config: list[tuple[str, str]] = [
         ("core.hooksPath", "/dev/null"),
         ("credential.helper", ""),  # git must never store the URL's password or a token on disk
@@ -232,8 +265,9 @@ def _git_environment(url: str) -> dict[str, str]:
     ]
     basic = _basic_auth(url)
     if basic:
-        host = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
-        config.append((f"http.https://{host}/.extraHeader", f"Authorization: Basic {basic}"))
+        parts = urllib.parse.urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+        config.append((f"http.{parts.scheme.lower()}://{host}/.extraHeader", f"Authorization: Basic {basic}"))
     env = {
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_ASKPASS": "",
@@ -248,14 +282,24 @@ def _git_environment(url: str) -> dict[str, str]:
 
 
 def _basic_auth(url: str) -> str | None:
-    """base64(`user:token`) for an https URL without a password of its own, when the token is set;
-    the user is the URL's, else `x-access-token` (GitHub; GitLab and Gitea accept any user)."""
-    token = os.environ.get(GIT_TOKEN_ENV, "")
+    """base64(`user:password`) for an http(s) URL with a password (percent-escapes decoded); else, for
+    an https URL when the token is set, base64(`user:token`) with the URL's user or `x-access-token`
+    (GitHub; GitLab and Gitea accept any user). The token never goes over plain http."""
     parts = _split(url)
-    if not token or parts is None or parts.scheme.lower() != "https" or parts.password is not None:
+    if parts is None:
         return None
-    user = urllib.parse.unquote(parts.username) if parts.username else "x-access-token"
-    return base64.b64encode(f"{user}:{token}".encode()).decode("ascii")
+    scheme = parts.scheme.lower()
+    user = urllib.parse.unquote(parts.username or "")
+    if parts.password is not None:
+        if scheme not in _PASSWORD_SCHEMES:
+            return None
+        secret = urllib.parse.unquote(parts.password)
+    else:
+        secret = os.environ.get(GIT_TOKEN_ENV, "")
+        if not secret or scheme != "https":
+            return None
+        user = user or "x-access-token"
+    return base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
 
 
 def _environment_config(environ: Mapping[str, str], config: list[tuple[str, str]]) -> dict[str, str]:
@@ -305,7 +349,7 @@ def _remove_tree(path: Path) -> None:
 
 def _fetch(git: _Git, remote: _Remote) -> tuple[str, str]:
     """Fetch the ref's commit into the clone; (commit sha, ref name for messages)."""
-    listing = git.check("cannot read model repository", "ls-remote", "--symref", "--", remote.url)
+    listing = git.check("cannot read model repository", "ls-remote", "--symref", "--", remote.git_url)
     refs: dict[str, str] = {}
     head_branch: str | None = None
     for line in listing.decode("utf-8", "replace").splitlines():
@@ -334,10 +378,10 @@ def _fetch(git: _Git, remote: _Remote) -> tuple[str, str]:
 def _fetch_ref(git: _Git, remote: _Remote, refname: str) -> str:
     """A branch or tag: shallow (only its commit), or in full from a server that cannot do shallow."""
     status, _, _ = git.run("fetch", "-q", "--depth", "1", "--no-tags", "--no-recurse-submodules", "--",
-                           remote.url, refname)
+                           remote.git_url, refname)
     if status != 0:
         git.check("cannot fetch model repository", "fetch", "-q", "--no-tags", "--no-recurse-submodules",
-                  "--", remote.url, refname)
+                  "--", remote.git_url, refname)
     return _resolve(git, remote, "FETCH_HEAD")
 
 
@@ -346,11 +390,11 @@ def _fetch_commit(git: _Git, remote: _Remote, sha: str) -> str:
     else every branch and tag, then resolve the (abbreviated) sha locally."""
     if len(sha) == 40:
         status, _, _ = git.run("fetch", "-q", "--depth", "1", "--no-tags", "--no-recurse-submodules",
-                               "--", remote.url, sha)
+                               "--", remote.git_url, sha)
         if status == 0:
             return _resolve(git, remote, "FETCH_HEAD")
     git.check("cannot fetch model repository", "fetch", "-q", "--no-tags", "--no-recurse-submodules", "--",
-              remote.url, "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
+              remote.git_url, "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
     status, out, _ = git.run("rev-parse", "--verify", "-q", "--end-of-options", f"{sha}^{{commit}}")
     if status != 0:
         raise ModelError(f"model ref {sha!r} not found in {remote.shown}: no such branch, tag or commit "

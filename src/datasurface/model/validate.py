@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from datasurface.errors import ModelError
+from datasurface.model import names, safeyaml
+from datasurface.model.names import IDENTIFIER_MAX
 from datasurface.model.schema import Column, Dataset, Model, Source, Store
 
 API_VERSION = "datasurface/v1"
@@ -28,12 +30,11 @@ DEFAULT_SCHEMA = "public"
 
 STORE_NAME_MAX = 40
 DATASET_NAME_MAX = 40
-IDENTIFIER_MAX = 63  # PostgreSQL's NAMEDATALEN - 1: column, table and schema names
 
 # Columns the merge tables add to the model's columns (contract §2); a model column may not use them.
 RESERVED_COLUMNS = frozenset({"ds_batch_id", "ds_batch_in", "ds_batch_out"})
-# Tables the merge schema holds besides `<store>_<dataset>` (contract §2).
-RESERVED_TABLES = frozenset({"ds_batches", "ds_batch_datasets"})
+MAX_PROBLEMS = 1000  # validation stops here: the message lists ten, and a hostile file cannot make millions
+SHOWN_MAX = 80  # characters of a value quoted in a message
 
 ACCEPTED_TYPES = (
     "smallint", "integer", "bigint", "numeric(p,s)", "numeric(p)", "numeric", "real", "double precision",
@@ -71,8 +72,15 @@ def format_path(path: Sequence[PathPart]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else part
+            key = part if len(part) <= SHOWN_MAX else f"{part[:SHOWN_MAX]}…"
+            out += f".{key}" if out else key
     return out or "(top level)"
+
+
+def shown(value: object) -> str:
+    """`repr(value)`, cut to about SHOWN_MAX characters: a message quotes what the file says, briefly."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_MAX else f"{text[:SHOWN_MAX]}… ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,8 @@ class ModelValidationError(ModelError):
         self.problems = tuple(problems)
         listed = [p.describe(origin) for p in self.problems[: self.MAX_LISTED]]
         more = len(self.problems) - len(listed)
-        text = "; ".join(listed) + (f"; and {more} more problem(s)" if more > 0 else "")
+        stopped = " (validation stopped there)" if len(self.problems) >= MAX_PROBLEMS else ""
+        text = "; ".join(listed) + (f"; and {more} more problem(s){stopped}" if more > 0 else "")
         super().__init__(text)
 
 
@@ -122,20 +131,20 @@ def normalise_type(text: str) -> str:
         scale = int(m.group(2)) if m.group(2) is not None else 0
         if not 1 <= precision <= NUMERIC_MAX_PRECISION:
             raise TypeProblem(
-                f"numeric precision must be 1..{NUMERIC_MAX_PRECISION}, got {precision} in {text!r}")
+                f"numeric precision must be 1..{NUMERIC_MAX_PRECISION}, got {precision} in {shown(text)}")
         if scale > precision:
-            raise TypeProblem(f"numeric scale must be 0..precision ({precision}), got {scale} in {text!r}")
+            raise TypeProblem(f"numeric scale must be 0..precision ({precision}), got {scale} in {shown(text)}")
         return f"numeric({precision},{scale})"
     m = _LENGTH_TYPE.fullmatch(t)
     if m:
         length = int(m.group(2))
         if not 1 <= length <= LENGTH_MAX:
-            raise TypeProblem(f"{m.group(1)} length must be 1..{LENGTH_MAX}, got {length} in {text!r}")
+            raise TypeProblem(f"{m.group(1)} length must be 1..{LENGTH_MAX}, got {length} in {shown(text)}")
         return f"{m.group(1)}({length})"
     hint = ""
     if t in ("varchar", "char", "character varying", "character"):
         hint = ": give a length, e.g. varchar(100)"
-    raise TypeProblem(f"unknown type {text!r} (accepted: {', '.join(ACCEPTED_TYPES)}){hint}")
+    raise TypeProblem(f"unknown type {shown(text)} (accepted: {', '.join(ACCEPTED_TYPES)}){hint}")
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -145,45 +154,27 @@ def parse_model(text: str, origin: str) -> Model:
     """Parse and validate the text of a model file; `origin` names the file in every message.
 
     Raises ModelError (ModelValidationError for rule violations) naming the file, the path inside it,
-    the problem and its line.
+    the problem and its line. The YAML is read within the bounds of `safeyaml` (size, depth, aliases).
     """
-    root_node, data = _load_yaml(text, origin)
+    root_node = safeyaml.compose(text, origin)
     validator = _Validator()
-    if root_node is not None:
-        _check_duplicate_keys(root_node, validator)
-    model = validator.model(data, origin)
+    model = None
+    try:
+        data = None
+        if root_node is not None:
+            _check_duplicate_keys(root_node, validator)  # before construction: `<<` merges are no duplicates
+            data = safeyaml.construct(root_node, origin)
+        model = validator.model(data, origin)
+    except _TooManyProblems:
+        pass
     if validator.problems:
-        located = [
-            Problem(p.path, p.message, _line_of(root_node, p.path) if p.line is None else p.line)
-            for p in validator.problems
-        ]
+        lines = _Lines(root_node)
+        located = [Problem(p.path, p.message, lines.of(p.path) if p.line is None else p.line)
+                   for p in validator.problems]
         raise ModelValidationError(origin, located)
     if model is None:  # cannot happen without a problem listed; never hand out a half model
         raise ModelValidationError(origin, [Problem((), "invalid model")])
     return model
-
-
-def _load_yaml(text: str, origin: str) -> tuple[yaml.Node | None, Any]:
-    """Compose and construct with the safe loader in one pass, keeping the nodes for line numbers."""
-    loader: yaml.SafeLoader | None = None
-    try:
-        loader = yaml.SafeLoader(text)
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        what = " ".join(str(s) for s in (exc.context, exc.problem) if s)
-        raise ModelError(f"{origin}: {where}malformed YAML: {what}") from None
-    except yaml.YAMLError as exc:
-        one_line = " ".join(str(exc).split())
-        raise ModelError(f"{origin}: malformed YAML: {one_line}") from None
-    except RecursionError:
-        raise ModelError(f"{origin}: malformed YAML: nested too deeply") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-    return node, data
 
 
 def _check_duplicate_keys(root: yaml.Node, validator: _Validator) -> None:
@@ -202,9 +193,8 @@ def _check_duplicate_keys(root: yaml.Node, validator: _Validator) -> None:
                 if key is None:
                     continue
                 if key in keys:
-                    validator.problems.append(Problem(
-                        (*path, key), f"duplicate key (first given at line {keys[key]})",
-                        key_node.start_mark.line + 1))
+                    validator.add((*path, key), f"duplicate key (first given at line {keys[key]})",
+                                  key_node.start_mark.line + 1)
                 else:
                     keys[key] = key_node.start_mark.line + 1
                 stack.append((value_node, (*path, key)))
@@ -213,24 +203,36 @@ def _check_duplicate_keys(root: yaml.Node, validator: _Validator) -> None:
                 stack.append((item, (*path, i)))
 
 
-def _line_of(root: yaml.Node | None, path: Path) -> int | None:
-    """The line of `path`: of its last key when it ends in a mapping key, else of its node; of the
-    nearest enclosing node when the path does not exist (a missing key)."""
-    if root is None:
-        return None
-    node: yaml.Node = root
-    for n, part in enumerate(path):
-        last = n == len(path) - 1
-        if isinstance(part, int) and isinstance(node, yaml.SequenceNode) and 0 <= part < len(node.value):
-            node = node.value[part]
-            continue
-        if isinstance(part, str) and isinstance(node, yaml.MappingNode):
-            found = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part]
-            if found:
-                node = found[-1][0] if last else found[-1][1]
+class _Lines:
+    """The line of a path in the node graph: of its last key when it ends in a mapping key, else of its
+    node; of the nearest enclosing node when the path does not exist (a missing key). Each mapping's
+    keys are indexed once, so locating many problems stays linear."""
+
+    def __init__(self, root: yaml.Node | None) -> None:
+        self._root = root
+        self._keys: dict[int, dict[str, tuple[yaml.Node, yaml.Node]]] = {}
+
+    def _pairs(self, node: yaml.MappingNode) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        pairs = self._keys.get(id(node))
+        if pairs is None:  # the last of equal keys, as the constructor keeps it
+            pairs = {k.value: (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+            self._keys[id(node)] = pairs
+        return pairs
+
+    def of(self, path: Path) -> int | None:
+        if self._root is None:
+            return None
+        node: yaml.Node = self._root
+        for n, part in enumerate(path):
+            if isinstance(part, int) and isinstance(node, yaml.SequenceNode) and 0 <= part < len(node.value):
+                node = node.value[part]
                 continue
-        break
-    return node.start_mark.line + 1
+            if isinstance(part, str) and isinstance(node, yaml.MappingNode) and part in self._pairs(node):
+                key, value = self._pairs(node)[part]
+                node = key if n == len(path) - 1 else value
+                continue
+            break
+        return int(node.start_mark.line) + 1
 
 
 # --- the rules ----------------------------------------------------------------------------------
@@ -241,25 +243,29 @@ def _kind_of(value: object) -> str:
         return "nothing (null)"
     if isinstance(value, bool):
         return f"a boolean ({value!r})"
-    if isinstance(value, int):
-        return f"a number ({value!r})"
-    if isinstance(value, float):
-        return f"a number ({value!r})"
+    if isinstance(value, (int, float)):
+        return f"a number ({shown(value)})"
     if isinstance(value, str):
-        return f"a string ({value!r})"
+        return f"a string ({shown(value)})"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
         return "a mapping"
-    return f"a {type(value).__name__} ({value!s})"
+    return f"a {type(value).__name__} ({shown(value)})"
+
+
+class _TooManyProblems(Exception):
+    """MAX_PROBLEMS were found: the validator stops."""
 
 
 class _Validator:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
 
-    def add(self, path: Path, message: str) -> None:
-        self.problems.append(Problem(path, message))
+    def add(self, path: Path, message: str, line: int | None = None) -> None:
+        self.problems.append(Problem(path, message, line))
+        if len(self.problems) >= MAX_PROBLEMS:
+            raise _TooManyProblems
 
     # generic shapes
 
@@ -301,11 +307,11 @@ class _Validator:
         if text is None:
             return None
         if not _NAME.fullmatch(text):
-            self.add(path, f"{text!r} is not a plain identifier: use letters, digits and _, "
+            self.add(path, f"{shown(text)} is not a plain identifier: use letters, digits and _, "
                      "starting with a letter")
             return None
         if len(text) > max_len:
-            self.add(path, f"{text!r} is {len(text)} characters long (at most {max_len} allowed)")
+            self.add(path, f"{shown(text)} is {len(text)} characters long (at most {max_len} allowed)")
             return None
         return text
 
@@ -348,6 +354,11 @@ class _Validator:
         if data is None:
             return None
         name = self.name(data.get("name"), (*path, "name"), STORE_NAME_MAX) if "name" in data else None
+        if name is not None and names.is_reserved(name):
+            self.add((*path, "name"), f"{name!r} is reserved: store names `ds` and `ds_…` (in any case) would "
+                     f"give merge tables named like the job's own objects (ds_batches, ds_stage_…); rename "
+                     "the store")
+            name = None
         consistency = DEFAULT_CONSISTENCY
         if "consistency" in data:
             c = data["consistency"]
@@ -384,7 +395,7 @@ class _Validator:
         ok = True
         host = self.string(data["host"], (*path, "host")) if "host" in data else None
         if host is not None and not (host.startswith("/") or _HOSTNAME.fullmatch(host)):
-            self.add((*path, "host"), f"{host!r} is neither a hostname nor a Unix-socket directory "
+            self.add((*path, "host"), f"{shown(host)} is neither a hostname nor a Unix-socket directory "
                      "(starting with /)")
             host = None
         port = DEFAULT_PORT
@@ -397,7 +408,7 @@ class _Validator:
                 port = p
         database = self.string(data["database"], (*path, "database")) if "database" in data else None
         if database is not None and (len(database) > IDENTIFIER_MAX or "\x00" in database):
-            self.add((*path, "database"), f"{database!r} is not a valid database name "
+            self.add((*path, "database"), f"{shown(database)} is not a valid database name "
                      f"(at most {IDENTIFIER_MAX} characters)")
             database = None
         schema = DEFAULT_SCHEMA
@@ -409,7 +420,7 @@ class _Validator:
                 schema = s
         credential = self.string(data["credential"], (*path, "credential")) if "credential" in data else None
         if credential is not None and not _CREDENTIAL.fullmatch(credential):
-            self.add((*path, "credential"), f"{credential!r} is not a credential name: use letters, digits, "
+            self.add((*path, "credential"), f"{shown(credential)} is not a credential name: use letters, digits, "
                      "_ - and ., starting with a letter (it names env X_USER and X_PASSWORD)")
             credential = None
         if not ok or host is None or database is None or credential is None:
@@ -478,7 +489,7 @@ class _Validator:
                 continue
             key = text.lower()
             if key in seen:
-                self.add((*kpath, i), f"{text!r} is named twice in the primary key")
+                self.add((*kpath, i), f"{shown(text)} is named twice in the primary key")
                 ok = False
                 continue
             seen.add(key)
@@ -486,8 +497,9 @@ class _Validator:
                 ok = False
                 if declared is None or key in declared:
                     continue  # the column (or the column list) is there but invalid: reported already
-                known = ", ".join(c.name for c in columns) or "none valid"
-                self.add((*kpath, i), f"no column named {text!r} in this dataset (columns: {known})")
+                known = ", ".join(c.name for c in columns[:10]) + (", …" if len(columns) > 10 else "")
+                self.add((*kpath, i), f"no column named {shown(text)} in this dataset "
+                         f"(columns: {known or 'none valid'})")
                 continue
             index = by_name[key]
             if explicit_null[index]:
@@ -528,20 +540,24 @@ class _Validator:
         return Column(name=name, type=type_, nullable=nullable), "nullable" in data and nullable
 
     def merge_names(self, stores: list[Store]) -> None:
-        """Each dataset becomes table `<store>_<dataset>` and view `<store>_<dataset>_current` in one
-        schema: two datasets must not land on the same name (PostgreSQL cuts names at 63 bytes).
+        """Dataset D of store S owns `<s>_<d>` and its suffixed names in the merge schema (`names`): no
+        name may be owned twice, compared as PostgreSQL stores them (lower case, cut at 63 bytes). A name
+        too long for PostgreSQL is the engine's to refuse, for the store it merges (contract §1 allows
+        40 + 40 characters).
 
         Called only on a model without other problems, so list indexes are the file's."""
-        owner: dict[str, str] = {t: "the batch ledger" for t in RESERVED_TABLES}
+        owner: dict[str, tuple[str, Path, Store, Dataset]] = {}
         for i, store in enumerate(stores):
             for j, dataset in enumerate(store.datasets):
-                base = f"{store.name}_{dataset.name}".lower()
-                relations = (base[:IDENTIFIER_MAX], f"{base}_current"[:IDENTIFIER_MAX])
-                taken = [r for r in relations if r in owner]
-                if taken:
-                    self.add(("stores", i, "datasets", j, "name"),
-                             f"merge table/view name {taken[0]!r} of this dataset is also used by "
-                             f"{owner[taken[0]]}: rename the store or the dataset")
+                path: Path = ("stores", i, "datasets", j)
+                owned = names.dataset_names(store.name, dataset.name).owned()
+                clash = next((n for n in owned if n in owner), None)
+                if clash is not None:
+                    what, other, other_store, other_dataset = owner[clash]
+                    self.add((*path, "name"), f"its {owned[clash]} {clash!r} is also the {what} of "
+                             f"{format_path(other)} (store {other_store.name!r}, dataset "
+                             f"{other_dataset.name!r}): merge names are <store>_<dataset> in lower case; "
+                             "rename a store or a dataset")
                     continue
-                for r in relations:
-                    owner[r] = f"{format_path(('stores', i, 'datasets', j))}"
+                for n, what in owned.items():
+                    owner[n] = (what, path, store, dataset)
