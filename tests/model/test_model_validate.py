@@ -91,6 +91,14 @@ def test_defaults_and_normalisation() -> None:
     assert addresses.primary_key == ("id",)
 
 
+@pytest.mark.parametrize("said", [False, True])
+def test_nullable_of_a_non_key_column_is_kept(said: bool) -> None:
+    """The engine makes `nullable: false` NOT NULL in the merge table and refuses NULLs in the snapshot."""
+    dataset = parse(with_change("stores.0.datasets.1.columns.1.nullable", said)).stores[0].datasets[1]
+    [column] = [c for c in dataset.non_key_columns if c.name == "customerid"]
+    assert column.nullable is said
+
+
 @pytest.mark.parametrize("host", ["pg-data", "pg.svc.cluster.local", "10.0.0.7", "::1", "fe80::1", "/tmp/sock dir"])
 def test_hosts(host: str) -> None:
     assert parse(with_change("stores.0.source.host", host)).stores[0].source.host == host
