@@ -18,6 +18,7 @@ from psycopg2.extensions import cursor
 from datasurface.db import PgConnection, idents
 from datasurface.errors import DataSurfaceError
 from datasurface.model import Dataset, Store
+from datasurface.model.names import DatasetNames, dataset_names
 from datasurface.pgtypes import same_type
 
 LIVE, FORENSIC = "live", "forensic"
@@ -59,12 +60,17 @@ class DatasetLayout:
     mode: str
 
     @property
+    def names(self) -> DatasetNames:
+        """The names of the dataset's objects (one rule, model/names.py; the validator keeps them unique)."""
+        return dataset_names(self.store, self.dataset.name)
+
+    @property
     def table(self) -> str:
-        return f"{self.store}_{self.dataset.name}".lower()
+        return self.names.table
 
     @property
     def view(self) -> str:
-        return f"{self.table}_current"
+        return self.names.current
 
     @property
     def staging(self) -> str:
@@ -118,27 +124,22 @@ def create_table(cur: cursor, lay: DatasetLayout) -> None:
     t = lay.qualified(lay.table)
     if lay.mode == LIVE:
         defs.append(sql.SQL("ds_batch_id integer NOT NULL"))
-        defs.append(sql.SQL("PRIMARY KEY ({})").format(idents(lay.key)))
+        defs.append(sql.SQL("CONSTRAINT {} PRIMARY KEY ({})").format(
+            sql.Identifier(lay.names.primary_key_index), idents(lay.key)))
         cur.execute(sql.SQL("CREATE TABLE {} ({})").format(t, sql.SQL(", ").join(defs)))
     else:
         defs.append(sql.SQL("ds_batch_in integer NOT NULL"))
         defs.append(sql.SQL("ds_batch_out integer NOT NULL DEFAULT {}").format(sql.Literal(OPEN_END)))
-        defs.append(sql.SQL("PRIMARY KEY ({}, ds_batch_in)").format(idents(lay.key)))
+        defs.append(sql.SQL("CONSTRAINT {} PRIMARY KEY ({}, ds_batch_in)").format(
+            sql.Identifier(lay.names.primary_key_index), idents(lay.key)))
         defs.append(sql.SQL("CHECK (ds_batch_in < ds_batch_out)"))
         cur.execute(sql.SQL("CREATE TABLE {} ({})").format(t, sql.SQL(", ").join(defs)))
         # the database itself guarantees at most one current version per key
         cur.execute(
             sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) WHERE ds_batch_out = {}").format(
-                sql.Identifier(_index_name(lay.table, "one_current")), t, idents(lay.key), sql.Literal(OPEN_END)
+                sql.Identifier(lay.names.current_index), t, idents(lay.key), sql.Literal(OPEN_END)
             )
         )
-
-
-def _index_name(table: str, suffix: str) -> str:
-    name = f"{table}_{suffix}"
-    if len(name) > MAX_IDENT:
-        name = f"{table[:48]}_{hashlib.sha1(table.encode()).hexdigest()[:6]}_{suffix}"[:MAX_IDENT]
-    return name
 
 
 def ensure_view(conn: PgConnection, schema: str, view: str, columns: Sequence[tuple[str, sql.Composable]],
