@@ -15,7 +15,7 @@ import click
 import typer
 
 from datasurface import __version__
-from datasurface.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DataSurfaceError
+from datasurface.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DataSurfaceError, failure_line
 
 app = typer.Typer(
     name="datasurface-job",
@@ -194,14 +194,42 @@ def status(
     merge_credential: MergeCredential,
     store: Annotated[str | None, typer.Option("--store", envvar="DATASURFACE_STORE", show_envvar=True,
         help="Only this store.")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="How many recent batches to show.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", help="How many recent batches to list (0: none).")] = 10,
     merge_port: MergePort = 5432,
 ) -> None:
-    """Show a table of the platform's recent batches and their counts."""
-    from datasurface.engine import run_status
+    """Per stream: how old its data is, the last batch's counts and duration, an open batch and the last
+    failure (when, why); then the recent batches."""
+    from datasurface.observe.status import run_status
 
     endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
     run_status(platform=platform, store=store, limit=limit, merge=endpoint, merge_credential=cred)
+
+
+@app.command()
+def exporter(
+    platform: Annotated[list[str], typer.Option("--platform", envvar="DATASURFACE_PLATFORMS", show_envvar=True,
+        help="Platform to export (repeatable); the `platform` label is the name as given.")],
+    merge_host: MergeHost,
+    merge_database: MergeDatabase,
+    merge_credential: MergeCredential,
+    merge_port: MergePort = 5432,
+    port: Annotated[int, typer.Option("--port", envvar="DATASURFACE_EXPORTER_PORT", show_envvar=True,
+        help="HTTP port of /metrics and /healthz (0: any free port).")] = 9108,
+    address: Annotated[str, typer.Option("--address", envvar="DATASURFACE_EXPORTER_ADDRESS", show_envvar=True,
+        help="Address to listen on.")] = "0.0.0.0",
+    scrape_timeout: Annotated[float, typer.Option("--scrape-timeout", envvar="DATASURFACE_SCRAPE_TIMEOUT",
+        show_envvar=True, min=0.5,
+        help="Seconds a scrape waits for the merge database before answering datasurface_up 0.")] = 5.0,
+) -> None:
+    """Serve Prometheus metrics read from the platforms' ledgers at each scrape (GET /metrics, GET /healthz).
+
+    Runs until SIGTERM or Ctrl-C.
+    """
+    from datasurface.observe.exporter import run_exporter
+
+    endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
+    run_exporter(platforms=platform, merge=endpoint, merge_credential=cred, address=address, port=port,
+                 scrape_timeout=scrape_timeout)
 
 
 @app.command()
@@ -290,17 +318,16 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        typer.echo(f"datasurface-job: error: {exc}", err=True)
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        typer.echo("datasurface-job: interrupted", err=True)
-        code = 130
+        code, line = failure_line(exc)
+        typer.echo(line, err=True)
+    except KeyboardInterrupt as exc:
+        code, line = failure_line(exc)
+        typer.echo(line, err=True)
     except Exception as exc:
         if _state["debug"]:
             raise
-        typer.echo(f"datasurface-job: unexpected error: {type(exc).__name__}: {exc} (rerun with --debug)",
-                   err=True)
-        code = EXIT_FAILURE
+        code, line = failure_line(exc)
+        typer.echo(line, err=True)
     sys.stdout.flush()
     print(f"DATASURFACE_RESULT_CODE={code}", flush=True)
     return code

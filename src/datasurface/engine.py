@@ -31,6 +31,7 @@ from datasurface.merge.ledger import COMMITTED, INGESTING, Batch, BatchLedger, C
 from datasurface.merge.live import LiveMerge
 from datasurface.merge.locks import LockRetry, StreamLock, end_run_sessions
 from datasurface.model import Model, Store, load_model
+from datasurface.observe import runs
 from datasurface.sessions import Heartbeat, SessionLimits, new_run_id, open_session
 
 log = logging.getLogger("datasurface")
@@ -114,6 +115,7 @@ class StreamRun:
         self.schema = lays[0].schema
         self.ledger = BatchLedger(merge, self.schema)
         self.fingerprint = fingerprint(store, tuple(lay.dataset.name for lay in lays))
+        self.batch_id: int | None = None  # the batch this run opened or resumed (for the run history)
 
     def preflight(self) -> Batch | None:
         """Read-only checks before anything is written; returns the open batch, if any."""
@@ -190,6 +192,7 @@ class StreamRun:
         ensure_layout(self.merge, self.schema, self.lays)
         batch = open_batch or self.ledger.open_batch(self.stream, self.mode, self.fingerprint,
                                                      [lay.staging for lay in self.lays])
+        self.batch_id = batch.batch_id
         killpoint("batch:opening")
         self.merge.commit()
         return batch
@@ -287,27 +290,33 @@ def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: s
     """Exit status: 0 a fresh batch was committed (per stream); 10 an open batch was finished."""
     limits = limits or SessionLimits()
     schema = layout.platform_schema(platform)
-    layout.check_mode(mode)
-    mdl = load_model(model, model_ref, model_path)
-    st = find_store(mdl, store)
-    credentials.resolve(st.source.credential)  # fail before touching anything
-    lays = layout.layouts(schema, st, mode)
-    recovered = False
     run_id = new_run_id()
-    with heartbeat(merge, merge_credential, run_id, limits), \
-            connection(merge, merge_credential, "merge", run_id, limits) as conn:
-        for stream in streams_of(st):
-            stream_lays = [lay for lay in lays if stream.dataset in (None, lay.dataset.name)]
-            lock = StreamLock(conn, schema, stream, limits)
-            lock.acquire()
-            killpoint("stream:locked")
-            try:
-                recovered |= StreamRun(conn, st, stream, stream_lays, mode, run_id, limits, merge.named("merge"),
-                                       lock.taken_over).run()
-            finally:
-                with suppress(Exception):
-                    conn.rollback()
-                    lock.release()
+    with runs.recorded(merge, merge_credential, schema, runs.MERGE, store) as history:
+        layout.check_mode(mode)
+        mdl = load_model(model, model_ref, model_path)
+        st = find_store(mdl, store)
+        credentials.resolve(st.source.credential)  # fail before touching anything
+        lays = layout.layouts(schema, st, mode)
+        recovered = False
+        with heartbeat(merge, merge_credential, run_id, limits), \
+                connection(merge, merge_credential, "merge", run_id, limits) as conn:
+            for stream in streams_of(st):
+                with history.stream(stream.dataset) as record:
+                    stream_lays = [lay for lay in lays if stream.dataset in (None, lay.dataset.name)]
+                    lock = StreamLock(conn, schema, stream, limits)
+                    lock.acquire()
+                    killpoint("stream:locked")
+                    try:
+                        stream_run = StreamRun(conn, st, stream, stream_lays, mode, run_id, limits,
+                                               merge.named("merge"), lock.taken_over)
+                        record.watch(stream_run)
+                        if stream_run.run():
+                            record.exit_status = EXIT_RECOVERED
+                            recovered = True
+                    finally:
+                        with suppress(Exception):
+                            conn.rollback()
+                            lock.release()
     return EXIT_RECOVERED if recovered else EXIT_OK
 
 
@@ -377,45 +386,24 @@ def run_setup(*, model: str, model_ref: str | None, model_path: str, platform: s
               limits: SessionLimits | None = None) -> None:
     limits = limits or SessionLimits()
     schema = layout.platform_schema(platform)
-    layout.check_mode(mode)
-    mdl = load_model(model, model_ref, model_path)
-    chosen = [find_store(mdl, s) for s in stores] if stores else list(mdl.stores)
-    lays = [lay for st in chosen for lay in layout.layouts(schema, st, mode)]
-    with connection(merge, merge_credential, "merge", limits=limits) as conn:
-        for lay in lays:
-            layout.plan_evolution(conn, lay)  # refuse before changing anything
-        conn.rollback()
+    history = runs.RunHistory(merge, merge_credential, schema, runs.SETUP)
+    with history.run(stores[0] if stores and len(stores) == 1 else None):
+        layout.check_mode(mode)
+        mdl = load_model(model, model_ref, model_path)
+        chosen = [find_store(mdl, s) for s in stores] if stores else list(mdl.stores)
+        lays = [lay for st in chosen for lay in layout.layouts(schema, st, mode)]
+        with connection(merge, merge_credential, "merge", limits=limits) as conn:
+            for lay in lays:
+                layout.plan_evolution(conn, lay)  # refuse before changing anything
+            conn.rollback()
 
-        def step() -> None:
-            ensure_layout(conn, schema, lays)
-            conn.commit()
+            def step() -> None:
+                ensure_layout(conn, schema, lays)
+                conn.commit()
 
-        LockRetry(conn, limits).run(f"setting up platform {schema}", step, lambda: layout_relations(schema, lays),
-                                    exclusive=True)
+            LockRetry(conn, limits).run(f"setting up platform {schema}", step, lambda: layout_relations(schema, lays),
+                                        exclusive=True)
     print(f"{schema}: {len(lays)} dataset(s) of {len(chosen)} store(s) ready ({mode})")
-
-
-def run_status(*, platform: str, store: str | None, limit: int, merge: Endpoint, merge_credential: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    schema = layout.platform_schema(platform)
-    with connection(merge, merge_credential, "merge") as conn:
-        ledger = BatchLedger(conn, schema)
-        if not ledger.exists():
-            raise DataSurfaceError(f"platform {platform}: schema {schema} has no batch ledger yet "
-                                   f"(run `datasurface-job setup` or `merge` first)")
-        rows = ledger.recent(store, limit)
-    table = Table(title=f"{platform}: last {limit} batches")
-    for col in ("store", "dataset", "batch", "status", "started", "seconds", "total", "inserted", "updated",
-                "deleted"):
-        table.add_column(col, justify="right" if col in ("batch", "seconds", "total", "inserted", "updated",
-                                                         "deleted") else "left")
-    for st, ds, batch_id, status, started, finished, *counts in rows:
-        secs = f"{(finished - started).total_seconds():.1f}" if finished else ""
-        table.add_row(st, ds or "", str(batch_id), status, started.strftime("%Y-%m-%d %H:%M:%S"), secs,
-                      *("" if c is None else f"{c:,}" for c in counts))
-    Console(width=140).print(table)
 
 
 def run_check(*, model: str, model_ref: str | None, model_path: str, merge: Endpoint,

@@ -34,3 +34,16 @@ class DatabaseError(DataSurfaceError):
 
 class StreamBusyError(DataSurfaceError):
     """Another run holds the stream's lock."""
+
+
+def failure_line(exc: BaseException) -> tuple[int, str]:
+    """The exit status and the one line on stderr for an exception that ends a command.
+
+    Shared by the CLI (which prints the line) and the run history (which records it in `ds_runs.error`),
+    so the two never differ.
+    """
+    if isinstance(exc, DataSurfaceError):
+        return exc.exit_code, f"datasurface-job: error: {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "datasurface-job: interrupted"
+    return EXIT_FAILURE, f"datasurface-job: unexpected error: {type(exc).__name__}: {exc} (rerun with --debug)"

@@ -1,0 +1,211 @@
+"""The run history (contract §6): one `ds_runs` row per run of `merge` or `setup` for a stream.
+
+A row is written when the run starts (finished_at NULL) and completed when it ends, each time on a
+short connection of its own in autocommit: never inside the batch's transactions, so a rolled-back
+batch keeps its run row, and a run killed on the way leaves finished_at NULL. Rows are addressed by
+their own `run_id`, so such a leftover row never confuses a later run.
+
+Recording never changes a run's outcome: when the history cannot be written (database down, no
+privilege, a lock held too long), the run logs one warning and goes on; its exit status and error line
+are exactly what they would have been. The error recorded is the line the CLI prints
+(`errors.failure_line`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import psycopg2
+from psycopg2 import sql
+
+from datasurface import credentials
+from datasurface.db import Endpoint, PgConnection, connect, first_line
+from datasurface.errors import EXIT_OK, DataSurfaceError, failure_line
+
+log = logging.getLogger("datasurface.observe")
+
+MERGE, SETUP = "merge", "setup"
+# bounds of every history write: a slow or locked history never holds a run up for long
+CONNECT_TIMEOUT_S = 5
+STATEMENT_TIMEOUT = "5s"
+
+DDL = """
+CREATE TABLE IF NOT EXISTS {runs} (
+    run_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    store text,
+    dataset text,
+    command text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz,
+    exit_status integer,
+    batch_id integer,
+    error text,
+    host text)
+"""
+INDEX = "CREATE INDEX IF NOT EXISTS {name} ON {runs} (command, store, dataset, run_id)"
+
+
+class HasBatch(Protocol):
+    batch_id: int | None
+
+
+def table(schema: str) -> sql.Composable:
+    return sql.Identifier(schema, "ds_runs")
+
+
+def ensure(conn: PgConnection, schema: str) -> None:
+    """Create the schema and `ds_runs` if missing (in the caller's transaction)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(format('%%I.ds_runs', %s::text))", (schema,))
+        if cur.fetchone()[0] is not None:  # type: ignore[index]
+            return
+        # the key of the engine's DDL lock: concurrent runs of one platform create objects one at a time
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"datasurface-ddl/{schema}",))
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        cur.execute(sql.SQL(DDL).format(runs=table(schema)))
+        cur.execute(sql.SQL(INDEX).format(name=sql.Identifier("ds_runs_stream"), runs=table(schema)))
+
+
+@dataclass
+class RunRecord:
+    """One row of `ds_runs`; `exit_status` is set by the code it watches (0 unless told otherwise)."""
+
+    history: RunHistory
+    store: str | None
+    dataset: str | None
+    started_at: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
+    exit_status: int = EXIT_OK
+    run_id: int | None = None
+    watched: HasBatch | None = None
+
+    def watch(self, obj: HasBatch) -> None:
+        """The batch of `obj` (read when the run ends) is the run's batch_id."""
+        self.watched = obj
+
+    @property
+    def batch_id(self) -> int | None:
+        return None if self.watched is None else self.watched.batch_id
+
+
+class RunHistory:
+    """Records the runs of one command on one platform's merge database."""
+
+    def __init__(self, endpoint: Endpoint, credential_name: str, schema: str, command: str):
+        self.endpoint = endpoint
+        self.credential_name = credential_name
+        self.schema = schema
+        self.command = command
+        self.host = socket.gethostname()
+        self._warned = False
+
+    @contextmanager
+    def _connection(self) -> Iterator[PgConnection]:
+        cred = credentials.resolve(self.credential_name)
+        conn = connect(self.endpoint, cred, application_name=f"datasurface-job {self.command} history",
+                       connect_timeout=CONNECT_TIMEOUT_S)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET statement_timeout = %s", (STATEMENT_TIMEOUT,))
+                cur.execute("SET lock_timeout = %s", (STATEMENT_TIMEOUT,))
+            conn.commit()
+            yield conn
+        finally:
+            with suppress(Exception):
+                conn.close()
+
+    def _warn(self, what: str, exc: BaseException) -> None:
+        reason = first_line(exc) if isinstance(exc, psycopg2.Error) else str(exc)
+        if not self._warned:
+            log.warning("run history (%s.ds_runs) not recorded: %s: %s", self.schema, what, reason)
+        self._warned = True
+
+    def start(self, record: RunRecord) -> None:
+        try:
+            with self._connection() as conn:
+                ensure(conn, self.schema)
+                conn.commit()
+                with conn.cursor() as cur:
+                    cur.execute(
+                        sql.SQL("""INSERT INTO {} (store, dataset, command, host) VALUES (%s, %s, %s, %s)
+                                   RETURNING run_id, started_at""").format(table(self.schema)),
+                        (record.store, record.dataset, self.command, self.host))
+                    record.run_id, record.started_at = cur.fetchone()  # type: ignore[misc]
+                conn.commit()
+        except (psycopg2.Error, DataSurfaceError) as exc:
+            self._warn("start", exc)
+
+    def finish(self, record: RunRecord, exit_status: int, error: str | None) -> None:
+        """Complete the run's row; without one (its start could not be written) insert the whole row."""
+        try:
+            with self._connection() as conn:
+                with conn.cursor() as cur:
+                    if record.run_id is not None:
+                        cur.execute(
+                            sql.SQL("""UPDATE {} SET finished_at = clock_timestamp(), exit_status = %s,
+                                       batch_id = %s, error = %s WHERE run_id = %s""").format(table(self.schema)),
+                            (exit_status, record.batch_id, error, record.run_id))
+                        done = cur.rowcount == 1
+                    else:
+                        done = False
+                    if not done:
+                        ensure(conn, self.schema)
+                        cur.execute(
+                            sql.SQL("""INSERT INTO {} (store, dataset, command, started_at, finished_at,
+                                       exit_status, batch_id, error, host)
+                                       VALUES (%s, %s, %s, %s, clock_timestamp(), %s, %s, %s, %s)""").format(
+                                table(self.schema)),
+                            (record.store, record.dataset, self.command, record.started_at, exit_status,
+                             record.batch_id, error, self.host))
+                conn.commit()
+        except (psycopg2.Error, DataSurfaceError) as exc:
+            self._warn("finish", exc)
+
+    @contextmanager
+    def run(self, store: str | None, dataset: str | None = None) -> Iterator[RunRecord]:
+        """Records the run of the body: started now, finished with its exit status and error line."""
+        record = RunRecord(self, store, dataset)
+        self.start(record)
+        try:
+            yield record
+        except BaseException as exc:
+            status, line = failure_line(exc)
+            self.finish(record, status, line)
+            raise
+        self.finish(record, record.exit_status, None)
+
+
+class CommandRuns:
+    """The runs of one command invocation: one row per stream it worked on or, when it failed before
+    reaching any stream (a model that does not load, an unknown store), one row for the store."""
+
+    def __init__(self, history: RunHistory, store: str | None):
+        self.history = history
+        self.store = store
+        self.streams = 0
+
+    @contextmanager
+    def stream(self, dataset: str | None) -> Iterator[RunRecord]:
+        self.streams += 1
+        with self.history.run(self.store, dataset) as record:
+            yield record
+
+
+@contextmanager
+def recorded(endpoint: Endpoint, credential_name: str, schema: str, command: str,
+             store: str | None) -> Iterator[CommandRuns]:
+    """The run history of a command; record each stream's run with `runs.stream(dataset)`."""
+    history = RunHistory(endpoint, credential_name, schema, command)
+    runs = CommandRuns(history, store)
+    try:
+        yield runs
+    except BaseException as exc:
+        if runs.streams == 0:  # a stream's own run records its failure
+            status, line = failure_line(exc)
+            history.finish(RunRecord(history, store, None), status, line)
+        raise

@@ -1,0 +1,119 @@
+"""`datasurface-job status`: a person's first look when something is wrong.
+
+Per stream: how old the data consumers see is (the last committed snapshot), the last batch's counts
+and duration, an open batch, and the last failure (when, why); then the recent batches. Rich tables
+that fit 80 columns.
+"""
+
+from __future__ import annotations
+
+import datetime
+from contextlib import closing
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from datasurface import credentials
+from datasurface.db import Endpoint, PgConnection, connect
+from datasurface.errors import DataSurfaceError
+from datasurface.merge import layout
+from datasurface.merge.ledger import BatchLedger
+from datasurface.observe.ledgers import PlatformState, StreamState, read_platform
+
+
+def age(seconds: float | None) -> str:
+    """`45s`, `12m`, `3h05m`, `2d04h`: short enough for a narrow column."""
+    if seconds is None:
+        return "-"
+    s = int(max(0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _when(at: datetime.datetime, now: datetime.datetime) -> str:
+    return f"{at.astimezone(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC ({age((now - at).total_seconds())} ago)"
+
+
+def _state(state: PlatformState, s: StreamState) -> str:
+    parts = []
+    if s.open is not None:
+        parts.append(f"open batch {s.open.batch_id} ({s.open.status}, {age(state.open_age(s))})")
+    if s.failures_in_a_row:
+        parts.append(f"[red]failing: {s.failures_in_a_row} run(s)[/red]")
+    if s.committed is None and s.open is None and not s.failures_in_a_row:
+        parts.append("no batch yet")
+    return "; ".join(parts) or "[green]ok[/green]"
+
+
+def streams_table(platform: str, state: PlatformState) -> Table:
+    table = Table(title=f"{platform}: {len(state.streams)} stream(s) at {state.now:%Y-%m-%d %H:%M:%S %Z}",
+                  box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    table.add_column("stream", no_wrap=True)
+    table.add_column("batch", justify="right", no_wrap=True)
+    table.add_column("age", justify="right", no_wrap=True, header_style="bold")
+    table.add_column("secs", justify="right", no_wrap=True)
+    table.add_column("total", justify="right", no_wrap=True)
+    table.add_column("+ins", justify="right", no_wrap=True)
+    table.add_column("~upd", justify="right", no_wrap=True)
+    table.add_column("-del", justify="right", no_wrap=True)
+    table.add_column("state", overflow="fold")
+    for s in state.streams.values():
+        c = s.committed
+        counts = [f"{n:,}" for n in c.counts] if c and c.counts else ["-"] * 4
+        secs = f"{c.duration:.1f}" if c and c.duration is not None else "-"
+        table.add_row(s.name, str(c.batch_id) if c else "-", age(state.snapshot_age(s)), secs, *counts,
+                      _state(state, s))
+    return table
+
+
+def failures(state: PlatformState) -> list[str]:
+    lines = []
+    for s in state.streams.values():
+        f = s.last_failure
+        if f is None:
+            continue
+        why = (f.error or "").removeprefix("datasurface-job: ")
+        recovered = "" if s.failures_in_a_row else " [dim](since succeeded)[/dim]"
+        lines.append(f"[bold]{s.name}[/bold] last failed {_when(f.finished_at or f.started_at, state.now)}"
+                     f"{recovered}: {why}")
+    return lines
+
+
+def batches_table(conn: PgConnection, schema: str, store: str | None, limit: int) -> Table:
+    table = Table(title=f"last {limit} batches", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for col in ("stream", "batch", "status", "started (UTC)", "secs", "total", "+ins", "~upd", "-del"):
+        table.add_column(col, justify="left" if col in ("stream", "status", "started (UTC)") else "right",
+                         no_wrap=True)
+    for st, ds, batch_id, status, started, finished, *counts in BatchLedger(conn, schema).recent(store, limit):
+        secs = f"{(finished - started).total_seconds():.1f}" if finished else ""
+        table.add_row(st + (f".{ds}" if ds else ""), str(batch_id), status,
+                      started.astimezone(datetime.UTC).strftime("%m-%d %H:%M:%S"), secs,
+                      *("" if c is None else f"{c:,}" for c in counts))
+    return table
+
+
+def run_status(*, platform: str, store: str | None, limit: int, merge: Endpoint, merge_credential: str,
+               console: Console | None = None) -> None:
+    schema = layout.platform_schema(platform)
+    out = console or Console()
+    with closing(connect(merge, credentials.resolve(merge_credential),
+                         application_name="datasurface-job status")) as conn:
+        state = read_platform(conn, schema)
+        if not state.has_ledger and not state.streams:
+            raise DataSurfaceError(f"platform {platform}: schema {schema} has no batch ledger yet "
+                                   f"(run `datasurface-job setup` or `merge` first)")
+        if store is not None:
+            state.streams = {k: v for k, v in state.streams.items() if k[0] == store}
+        out.print(streams_table(platform, state))
+        for line in failures(state):
+            out.print(line)
+        if limit > 0 and state.has_ledger:
+            out.print()
+            out.print(batches_table(conn, schema, store, limit))
+        conn.rollback()
