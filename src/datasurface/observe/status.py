@@ -53,7 +53,7 @@ def _state(state: PlatformState, s: StreamState) -> str:
 
 def streams_table(platform: str, state: PlatformState) -> Table:
     table = Table(title=f"{platform}: {len(state.streams)} stream(s) at {state.now:%Y-%m-%d %H:%M:%S %Z}",
-                  box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title_justify="left")
     table.add_column("stream", no_wrap=True)
     table.add_column("batch", justify="right", no_wrap=True)
     table.add_column("age", justify="right", no_wrap=True, header_style="bold")
@@ -86,9 +86,10 @@ def failures(state: PlatformState) -> list[str]:
 
 
 def batches_table(conn: PgConnection, schema: str, store: str | None, limit: int) -> Table:
-    table = Table(title=f"last {limit} batches", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
-    for col in ("stream", "batch", "status", "started (UTC)", "secs", "total", "+ins", "~upd", "-del"):
-        table.add_column(col, justify="left" if col in ("stream", "status", "started (UTC)") else "right",
+    table = Table(title=f"last {limit} batches (times in UTC)", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True, title_justify="left")
+    for col in ("stream", "batch", "status", "started", "secs", "total", "+ins", "~upd", "-del"):
+        table.add_column(col, justify="left" if col in ("stream", "status", "started") else "right",
                          no_wrap=True)
     for st, ds, batch_id, status, started, finished, *counts in BatchLedger(conn, schema).recent(store, limit):
         secs = f"{(finished - started).total_seconds():.1f}" if finished else ""

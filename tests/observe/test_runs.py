@@ -1,0 +1,143 @@
+"""ds_runs (contract §6): one row per run of merge or setup for a stream, also failed and killed runs;
+recording never changes a run's outcome."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+from tests.engine.conftest import SMALL, assert_one_line_error
+from tests.engine.support import (
+    DATASETS,
+    create_source_tables,
+    load_snapshot,
+    merge_args,
+    model_dict,
+    next_snapshot,
+    run_job,
+    write_model,
+)
+from tests.observe.conftest import PLATFORM, SCHEMA
+
+COLS = "store, dataset, command, exit_status, batch_id, error, finished_at IS NOT NULL, finished_at >= started_at"
+
+
+def runs(conn: Any, schema: str = SCHEMA) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(f'SELECT {COLS} FROM "{schema}".ds_runs ORDER BY run_id')
+        rows = cur.fetchall()
+    conn.rollback()
+    return rows
+
+
+def last_stderr_line(proc: Any) -> str:
+    return str(proc.stderr.strip().splitlines()[-1])
+
+
+def test_a_successful_merge_leaves_one_finished_row(world: dict[str, Any]) -> None:
+    assert runs(world["mrg"]) == [("Store1", None, "merge", 0, 1, None, True, True)]
+    second = run_job(merge_args(world["model"], PLATFORM, "live", world["dbs"]), world["dbs"].env)
+    assert second.returncode == 0
+    assert runs(world["mrg"])[1] == ("Store1", None, "merge", 0, 2, None, True, True)
+
+
+def test_a_failed_run_records_the_line_it_printed(world: dict[str, Any]) -> None:
+    dbs = world["dbs"]
+    proc = run_job(merge_args(world["model"], PLATFORM, "live", dbs), {**dbs.env, "SOURCE_PASSWORD": "wrong"})
+    assert_one_line_error(proc, "password authentication failed")
+    assert runs(world["mrg"])[-1] == ("Store1", None, "merge", 1, None, last_stderr_line(proc), True, True)
+
+
+def test_a_failure_inside_the_batch_keeps_its_row_after_the_rollback(world: dict[str, Any]) -> None:
+    """Duplicate keys in the snapshot: the batch (2) is rolled back and discarded; its run row stays."""
+    src = world["src"]
+    with src.cursor() as cur:
+        cur.execute("ALTER TABLE pairs DROP CONSTRAINT pairs_pkey")
+        cur.execute("INSERT INTO pairs SELECT * FROM pairs LIMIT 1")
+    src.commit()
+    proc = run_job(merge_args(world["model"], PLATFORM, "live", world["dbs"]), world["dbs"].env)
+    assert_one_line_error(proc, "duplicate primary keys")
+    assert runs(world["mrg"])[-1] == ("Store1", None, "merge", 1, 2, last_stderr_line(proc), True, True)
+    with world["mrg"].cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {SCHEMA}.ds_batches")
+        assert cur.fetchone()[0] == 1  # the failed batch is gone, its run is not
+    world["mrg"].rollback()
+
+
+def test_a_failure_before_any_stream_is_recorded_for_the_store(world: dict[str, Any]) -> None:
+    dbs = world["dbs"]
+    proc = run_job(merge_args(world["model"], PLATFORM, "live", dbs, store="Nope"), dbs.env)
+    assert_one_line_error(proc, "unknown store 'Nope'")
+    assert runs(world["mrg"])[-1] == ("Nope", None, "merge", 1, None, last_stderr_line(proc), True, True)
+
+
+def test_a_killed_run_leaves_finished_at_null_and_the_next_run_is_not_confused(world: dict[str, Any]) -> None:
+    dbs = world["dbs"]
+    killed = run_job(merge_args(world["model"], PLATFORM, "live", dbs), dbs.env,
+                     {"DATASURFACE_TEST_KILL_AT": "after_ingest"})
+    assert killed.returncode == -9
+    assert runs(world["mrg"])[-1] == ("Store1", None, "merge", None, None, None, False, None)
+    again = run_job(merge_args(world["model"], PLATFORM, "live", dbs), dbs.env)
+    assert again.returncode == 10, again.stderr
+    fresh = run_job(merge_args(world["model"], PLATFORM, "live", dbs), dbs.env)
+    assert fresh.returncode == 0, fresh.stderr
+    assert runs(world["mrg"]) == [
+        ("Store1", None, "merge", 0, 1, None, True, True),
+        ("Store1", None, "merge", None, None, None, False, None),  # the killed run stays as it died
+        ("Store1", None, "merge", 10, 2, None, True, True),
+        ("Store1", None, "merge", 0, 3, None, True, True),
+    ]
+
+
+def test_an_unwritable_history_changes_nothing_in_the_run(world: dict[str, Any]) -> None:
+    """No privilege on ds_runs: the merge still commits with the same output and exit status, and a
+    failing run still ends with its own error line."""
+    dbs = world["dbs"]
+    admin = dbs.server.admin_connect(dbs.merge)
+    with admin.cursor() as cur:
+        cur.execute(f"ALTER TABLE {SCHEMA}.ds_runs OWNER TO postgres")
+    before = runs(admin)
+    ok = run_job(merge_args(world["model"], PLATFORM, "live", dbs), dbs.env)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().splitlines()[-1] == "DATASURFACE_RESULT_CODE=0"
+    assert "batch 2: total=" in ok.stdout
+    assert "run history (yellow.ds_runs) not recorded" in ok.stderr
+    bad = run_job(merge_args(world["model"], PLATFORM, "live", dbs), {**dbs.env, "SOURCE_PASSWORD": "wrong"})
+    assert_one_line_error(bad, "password authentication failed")
+    assert runs(admin) == before
+    admin.close()
+
+
+def test_a_merge_database_that_is_down_gives_the_runs_own_error(databases_on: Any, tmp_path: Any) -> None:
+    from datasurface.localpg import LocalPostgres, find_bin_dir
+
+    with LocalPostgres(find_bin_dir("any")) as server:
+        dbs = databases_on(server)
+        model = write_model(tmp_path / "model", model_dict(dbs.host, dbs.port, dbs.source, datasets=SMALL))
+        server.stop_server_only()
+        proc = run_job(merge_args(model, PLATFORM, "live", dbs), dbs.env)
+        assert_one_line_error(proc, "cannot connect to database")
+        assert "run history (yellow.ds_runs) not recorded" in proc.stderr
+        server.start_server_only()
+
+
+def test_setup_is_recorded(world: dict[str, Any]) -> None:
+    dbs = world["dbs"]
+    args = ["setup", "--model", str(world["model"]), "--platform", PLATFORM, "--mode", "live", *dbs.merge_args()]
+    assert run_job(args, dbs.env).returncode == 0
+    bad = run_job([*args[:-1], "nobody"], dbs.env)
+    assert_one_line_error(bad, "NOBODY_USER")
+    assert runs(world["mrg"])[1:] == [(None, None, "setup", 0, None, None, True, True)]  # no credential, no row
+
+
+def test_single_dataset_streams_get_a_row_each(dbs: Any, tmp_path: Any) -> None:
+    src = dbs.connect(dbs.source)
+    create_source_tables(src)
+    load_snapshot(src, next_snapshot(random.Random(3), {}, defaultdict(set)))
+    model = write_model(tmp_path / "model", model_dict(dbs.host, dbs.port, dbs.source, consistency="single_dataset"))
+    assert run_job(merge_args(model, PLATFORM, "forensic", dbs), dbs.env).returncode == 0
+    mrg = dbs.connect(dbs.merge)
+    assert sorted(runs(mrg)) == sorted(("Store1", name, "merge", 0, 1, None, True, True) for name in DATASETS)
+    src.close()
+    mrg.close()
