@@ -73,6 +73,11 @@ def test_metrics_are_exactly_the_contract_table(world: dict[str, Any], exporter:
     assert "datasurface_runs_total{" in exporter.get("/metrics")[1]
     assert exporter.get("/healthz") == (200, "ok\n")
     assert exporter.get("/nope")[0] == 404
+    assert run_job(merge_args(world["model"], PLATFORM, "live", dbs), dbs.env).returncode == 0
+    fams = scrape(exporter)
+    assert value(fams, "datasurface_consecutive_failed_runs", **STREAM) == 0  # a success resets it
+    assert {dict(k)["result"]: v for k, v in fams["datasurface_runs"][1].items()} == \
+        {"ok": 2.0, "recovered": 0.0, "failed": 1.0}
 
 
 def test_an_open_batch_and_a_recovery_show(world: dict[str, Any], exporter: Exporter) -> None:

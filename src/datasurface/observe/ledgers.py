@@ -1,5 +1,6 @@
 """What `status` and the exporter read: per stream of a platform, its last committed batch, its open
-batch and its merge runs, from `ds_batches` and `ds_runs`, in a few index-driven statements.
+batch and its merge runs, from `ds_batches`, `ds_run_totals` and `ds_runs`, in statements whose cost
+follows the number of streams, not the length of the history.
 
 Time is the merge database's clock (`statement_timestamp()`), so ages never depend on the reader's.
 """
@@ -13,7 +14,6 @@ from typing import Any
 from psycopg2 import sql
 
 from datasurface.db import PgConnection
-from datasurface.errors import EXIT_OK, EXIT_RECOVERED
 from datasurface.merge.ledger import COMMITTED
 
 StreamKey = tuple[str, str]  # (store, dataset or "" for a multi_dataset stream)
@@ -36,23 +36,12 @@ SELECT b.store, coalesce(b.dataset, ''), b.batch_id, b.status, b.started_at, b.f
  ORDER BY 1, 2, b.batch_id DESC
 """
 
-# Merge runs per stream: counts by result, failures since the last success, the last failure.
+# Merge runs per stream (ds_run_totals, kept by the run history) and the last failure's row.
 RUNS = """
-SELECT g.store, g.dataset, g.ok, g.recovered, g.failed, g.unfinished,
-       (SELECT count(*) FROM {runs} r WHERE r.command = 'merge' AND r.store = g.store
-           AND coalesce(r.dataset, '') = g.dataset AND r.exit_status NOT IN (0, 10)
-           AND r.run_id > coalesce(g.last_ok, 0)),
+SELECT t.store, t.dataset, t.ok, t.recovered, t.failed, t.failed_in_a_row,
        f.started_at, f.finished_at, f.error, f.batch_id
-  FROM (SELECT store, coalesce(dataset, '') AS dataset,
-               count(*) FILTER (WHERE exit_status = 0) AS ok,
-               count(*) FILTER (WHERE exit_status = 10) AS recovered,
-               count(*) FILTER (WHERE exit_status NOT IN (0, 10)) AS failed,
-               count(*) FILTER (WHERE finished_at IS NULL) AS unfinished,
-               max(run_id) FILTER (WHERE exit_status IN (0, 10)) AS last_ok,
-               max(run_id) FILTER (WHERE exit_status NOT IN (0, 10)) AS last_failed
-          FROM {runs} WHERE command = 'merge' AND store IS NOT NULL
-         GROUP BY store, coalesce(dataset, '')) g
-  LEFT JOIN {runs} f ON f.run_id = g.last_failed
+  FROM {totals} t LEFT JOIN {runs} f ON f.run_id = t.last_failed_run_id
+ WHERE t.command = 'merge'
  ORDER BY 1, 2
 """
 
@@ -86,7 +75,6 @@ class StreamState:
     committed: BatchInfo | None = None
     open: BatchInfo | None = None
     runs: dict[str, int] = field(default_factory=lambda: {"ok": 0, "recovered": 0, "failed": 0})
-    unfinished_runs: int = 0
     failures_in_a_row: int = 0
     last_failure: Failure | None = None
 
@@ -122,6 +110,8 @@ def _exists(conn: PgConnection, schema: str, table: str) -> bool:
 def read_platform(conn: PgConnection, schema: str) -> PlatformState:
     """Every stream of the platform schema (in the caller's transaction; read-only)."""
     with conn.cursor() as cur:
+        # these statements take milliseconds: JIT compiling them would take a second or more
+        cur.execute("SET LOCAL jit = off")
         cur.execute("SELECT statement_timestamp()")
         now = cur.fetchone()[0]  # type: ignore[index]
     streams: dict[StreamKey, StreamState] = {}
@@ -143,18 +133,16 @@ def read_platform(conn: PgConnection, schema: str) -> PlatformState:
                     st.committed = info
             elif st.open is None and st.committed is None:
                 st.open = info
-    if _exists(conn, schema, "ds_runs"):
+    if _exists(conn, schema, "ds_run_totals"):
         with conn.cursor() as cur:
-            cur.execute(sql.SQL(RUNS).format(runs=sql.Identifier(schema, "ds_runs")))
+            cur.execute(sql.SQL(RUNS).format(runs=sql.Identifier(schema, "ds_runs"),
+                                             totals=sql.Identifier(schema, "ds_run_totals")))
             run_rows: list[Any] = cur.fetchall()
-        for store, dataset, ok, recovered, failed, unfinished, in_a_row, f_start, f_end, f_error, f_batch in run_rows:
+        for store, dataset, ok, recovered, failed, in_a_row, f_start, f_end, f_error, f_batch in run_rows:
             st = stream(store, dataset)
             st.runs = {"ok": int(ok), "recovered": int(recovered), "failed": int(failed)}
-            st.unfinished_runs = int(unfinished)
             st.failures_in_a_row = int(in_a_row)
             if f_start is not None:
                 st.last_failure = Failure(f_start, f_end, f_error, f_batch)
     return PlatformState(schema, now, has_ledger, dict(sorted(streams.items())))
 
-
-RESULTS = {EXIT_OK: "ok", EXIT_RECOVERED: "recovered"}  # any other exit status is "failed"

@@ -26,7 +26,7 @@ from psycopg2 import sql
 
 from datasurface import credentials
 from datasurface.db import Endpoint, PgConnection, connect, first_line
-from datasurface.errors import EXIT_OK, DataSurfaceError, failure_line
+from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DataSurfaceError, failure_line
 
 log = logging.getLogger("datasurface.observe")
 
@@ -49,6 +49,29 @@ CREATE TABLE IF NOT EXISTS {runs} (
     host text)
 """
 INDEX = "CREATE INDEX IF NOT EXISTS {name} ON {runs} (command, store, dataset, run_id)"
+# Per stream and command, the finished runs by result, kept with each finish (same transaction): what the
+# exporter reads at every scrape, in time that does not grow with the history (and stays monotonic if old
+# ds_runs rows are ever pruned). dataset is '' for a multi_dataset stream or a whole-store run.
+TOTALS_DDL = """
+CREATE TABLE IF NOT EXISTS {totals} (
+    command text NOT NULL,
+    store text NOT NULL,
+    dataset text NOT NULL,
+    ok bigint NOT NULL DEFAULT 0,
+    recovered bigint NOT NULL DEFAULT 0,
+    failed bigint NOT NULL DEFAULT 0,
+    failed_in_a_row integer NOT NULL DEFAULT 0,
+    last_failed_run_id bigint,
+    PRIMARY KEY (command, store, dataset))
+"""
+COUNT_RUN = """
+INSERT INTO {totals} AS t (command, store, dataset, ok, recovered, failed, failed_in_a_row, last_failed_run_id)
+VALUES (%(command)s, %(store)s, %(dataset)s, %(ok)s, %(recovered)s, %(failed)s, %(failed)s, %(failed_run)s)
+ON CONFLICT (command, store, dataset) DO UPDATE SET
+    ok = t.ok + excluded.ok, recovered = t.recovered + excluded.recovered, failed = t.failed + excluded.failed,
+    failed_in_a_row = CASE WHEN excluded.failed = 1 THEN t.failed_in_a_row + 1 ELSE 0 END,
+    last_failed_run_id = coalesce(excluded.last_failed_run_id, t.last_failed_run_id)
+"""
 
 
 class HasBatch(Protocol):
@@ -59,10 +82,14 @@ def table(schema: str) -> sql.Composable:
     return sql.Identifier(schema, "ds_runs")
 
 
+def totals(schema: str) -> sql.Composable:
+    return sql.Identifier(schema, "ds_run_totals")
+
+
 def ensure(conn: PgConnection, schema: str) -> None:
     """Create the schema and `ds_runs` if missing (in the caller's transaction)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(format('%%I.ds_runs', %s::text))", (schema,))
+        cur.execute("SELECT to_regclass(format('%%I.ds_run_totals', %s::text))", (schema,))
         if cur.fetchone()[0] is not None:  # type: ignore[index]
             return
         # the key of the engine's DDL lock: concurrent runs of one platform create objects one at a time
@@ -70,6 +97,7 @@ def ensure(conn: PgConnection, schema: str) -> None:
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         cur.execute(sql.SQL(DDL).format(runs=table(schema)))
         cur.execute(sql.SQL(INDEX).format(name=sql.Identifier("ds_runs_stream"), runs=table(schema)))
+        cur.execute(sql.SQL(TOTALS_DDL).format(totals=totals(schema)))
 
 
 @dataclass
@@ -158,11 +186,18 @@ class RunHistory:
                         cur.execute(
                             sql.SQL("""INSERT INTO {} (store, dataset, command, started_at, finished_at,
                                        exit_status, batch_id, error, host)
-                                       VALUES (%s, %s, %s, %s, clock_timestamp(), %s, %s, %s, %s)""").format(
-                                table(self.schema)),
+                                       VALUES (%s, %s, %s, %s, clock_timestamp(), %s, %s, %s, %s)
+                                       RETURNING run_id""").format(table(self.schema)),
                             (record.store, record.dataset, self.command, record.started_at, exit_status,
                              record.batch_id, error, self.host))
-                conn.commit()
+                        record.run_id = cur.fetchone()[0]  # type: ignore[index]
+                    if record.store is not None:
+                        failed = exit_status not in (EXIT_OK, EXIT_RECOVERED)
+                        cur.execute(sql.SQL(COUNT_RUN).format(totals=totals(self.schema)), {
+                            "command": self.command, "store": record.store, "dataset": record.dataset or "",
+                            "ok": int(exit_status == EXIT_OK), "recovered": int(exit_status == EXIT_RECOVERED),
+                            "failed": int(failed), "failed_run": record.run_id if failed else None})
+                conn.commit()  # the row and its count together
         except (psycopg2.Error, DataSurfaceError) as exc:
             self._warn("finish", exc)
 

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Benchmark `datasurface-job exporter` (issue 14): per-scrape time and memory with large ledgers.
+
+On a throwaway PostgreSQL it starts itself, it fills three platform schemas with synthetic ledgers of
+the job's own layout (`ds_batches`, `ds_runs`, `ds_run_totals`, created by the job's code): 1 stream x
+1 batch, STREAMS x 1 batch (the same streams without history) and STREAMS x BATCHES (default 100 x
+1000, as many runs, some failed). It runs the real exporter process on each and scrapes it over HTTP:
+the median and p95 of the whole scrape (what Prometheus waits for), the ratios against the floors
+measured in the same run (flat in the history: STREAMS x BATCHES against STREAMS x 1 stays near 1),
+and the exporter's resident memory (VmRSS) after the first and after the last scrape, which shows
+whether memory grows with scrapes.
+
+    scripts/benchmark.sh --exporter                       # 100 streams x 1000 batches, 200 scrapes
+    scripts/benchmark.sh --exporter --streams 500 --batches 2000 --scrapes 50
+"""
+
+# ruff: noqa: S608 - the SQL here is built from this script's own constants
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from datasurface.localpg import LocalPostgres, find_bin_dir  # noqa: E402
+from datasurface.merge.ledger import BatchLedger  # noqa: E402
+from datasurface.observe import runs  # noqa: E402
+
+
+def fill(conn: object, schema: str, streams: int, batches: int) -> None:
+    """STREAMS x BATCHES committed batches (the last one of every tenth stream open) and as many runs."""
+    with conn.cursor() as cur:  # type: ignore[attr-defined]
+        cur.execute(f'CREATE SCHEMA "{schema}"')
+        BatchLedger(conn, schema).ensure()  # type: ignore[arg-type]
+        runs.ensure(conn, schema)  # type: ignore[arg-type]
+        cur.execute(f"""
+            INSERT INTO "{schema}".ds_batches (stream, store, dataset, batch_id, status, mode, model_fingerprint,
+                   started_at, finished_at, snapshot_at, rows_total, rows_inserted, rows_updated, rows_deleted)
+            SELECT 'Store' || s, 'Store' || s, NULL, b,
+                   CASE WHEN b = %(b)s AND s %% 10 = 0 THEN 'staged' ELSE 'committed' END, 'live', 'f',
+                   now() - ((%(b)s - b) * interval '1 hour') - interval '5 minutes',
+                   CASE WHEN b = %(b)s AND s %% 10 = 0 THEN NULL
+                        ELSE now() - ((%(b)s - b) * interval '1 hour') END,
+                   now() - ((%(b)s - b) * interval '1 hour') - interval '4 minutes',
+                   100000 + b, b %% 100, b %% 50, b %% 10
+              FROM generate_series(1, %(s)s) s, generate_series(1, %(b)s) b""", {"s": streams, "b": batches})
+        cur.execute(f"""
+            INSERT INTO "{schema}".ds_runs (store, dataset, command, started_at, finished_at, exit_status,
+                   batch_id, error)
+            SELECT 'Store' || s, NULL, 'merge', now() - ((%(b)s - b) * interval '1 hour') - interval '5 minutes',
+                   now() - ((%(b)s - b) * interval '1 hour'),
+                   CASE WHEN b %% 20 = 0 THEN 1 WHEN b %% 50 = 1 THEN 10 ELSE 0 END, b,
+                   CASE WHEN b %% 20 = 0 THEN 'datasurface-job: error: synthetic failure' END
+              FROM generate_series(1, %(s)s) s, generate_series(1, %(b)s) b""", {"s": streams, "b": batches})
+        cur.execute(f"""
+            INSERT INTO "{schema}".ds_run_totals (command, store, dataset, ok, recovered, failed, failed_in_a_row,
+                   last_failed_run_id)
+            SELECT 'merge', store, '', count(*) FILTER (WHERE exit_status = 0),
+                   count(*) FILTER (WHERE exit_status = 10), count(*) FILTER (WHERE exit_status = 1),
+                   0, max(run_id) FILTER (WHERE exit_status = 1)
+              FROM "{schema}".ds_runs GROUP BY store""")
+        cur.execute(f'ANALYZE "{schema}".ds_batches')
+        cur.execute(f'ANALYZE "{schema}".ds_runs')
+    conn.commit()  # type: ignore[attr-defined]
+
+
+def rss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def measure(env: dict[str, str], merge_args: list[str], platform: str, scrapes: int) -> dict[str, float]:
+    proc = subprocess.Popen([sys.executable, "-m", "datasurface.cli", "exporter", "--address", "127.0.0.1",
+                             "--port", "0", "--platform", platform, *merge_args],
+                            env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(re.search(r":(\d+)/metrics", proc.stdout.readline()).group(1))  # type: ignore[union-attr]
+        url = f"http://127.0.0.1:{port}/metrics"
+        times, size = [], 0
+        rss_first = 0.0
+        for i in range(scrapes):
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                body = resp.read()
+            times.append(time.perf_counter() - t0)
+            assert b"datasurface_up" in body and b" 1.0" in body.split(b"datasurface_up{")[1][:80], body[:500]
+            size = len(body)
+            if i == 0:
+                rss_first = rss_mb(proc.pid)
+        times_sorted = sorted(times[1:]) or times  # the first scrape opens the connection
+        return {"median_ms": statistics.median(times_sorted) * 1000,
+                "p95_ms": times_sorted[int(0.95 * (len(times_sorted) - 1))] * 1000,
+                "rss_first_mb": rss_first, "rss_last_mb": rss_mb(proc.pid), "bytes": size}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--streams", type=int, default=100)
+    p.add_argument("--batches", type=int, default=1000, help="batches (and runs) per stream")
+    p.add_argument("--scrapes", type=int, default=200)
+    a = p.parse_args(argv)
+    with LocalPostgres(find_bin_dir("any")) as server:
+        user, password = "bench", secrets.token_hex(8)
+        server.create_role(user, password)
+        server.create_database("merge", owner=user)
+        import psycopg2
+
+        conn = psycopg2.connect(host=server.socket_dir, port=server.port, dbname="merge", user=user,
+                                password=password)
+        t0 = time.monotonic()
+        fill(conn, "floor", 1, 1)
+        fill(conn, "short", a.streams, 1)
+        fill(conn, "large", a.streams, a.batches)
+        conn.close()
+        print(f"ledgers filled in {time.monotonic() - t0:.1f}s: floor 1 x 1, large {a.streams} x {a.batches} "
+              f"({a.streams * a.batches:,} batches and runs)", flush=True)
+        env = {**os.environ, "BENCH_USER": user, "BENCH_PASSWORD": password,
+               "PYTHONPATH": str(REPO / "src")}
+        merge_args = ["--merge-host", server.socket_dir, "--merge-port", str(server.port),
+                      "--merge-database", "merge", "--merge-credential", "bench"]
+        floor = measure(env, merge_args, "Floor", a.scrapes)
+        short = measure(env, merge_args, "Short", a.scrapes)
+        large = measure(env, merge_args, "Large", a.scrapes)
+    print("| streams x batches | scrapes | median ms | p95 ms | ratio to 1 x 1 | ratio to same streams x 1 "
+          "| RSS first MB | RSS last MB | body KB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in (("1 x 1", floor), (f"{a.streams} x 1", short), (f"{a.streams} x {a.batches}", large)):
+        same = "" if r is floor else f"{r['median_ms'] / short['median_ms']:.2f}"
+        print(f"| {name} | {a.scrapes} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} | "
+              f"{r['median_ms'] / floor['median_ms']:.2f} | {same} | {r['rss_first_mb']:.1f} | "
+              f"{r['rss_last_mb']:.1f} | {r['bytes'] / 1024:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
