@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what it needs (a venv with the project and its test
-# tools, helm, a second venv with Airflow 3 for the DAG tests), then lints, type-checks and runs pytest
-# against real PostgreSQL servers, the real helm binary and a real Airflow.
+# tools, helm, Debian's prometheus package, a second venv with Airflow 3 for the DAG tests), then lints,
+# type-checks and runs pytest against real PostgreSQL servers, the real helm binary, a real Prometheus and
+# a real Airflow.
 # Usage: scripts/test.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,19 @@ say "Python venv (.venv) with the project and its test tools"
 say "helm"
 HELM_BIN=$(scripts/get-helm.sh)
 export HELM_BIN
+
+say "Prometheus and promtool (Debian's prometheus package) for tests/observe/test_prometheus.py"
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    # the package may start its own service: the tests never use it (they run their own prometheus)
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+        && { ! command -v service >/dev/null || service prometheus stop || true; }; } >/dev/null 2>&1 || true
+  fi
+fi
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  printf '\n!!!!!!!! WARNING: prometheus/promtool could not be installed: the Prometheus tests (alert rules,\n'
+  printf '!!!!!!!! a real Prometheus scraping the exporter, dashboard queries) WILL BE SKIPPED\n\n'
+fi
 
 say "Airflow venv (.venv-airflow) for the DAG tests"
 scripts/airflow-venv.sh
