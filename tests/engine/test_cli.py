@@ -283,7 +283,9 @@ def test_status_shows_recent_batches(world: dict[str, Any]) -> None:
     proc = run_job(["status", "--platform", PLATFORM, *dbs.merge_args()], dbs.env)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if "Store1" in line]
-    assert len(lines) == 2 and all("committed" in line for line in lines)
+    # the stream's summary (its last batch 2), then the two recent batches
+    assert len(lines) == 3 and lines[0].split()[:2] == ["Store1", "2"]
+    assert all("committed" in line for line in lines[1:])
 
 
 def test_setup_creates_layout_without_ingesting(world: dict[str, Any]) -> None:
