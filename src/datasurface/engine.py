@@ -291,7 +291,7 @@ def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: s
     limits = limits or SessionLimits()
     schema = layout.platform_schema(platform)
     run_id = new_run_id()
-    with runs.recorded(merge, merge_credential, schema, runs.MERGE, store) as history:
+    with runs.recorded(merge, merge_credential, schema, runs.MERGE, store, run_id) as history:
         layout.check_mode(mode)
         mdl = load_model(model, model_ref, model_path)
         st = find_store(mdl, store)

@@ -202,11 +202,11 @@ def oracle_counts(before: list[tuple[Any, ...]], after: list[tuple[Any, ...]], n
 
 def merge_state(conn: Any, schema: str) -> dict[str, Any]:
     """Everything in a platform schema (tables' rows and the ledger), to compare before/after; not the run
-    history (ds_runs), which records every run, failed ones too."""
+    history (ds_runs, ds_run_totals), which records every run, failed ones too."""
     state: dict[str, Any] = {}
     with conn.cursor() as cur:
         cur.execute("""SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                        WHERE n.nspname = %s AND c.relkind IN ('r', 'v') AND c.relname <> 'ds_runs'
+                        WHERE n.nspname = %s AND c.relkind IN ('r', 'v') AND c.relname NOT IN ('ds_runs', 'ds_run_totals')
                         ORDER BY 1""", (schema,))
         for (rel,) in cur.fetchall():
             cur.execute(f'SELECT * FROM "{schema}"."{rel}"')

@@ -141,3 +141,32 @@ def test_single_dataset_streams_get_a_row_each(dbs: Any, tmp_path: Any) -> None:
     assert sorted(runs(mrg)) == sorted(("Store1", name, "merge", 0, 1, None, True, True) for name in DATASETS)
     src.close()
     mrg.close()
+
+
+def test_a_driver_error_is_recorded_as_the_line_the_run_printed(world: dict[str, Any]) -> None:
+    """The run's merge session is terminated while it holds the stream: the driver error becomes its one
+    line on the way out of the connection, and that line (not the raw driver text) is what ds_runs has."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    dbs = world["dbs"]
+    proc = subprocess.Popen([sys.executable, "-m", "datasurface.cli", *merge_args(world["model"], PLATFORM, "live",
+                                                                                  dbs)],
+                            env={**os.environ, **dbs.env, "DATASURFACE_TEST_PAUSE_AT": "stream:locked=3"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    admin = dbs.server.admin_connect(dbs.merge)
+    deadline, killed = time.monotonic() + 20, 0
+    while not killed and time.monotonic() < deadline:
+        with admin.cursor() as cur:
+            cur.execute("""SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                            WHERE datname = %s AND application_name LIKE 'datasurface-job merge %%'""", (dbs.merge,))
+            killed = cur.fetchone()[0]
+        time.sleep(0.1)
+    admin.close()
+    out, err = proc.communicate(timeout=60)
+    assert killed and proc.returncode == 1, out + err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("datasurface-job: error: ") and "unexpected" not in line, err
+    assert runs(world["mrg"])[-1] == ("Store1", None, "merge", 1, None, line, True, True)

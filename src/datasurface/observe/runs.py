@@ -27,6 +27,7 @@ from psycopg2 import sql
 from datasurface import credentials
 from datasurface.db import Endpoint, PgConnection, connect, first_line
 from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DataSurfaceError, failure_line
+from datasurface.sessions import application_name, new_run_id
 
 log = logging.getLogger("datasurface.observe")
 
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS {runs} (
     exit_status integer,
     batch_id integer,
     error text,
-    host text)
+    host text,
+    run text)
 """
 INDEX = "CREATE INDEX IF NOT EXISTS {name} ON {runs} (command, store, dataset, run_id)"
 # Per stream and command, the finished runs by result, kept with each finish (same transaction): what the
@@ -124,18 +126,20 @@ class RunRecord:
 class RunHistory:
     """Records the runs of one command on one platform's merge database."""
 
-    def __init__(self, endpoint: Endpoint, credential_name: str, schema: str, command: str):
+    def __init__(self, endpoint: Endpoint, credential_name: str, schema: str, command: str,
+                 run_id: str | None = None):
         self.endpoint = endpoint
         self.credential_name = credential_name
         self.schema = schema
         self.command = command
+        self.run_id = run_id or new_run_id()  # the job's run id: its sessions' application_name ends with it
         self.host = socket.gethostname()
         self._warned = False
 
     @contextmanager
     def _connection(self) -> Iterator[PgConnection]:
         cred = credentials.resolve(self.credential_name)
-        conn = connect(self.endpoint, cred, application_name=f"datasurface-job {self.command} history",
+        conn = connect(self.endpoint, cred, application_name=application_name("history", self.run_id),
                        connect_timeout=CONNECT_TIMEOUT_S)
         try:
             with conn.cursor() as cur:
@@ -160,9 +164,10 @@ class RunHistory:
                 conn.commit()
                 with conn.cursor() as cur:
                     cur.execute(
-                        sql.SQL("""INSERT INTO {} (store, dataset, command, host) VALUES (%s, %s, %s, %s)
-                                   RETURNING run_id, started_at""").format(table(self.schema)),
-                        (record.store, record.dataset, self.command, self.host))
+                        sql.SQL("""INSERT INTO {} (store, dataset, command, host, run)
+                                   VALUES (%s, %s, %s, %s, %s) RETURNING run_id, started_at""").format(
+                            table(self.schema)),
+                        (record.store, record.dataset, self.command, self.host, self.run_id))
                     record.run_id, record.started_at = cur.fetchone()  # type: ignore[misc]
                 conn.commit()
         except (psycopg2.Error, DataSurfaceError) as exc:
@@ -185,11 +190,11 @@ class RunHistory:
                         ensure(conn, self.schema)
                         cur.execute(
                             sql.SQL("""INSERT INTO {} (store, dataset, command, started_at, finished_at,
-                                       exit_status, batch_id, error, host)
-                                       VALUES (%s, %s, %s, %s, clock_timestamp(), %s, %s, %s, %s)
+                                       exit_status, batch_id, error, host, run)
+                                       VALUES (%s, %s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s)
                                        RETURNING run_id""").format(table(self.schema)),
                             (record.store, record.dataset, self.command, record.started_at, exit_status,
-                             record.batch_id, error, self.host))
+                             record.batch_id, error, self.host, self.run_id))
                         record.run_id = cur.fetchone()[0]  # type: ignore[index]
                     if record.store is not None:
                         failed = exit_status not in (EXIT_OK, EXIT_RECOVERED)
@@ -217,30 +222,42 @@ class RunHistory:
 
 class CommandRuns:
     """The runs of one command invocation: one row per stream it worked on or, when it failed before
-    reaching any stream (a model that does not load, an unknown store), one row for the store."""
+    reaching any stream (a model that does not load, an unknown store), one row for the store.
+
+    A stream's failure is recorded by `recorded()`, outside the command's connections, so the error is
+    the one the command reports (a driver error becomes its one line on the way out of a connection)."""
 
     def __init__(self, history: RunHistory, store: str | None):
         self.history = history
         self.store = store
         self.streams = 0
+        self.failed: RunRecord | None = None
 
     @contextmanager
     def stream(self, dataset: str | None) -> Iterator[RunRecord]:
         self.streams += 1
-        with self.history.run(self.store, dataset) as record:
+        record = RunRecord(self.history, self.store, dataset)
+        self.history.start(record)
+        try:
             yield record
+        except BaseException:
+            self.failed = record
+            raise
+        self.history.finish(record, record.exit_status, None)
 
 
 @contextmanager
-def recorded(endpoint: Endpoint, credential_name: str, schema: str, command: str,
-             store: str | None) -> Iterator[CommandRuns]:
+def recorded(endpoint: Endpoint, credential_name: str, schema: str, command: str, store: str | None,
+             run_id: str | None = None) -> Iterator[CommandRuns]:
     """The run history of a command; record each stream's run with `runs.stream(dataset)`."""
-    history = RunHistory(endpoint, credential_name, schema, command)
+    history = RunHistory(endpoint, credential_name, schema, command, run_id)
     runs = CommandRuns(history, store)
     try:
         yield runs
     except BaseException as exc:
-        if runs.streams == 0:  # a stream's own run records its failure
-            status, line = failure_line(exc)
+        status, line = failure_line(exc)
+        if runs.failed is not None:
+            history.finish(runs.failed, status, line)
+        elif runs.streams == 0:
             history.finish(RunRecord(history, store, None), status, line)
         raise
