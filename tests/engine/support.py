@@ -206,7 +206,8 @@ def merge_state(conn: Any, schema: str) -> dict[str, Any]:
     state: dict[str, Any] = {}
     with conn.cursor() as cur:
         cur.execute("""SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                        WHERE n.nspname = %s AND c.relkind IN ('r', 'v') AND c.relname NOT IN ('ds_runs', 'ds_run_totals')
+                        WHERE n.nspname = %s AND c.relkind IN ('r', 'v')
+                          AND c.relname NOT IN ('ds_runs', 'ds_run_totals')
                         ORDER BY 1""", (schema,))
         for (rel,) in cur.fetchall():
             cur.execute(f'SELECT * FROM "{schema}"."{rel}"')
