@@ -25,7 +25,8 @@ ROWS = 500_000
 COLUMNS = [("id", "integer"), ("grp", "integer"), ("note", "text"), ("amount", "numeric(12,2)")]
 PLATFORMS = {"live": "BigLive", "forensic": "BigForensic"}
 # the merge-side statement the fault lands in: staging COPY, the diff, the apply
-STATEMENTS = {"copy": "COPY %FROM STDIN%", "diff": "CREATE TEMP TABLE%", "apply": "UPDATE %"}
+STATEMENTS = {"copy": 'COPY "%"."ds_stage_%FROM STDIN%', "diff": "CREATE TEMP TABLE %",
+              "apply": 'UPDATE "%"."store1_big" t %'}
 
 
 class BigWorld:
