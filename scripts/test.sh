@@ -34,6 +34,21 @@ fi
 say "Airflow venv (.venv-airflow) for the DAG tests"
 scripts/airflow-venv.sh
 
+say "buildah and mmdebstrap (Debian) for the job image build and run (tests/image_build)"
+apt_updated=false
+apt_install() {  # Debian packages, as root; apt-get update once per run
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 1
+  if [ "$apt_updated" = false ]; then apt-get update -qq >/dev/null && apt_updated=true || return 1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+if ! command -v buildah >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1; then
+  apt_install buildah mmdebstrap || true
+fi
+if ! command -v buildah >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1 || [ "$(id -u)" != 0 ]; then
+  printf '\n!!! SKIPPING the job image build (tests/image_build): buildah and mmdebstrap, as root, are needed\n' >&2
+  printf '!!! and could not be had here; pytest lists the skipped tests with the reason.\n\n' >&2
+fi
+
 say "ruff, mypy, shellcheck"
 .venv/bin/ruff check src tests charts/datasurface/files
 .venv/bin/mypy src

@@ -1,0 +1,283 @@
+"""The job image built from image/Dockerfile with buildah on the stand-in base, then run as a pod would run
+it: the image's own Entrypoint/Cmd (read from the image config), as uid 10001, credentials only in the
+environment, the suite's PostgreSQL reached through its Unix-socket folder mounted into the container,
+the model cloned with the image's git from a file:// repository mounted read-only.
+
+What differs from a pod: `buildah run --isolation chroot` is a chroot with bind mounts, not a container
+runtime (no namespaces, no seccomp, no read-only root filesystem, no emptyDir at /tmp: the image's own
+/tmp is used), and the env is set in the working container's config (`buildah config --env`, a process
+that exits at once) rather than by the kubelet.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import threading
+import time
+import tomllib
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.engine.support import (
+    DATASETS,
+    create_source_tables,
+    fetch,
+    load_snapshot,
+    model_dict,
+    next_snapshot,
+    oracle_counts,
+    write_model,
+)
+from tests.image_build.support import JOB_UID, REPO_ROOT, BuiltImage, Container, buildah, report
+
+MODEL_MOUNT = "/srv/model.git"
+PLATFORMS = (("ImageLive", "live"), ("ImageForensic", "forensic"))
+VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+MAX_JOB_LAYERS_MB = 160  # the image minus its base: the venv, git and its libraries (~125 MB measured)
+
+
+def result_code(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = proc.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+# --- the image itself ---------------------------------------------------------------------------------
+
+
+def test_image_config_runs_the_job_as_non_root(job_image: BuiltImage) -> None:
+    config = job_image.config
+    assert config["Entrypoint"] == ["datasurface-job"]
+    assert config["Cmd"] == ["--help"]
+    assert config["User"] == f"{JOB_UID}:{JOB_UID}"
+    assert config["WorkingDir"] == "/tmp"
+    env = dict(e.split("=", 1) for e in config["Env"])
+    assert env["HOME"] == "/tmp" and env["TMPDIR"] == "/tmp" and env["GIT_TERMINAL_PROMPT"] == "0"
+    assert env["PATH"].startswith("/opt/venv/bin:")
+    assert not any("PASSWORD" in k or "TOKEN" in k or k == "PIP_CERT" for k in env)
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.version"] == VERSION
+    assert labels["org.opencontainers.image.revision"] not in ("", "unknown")
+
+
+def test_the_image_user_applies_without_an_explicit_user(container: Container) -> None:
+    """No --user: the image's own USER (what Kubernetes' runAsNonRoot verifies) is 10001, not root."""
+    proc = container.exec(["id", "-u"], user=None)
+    assert (proc.returncode, proc.stdout.strip()) == (0, JOB_UID), proc.stderr
+
+
+def test_entrypoint_with_the_default_cmd_prints_help(container: Container) -> None:
+    proc = container.run()  # Entrypoint + Cmd: `datasurface-job --help`
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: datasurface-job" in proc.stdout
+    for command in ("merge", "reset-batch", "setup", "status", "check", "simulate"):
+        assert command in proc.stdout
+    assert result_code(proc) == "DATASURFACE_RESULT_CODE=0"
+
+
+def test_entrypoint_fails_usage_errors_with_exit_2(container: Container) -> None:
+    proc = container.run(["merge"])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def walk(root: Path) -> list[Path]:
+    """Every path of the mounted root filesystem (not following links)."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        found += [Path(folder, n) for n in dirs + files]
+    return found
+
+
+@pytest.fixture(scope="module")
+def rootfs(job_image: BuiltImage) -> Any:
+    name = buildah("from", "--pull=never", job_image.ref).stdout.strip().splitlines()[-1]
+    mount = Path(buildah("mount", name).stdout.strip())
+    yield mount, walk(mount)
+    buildah("umount", name, check=False)
+    buildah("rm", name, check=False)
+
+
+def test_image_holds_no_compiler_no_pip_cache_no_tests_no_build_leftovers(rootfs: Any) -> None:
+    root, paths = rootfs
+    rel = [p.relative_to(root) for p in paths]
+    names = {p.name for p in paths if not p.is_dir()}  # /usr/share/gcc (gcc-12-base: libgcc's) is no compiler
+    compilers = {"gcc", "cc", "c++", "g++", "clang", "ld", "as", "make"} & names
+    compilers |= {n for n in names if n.startswith(("x86_64-linux-gnu-gcc", "aarch64-linux-gnu-gcc", "cc1"))}
+    assert not compilers, compilers
+    assert not [p for p in rel if p.name == "pip" and p.parent.name == ".cache"], "a pip cache"
+    assert not [p for p in rel if str(p).startswith(("root/.cache", "tmp/.cache", "tmp/pip-"))]
+    # the venv: the package and its dependencies (byte-compiled by pip: the pods' root filesystem is
+    # read-only), no installer, no test suites
+    venv = [p for p in rel if str(p).startswith("opt/venv/")]
+    assert venv, "no /opt/venv"
+    assert not [p for p in venv if p.name.startswith(("pip", "setuptools")) and p.parent.name == "site-packages"]
+    assert not [p for p in venv if p.name in ("test", "tests", "conftest.py") or p.name.startswith("test_")]
+    # nothing of the repository but the installed package: no tests, charts, sources or wheels
+    assert not (root / "src").exists() and not (root / "wheels").exists()
+    assert not [p for p in rel if p.parts[0] in ("tests", "charts", "examples", ".git")]
+    # apt left nothing behind; the build secret (the CA bundle) left no trace
+    assert not [p for p in rel if str(p).startswith("var/lib/apt/lists/") and p.name != "lock"
+                and p.name != "partial" and p.name != "auxfiles"]
+    assert not (root / "run/secrets/pip-ca").exists()
+
+
+def test_image_size(job_image: BuiltImage) -> None:
+    """The size, for the record; the job's own layers (venv, git) are bounded so they cannot bloat."""
+    job_layers_mb = (job_image.size - job_image.base_size) / 1e6
+    report(f"image size: {job_image.size / 1e6:.0f} MB on the stand-in base ({job_image.base_size / 1e6:.0f} MB);"
+           f" the job's layers {job_layers_mb:.0f} MB")
+    assert 0 < job_layers_mb < MAX_JOB_LAYERS_MB
+
+
+# --- the job against the suite's PostgreSQL -----------------------------------------------------------
+
+
+def model_repository(folder: Path, doc: dict[str, Any]) -> Path:
+    """The model as a git repository (one commit), readable by the job's uid."""
+    write_model(folder, doc)
+    git = ["git", "-C", str(folder), "-c", "user.name=suite", "-c", "user.email=suite@example.invalid"]
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "model"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    subprocess.run(["chown", "-R", f"{JOB_UID}:{JOB_UID}", str(folder)], check=True)
+    return folder
+
+
+@pytest.fixture
+def job_world(dbs: Any, tmp_path: Path, container: Container) -> dict[str, Any]:
+    """A source with both datasets (every model type), the model repository, and the container's env."""
+    src = dbs.connect(dbs.source)
+    create_source_tables(src)
+    repo = model_repository(tmp_path / "model", model_dict(dbs.host, dbs.port, dbs.source))
+    volumes = (f"{dbs.host}:{dbs.host}", f"{repo}:{MODEL_MOUNT}:ro")
+    container.set_env({**dbs.env, "DATASURFACE_MODEL": f"file://{MODEL_MOUNT}"})
+    yield {"dbs": dbs, "src": src, "volumes": volumes}
+    src.close()
+
+
+def merge_args(dbs: Any, platform: str, mode: str) -> list[str]:
+    return ["merge", "--platform", platform, "--mode", mode, "--store", "Store1", *dbs.merge_args()]
+
+
+def test_check_in_the_image(container: Container, job_world: dict[str, Any]) -> None:
+    dbs = job_world["dbs"]
+    proc = container.run(["check", *dbs.merge_args()], volumes=job_world["volumes"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert result_code(proc) == "DATASURFACE_RESULT_CODE=0"
+
+
+def test_check_in_the_image_fails_in_one_line_on_a_wrong_password(container: Container,
+                                                                  job_world: dict[str, Any]) -> None:
+    dbs = job_world["dbs"]
+    container.set_env({"MERGE_PASSWORD": "not-the-password"})
+    proc = container.run(["check", *dbs.merge_args()], volumes=job_world["volumes"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "not-the-password" not in proc.stdout + proc.stderr
+    assert result_code(proc) == "DATASURFACE_RESULT_CODE=1"
+
+
+def test_merge_live_and_forensic_in_the_image(container: Container, job_world: dict[str, Any]) -> None:
+    """Two snapshots through both modes, each merge a `buildah run` of the image's entrypoint; afterwards
+    the ledger has batches 1 and 2 committed with the oracle's counts, and every _current view = source."""
+    dbs, src = job_world["dbs"], job_world["src"]
+    rng, snap, removed = random.Random(12), {}, defaultdict(set)
+    expected: dict[str, list[list[Any]]] = {name: [[]] for name in DATASETS}
+    for _ in range(2):
+        snap = next_snapshot(rng, snap, removed)
+        load_snapshot(src, snap)
+        for name in DATASETS:
+            expected[name].append(fetch(src, f'"{name}"', name))
+        for platform, mode in PLATFORMS:
+            started = time.monotonic()
+            proc = container.run(merge_args(dbs, platform, mode), volumes=job_world["volumes"])
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert result_code(proc) == "DATASURFACE_RESULT_CODE=0"
+            report(f"merge {mode} in the image: {time.monotonic() - started:.1f} s")
+
+    mrg = dbs.connect(dbs.merge)
+    try:
+        for platform, _mode in PLATFORMS:
+            schema = platform.lower()
+            with mrg.cursor() as cur:
+                cur.execute(f'SELECT batch_id, status, rows_total FROM "{schema}".ds_batches '
+                            "WHERE store = 'Store1' ORDER BY batch_id")
+                ledger = cur.fetchall()
+            mrg.rollback()
+            totals = [sum(len(expected[name][n]) for name in DATASETS) for n in (1, 2)]
+            assert ledger == [(1, "committed", totals[0]), (2, "committed", totals[1])]
+            for name, (_cols, key) in DATASETS.items():
+                assert fetch(mrg, f'"{schema}"."store1_{name}_current"', name) == expected[name][2]
+                with mrg.cursor() as cur:
+                    cur.execute(f"""SELECT rows_total, rows_inserted, rows_updated, rows_deleted
+                                      FROM "{schema}".ds_batch_datasets WHERE batch_id = 2 AND dataset = %s""",
+                                (name,))
+                    got = dict(zip(("total", "inserted", "updated", "deleted"), cur.fetchone(), strict=True))
+                mrg.rollback()
+                assert got == oracle_counts(expected[name][1], expected[name][2], len(key))
+        # forensic: batch 1's versions are still there (as of batch 1 = snapshot 1)
+        for name in DATASETS:
+            as_of_1 = fetch(mrg, '"imageforensic"."store1_' + name + '"', name,
+                            "WHERE ds_batch_in <= 1 AND 1 < ds_batch_out")
+            assert as_of_1 == expected[name][1]
+    finally:
+        mrg.close()
+
+
+class ArgvWatcher:
+    """Polls every process's argv (and the job process's env) for a secret while a command runs."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret.encode()
+        self.in_argv: list[str] = []
+        self.in_job_env: list[bool] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch)
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    if self.secret in cmdline:
+                        self.in_argv.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+                    argv = cmdline.split(b"\0")
+                    job = not argv[0].startswith(b"buildah") and argv[1:2] == [b"/opt/venv/bin/datasurface-job"]
+                    if job and b"merge" in argv:  # python running the job (not buildah's chroot helper)
+                        self.in_job_env.append(self.secret in Path(f"/proc/{pid}/environ").read_bytes())
+                except OSError:
+                    continue
+            time.sleep(0.01)
+
+    def run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        self._thread.start()
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        finally:
+            self._done.set()
+            self._thread.join()
+
+
+def test_no_password_in_any_process_argv_while_the_job_runs(container: Container,
+                                                            job_world: dict[str, Any]) -> None:
+    """While a merge runs in the image (buildah and the job alive), no process on the machine carries the
+    password in its argv; the job's own environment does (that is how it gets it). The control: the same
+    watcher does see it when the env is passed the obvious way, `buildah run --env NAME=VALUE`."""
+    dbs = job_world["dbs"]
+    password = dbs.env["MERGE_PASSWORD"]
+    load_snapshot(job_world["src"], next_snapshot(random.Random(3), {}, defaultdict(set)))
+    watcher = ArgvWatcher(password)
+    proc = watcher.run(container.command(container.entrypoint(merge_args(dbs, "ImageLive", "live")),
+                                         volumes=job_world["volumes"]))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert watcher.in_job_env and all(watcher.in_job_env), "the watcher never saw the job process's env"
+    assert watcher.in_argv == []
+
+    control = ArgvWatcher(password)
+    leaky = container.command(["sh", "-c", "sleep 0.5"])
+    leaky[2:2] = ["--env", f"LEAKED={password}"]
+    assert control.run(leaky).returncode == 0
+    assert control.in_argv, "the watcher cannot see a password in argv"
