@@ -103,8 +103,9 @@ build_args=(
 echo "build-image: building $local_ref with $builder" >&2
 case "$builder" in
   docker|podman) "$builder" build "${build_args[@]}" "$root" >&2 ;;
-  # --layers: reuse unchanged steps on a rebuild, as docker and podman do by default
-  buildah) buildah build --isolation "${BUILDAH_ISOLATION:-chroot}" --layers "${build_args[@]}" "$root" >&2 ;;
+  # --layers: reuse unchanged steps on a rebuild, as docker and podman do by default; --force-rm: no
+  # working containers left behind by a failed step
+  buildah) buildah build --isolation "${BUILDAH_ISOLATION:-chroot}" --layers --force-rm "${build_args[@]}" "$root" >&2 ;;
   *) die "unknown builder: $builder (docker, podman or buildah)" ;;
 esac
 

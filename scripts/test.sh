@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what it needs (a venv with the project and its test
-# tools, helm, Debian's prometheus package, a second venv with Airflow 3 for the DAG tests), then lints,
-# type-checks and runs pytest against real PostgreSQL servers, the real helm binary, a real Prometheus and
-# a real Airflow.
+# tools, helm, Debian's prometheus package, a second venv with Airflow 3 for the DAG tests, buildah and
+# mmdebstrap for the job image), then lints, type-checks and runs pytest against real PostgreSQL servers,
+# the real helm binary, a real Prometheus, a real Airflow and the job image really built and run.
 # Usage: scripts/test.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -120,7 +120,7 @@ def test_build_image_takes_buildah_where_docker_has_no_engine(tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     docker_info, build = calls(log)
     assert docker_info == "docker info"
-    assert build.startswith("buildah build --isolation chroot --layers --file ")
+    assert build.startswith("buildah build --isolation chroot --layers --force-rm --file ")
     assert "--secret" not in build and "PYTHON_IMAGE" not in build
 
 
@@ -133,7 +133,7 @@ def test_build_image_buildah_base_and_ca_bundle(tmp_path: Path) -> None:
                       {"BUILDAH_ISOLATION": "oci"})
     assert proc.returncode == 0, proc.stderr
     (build,) = calls(log)
-    assert build.startswith("buildah build --isolation oci --layers ")
+    assert build.startswith("buildah build --isolation oci --layers --force-rm ")
     assert "--build-arg PYTHON_IMAGE=localhost/standin:1" in build
     assert f"--secret id=pip-ca,src={bundle}" in build
     assert build.split()[-2:] == ["--no-cache", str(REPO_ROOT)]

@@ -72,6 +72,8 @@ def standin_base() -> str:
 @pytest.fixture(scope="session")
 def job_image(standin_base: str) -> Iterator[BuiltImage]:
     started = time.monotonic()
+    previous = buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}", f"{IMAGE_NAME}:test",
+                       check=False).stdout.strip()
     env = {**os.environ, "IMAGE_NAME": IMAGE_NAME}
     proc = subprocess.run([str(REPO_ROOT / "scripts/build-image.sh"), "--builder", "buildah", "--base", standin_base,
                            "--tag", "test"], capture_output=True, text=True, timeout=900, env=env,
@@ -84,8 +86,11 @@ def job_image(standin_base: str) -> Iterator[BuiltImage]:
     report(f"job image {ref}: built in {time.monotonic() - started:.0f} s; {image.size / 1e6:.0f} MB "
            f"(stand-in base {image.base_size / 1e6:.0f} MB + the job's layers "
            f"{(image.size - image.base_size) / 1e6:.0f} MB)")
+    # The image stays (tagged): removing it would also remove its cached layers, and the next run would
+    # build everything again. The one it replaced goes, so the store does not grow run after run.
+    if previous and previous != inspected["FromImageID"]:
+        buildah("rmi", previous, check=False)
     yield image
-    buildah("rmi", ref, check=False)
 
 
 @pytest.fixture

@@ -134,6 +134,10 @@ def test_image_size(job_image: BuiltImage) -> None:
     assert 0 < job_layers_mb < MAX_JOB_LAYERS_MB
 
 
+def image_ids() -> list[str]:
+    return buildah("images", "--all", "--quiet", "--no-trunc").stdout.split()
+
+
 def test_pip_in_the_build_trusts_the_given_ca_bundle(job_image: BuiltImage, tmp_path: Path) -> None:
     """The build secret pip-ca really reaches pip: with a bundle of an unrelated CA, the builder's pip
     cannot verify the package index and the build fails (--no-cache: a cached step would not run pip)."""
@@ -142,10 +146,12 @@ def test_pip_in_the_build_trusts_the_given_ca_bundle(job_image: BuiltImage, tmp_
                     "-days", "1", "-keyout", str(tmp_path / "key.pem"), "-out", str(wrong)],
                    check=True, capture_output=True)
     env = {**os.environ, "IMAGE_NAME": IMAGE_NAME}
+    before = set(image_ids())
     proc = subprocess.run([str(REPO_ROOT / "scripts/build-image.sh"), "--builder", "buildah", "--base",
                            job_image.base, "--tag", "wrong-ca", "--ca-bundle", str(wrong), "--no-cache"],
                           capture_output=True, text=True, timeout=600, env=env, stdin=subprocess.DEVNULL)
-    buildah("rmi", f"{IMAGE_NAME}:wrong-ca", check=False)
+    for leftover in set(image_ids()) - before:  # the failed build's intermediate layers
+        buildah("rmi", leftover, check=False)
     assert proc.returncode != 0, "the build succeeded without trusting the index's CA"
     assert "CERTIFICATE_VERIFY_FAILED" in proc.stderr, proc.stderr[-3000:]
 
