@@ -10,6 +10,28 @@ root=$(pwd)
 
 say() { printf '\n==> %s\n' "$*"; }
 
+say "buildah and mmdebstrap (Debian) for the job image build and run (tests/image_build)"
+apt_updated=false
+apt_install() {  # Debian packages, as root; apt-get update once per run
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 1
+  if [ "$apt_updated" = false ]; then apt-get update -qq >/dev/null && apt_updated=true || return 1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+if ! command -v buildah >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1; then
+  apt_install buildah mmdebstrap || true
+fi
+standin_pid=""
+if ! command -v buildah >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1 || [ "$(id -u)" != 0 ]; then
+  printf '\n!!! SKIPPING the job image build (tests/image_build): buildah and mmdebstrap, as root, are needed\n' >&2
+  printf '!!! and could not be had here; pytest lists the skipped tests with the reason.\n\n' >&2
+else
+  # The stand-in base image (1-3 min on a fresh machine, reused after) builds in the background while the
+  # venvs install; tests/image_build then finds it ready (or builds it itself, and reports, if this failed).
+  standin_log=$(mktemp)
+  scripts/standin-base.sh >"$standin_log" 2>&1 &
+  standin_pid=$!
+fi
+
 say "Python venv (.venv) with the project and its test tools"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
@@ -34,19 +56,13 @@ fi
 say "Airflow venv (.venv-airflow) for the DAG tests"
 scripts/airflow-venv.sh
 
-say "buildah and mmdebstrap (Debian) for the job image build and run (tests/image_build)"
-apt_updated=false
-apt_install() {  # Debian packages, as root; apt-get update once per run
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 1
-  if [ "$apt_updated" = false ]; then apt-get update -qq >/dev/null && apt_updated=true || return 1; fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
-if ! command -v buildah >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1; then
-  apt_install buildah mmdebstrap || true
-fi
-if ! command -v buildah >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1 || [ "$(id -u)" != 0 ]; then
-  printf '\n!!! SKIPPING the job image build (tests/image_build): buildah and mmdebstrap, as root, are needed\n' >&2
-  printf '!!! and could not be had here; pytest lists the skipped tests with the reason.\n\n' >&2
+if [ -n "$standin_pid" ]; then
+  say "the stand-in base image for tests/image_build"
+  if wait "$standin_pid"; then tail -n 1 "$standin_log"; else
+    printf '!!! scripts/standin-base.sh failed (tests/image_build will try again):\n' >&2
+    tail -n 20 "$standin_log" >&2
+  fi
+  rm -f "$standin_log"
 fi
 
 say "ruff, mypy, shellcheck"
