@@ -4,9 +4,9 @@ environment, the suite's PostgreSQL reached through its Unix-socket folder mount
 the model cloned with the image's git from a file:// repository mounted read-only.
 
 What differs from a pod: `buildah run --isolation chroot` is a chroot with bind mounts, not a container
-runtime (no namespaces, no seccomp, no read-only root filesystem, no emptyDir at /tmp: the image's own
-/tmp is used), and the env is set in the working container's config (`buildah config --env`, a process
-that exits at once) rather than by the kubelet.
+(no PID, network or user namespace, no seccomp profile or cgroup limits, no read-only root filesystem, no
+emptyDir at /tmp: the image's own /tmp is used), and the env is set in the working container's config
+(`buildah config --env`, a process that exits at once) rather than by the kubelet.
 """
 
 from __future__ import annotations
