@@ -38,7 +38,7 @@ from tests.image_build.support import IMAGE_NAME, JOB_UID, REPO_ROOT, BuiltImage
 MODEL_MOUNT = "/srv/model.git"
 PLATFORMS = (("ImageLive", "live"), ("ImageForensic", "forensic"))
 VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
-MAX_JOB_LAYERS_MB = 175  # the image minus its base: the venv, git and its libraries (124 MB measured)
+MAX_JOB_LAYERS_MB = 175  # the image minus its base: the venv, git and its libraries (125 MB measured)
 
 
 def result_code(proc: subprocess.CompletedProcess[str]) -> str:
