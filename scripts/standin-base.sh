@@ -92,4 +92,8 @@ buildah add --quiet "$container" "$work/rootfs.tar" / >&2
 buildah config "${config[@]}" "$container" >&2
 buildah commit --quiet --rm "$container" "$ref" >&2
 container=""
+# Stand-ins of older recipes go (one still in use by an image stays).
+buildah images --noheading --format '{{.Name}}:{{.Tag}}' --filter "reference=$name" | while read -r old; do
+  [ "$old" = "$ref" ] || buildah rmi "$old" >/dev/null 2>&1 || true
+done
 printf '%s\n' "$ref"

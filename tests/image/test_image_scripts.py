@@ -22,7 +22,7 @@ import pytest
 import yaml
 from dockerfile import REPO_ROOT
 
-SCRIPTS = ["scripts/build-image.sh", "scripts/kind-up.sh", "scripts/kind-down.sh"]
+SCRIPTS = ["scripts/build-image.sh", "scripts/kind-up.sh", "scripts/kind-down.sh", "scripts/standin-base.sh"]
 VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
