@@ -296,13 +296,7 @@ class Bench:
         cols = SHAPES[shape]
         names = ", ".join(f'"{n}"' for n, _, _ in cols)
         defs = ", ".join(f'"{n}" {t}' for n, t, _ in cols)
-        values = [n for n, _, _ in cols if n != "id"]
-        target = f'"bench_{mode}"."{STORE.lower()}_{shape}"'
-        current = target if mode == "live" else f"(SELECT * FROM {target} WHERE ds_batch_out = {OPEN_END})"
-        s_vals = ", ".join(f's."{n}"' for n in values)
-        c_vals = ", ".join(f'c."{n}"' for n in values)
-        diff = (f"SELECT count(*) FROM floor_stage s FULL JOIN {current} c ON s.id = c.id "
-                f"WHERE s.id IS NULL OR c.id IS NULL OR ({s_vals}) IS DISTINCT FROM ({c_vals})")
+        diff = floor_diff(shape, mode)
         with self.conn("source") as src, self.conn("merge") as mrg:
             with mrg.cursor() as cur:
                 cur.execute("DROP TABLE IF EXISTS floor_stage")
@@ -340,6 +334,11 @@ class Bench:
             mrg.commit()
         return elapsed, changes
 
+    floor_on_load = False  # the load batch has no floor: nothing to diff against yet
+
+    def label(self, shape: str) -> str:
+        return shape
+
     # ---- correctness -----------------------------------------------------------------------
 
     def fingerprint(self, which: str, relation: str, names: str) -> tuple[int, int]:
@@ -358,6 +357,11 @@ class Bench:
         cur_view = self.fingerprint("merge", f'"{schema}"."{STORE.lower()}_{shape}_current"', names)
         if src != cur_view:
             raise CheckFailed(f"{mode}: current view != source (count, hash): {cur_view} vs {src}")
+        self._check_ledger(shape, mode, expected, floor_changes, versions)
+
+    def _check_ledger(self, shape: str, mode: str, expected: dict[str, int], floor_changes: int,
+                      versions: int | None) -> None:
+        schema = f"bench_{mode}"
         with self.conn("merge") as c, c.cursor() as cur:
             cur.execute(f'SELECT batch_id, status, rows_total, rows_inserted, rows_updated, rows_deleted '
                         f'FROM "{schema}".ds_batches ORDER BY batch_id DESC LIMIT 1')
@@ -372,6 +376,192 @@ class Bench:
             raise CheckFailed(f"{mode}: ledger {status} {got}, churn applied {expected}")
         if floor_changes != ins + upd + dele:
             raise CheckFailed(f"{mode}: floor diff found {floor_changes} changes, ledger {ins + upd + dele}")
+
+
+# ---- MariaDB sources (--mysql-sizes) ----------------------------------------------------------------
+
+# the narrow shape in MySQL types, generated server-side from MariaDB's sequence engine (seq = 1..N)
+MYSQL_NARROW = [
+    ("id", "bigint", "seq"),
+    ("name", "varchar(40)", "CONCAT('name-', seq)"),
+    ("amount", "decimal(12,2)", "(seq % 100000) / 100.0"),
+    ("qty", "int", "seq % 997"),
+    ("created", "date", "DATE '2020-01-01' + INTERVAL (seq % 2000) DAY"),
+    ("note", "text", "MD5(seq)"),
+]
+MYSQL_SHAPE = "narrow"  # the model's columns are NARROW's
+
+
+class MySqlBench(Bench):
+    """The same scenario with the source table in a throwaway MariaDB; the merge side stays PostgreSQL.
+
+    Floor: the fastest plain read of the table through the same driver (PyMySQL, an unbuffered cursor,
+    5,000-row fetches, the C csv writer, no per-value work) into a PostgreSQL COPY, plus, for a churn
+    batch, the same one FULL JOIN diff as the PostgreSQL floor."""
+
+    floor_on_load = True
+
+    def label(self, shape: str) -> str:
+        return f"mysql-{shape}"
+
+    def __init__(self, server: LocalPostgres, workdir: Path, mysql: Any):
+        super().__init__(server, workdir)
+        self.mysql = mysql
+        self.my_db = ""
+        self.my_user = ""
+
+    def create_databases(self, tag: str) -> None:
+        super().create_databases(tag)  # the merge database (its source database stays unused)
+        self.my_db, self.my_user = f"bench_{tag}", f"bench_{tag}"
+        password = secrets.token_hex(12)
+        self.mysql.create_database(self.my_db, self.my_user, password)
+        self.env.update({"SOURCE_USER": self.my_user, "SOURCE_PASSWORD": password})
+
+    def drop_databases(self) -> None:
+        super().drop_databases()
+        self.mysql.drop_database(self.my_db, self.my_user)
+
+    def my_connect(self, **kw: Any) -> Any:
+        import pymysql
+
+        return pymysql.connect(unix_socket=self.mysql.socket, user=self.my_user,
+                               password=self.env["SOURCE_PASSWORD"], database=self.my_db, charset="utf8mb4", **kw)
+
+    def generate(self, shape: str, size: int) -> None:
+        defs = ", ".join(f"`{n}` {t}" + (" PRIMARY KEY" if n == "id" else "") for n, t, _ in MYSQL_NARROW)
+        exprs = ", ".join(e for _, _, e in MYSQL_NARROW)
+        conn = self.my_connect()
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE TABLE `{shape}` ({defs}) ENGINE=InnoDB")
+            cur.execute(f"INSERT INTO `{shape}` SELECT {exprs} FROM seq_1_to_{int(size)}")
+            conn.commit()
+            cur.execute(f"ANALYZE TABLE `{shape}`")
+        conn.close()
+
+    def churn(self, shape: str, fraction: float, seed: int) -> dict[str, int]:
+        conn = self.my_connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT count(*), coalesce(max(id), 0) FROM `{shape}`")
+                count, max_id = cur.fetchone()
+                if fraction <= 0:
+                    return {"total": count, "inserted": 0, "updated": 0, "deleted": 0}
+                threshold = int(fraction / 3 * 1_000_000)
+                h = "(CRC32(CONCAT(id, '/', %s)) %% 1000000)"
+                cur.execute(f"UPDATE `{shape}` SET amount = amount + 1, note = MD5(note) WHERE {h} < %s",
+                            (seed, threshold))
+                updated = cur.rowcount
+                cur.execute(f"DELETE FROM `{shape}` WHERE {h} >= %s AND {h} < %s",
+                            (seed, threshold, seed, 2 * threshold))
+                deleted = cur.rowcount
+                n_ins = max(1, round(count * fraction / 3))
+                exprs = ", ".join(e.replace("seq", f"(seq + {int(max_id)})") for _, _, e in MYSQL_NARROW)
+                cur.execute(f"INSERT INTO `{shape}` SELECT {exprs} FROM seq_1_to_{n_ins}")
+                inserted = cur.rowcount
+            conn.commit()
+        finally:
+            conn.close()
+        return {"total": count + inserted - deleted, "inserted": inserted, "updated": updated, "deleted": deleted}
+
+    def write_model(self, shape: str) -> Path:
+        folder = super().write_model(shape)
+        doc = yaml.safe_load((folder / "datasurface.yaml").read_text())
+        doc["stores"][0]["source"] = {"type": "mysql", "host": self.mysql.socket, "database": self.my_db,
+                                      "credential": "source"}
+        (folder / "datasurface.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        return folder
+
+    def floor(self, shape: str, mode: str) -> tuple[float, int]:
+        import csv
+        import io
+
+        import pymysql.cursors
+
+        cols = SHAPES[shape]
+        names = ", ".join(f'"{n}"' for n, _, _ in cols)
+        defs = ", ".join(f'"{n}" {t}' for n, t, _ in cols)
+        src = self.my_connect(cursorclass=pymysql.cursors.SSCursor)
+        with self.conn("merge") as mrg:
+            with mrg.cursor() as cur:
+                cur.execute("DROP TABLE IF EXISTS floor_stage")
+                cur.execute("SELECT to_regclass(%s)", (f'"bench_{mode}"."{STORE.lower()}_{shape}"',))
+                has_target = cur.fetchone()[0] is not None
+                mrg.commit()
+            started = time.monotonic()
+            with mrg.cursor() as cur:
+                cur.execute(f"CREATE UNLOGGED TABLE floor_stage ({defs})")
+            scur = src.cursor()
+            scur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            scur.execute(f"SELECT {', '.join(f'`{n}`' for n, _, _ in cols)} FROM `{shape}`")
+
+            class Rows(io.RawIOBase):
+                def __init__(self) -> None:
+                    self.buf = io.StringIO()
+                    self.writer = csv.writer(self.buf, lineterminator="\n")
+                    self.pending = b""
+
+                def readable(self) -> bool:
+                    return True
+
+                def read(self, size: int = -1) -> bytes:
+                    while len(self.pending) < size:
+                        batch = scur.fetchmany(5000)
+                        if not batch:
+                            break
+                        self.writer.writerows(batch)
+                        self.pending += self.buf.getvalue().encode()
+                        self.buf.seek(0)
+                        self.buf.truncate()
+                    out, self.pending = self.pending[:size], self.pending[size:]
+                    return out
+
+            with mrg.cursor() as cur:
+                cur.copy_expert(f"COPY floor_stage ({names}) FROM STDIN (FORMAT csv)", Rows(), size=PIPE_CHUNK)
+                copied = cur.rowcount
+            src.rollback()
+            src.close()
+            changes = copied
+            if has_target:
+                with mrg.cursor() as cur:
+                    cur.execute(floor_diff(shape, mode))
+                    changes = int(cur.fetchone()[0])
+            mrg.commit()
+            elapsed = time.monotonic() - started
+            with mrg.cursor() as cur:
+                cur.execute("DROP TABLE floor_stage")
+            mrg.commit()
+        return elapsed, changes
+
+    def check(self, shape: str, mode: str, expected: dict[str, int], floor_changes: int,
+              versions: int | None) -> None:
+        """The current view against the MariaDB table: count and a sum per column (both sides)."""
+        conn = self.my_connect()
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT count(*), sum(id), sum(amount), sum(qty), sum(char_length(name)), "
+                        f"sum(to_days(created)), sum(conv(substr(md5(note), 1, 8), 16, 10)) FROM `{shape}`")
+            want = tuple(int(v) for v in cur.fetchone())
+        conn.close()
+        view = f'"bench_{mode}"."{STORE.lower()}_{shape}_current"'
+        with self.conn("merge") as c, c.cursor() as cur:
+            # to_days() counts from year 0; PostgreSQL's dates count from 2000-01-01 (730485 days later)
+            cur.execute(f"SELECT count(*), sum(id), sum(amount), sum(qty), sum(char_length(name)), "
+                        f"sum(created - date '2000-01-01' + 730485), "
+                        f"sum(('x' || substr(md5(note), 1, 8))::bit(32)::bigint) FROM {view}")
+            got = tuple(int(v) for v in cur.fetchone())
+        if got != want:
+            raise CheckFailed(f"{mode}: current view != MariaDB source (count and sums): {got} vs {want}")
+        self._check_ledger(shape, mode, expected, floor_changes, versions)
+
+
+def floor_diff(shape: str, mode: str) -> str:
+    """The floor's one FULL JOIN diff of `floor_stage` against the current rows; counts the changes."""
+    values = [n for n, _, _ in SHAPES[shape] if n != "id"]
+    target = f'"bench_{mode}"."{STORE.lower()}_{shape}"'
+    current = target if mode == "live" else f"(SELECT * FROM {target} WHERE ds_batch_out = {OPEN_END})"
+    s_vals = ", ".join(f's."{n}"' for n in values)
+    c_vals = ", ".join(f'c."{n}"' for n in values)
+    return (f"SELECT count(*) FROM floor_stage s FULL JOIN {current} c ON s.id = c.id "
+            f"WHERE s.id IS NULL OR c.id IS NULL OR ({s_vals}) IS DISTINCT FROM ({c_vals})")
 
 
 def churn_label(fraction: float | None) -> str:
@@ -398,12 +588,13 @@ def run_scenario(bench: Bench, shape: str, size: int, modes: list[str], churns: 
             if fraction is not None:
                 expected = bench.churn(shape, fraction, seed=i)
             for mode in modes:
-                floor_s, floor_changes = bench.floor(shape, mode) if fraction is not None else (0.0, size)
+                floor_s, floor_changes = (bench.floor(shape, mode) if fraction is not None or bench.floor_on_load
+                                          else (0.0, size))
                 job_s, rss = bench.run_job(model, mode)
                 batch[mode] += 1
                 versions[mode] += expected["inserted"] + expected["updated"]
-                res = Result(shape, size, expected["total"], churn_label(fraction), mode, batch[mode], floor_s, job_s,
-                             rss, expected["inserted"] + expected["updated"] + expected["deleted"])
+                res = Result(bench.label(shape), size, expected["total"], churn_label(fraction), mode, batch[mode],
+                             floor_s, job_s, rss, expected["inserted"] + expected["updated"] + expected["deleted"])
                 try:
                     bench.check(shape, mode, expected, floor_changes,
                                 versions[mode] if mode == "forensic" else None)
@@ -411,7 +602,7 @@ def run_scenario(bench: Bench, shape: str, size: int, modes: list[str], churns: 
                     res.check = "FAIL"
                     emit(res)
                     raise
-                if fraction is None:
+                if fraction is None and not bench.floor_on_load:
                     res.floor_s = float("nan")  # no merge table yet: the first batch is the initial load
                 res.shown = i <= len(churns) or i == len(steps) - 1 or i % 10 == 0
                 if res.shown:
@@ -420,6 +611,27 @@ def run_scenario(bench: Bench, shape: str, size: int, modes: list[str], churns: 
     finally:
         bench.drop_databases()
     return results
+
+
+def run_mysql(server: LocalPostgres, workdir: Path, sizes: list[int], modes: list[str], churns: list[float],
+              emit: Any, results: list[Result]) -> bool:
+    """The MariaDB-source scenarios; True when a correctness check failed."""
+    from datasurface.localmysql import LocalMariaDB, find_server
+
+    binary = find_server()
+    if binary is None:
+        print("MARIADB NOT INSTALLED: --mysql-sizes needs Debian's mariadb-server", file=sys.stderr)
+        return True
+    with LocalMariaDB(binary) as mysql:
+        print(f"# MariaDB at {mysql.socket} (source); merge database on the PostgreSQL above", file=sys.stderr)
+        bench = MySqlBench(server, workdir, mysql)
+        for size in sizes:
+            try:
+                results += run_scenario(bench, MYSQL_SHAPE, size, modes, churns, 0, emit)
+            except CheckFailed as exc:
+                print(f"CORRECTNESS CHECK FAILED: {exc}", file=sys.stderr)
+                return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -433,12 +645,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--history", type=int, default=0,
                    help="forensic-after-N-batches: run N batches in total at 1%% churn and report batch N "
                         "next to the first 1%% batch (e.g. 50)")
+    p.add_argument("--mysql-sizes", default="",
+                   help="also run the narrow shape from a MariaDB source table of these sizes (e.g. 1m); "
+                        "needs Debian's mariadb-server. Its floor: the fastest plain read of the table through "
+                        "the same driver into a PostgreSQL COPY (plus the diff, for churn batches)")
+    p.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL-source scenarios")
     p.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     args = p.parse_args(argv)
 
-    sizes = [parse_size(s) for s in args.sizes.split(",") if s]
-    wide_sizes = [parse_size(s) for s in args.wide_sizes.split(",") if s]
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s and not args.no_postgres]
+    mysql_sizes = [parse_size(s) for s in args.mysql_sizes.split(",") if s]
+    wide_sizes = [parse_size(s) for s in args.wide_sizes.split(",") if s and not args.no_postgres]
     shapes = [s for s in args.shapes.split(",") if s]
     modes = [m for m in args.modes.split(",") if m]
     churns = [float(c) / 100 for c in args.churn.split(",") if c]
@@ -469,6 +687,8 @@ def main(argv: list[str] | None = None) -> int:
                 except CheckFailed as exc:
                     print(f"CORRECTNESS CHECK FAILED: {exc}", file=sys.stderr)
                     failed = True
+        if mysql_sizes:
+            failed |= run_mysql(server, workdir, mysql_sizes, modes, churns, emit, results)
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)

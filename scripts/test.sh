@@ -65,6 +65,18 @@ if [ -n "$standin_pid" ]; then
   rm -f "$standin_log"
 fi
 
+say "MariaDB server binaries for tests/mysql (Debian's mariadb-server; the tests start their own server)"
+if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
+  # keep the package from starting the machine's own instance: a policy-rc.d for the install only
+  made_policy=""
+  if [ "$(id -u)" = 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+  fi
+  apt_install mariadb-server \
+    || echo "!!! mariadb-server could not be installed (needs root apt-get): tests/mysql will be SKIPPED" >&2
+  [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
+fi
+
 say "ruff, mypy, shellcheck"
 .venv/bin/ruff check src tests charts/datasurface/files
 .venv/bin/mypy src

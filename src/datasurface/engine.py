@@ -22,17 +22,17 @@ from datasurface import credentials
 from datasurface.db import Endpoint, PgConnection, driver_error, is_lost
 from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfaceError
 from datasurface.faults import killpoint
-from datasurface.ingest import snapshot
-from datasurface.ingest.source import check_store
+from datasurface.ingest import dialects, snapshot
+from datasurface.ingest.dialects import SourceSession
 from datasurface.merge import layout
 from datasurface.merge.forensic import ForensicMerge
 from datasurface.merge.layout import DatasetLayout
 from datasurface.merge.ledger import COMMITTED, INGESTING, Batch, BatchLedger, Counts, Stream
 from datasurface.merge.live import LiveMerge
-from datasurface.merge.locks import LockRetry, StreamLock, end_run_sessions
+from datasurface.merge.locks import LockRetry, StreamLock
 from datasurface.model import Model, Store, load_model
 from datasurface.observe import runs
-from datasurface.sessions import Heartbeat, SessionLimits, new_run_id, open_session
+from datasurface.sessions import Heartbeat, SessionLimits, connection, new_run_id
 
 log = logging.getLogger("datasurface")
 
@@ -49,30 +49,6 @@ def fingerprint(store: Store, datasets: tuple[str, ...]) -> str:
     """Identifies the model a batch was opened under: the datasets' definitions, nothing else."""
     defs = [asdict(store.dataset(d)) for d in datasets]
     return hashlib.sha256(json.dumps(defs, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@contextmanager
-def connection(endpoint: Endpoint, credential_name: str, role: str, run_id: str | None = None,
-               limits: SessionLimits | None = None) -> Iterator[PgConnection]:
-    """A session with the job's limits (sessions.py); a driver error inside becomes one line naming the
-    server (`role`: merge, source, check)."""
-    cred = credentials.resolve(credential_name)
-    where = endpoint.named("source" if role == "source" else "merge")
-    try:
-        conn = open_session(endpoint, cred, role, run_id or new_run_id(), limits or SessionLimits())
-    except psycopg2.Error as exc:
-        raise driver_error(exc, where) from exc
-    try:
-        yield conn
-    except psycopg2.Error as exc:
-        raise driver_error(exc, where, conn) from exc
-    finally:
-        with suppress(Exception):
-            conn.close()
-
-
-def source_endpoint(store: Store) -> Endpoint:
-    return Endpoint(store.source.host, store.source.port, store.source.database)
 
 
 def _ddl_lock(conn: PgConnection, schema: str) -> None:
@@ -156,13 +132,10 @@ class StreamRun:
         """Returns True when it finished a batch left open by an earlier run."""
         open_batch = self.preflight()
         what = f"{self.stream.describe()} of platform {self.schema}"
-        with connection(source_endpoint(self.store), self.store.source.credential, "source", self.run_id,
-                        self.limits) as source:
+        with dialects.open_source(self.store, "source", self.run_id, self.limits) as source:
             if self.taken_over:  # the dead or frozen run's snapshot would hold back the source's vacuum
-                with suppress(psycopg2.Error):
-                    end_run_sessions(source, self.taken_over)
-            check_store(source, self.store, tuple(lay.dataset for lay in self.lays))
-            source.rollback()
+                source.end_run_sessions(self.taken_over)
+            source.check(tuple(lay.dataset for lay in self.lays))
             killpoint("source:checked")
             batch = self.locks.run(f"preparing the merge tables of {what}", lambda: self._open(open_batch),
                                    lambda: layout_relations(self.schema, self.lays), exclusive=True)
@@ -201,14 +174,15 @@ class StreamRun:
         names = ("ds_batches", "ds_batch_datasets", *(lay.table for lay in self.lays))
         return [f'"{self.schema}"."{n}"' for n in names]
 
-    def _user_error(self, exc: BaseException, source: PgConnection, what: str) -> BaseException:
+    def _user_error(self, exc: BaseException, source: SourceSession, what: str) -> BaseException:
         """Driver errors become one clear line naming the server; our own errors pass through. A lost
         connection is named as such whichever side reported it first (the merge COPY sees a pipe that
         ended, the source's producer an error "with no message from the libpq")."""
         cause = exc if isinstance(exc, psycopg2.Error) else exc.__cause__
         driver = cause if isinstance(cause, psycopg2.Error) else psycopg2.OperationalError()
-        if is_lost(source):
-            return DatabaseError(f"{what}: {driver_error(driver, source_endpoint(self.store).named('source'), source)}")
+        lost_source = source.lost_error(driver)
+        if lost_source is not None:
+            return DatabaseError(f"{what}: {lost_source}")
         if is_lost(self.merge) or isinstance(exc, psycopg2.Error):
             return DatabaseError(f"{what}: {driver_error(driver, self.merge_where, self.merge)}")
         return exc
@@ -227,17 +201,16 @@ class StreamRun:
             rows[lay.dataset.name] = n
         return rows
 
-    def _stage(self, source: PgConnection, batch: Batch) -> dict[str, int]:
+    def _stage(self, source: SourceSession, batch: Batch) -> dict[str, int]:
         try:
-            snapshot_at = snapshot.begin_snapshot(source)
+            snapshot_at = source.begin_snapshot()
             rows = {}
             for lay in self.lays:
                 killpoint(f"ingest:{lay.dataset.name}:start")
-                rows[lay.dataset.name] = snapshot.copy_dataset(source, self.merge, lay, self.store.source.schema)
+                rows[lay.dataset.name] = source.copy_dataset(self.merge, lay)
                 killpoint(f"ingest:{lay.dataset.name}:staged")
         finally:
-            with suppress(psycopg2.Error):
-                source.rollback()  # read-only: ends the snapshot
+            source.end_snapshot()  # read-only: nothing to keep
         self.ledger.mark_staged(batch, rows, snapshot_at)
         killpoint("ingest:before_commit")
         self.merge.commit()
@@ -417,9 +390,9 @@ def run_check(*, model: str, model_ref: str | None, model_path: str, merge: Endp
         raise DataSurfaceError(f"model: {exc}") from exc
     for st in mdl.stores:
         try:
-            with connection(source_endpoint(st), st.source.credential, "check") as conn:
-                check_store(conn, st)
-            print(f"ok   source of store {st.name}: {source_endpoint(st).describe()}")
+            with dialects.open_source(st, "check") as source:
+                source.check(st.datasets)
+            print(f"ok   source of store {st.name}: {dialects.describe(st)}")
         except DataSurfaceError as exc:
             print(f"FAIL source of store {st.name}: {exc}")
             failures.append(f"store {st.name}")

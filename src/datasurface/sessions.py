@@ -25,13 +25,16 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
 
+from datasurface import credentials
 from datasurface.credentials import Credential
-from datasurface.db import Endpoint, PgConnection, connect
+from datasurface.db import Endpoint, PgConnection, connect, driver_error
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,27 @@ def open_session(endpoint: Endpoint, credential: Credential, role: str, run_id: 
         conn.close()
         raise
     return conn
+
+
+@contextmanager
+def connection(endpoint: Endpoint, credential_name: str, role: str, run_id: str | None = None,
+               limits: SessionLimits | None = None, side: str | None = None) -> Iterator[PgConnection]:
+    """A session with the job's limits; a driver error inside becomes one line naming the server
+    (`role`: merge, source, check; `side`: source or merge, by default from the role)."""
+    cred = credentials.resolve(credential_name)
+    where = endpoint.named(side or ("source" if role == "source" else "merge"))
+    try:
+        conn = open_session(endpoint, cred, role, run_id or new_run_id(), limits or SessionLimits())
+    except psycopg2.Error as exc:
+        raise driver_error(exc, where) from exc
+    try:
+        yield conn
+    except psycopg2.Error as exc:
+        raise driver_error(exc, where, conn) from exc
+    finally:
+        with suppress(Exception):
+            conn.close()
+
 
 
 class Heartbeat:

@@ -418,3 +418,32 @@ def test_many_problems_are_capped_in_the_message() -> None:
     assert len(info.value.problems) == 25
     message = str(info.value)
     assert message.count("unknown type 'int'") == 10 and message.endswith("; and 15 more problem(s)")
+
+
+def test_source_type_defaults_to_postgres_and_mysql_defaults_to_port_3306() -> None:
+    assert parse(valid()).stores[0].source.type == "postgres"
+    doc = valid()
+    src = doc["stores"][0]["source"]
+    del src["port"], src["schema"]
+    src.update(type="mysql", host="/run/mysqld/mysqld.sock")
+    s = parse(doc).stores[0].source
+    assert (s.type, s.port, s.host) == ("mysql", 3306, "/run/mysqld/mysqld.sock")
+    src["port"] = 3307
+    assert parse(doc).stores[0].source.port == 3307
+    doc = valid()
+    doc["stores"][0]["source"]["type"] = "postgres"
+    assert parse(doc).stores[0].source.port == 5432
+
+
+@pytest.mark.parametrize(("value", "words"), [("oracle", "expected postgres or mysql"),
+                                              (["mysql"], "expected postgres or mysql")])
+def test_unknown_source_type(value: object, words: str) -> None:
+    message = problem(with_change("stores.0.source.type", value))
+    assert f"{FILE}: stores[0].source.type: {words}" in message
+
+
+def test_a_mysql_source_has_no_schema() -> None:
+    doc = valid()
+    doc["stores"][0]["source"]["type"] = "mysql"
+    message = problem(doc)
+    assert f"{FILE}: stores[0].source.schema: a mysql source has no schema" in message

@@ -94,18 +94,21 @@ def copy_dataset(source: PgConnection, merge: PgConnection, lay: DatasetLayout, 
         and isinstance(producer_error[0], psycopg2.extensions.QueryCanceledError | OSError)
     ):
         raise _source_error(lay, producer_error[0]) from producer_error[0]
-    if isinstance(consumer_error, psycopg2.errors.NotNullViolation):
-        column = getattr(consumer_error.diag, "column_name", None) or "?"
-        why = "a primary key column" if column in lay.key else "declared `nullable: false` in the model"
-        raise SnapshotError(
-            f"snapshot of {lay.dataset.table} (dataset {lay.dataset.name}) has a NULL in column {column!r}, "
-            f"{why}"
-        ) from consumer_error
     if consumer_error is not None:
-        raise SnapshotError(f"staging {lay.dataset.name}: {first_line(consumer_error)}") from consumer_error
+        raise staging_error(lay, consumer_error) from consumer_error
     killpoint(f"ingest:{lay.dataset.name}:copied")
     log.info("snapshot %s: %s rows in %.1fs", lay.dataset.name, f"{rows:,}", time.monotonic() - started)
     return rows
+
+
+def staging_error(lay: DatasetLayout, exc: BaseException) -> SnapshotError:
+    """The error for a snapshot the merge side's COPY refused (a NULL key, a value out of range)."""
+    if isinstance(exc, psycopg2.errors.NotNullViolation):
+        column = getattr(exc.diag, "column_name", None) or "?"
+        why = "a primary key column" if column in lay.key else "declared `nullable: false` in the model"
+        return SnapshotError(f"snapshot of {lay.dataset.table} (dataset {lay.dataset.name}) has a NULL in column "
+                             f"{column!r}, {why}")
+    return SnapshotError(f"staging {lay.dataset.name}: {first_line(exc)}")
 
 
 def _source_error(lay: DatasetLayout, exc: BaseException) -> SnapshotError:

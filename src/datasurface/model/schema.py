@@ -38,6 +38,7 @@ class Source:
     database: str
     schema: str
     credential: str
+    type: str = "postgres"  # "postgres" | "mysql" (contract §7)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ KIND = "Model"
 CONSISTENCIES = ("multi_dataset", "single_dataset")
 DEFAULT_CONSISTENCY = "multi_dataset"
 DEFAULT_PORT = 5432
+SOURCE_TYPES = ("postgres", "mysql")
+DEFAULT_PORTS = {"postgres": DEFAULT_PORT, "mysql": 3306}
 DEFAULT_SCHEMA = "public"
 
 STORE_NAME_MAX = 40
@@ -57,7 +59,7 @@ _LENGTH_TYPE = re.compile(r"(varchar|char)\s*\(\s*(\d+)\s*\)")
 
 _ROOT_KEYS = ("apiVersion", "kind", "stores")
 _STORE_KEYS = ("name", "consistency", "source", "datasets")
-_SOURCE_KEYS = ("host", "port", "database", "schema", "credential")
+_SOURCE_KEYS = ("type", "host", "port", "database", "schema", "credential")
 _DATASET_KEYS = ("name", "table", "primaryKey", "columns")
 _COLUMN_KEYS = ("name", "type", "nullable")
 
@@ -393,12 +395,19 @@ class _Validator:
         if data is None:
             return None
         ok = True
+        kind = "postgres"
+        if "type" in data:
+            if data["type"] not in SOURCE_TYPES:
+                self.add((*path, "type"), f"expected {' or '.join(SOURCE_TYPES)}, got {_kind_of(data['type'])}")
+                ok = False
+            else:
+                kind = data["type"]
         host = self.string(data["host"], (*path, "host")) if "host" in data else None
         if host is not None and not (host.startswith("/") or _HOSTNAME.fullmatch(host)):
-            self.add((*path, "host"), f"{shown(host)} is neither a hostname nor a Unix-socket directory "
-                     "(starting with /)")
+            socket = "socket file" if kind == "mysql" else "socket directory"
+            self.add((*path, "host"), f"{shown(host)} is neither a hostname nor a Unix-{socket} (starting with /)")
             host = None
-        port = DEFAULT_PORT
+        port = DEFAULT_PORTS[kind]
         if "port" in data:
             p = data["port"]
             if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
@@ -412,7 +421,10 @@ class _Validator:
                      f"(at most {IDENTIFIER_MAX} characters)")
             database = None
         schema = DEFAULT_SCHEMA
-        if "schema" in data:
+        if "schema" in data and kind == "mysql":
+            self.add((*path, "schema"), "a mysql source has no schema: its `database` is the schema")
+            ok = False
+        elif "schema" in data:
             s = self.name(data["schema"], (*path, "schema"), IDENTIFIER_MAX)
             if s is None:
                 ok = False
@@ -425,7 +437,7 @@ class _Validator:
             credential = None
         if not ok or host is None or database is None or credential is None:
             return None
-        return Source(host=host, port=port, database=database, schema=schema, credential=credential)
+        return Source(host=host, port=port, database=database, schema=schema, credential=credential, type=kind)
 
     def dataset(self, value: object, path: Path) -> Dataset | None:
         data = self.mapping(value, path, _DATASET_KEYS, ("name", "primaryKey", "columns"))

@@ -1,0 +1,70 @@
+"""Source dialects: how a store's source database is checked, snapshotted and copied into staging.
+
+One module per source type (`source.type` in the model): `postgres` (psycopg2, binary COPY through an
+OS pipe) and `mysql` (SQLAlchemy 2 + PyMySQL, a server-side cursor into the merge side's COPY). The
+engine asks the store's dialect for a `SourceSession` and never touches the source connection itself.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from psycopg2 import Error as PgError
+
+from datasurface.db import PgConnection
+from datasurface.errors import DatabaseError
+from datasurface.merge.layout import DatasetLayout
+from datasurface.model import Dataset, Store
+from datasurface.sessions import SessionLimits
+
+SOURCE_TYPES = ("postgres", "mysql")
+
+
+class SourceSession(Protocol):
+    """One open connection to a store's source."""
+
+    def check(self, datasets: Sequence[Dataset]) -> None:
+        """Refuse (SourceMismatchError) a missing table or column or a type that does not match the model."""
+
+    def end_run_sessions(self, run_id: str) -> None:
+        """End the source sessions of a dead or frozen run this one takes over (where the server allows)."""
+
+    def begin_snapshot(self) -> datetime.datetime:
+        """Start the one consistent snapshot every dataset of the batch is read in; its time (§5)."""
+
+    def copy_dataset(self, merge: PgConnection, lay: DatasetLayout) -> int:
+        """Stream one dataset of the snapshot into its fresh staging table; the number of rows."""
+
+    def end_snapshot(self) -> None:
+        """End the (read-only) snapshot; never raises."""
+
+    def lost_error(self, exc: PgError) -> DatabaseError | None:
+        """The one-line error naming the source when its connection is gone (else None)."""
+
+
+def open_source(store: Store, role: str, run_id: str | None = None,
+                limits: SessionLimits | None = None) -> AbstractContextManager[SourceSession]:
+    """A session on the store's source; `role` names the connection (e.g. its application_name)."""
+    if store.source.type == "mysql":
+        from datasurface.ingest.dialects import mysql
+
+        return mysql.open_source(store, role, run_id, limits)
+    from datasurface.ingest.dialects import postgres
+
+    return postgres.open_source(store, role, run_id, limits)
+
+
+def describe(store: Store) -> str:
+    if store.source.type == "mysql":
+        from datasurface.ingest.dialects import mysql
+
+        return mysql.describe(store)
+    from datasurface.ingest.dialects import postgres
+
+    return postgres.describe(store)
+
+
+__all__ = ["SOURCE_TYPES", "SourceSession", "describe", "open_source"]

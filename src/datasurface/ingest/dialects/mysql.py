@@ -1,0 +1,391 @@
+"""MySQL 8 / MariaDB 10.6+ sources, through SQLAlchemy 2 and PyMySQL.
+
+- Connection: an SQLAlchemy `URL.create(...)` (the password is a URL attribute, never text in a URL
+  string; SQLAlchemy renders it as `***`), no pool, bounded connect/read/write timeouts, the session's
+  `time_zone` set to `+00:00` so `timestamp` columns are read in UTC.
+- Source check: SQLAlchemy reflection (tables, columns, types, nullability) against the model, with the
+  type mapping of `mysqltypes`; a table must be InnoDB (the only engine with a consistent snapshot).
+- Snapshot: `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY` under REPEATABLE READ: every dataset
+  of a batch is read in that one InnoDB read view. `snapshot_at` is the server's UTC clock right after it.
+- Reads: a server-side cursor (`stream_results` + `yield_per`, bounded batches) written straight into
+  the merge side's `COPY ... FROM STDIN (FORMAT csv)`: the rows are Python values here anyway (MySQL has
+  no COPY), and the C `csv` writer formats them with exact text forms PostgreSQL parses (ints, Decimal,
+  float repr, ISO dates) faster than Python code could build PostgreSQL's binary format. Memory is one
+  batch, whatever the table size.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from psycopg2 import sql
+
+from datasurface import credentials
+from datasurface.db import Endpoint, PgConnection, idents
+from datasurface.errors import DatabaseError, DataSurfaceError
+from datasurface.faults import killpoint
+from datasurface.ingest.dialects import mysqltypes
+from datasurface.ingest.snapshot import SnapshotError, create_staging, staging_error
+from datasurface.ingest.source import SourceMismatchError
+from datasurface.merge.layout import DatasetLayout
+from datasurface.model import Dataset, Store
+from datasurface.sessions import SessionLimits
+
+log = logging.getLogger(__name__)
+
+DRIVER = "mysql+pymysql"
+BATCH_ROWS = 5000  # rows per fetch from the server-side cursor: memory is one batch
+CONNECT_TIMEOUT = 10
+IO_TIMEOUT = 600  # seconds a read or write on the source socket may wait (a dead server, not a slow query)
+CHUNK = 1 << 16
+
+
+def quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def engine_for(store: Store, cred: credentials.Credential) -> Any:
+    """An SQLAlchemy engine for the store's source; `host` starting with / is the server's socket file."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import URL
+    from sqlalchemy.pool import NullPool
+
+    src = store.source
+    query = {"charset": "utf8mb4"}
+    if src.host.startswith("/"):
+        url = URL.create(DRIVER, username=cred.user, password=cred.password, database=src.database,
+                         query={**query, "unix_socket": src.host})
+    else:
+        url = URL.create(DRIVER, username=cred.user, password=cred.password, host=src.host, port=src.port,
+                         database=src.database, query=query)
+    return create_engine(url, poolclass=NullPool, hide_parameters=True, connect_args={
+        "connect_timeout": CONNECT_TIMEOUT, "read_timeout": IO_TIMEOUT, "write_timeout": IO_TIMEOUT,
+        "init_command": "SET time_zone = '+00:00', net_write_timeout = 600, net_read_timeout = 600"})
+
+
+def driver_message(exc: BaseException) -> str:
+    """`(1045) Access denied for user ...`: the driver's own code and text, never SQLAlchemy's wrapper
+    (which would add the statement and a link)."""
+    orig = getattr(exc, "orig", None) or exc
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+    if len(args) >= 2 and isinstance(args[0], int):
+        lines = str(args[1]).strip().splitlines()
+        return f"({args[0]}) {lines[0] if lines else ''}".strip()
+    text = str(orig).strip()
+    return text.splitlines()[0] if text else type(orig).__name__
+
+
+def describe(store: Store) -> str:
+    return "MySQL " + Endpoint(store.source.host, store.source.port, store.source.database).describe()
+
+
+class MySqlSource:
+    """One connection to a MySQL/MariaDB source: check, snapshot, copy datasets, end."""
+
+    def __init__(self, store: Store, engine: Any, conn: Any):
+        self.store = store
+        self.engine = engine
+        self.conn = conn  # an SQLAlchemy Connection in AUTOCOMMIT: transactions are ours, explicit
+        self.mariadb = bool(conn.dialect.is_mariadb)
+        self.types: dict[str, dict[str, mysqltypes.MySqlType]] = {}  # dataset -> column -> source type
+
+    # ---- the source check ----------------------------------------------------------------------
+
+    def check(self, datasets: Sequence[Dataset]) -> None:
+        for dataset in datasets:
+            self._check_dataset(dataset)
+
+    def _where(self, dataset: Dataset) -> str:
+        return (f"source table {self.store.source.database}.{dataset.table} "
+                f"(store {self.store.name}, dataset {dataset.name})")
+
+    def _check_dataset(self, dataset: Dataset) -> None:
+        from sqlalchemy import inspect, text
+
+        where = self._where(dataset)
+        db = self.store.source.database
+        try:
+            insp = inspect(self.conn)
+            if not insp.has_table(dataset.table, schema=db):
+                raise SourceMismatchError(f"{where} does not exist in database {db!r}")
+            json_cols = self._mariadb_json_columns(dataset.table)
+            reflected = {c["name"]: mysqltypes.from_sqlalchemy(c["type"], json=c["name"] in json_cols)
+                         for c in insp.get_columns(dataset.table, schema=db)}
+            engine = self.conn.execute(text(
+                "SELECT engine FROM information_schema.tables WHERE table_schema = :db AND table_name = :t"),
+                {"db": db, "t": dataset.table}).scalar()
+        except DataSurfaceError:
+            raise
+        except Exception as exc:
+            raise DatabaseError(f"{where}: cannot read its definition: {driver_message(exc)}") from exc
+        if engine is not None and str(engine).lower() != "innodb":
+            raise SourceMismatchError(f"{where} uses storage engine {engine}, which has no consistent snapshot; "
+                                      "only InnoDB tables (or views over them) can be read")
+        problems = []
+        for col in dataset.columns:
+            actual = reflected.get(col.name)
+            if actual is None:
+                problems.append(f"column {col.name!r} (model type {col.type}) is missing from the source")
+                continue
+            if not mysqltypes.accepts(col.type, actual):
+                problems.append(f"column {col.name!r} is {actual} in the source but {col.type} in the model, and "
+                                f"{actual} does not hold exactly the values of {col.type} (a {col.type} column "
+                                f"reads {mysqltypes.accepted_for(col.type)})")
+        if problems:
+            raise SourceMismatchError(f"{where}: {'; '.join(problems)}")
+        self.types[dataset.name] = reflected
+
+    def _mariadb_json_columns(self, table: str) -> set[str]:
+        """MariaDB's JSON is a longtext with a `json_valid(col)` check; MySQL's is a type of its own."""
+        if not self.mariadb:
+            return set()
+        from sqlalchemy import text
+
+        clauses = self.conn.execute(text(
+            "SELECT check_clause FROM information_schema.check_constraints "
+            "WHERE constraint_schema = :db AND table_name = :t"), {"db": self.store.source.database, "t": table})
+        found = set()
+        for (clause,) in clauses:
+            c = str(clause).strip().replace(" ", "")
+            if c.startswith("json_valid(`") and c.endswith("`)"):
+                found.add(c[len("json_valid(`"):-2].replace("``", "`"))
+        return found
+
+    # ---- the snapshot --------------------------------------------------------------------------
+
+    def begin_snapshot(self) -> datetime.datetime:
+        try:
+            if self.conn.invalidated:  # dropped by a failed copy: a retried staging step reconnects
+                self.conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self.conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            self.conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            at = self.conn.exec_driver_sql("SELECT UTC_TIMESTAMP(6)").scalar()
+        except Exception as exc:
+            raise DatabaseError(f"starting the snapshot on {describe(self.store)}: {driver_message(exc)}") from exc
+        return at.replace(tzinfo=datetime.UTC)  # type: ignore[no-any-return]
+
+    def end_snapshot(self) -> None:
+        with suppress(Exception):
+            self.conn.exec_driver_sql("ROLLBACK")  # read-only: nothing to keep
+
+    def end_run_sessions(self, run_id: str) -> None:
+        """Nothing to do: a dead run's MySQL session ends by itself (its socket is gone, or the bounded
+        net_write_timeout / wait_timeout of its session run out), and its read view with it."""
+
+    def lost_error(self, exc: Any) -> DatabaseError | None:
+        return None  # MySQL errors are already one line naming this source (SnapshotError, DatabaseError)
+
+    def copy_dataset(self, merge: PgConnection, lay: DatasetLayout) -> int:
+        """Stream one source table into its (fresh) staging table; returns the number of rows.
+
+        The fast path does no per-value work but for text (NULL vs ''), bytea and time columns: values
+        PostgreSQL cannot hold (a zero date, a tinyint(1) of 2, a time of 100:00:00) make its COPY fail,
+        and `_diagnose` then names the first such row by its key."""
+        started = time.monotonic()
+        create_staging(merge, lay)
+        table = f"{quote(self.store.source.database)}.{quote(lay.dataset.table)}"
+        kinds = self._column_kinds(lay.dataset)
+        # a float column is read as the double it converts to exactly (MySQL prints a float's text rounded)
+        exprs = [f"({quote(c)} + 0e0)" if kind == "float" else quote(c)
+                 for c, kind in zip(lay.columns, kinds, strict=True)]
+        select = f"SELECT {', '.join(exprs)} FROM {table}"  # noqa: S608 - quoted identifiers of the model
+        # NULL: the unquoted empty field, which the writer gives a string column's None (as NULL_TEXT);
+        # every other column's None comes out as "", which FORCE_NULL reads as NULL too
+        others = [c for c, kind in zip(lay.columns, kinds, strict=True) if kind != "text"]
+        copy_in = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv{})").format(
+            lay.qualified(lay.staging), idents(lay.columns),
+            sql.SQL(", FORCE_NULL ({})").format(idents(others)) if others else sql.SQL("")).as_string(merge)
+        reader = _CsvRows(self._stream(select, lay), kinds)
+        try:
+            with merge.cursor() as cur:
+                # `timestamp` columns are read in the session time zone +00:00: UTC, for timestamptz
+                cur.execute("SET LOCAL TimeZone = 'UTC'")
+                cur.copy_expert(copy_in, reader, size=CHUNK)
+        except Exception as exc:
+            # the unread rest of the result would be drained on close: drop the connection instead
+            with suppress(Exception):
+                self.conn.invalidate()
+            if isinstance(exc, DataSurfaceError):  # the source's read failed
+                raise
+            raise (self._diagnose(lay, kinds) or staging_error(lay, exc)) from exc
+        killpoint(f"ingest:{lay.dataset.name}:copied")
+        log.info("snapshot %s: %s rows in %.1fs", lay.dataset.name, f"{reader.rows:,}", time.monotonic() - started)
+        return reader.rows
+
+    def _column_kinds(self, dataset: Dataset) -> list[str]:
+        """How each column's values are turned into COPY text (see _TRANSFORMS); after `check`."""
+        reflected = self.types[dataset.name]
+        kinds = []
+        for col in dataset.columns:
+            src = reflected[col.name]
+            if src.name == "float":
+                kinds.append("float")
+            elif col.type == "boolean":
+                kinds.append("boolean")
+            elif src.name in ("date", "datetime", "timestamp", "time"):
+                kinds.append(src.name)
+            elif col.type == "bytea":
+                kinds.append("bytea")
+            elif src.name in ("char", "varchar", *mysqltypes.TEXT_TYPES):
+                kinds.append("text")
+            else:
+                kinds.append("plain")
+        return kinds
+
+    def _stream(self, select: str, lay: DatasetLayout) -> Iterator[Sequence[Any]]:
+        """Batches of rows from a server-side cursor, inside the snapshot's transaction."""
+        try:
+            # stream_results: an unbuffered (server-side) cursor; the result's yield_per bounds each fetch
+            # (as a connection-level execution option, SQLAlchemy keeps every row it has fetched)
+            result = self.conn.execution_options(stream_results=True).exec_driver_sql(select).yield_per(BATCH_ROWS)
+            first = True
+            for batch in result.partitions(BATCH_ROWS):
+                yield batch
+                if first:
+                    killpoint(f"ingest:{lay.dataset.name}:reading")
+                    first = False
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            raise SnapshotError(f"reading source table {lay.dataset.table} from {describe(self.store)}: "
+                                f"{driver_message(exc)}") from exc
+
+    def _diagnose(self, lay: DatasetLayout, kinds: list[str]) -> SnapshotError | None:
+        """After a failed COPY: the first row holding a value PostgreSQL cannot hold, named by its key
+        (read on a fresh connection: the snapshot's one is gone)."""
+        keys = ", ".join(quote(k) for k in lay.key)
+        table = f"{quote(self.store.source.database)}.{quote(lay.dataset.table)}"
+        try:
+            with self.engine.connect() as conn:
+                for column, kind in zip(lay.columns, kinds, strict=True):
+                    test, why = _INVALID.get(kind, ("", ""))
+                    if not test:
+                        continue
+                    c = quote(column)
+                    row = conn.exec_driver_sql(
+                        f"SELECT {keys}, CAST({c} AS CHAR) FROM {table} "  # noqa: S608 - quoted identifiers
+                        f"WHERE {c} IS NOT NULL AND ({test.format(c=c)}) LIMIT 1").first()
+                    if row is not None:
+                        key = ", ".join(str(v) for v in row[:-1])
+                        return SnapshotError(
+                            f"source table {lay.dataset.table} (dataset {lay.dataset.name}), key "
+                            f"({', '.join(lay.key)})=({key}): column {column!r} holds {row[-1]!r}, {why}")
+        except Exception as exc:  # the diagnosis is best effort: the COPY's own error is reported then
+            log.debug("diagnosing %s: %s", lay.dataset.table, driver_message(exc))
+        return None
+
+
+# kind -> (SQL condition on {c} true for a value PostgreSQL cannot hold, why)
+_ZERO_DATE = "MONTH({c}) = 0 OR DAYOFMONTH({c}) = 0"
+_INVALID = {
+    "date": (_ZERO_DATE, "a zero or invalid date, which PostgreSQL cannot hold"),
+    "datetime": (_ZERO_DATE, "a zero or invalid datetime, which PostgreSQL cannot hold"),
+    "timestamp": (_ZERO_DATE, "a zero timestamp, which PostgreSQL cannot hold"),
+    "boolean": ("{c} NOT IN (0, 1)", "a tinyint(1) that is neither 0 nor 1, so not a boolean"),
+    "time": ("{c} < '00:00:00' OR {c} >= '24:00:00'",
+             "a time outside 00:00:00..23:59:59.999999 (MySQL's time is also a duration)"),
+}
+DAY = datetime.timedelta(days=1)
+
+
+def _time(v: datetime.timedelta) -> str:
+    """`HH:MM:SS.ffffff` for a time of day; a duration outside one day is left for PostgreSQL to refuse."""
+    if not datetime.timedelta(0) <= v < DAY:
+        return str(v)
+    secs, micros = v.seconds, v.microseconds
+    return f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{micros:06d}"
+
+
+class _NullText:
+    """Written by the csv writer as an UNQUOTED empty field (it counts as a number), i.e. NULL."""
+
+    def __float__(self) -> float:
+        return 0.0
+
+    def __str__(self) -> str:
+        return ""
+
+
+NULL_TEXT = _NullText()
+
+# kind -> what a batch's column of values becomes (None stays None: "" under FORCE_NULL, i.e. NULL)
+_TRANSFORMS: dict[str, Callable[[Sequence[Any]], list[Any]]] = {
+    "text": lambda col: [NULL_TEXT if v is None else v for v in col],
+    "bytea": lambda col: [None if v is None else "\\x" + bytes(v).hex() for v in col],
+    "time": lambda col: [None if v is None else _time(v) for v in col],
+}
+
+
+class _CsvRows(io.RawIOBase):
+    """A readable file of the rows as PostgreSQL CSV, for psycopg2's copy_expert (which pulls from it).
+
+    Every string is quoted (QUOTE_NONNUMERIC), so '' stays ''; a batch's columns that need a change are
+    transformed column-wise (`_TRANSFORMS`), which keeps the per-value work in list comprehensions."""
+
+    def __init__(self, batches: Iterator[Sequence[Any]], kinds: list[str]):
+        super().__init__()
+        self.batches = batches
+        self.transforms = [(i, _TRANSFORMS[k]) for i, k in enumerate(kinds) if k in _TRANSFORMS]
+        self.text = io.StringIO()
+        self.writer = csv.writer(self.text, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+        self.buffer = b""  # CSV bytes not yet read, from `self.pos`
+        self.pos = 0
+        self.rows = 0
+        self.done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while not self.done and (size < 0 or len(self.buffer) - self.pos < size):
+            batch = next(self.batches, None)
+            if batch is None:
+                self.done = True
+                break
+            self._write(batch)
+            self.buffer = self.buffer[self.pos:] + self.text.getvalue().encode()
+            self.pos = 0
+            self.text.seek(0)
+            self.text.truncate()
+        end = len(self.buffer) if size < 0 else min(len(self.buffer), self.pos + size)
+        out = self.buffer[self.pos:end]
+        self.pos = end
+        return out
+
+    def _write(self, batch: Sequence[Any]) -> None:
+        self.rows += len(batch)
+        if not self.transforms:
+            self.writer.writerows(batch)
+            return
+        columns: list[Any] = list(zip(*batch, strict=True))
+        for i, transform in self.transforms:
+            columns[i] = transform(columns[i])
+        self.writer.writerows(zip(*columns, strict=True))
+
+
+@contextmanager
+def open_source(store: Store, role: str, run_id: str | None = None,
+                limits: SessionLimits | None = None) -> Iterator[MySqlSource]:
+    """A session on the store's MySQL source (`role`, `run_id` and `limits` are PostgreSQL session
+    settings; this session's own bounds are CONNECT_TIMEOUT and IO_TIMEOUT)."""
+    cred = credentials.resolve(store.source.credential)
+    engine = engine_for(store, cred)
+    try:
+        try:
+            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except Exception as exc:
+            raise DatabaseError(f"cannot connect to {describe(store)}: {driver_message(exc)}") from exc
+        try:
+            yield MySqlSource(store, engine, conn)
+        finally:
+            with suppress(Exception):
+                conn.close()
+    finally:
+        engine.dispose()

@@ -1,0 +1,67 @@
+"""PostgreSQL sources: psycopg2, a read-only REPEATABLE READ transaction, binary COPY through an OS pipe.
+
+The fast path of round 1, unchanged: rows never become Python objects (see `ingest.snapshot`); the
+source check compares `format_type()` spellings (see `ingest.source`). The session has the job's
+limits (sessions.py) like every other session of the run.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+
+import psycopg2
+
+from datasurface.db import Endpoint, PgConnection, driver_error, is_lost
+from datasurface.errors import DatabaseError
+from datasurface.ingest import snapshot
+from datasurface.ingest.source import check_store
+from datasurface.merge.layout import DatasetLayout
+from datasurface.merge.locks import end_run_sessions
+from datasurface.model import Dataset, Store
+from datasurface.sessions import SessionLimits, connection
+
+
+def endpoint(store: Store) -> Endpoint:
+    return Endpoint(store.source.host, store.source.port, store.source.database)
+
+
+def describe(store: Store) -> str:
+    return endpoint(store).describe()
+
+
+class PostgresSource:
+    def __init__(self, store: Store, conn: PgConnection):
+        self.store = store
+        self.conn = conn
+
+    def check(self, datasets: Sequence[Dataset]) -> None:
+        check_store(self.conn, self.store, tuple(datasets))
+        self.conn.rollback()
+
+    def end_run_sessions(self, run_id: str) -> None:
+        with suppress(psycopg2.Error):
+            end_run_sessions(self.conn, run_id)
+
+    def begin_snapshot(self) -> datetime.datetime:
+        return snapshot.begin_snapshot(self.conn)
+
+    def copy_dataset(self, merge: PgConnection, lay: DatasetLayout) -> int:
+        return snapshot.copy_dataset(self.conn, merge, lay, self.store.source.schema)
+
+    def end_snapshot(self) -> None:
+        with suppress(psycopg2.Error):
+            self.conn.rollback()
+
+    def lost_error(self, exc: psycopg2.Error) -> DatabaseError | None:
+        if not is_lost(self.conn):
+            return None
+        return driver_error(exc, endpoint(self.store).named("source"), self.conn)
+
+
+@contextmanager
+def open_source(store: Store, role: str, run_id: str | None = None,
+                limits: SessionLimits | None = None) -> Iterator[PostgresSource]:
+    with connection(endpoint(store), store.source.credential, role, run_id, limits, side="source") as conn:
+        yield PostgresSource(store, conn)

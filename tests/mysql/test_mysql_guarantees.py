@@ -1,0 +1,218 @@
+"""Every guarantee of contract §2 with a MariaDB source: crash safety (SIGKILL in the middle of the MySQL
+read), the stream lock, schema evolution, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.engine.conftest import assert_one_line_error
+from tests.engine.support import DATASETS, fetch, merge_args, next_snapshot, run_job, write_model
+from tests.mysql.support import create_mysql_tables, expected_rows, load_mysql_snapshot, mysql_model, rfc4122
+
+SMALL = {"pairs": DATASETS["pairs"]}
+
+
+@pytest.fixture
+def world(mdbs: Any, tmp_path: Path) -> Any:
+    """A MariaDB source with the `pairs` dataset loaded, and its model."""
+    src = mdbs.connect_source()
+    create_mysql_tables(src, SMALL)
+    snap = next_snapshot(random.Random(3), {}, defaultdict(set))
+    load_mysql_snapshot(src, {"pairs": snap["pairs"]})
+    doc = mysql_model(mdbs.host, mdbs.source, datasets=SMALL)
+    model = write_model(tmp_path / "model", doc)
+    yield {"mdbs": mdbs, "src": src, "doc": doc, "model": model, "snap": snap, "tmp": tmp_path}
+    src.close()
+
+
+def _batches(mrg: Any, schema: str) -> list[tuple[Any, ...]]:
+    with mrg.cursor() as cur:
+        cur.execute(f"SELECT batch_id, status FROM {schema}.ds_batches ORDER BY batch_id")
+        rows = cur.fetchall()
+    mrg.rollback()
+    return rows
+
+
+@pytest.mark.parametrize("point", ["ingest:alltypes:reading", "ingest:pairs:reading", "ingest:pairs:copied",
+                                   "after_ingest"])
+def test_sigkill_during_the_read_leaves_the_batch_open_and_the_next_run_recovers(
+        point: str, mdbs: Any, tmp_path: Path) -> None:
+    src = mdbs.connect_source()
+    create_mysql_tables(src)
+    rng = random.Random(11)
+    snap = rfc4122(next_snapshot(rng, {}, defaultdict(set)))
+    with src.cursor() as cur:  # more rows than one fetch batch, so the kill lands mid-table
+        cur.execute("INSERT INTO alltypes (id, c_text) SELECT seq + 1000, 'bulk' FROM seq_0_to_11999")
+    src.commit()
+    load_mysql_snapshot(src, {"pairs": snap["pairs"]})
+    model = write_model(tmp_path / "model", mysql_model(mdbs.host, mdbs.source))
+    args = merge_args(model, "Crash", "forensic", mdbs)
+    killed = run_job(args, mdbs.env, {"DATASURFACE_TEST_KILL_AT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    mrg = mdbs.connect_merge()
+    assert _batches(mrg, "crash") == [(1, "ingesting" if "reading" in point or "copied" in point else "staged")]
+    recovered = run_job(args, mdbs.env)
+    assert recovered.returncode == 10, recovered.stderr
+    assert recovered.stdout.strip().splitlines()[-1] == "DATASURFACE_RESULT_CODE=10"
+    assert _batches(mrg, "crash") == [(1, "committed")]
+    with mrg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM crash.store1_alltypes_current")
+        assert cur.fetchone()[0] == 12000
+    mrg.rollback()
+    assert fetch(mrg, "crash.store1_pairs_current", "pairs") == expected_rows("pairs", snap["pairs"])
+    again = run_job(args, mdbs.env)
+    assert again.returncode == 0, again.stderr
+    assert _batches(mrg, "crash") == [(1, "committed"), (2, "committed")]
+    mrg.close()
+    src.close()
+
+
+def test_two_processes_never_both_apply(world: Any) -> None:
+    mdbs = world["mdbs"]
+    args = merge_args(world["model"], "Lock", "live", mdbs)
+    holder = subprocess.Popen([sys.executable, "-m", "datasurface.cli", *args],
+                              env={**os.environ, **mdbs.env, "DATASURFACE_TEST_PAUSE_AT": "batch:opened=3"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    mrg = mdbs.connect_merge()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if _batches(mrg, "lock"):
+                break
+        except Exception:
+            mrg.rollback()
+        time.sleep(0.1)
+    loser = run_job(args, mdbs.env)
+    assert_one_line_error(loser, "another run holds store Store1")
+    _out, err = holder.communicate(timeout=60)
+    assert holder.returncode == 0, err
+    assert _batches(mrg, "lock") == [(1, "committed")]
+    mrg.close()
+
+
+def test_added_nullable_column_evolves_the_merge_tables(world: Any) -> None:
+    mdbs, src, doc = world["mdbs"], world["src"], world["doc"]
+    for mode in ("live", "forensic"):
+        assert run_job(merge_args(world["model"], f"Evo{mode}", mode, mdbs), mdbs.env).returncode == 0
+    with src.cursor() as cur:
+        cur.execute("ALTER TABLE pairs ADD COLUMN memo varchar(20) NULL")
+        cur.execute("UPDATE pairs SET memo = 'm😀' WHERE code % 2 = 0")
+        cur.execute("SELECT count(*) FROM pairs WHERE code % 2 = 0")
+        (changed,) = cur.fetchone()
+    src.commit()
+    doc["stores"][0]["datasets"][0]["columns"].append({"name": "memo", "type": "varchar(20)"})
+    (world["model"] / "datasurface.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    mrg = mdbs.connect_merge()
+    for mode in ("live", "forensic"):
+        proc = run_job(merge_args(world["model"], f"Evo{mode}", mode, mdbs), mdbs.env)
+        assert proc.returncode == 0, proc.stderr
+        assert f"updated={changed} " in proc.stdout
+        with mrg.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM evo{mode}.store1_pairs_current WHERE memo = 'm😀'")
+            assert cur.fetchone()[0] == changed
+        mrg.rollback()
+    mrg.close()
+
+
+# --- bad input: one line each ---------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rewrite(world: Any, **source: Any) -> None:
+    doc = world["doc"]
+    doc["stores"][0]["source"].update(source)
+    (world["model"] / "datasurface.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _merge(world: Any, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_job(merge_args(world["model"], "Bad", "live", world["mdbs"]), world["mdbs"].env, extra_env)
+
+
+def test_unreachable_server(world: Any) -> None:
+    port = _free_port()
+    _rewrite(world, host="127.0.0.1", port=port)
+    proc = _merge(world)
+    assert_one_line_error(proc, "cannot connect to MySQL database", f"127.0.0.1:{port}", "(2003)")
+
+
+def test_wrong_password_is_one_line_and_never_shows_a_password(world: Any) -> None:
+    proc = _merge(world, {"SOURCE_PASSWORD": "not-the-Secret-42"})
+    assert_one_line_error(proc, "cannot connect to MySQL database", "(1045) Access denied")
+    assert "not-the-Secret-42" not in proc.stdout + proc.stderr
+    assert world["mdbs"].env["SOURCE_PASSWORD"] not in proc.stdout + proc.stderr
+
+
+def test_missing_table(world: Any) -> None:
+    with world["src"].cursor() as cur:
+        cur.execute("RENAME TABLE pairs TO pairs_old")
+    proc = _merge(world)
+    assert_one_line_error(proc, f"source table {world['mdbs'].source}.pairs", "does not exist")
+
+
+def test_missing_column(world: Any) -> None:
+    with world["src"].cursor() as cur:
+        cur.execute("ALTER TABLE pairs DROP COLUMN note")
+    proc = _merge(world)
+    assert_one_line_error(proc, "column 'note' (model type text) is missing from the source")
+
+
+def test_type_mismatch_names_both_types(world: Any) -> None:
+    with world["src"].cursor() as cur:
+        cur.execute("ALTER TABLE pairs MODIFY amount double")
+    proc = _merge(world)
+    assert_one_line_error(proc, "column 'amount' is double in the source but numeric(10,2) in the model")
+
+
+def test_myisam_table_is_refused(world: Any) -> None:
+    with world["src"].cursor() as cur:
+        cur.execute("ALTER TABLE pairs ENGINE=MyISAM")
+    proc = _merge(world)
+    assert_one_line_error(proc, "uses storage engine MyISAM, which has no consistent snapshot")
+
+
+@pytest.mark.parametrize(("values", "fragment"), [
+    ([("north", 1), ("north", 1)], "has duplicate primary keys: Key (region, code)=(north, 1)"),
+    ([("north", 1), (None, 2)], "has a NULL in a key column"),
+])
+def test_duplicate_or_null_keys(mdbs: Any, tmp_path: Path, values: list[Any], fragment: str) -> None:
+    src = mdbs.connect_source()
+    create_mysql_tables(src, SMALL, primary_key=False)  # a table without a primary key can hold both
+    with src.cursor() as cur:
+        cur.executemany("INSERT INTO pairs (region, code) VALUES (%s, %s)", values)
+    src.commit()
+    model = write_model(tmp_path / "model", mysql_model(mdbs.host, mdbs.source, datasets=SMALL))
+    proc = run_job(merge_args(model, "Keys", "live", mdbs), mdbs.env)
+    assert_one_line_error(proc, fragment)
+    mrg = mdbs.connect_merge()
+    assert _batches(mrg, "keys") == []  # nothing half-written
+    mrg.close()
+    src.close()
+
+
+def test_check_command_reports_the_mysql_source(world: Any) -> None:
+    mdbs = world["mdbs"]
+    args = ["check", "--model", str(world["model"]), *mdbs.merge_args()]
+    ok = run_job(args, mdbs.env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"ok   source of store Store1: MySQL database '{mdbs.source}' at socket {mdbs.host}" in ok.stdout
+    with world["src"].cursor() as cur:
+        cur.execute("ALTER TABLE pairs DROP COLUMN note")
+    bad = run_job(args, mdbs.env)
+    assert bad.returncode == 1
+    assert "FAIL source of store Store1: " in bad.stdout and "column 'note'" in bad.stdout
