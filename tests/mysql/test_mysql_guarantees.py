@@ -94,11 +94,15 @@ def test_two_processes_never_both_apply(world: Any) -> None:
         except Exception:
             mrg.rollback()
         time.sleep(0.1)
-    loser = run_job(args, mdbs.env)
-    assert_one_line_error(loser, "another run holds store Store1")
+    loser = run_job([*args, "--lock-wait", "0"], mdbs.env)
+    assert_one_line_error(loser, "another session holds store Store1")
+    waiter = subprocess.Popen([sys.executable, "-m", "datasurface.cli", *args], env={**os.environ, **mdbs.env},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _out, err = holder.communicate(timeout=60)
     assert holder.returncode == 0, err
-    assert _batches(mrg, "lock") == [(1, "committed")]
+    _wout, werr = waiter.communicate(timeout=60)  # by default a run waits for a live holder
+    assert waiter.returncode == 0, werr
+    assert _batches(mrg, "lock") == [(1, "committed"), (2, "committed")]
     mrg.close()
 
 
@@ -188,7 +192,7 @@ def test_myisam_table_is_refused(world: Any) -> None:
 
 @pytest.mark.parametrize(("values", "fragment"), [
     ([("north", 1), ("north", 1)], "has duplicate primary keys: Key (region, code)=(north, 1)"),
-    ([("north", 1), (None, 2)], "has a NULL in a key column"),
+    ([("north", 1), (None, 2)], "has a NULL in column 'region', a primary key column"),
 ])
 def test_duplicate_or_null_keys(mdbs: Any, tmp_path: Path, values: list[Any], fragment: str) -> None:
     src = mdbs.connect_source()
