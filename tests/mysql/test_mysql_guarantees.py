@@ -220,3 +220,26 @@ def test_check_command_reports_the_mysql_source(world: Any) -> None:
     bad = run_job(args, mdbs.env)
     assert bad.returncode == 1
     assert "FAIL source of store Store1: " in bad.stdout and "column 'note'" in bad.stdout
+
+
+def test_the_source_session_is_bounded_and_named_like_the_job_s_others(world: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frozen or vanished job cannot hold a MySQL read view (and the metadata locks of its reads) for
+    hours: the server ends its session after --session-timeout, and a read waits for a metadata lock at
+    most the run's lock budget. The session carries the run's name, as on PostgreSQL."""
+    from datasurface.ingest.dialects.mysql import open_source
+    from datasurface.model.validate import parse_model
+    from datasurface.sessions import SessionLimits
+
+    store = parse_model(yaml.safe_dump(world["doc"]), "model").stores[0]
+    for key, value in world["mdbs"].env.items():
+        monkeypatch.setenv(key, value)
+    with open_source(store, "source", "1a2b3c4d", SessionLimits(idle_timeout=42, lock_timeout=77)) as src:
+        row = src.conn.exec_driver_sql(
+            "SELECT @@session.wait_timeout, @@session.net_write_timeout, @@session.net_read_timeout, "
+            "@@session.lock_wait_timeout, @@session.time_zone").one()
+        assert tuple(row) == (42, 42, 42, 77, "+00:00")
+    with open_source(store, "source", "1a2b3c4d", SessionLimits(idle_timeout=1)) as src:
+        time.sleep(2.5)  # the server has ended the silent session by now
+        with pytest.raises(Exception, match="(?i)lost|gone away|closed"):
+            src.conn.exec_driver_sql("SELECT 1").one()

@@ -36,7 +36,7 @@ from datasurface.ingest.snapshot import SnapshotError, create_staging, staging_e
 from datasurface.ingest.source import SourceMismatchError
 from datasurface.merge.layout import DatasetLayout
 from datasurface.model import Dataset, Store
-from datasurface.sessions import SessionLimits
+from datasurface.sessions import SessionLimits, application_name, new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,20 @@ def quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def engine_for(store: Store, cred: credentials.Credential) -> Any:
-    """An SQLAlchemy engine for the store's source; `host` starting with / is the server's socket file."""
+def session_settings(limits: SessionLimits) -> str:
+    """The MySQL counterparts of the job's PostgreSQL session limits (sessions.py), as one SET: the server
+    ends a session whose client went silent (`wait_timeout` between statements, `net_read_timeout` /
+    `net_write_timeout` while a result streams to a frozen or vanished client), and a read waits for a
+    metadata lock (a source DDL in progress) at most the run's lock budget instead of a year."""
+    idle = max(1, int(limits.idle_timeout))
+    return (f"SET time_zone = '+00:00', wait_timeout = {idle}, net_write_timeout = {idle}, "
+            f"net_read_timeout = {idle}, lock_wait_timeout = {max(1, int(limits.lock_timeout))}")
+
+
+def engine_for(store: Store, cred: credentials.Credential, limits: SessionLimits | None = None,
+               program: str = "datasurface-job") -> Any:
+    """An SQLAlchemy engine for the store's source; `host` starting with / is the server's socket file.
+    `program` names the session (performance_schema.session_connect_attrs `program_name`)."""
     from sqlalchemy import create_engine
     from sqlalchemy.engine import URL
     from sqlalchemy.pool import NullPool
@@ -67,7 +79,7 @@ def engine_for(store: Store, cred: credentials.Credential) -> Any:
                          database=src.database, query=query)
     return create_engine(url, poolclass=NullPool, hide_parameters=True, connect_args={
         "connect_timeout": CONNECT_TIMEOUT, "read_timeout": IO_TIMEOUT, "write_timeout": IO_TIMEOUT,
-        "init_command": "SET time_zone = '+00:00', net_write_timeout = 600, net_read_timeout = 600"})
+        "program_name": program, "init_command": session_settings(limits or SessionLimits())})
 
 
 def driver_message(exc: BaseException) -> str:
@@ -373,10 +385,10 @@ class _CsvRows(io.RawIOBase):
 @contextmanager
 def open_source(store: Store, role: str, run_id: str | None = None,
                 limits: SessionLimits | None = None) -> Iterator[MySqlSource]:
-    """A session on the store's MySQL source (`role`, `run_id` and `limits` are PostgreSQL session
-    settings; this session's own bounds are CONNECT_TIMEOUT and IO_TIMEOUT)."""
+    """A session on the store's MySQL source, named and bounded like the run's PostgreSQL sessions
+    (`session_settings`; the client's own bounds are CONNECT_TIMEOUT and IO_TIMEOUT)."""
     cred = credentials.resolve(store.source.credential)
-    engine = engine_for(store, cred)
+    engine = engine_for(store, cred, limits, application_name(role, run_id or new_run_id()))
     try:
         try:
             conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
