@@ -241,5 +241,5 @@ def test_the_source_session_is_bounded_and_named_like_the_job_s_others(world: An
         assert tuple(row) == (42, 42, 42, 77, "+00:00")
     with open_source(store, "source", "1a2b3c4d", SessionLimits(idle_timeout=1)) as src:
         time.sleep(2.5)  # the server has ended the silent session by now
-        with pytest.raises(Exception, match="(?i)lost|gone away|closed"):
+        with pytest.raises(Exception, match=r"(?i)lost|gone away|closed"):
             src.conn.exec_driver_sql("SELECT 1").one()
