@@ -19,6 +19,8 @@ import psycopg2
 from psycopg2 import sql
 
 from datasurface import credentials
+from datasurface.consumers import history as consumers_history
+from datasurface.consumers import workspaces
 from datasurface.db import Endpoint, PgConnection, driver_error, is_lost
 from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfaceError
 from datasurface.faults import killpoint
@@ -60,25 +62,31 @@ def _ddl_lock(conn: PgConnection, schema: str) -> None:
 def layout_relations(schema: str, lays: list[DatasetLayout]) -> list[str]:
     """What creating or evolving the layout locks: to name the sessions that block it."""
     names = ["ds_batches", "ds_batch_datasets", *(n for lay in lays for n in (lay.table, lay.view))]
-    return [f'"{schema}"."{n}"' for n in names]
+    return [f'"{schema}"."{n}"' for n in names] + [r for lay in lays for r in consumers_history.relations(lay)]
 
 
-def ensure_layout(conn: PgConnection, schema: str, lays: list[DatasetLayout]) -> None:
-    """Create or evolve schema, ledger, tables and views, in the caller's transaction."""
+def ensure_layout(conn: PgConnection, schema: str, lays: list[DatasetLayout], stores: list[Store]) -> None:
+    """Create or evolve schema, ledger, tables and views (and, forensic, the history view and as-of
+    functions: consumers/history.py), in the caller's transaction."""
     _ddl_lock(conn, schema)
     layout.ensure_schema(conn, schema)
     BatchLedger(conn, schema).ensure()
+    by_name = {s.name: s for s in stores}
     for lay in lays:
         if layout.ensure_dataset(conn, lay):
             log.info("evolved %s.%s", schema, lay.table)
+        if consumers_history.ensure(conn, lay, by_name[lay.store]):
+            log.info("history of %s.%s created or evolved", schema, lay.table)
 
 
 class StreamRun:
     """Brings one stream forward by one committed batch."""
 
     def __init__(self, merge: PgConnection, store: Store, stream: Stream, lays: list[DatasetLayout],
-                 mode: str, run_id: str, limits: SessionLimits, merge_where: str, taken_over: str | None = None):
+                 mode: str, run_id: str, limits: SessionLimits, merge_where: str, taken_over: str | None = None,
+                 model: Model | None = None):
         self.merge = merge
+        self.model = model
         self.merge_where = merge_where
         self.run_id = run_id
         self.limits = limits
@@ -162,7 +170,9 @@ class StreamRun:
 
     def _open(self, open_batch: Batch | None) -> Batch:
         """Create or evolve the layout and open the batch (or keep the open one): one transaction."""
-        ensure_layout(self.merge, self.schema, self.lays)
+        ensure_layout(self.merge, self.schema, self.lays, [self.store])
+        if self.model is not None and workspaces.evolve(self.merge, self.model, self.schema, self.store, self.lays):
+            log.info("workspace views of %s evolved", self.stream.describe())
         batch = open_batch or self.ledger.open_batch(self.stream, self.mode, self.fingerprint,
                                                      [lay.staging for lay in self.lays])
         self.batch_id = batch.batch_id
@@ -281,7 +291,7 @@ def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: s
                     killpoint("stream:locked")
                     try:
                         stream_run = StreamRun(conn, st, stream, stream_lays, mode, run_id, limits,
-                                               merge.named("merge"), lock.taken_over)
+                                               merge.named("merge"), lock.taken_over, mdl)
                         record.watch(stream_run)
                         if stream_run.run():
                             record.exit_status = EXIT_RECOVERED
@@ -360,23 +370,33 @@ def run_setup(*, model: str, model_ref: str | None, model_path: str, platform: s
     limits = limits or SessionLimits()
     schema = layout.platform_schema(platform)
     history = runs.RunHistory(merge, merge_credential, schema, runs.SETUP)
+    lines: list[str] = []
     with history.run(stores[0] if stores and len(stores) == 1 else None):
         layout.check_mode(mode)
         mdl = load_model(model, model_ref, model_path)
         chosen = [find_store(mdl, s) for s in stores] if stores else list(mdl.stores)
         lays = [lay for st in chosen for lay in layout.layouts(schema, st, mode)]
+        for lay in lays:
+            if mode == layout.FORENSIC:
+                consumers_history.check_names(lay)
+        spaces = workspaces.targets(mdl, schema, lays, chosen)
         with connection(merge, merge_credential, "merge", limits=limits) as conn:
             for lay in lays:
                 layout.plan_evolution(conn, lay)  # refuse before changing anything
+            workspaces.check_roles(conn, spaces)
             conn.rollback()
 
             def step() -> None:
-                ensure_layout(conn, schema, lays)
+                ensure_layout(conn, schema, lays, chosen)
+                lines[:] = workspaces.reconcile(conn, mdl, schema, spaces)
                 conn.commit()
 
-            LockRetry(conn, limits).run(f"setting up platform {schema}", step, lambda: layout_relations(schema, lays),
+            LockRetry(conn, limits).run(f"setting up platform {schema}", step,
+                                        lambda: layout_relations(schema, lays) + workspaces.relations(spaces),
                                         exclusive=True)
     print(f"{schema}: {len(lays)} dataset(s) of {len(chosen)} store(s) ready ({mode})")
+    for line in lines:
+        print(line)
 
 
 def run_check(*, model: str, model_ref: str | None, model_path: str, merge: Endpoint,

@@ -447,3 +447,64 @@ def test_a_mysql_source_has_no_schema() -> None:
     doc["stores"][0]["source"]["type"] = "mysql"
     message = problem(doc)
     assert f"{FILE}: stores[0].source.schema: a mysql source has no schema" in message
+
+
+# --- workspaces (contract §5) --------------------------------------------------------------------------
+
+
+def with_workspaces(*workspaces: dict[str, Any]) -> dict[str, Any]:
+    doc = valid()
+    doc["workspaces"] = list(workspaces)
+    return doc
+
+
+def marketing(**changes: Any) -> dict[str, Any]:
+    ws: dict[str, Any] = {"name": "Marketing", "platform": "YellowForensic", "role": "marketing_reader",
+                          "datasets": [{"store": "Store1", "dataset": "customers"},
+                                       {"store": "Store1", "dataset": "addresses"}]}
+    ws.update(changes)
+    return ws
+
+
+def test_workspaces_are_optional_and_parsed() -> None:
+    assert parse(valid()).workspaces == ()
+    model = parse(with_workspaces(marketing(datasets=[{"store": "store1", "dataset": "CUSTOMERS"}])))
+    (ws,) = model.workspaces
+    assert (ws.name, ws.platform, ws.role, ws.schema) == ("Marketing", "YellowForensic", "marketing_reader",
+                                                          "ws_marketing")
+    assert [(d.store, d.dataset) for d in ws.datasets] == [("Store1", "customers")]  # the model's spelling
+
+
+@pytest.mark.parametrize(("ws", "path", "words"), [
+    (marketing(datasets=[{"store": "Store9", "dataset": "customers"}]), "workspaces[0].datasets[0].store",
+     "no store named 'Store9'"),
+    (marketing(datasets=[{"store": "Store1", "dataset": "orders"}]), "workspaces[0].datasets[0].dataset",
+     "has no dataset named 'orders'"),
+    (marketing(datasets=[{"store": "Store1", "dataset": "customers"}, {"store": "Store1", "dataset": "customers"}]),
+     "workspaces[0].datasets[1]", "listed twice"),
+    (marketing(datasets=[]), "workspaces[0].datasets", "the list is empty"),
+    (marketing(datasets=[{"store": "Store1"}]), "workspaces[0].datasets[0].dataset", "required key is missing"),
+    (marketing(datasets=[{"store": "Store1", "dataset": "customers", "x": 1}]), "workspaces[0].datasets[0].x",
+     "unknown key"),
+    (marketing(name="Mar-keting"), "workspaces[0].name", "not a plain identifier"),
+    (marketing(name="M" * 41), "workspaces[0].name", "at most 40"),
+    (marketing(platform=""), "workspaces[0].platform", "must not be empty"),
+    (marketing(role=3), "workspaces[0].role", "expected a string"),
+    (marketing(role="r" * 64), "workspaces[0].role", "not a valid role name"),
+    (marketing(colour="red"), "workspaces[0].colour", "unknown key"),
+])
+def test_workspace_rules_name_the_path(ws: dict[str, Any], path: str, words: str) -> None:
+    message = problem(with_workspaces(ws))
+    assert f"{FILE}: {path}" in message or f"{path}:" in message, message
+    assert words in message, message
+
+
+def test_workspace_names_are_unique_case_insensitively() -> None:
+    message = problem(with_workspaces(marketing(), marketing(name="MARKETING")))
+    assert "workspaces[1].name" in message and "duplicate workspace name" in message, message
+
+
+def test_workspaces_must_be_a_list() -> None:
+    doc = valid()
+    doc["workspaces"] = {"name": "x"}
+    assert "expected a list of workspaces" in problem(doc)

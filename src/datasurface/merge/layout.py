@@ -143,8 +143,9 @@ def create_table(cur: cursor, lay: DatasetLayout) -> None:
 
 
 def ensure_view(conn: PgConnection, schema: str, view: str, columns: Sequence[tuple[str, sql.Composable]],
-                rest: sql.Composable) -> bool:
+                rest: sql.Composable, *, replace: bool = False) -> bool:
     """Create the view `SELECT <expr> AS <name>, ... <rest>`, or evolve it in place; True if changed.
+    `replace`: replace it also when its columns are the same (its definition changed).
 
     Evolution is `CREATE OR REPLACE VIEW`, never DROP: views that consumers built on ours stay valid.
     PostgreSQL keeps a replaced view's columns in their order, so the existing columns keep their
@@ -161,7 +162,7 @@ def ensure_view(conn: PgConnection, schema: str, view: str, columns: Sequence[tu
                 f"{schema}.{view} has column(s) {', '.join(gone)} that the model no longer has; a view is "
                 f"only ever extended (views built on it must stay valid)")
         order = list(existing) + [n for n in names if n not in existing]
-        if order == list(existing):
+        if order == list(existing) and not replace:
             return False
     exprs = dict(columns)
     select = sql.SQL(", ").join(sql.SQL("{} AS {}").format(exprs[n], sql.Identifier(n)) for n in order)

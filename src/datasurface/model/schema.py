@@ -56,9 +56,30 @@ class Store:
 
 
 @dataclass(frozen=True)
+class WorkspaceDataset:
+    store: str
+    dataset: str
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A consumer (contract §5): reads the listed datasets of one platform, as an existing role."""
+
+    name: str
+    platform: str
+    role: str
+    datasets: tuple[WorkspaceDataset, ...]
+
+    @property
+    def schema(self) -> str:
+        return f"ws_{self.name.lower()}"
+
+
+@dataclass(frozen=True)
 class Model:
     stores: tuple[Store, ...]
     origin: str = ""  # where it was loaded from, for messages
+    workspaces: tuple[Workspace, ...] = ()
 
     def store(self, name: str) -> Store:
         for s in self.stores:

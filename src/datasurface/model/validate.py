@@ -19,7 +19,7 @@ import yaml
 from datasurface.errors import ModelError
 from datasurface.model import names, safeyaml
 from datasurface.model.names import IDENTIFIER_MAX
-from datasurface.model.schema import Column, Dataset, Model, Source, Store
+from datasurface.model.schema import Column, Dataset, Model, Source, Store, Workspace, WorkspaceDataset
 
 API_VERSION = "datasurface/v1"
 KIND = "Model"
@@ -57,7 +57,12 @@ _CREDENTIAL = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 _NUMERIC = re.compile(r"numeric\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")
 _LENGTH_TYPE = re.compile(r"(varchar|char)\s*\(\s*(\d+)\s*\)")
 
-_ROOT_KEYS = ("apiVersion", "kind", "stores")
+_ROOT_KEYS = ("apiVersion", "kind", "stores", "workspaces")
+_ROOT_REQUIRED = ("apiVersion", "kind", "stores")
+_WORKSPACE_KEYS = ("name", "platform", "role", "datasets")
+_WORKSPACE_DATASET_KEYS = ("store", "dataset")
+WORKSPACE_NAME_MAX = 40
+PLATFORM_NAME_MAX = 63
 _STORE_KEYS = ("name", "consistency", "source", "datasets")
 _SOURCE_KEYS = ("type", "host", "port", "database", "schema", "credential")
 _DATASET_KEYS = ("name", "table", "primaryKey", "columns")
@@ -323,7 +328,7 @@ class _Validator:
         if data is None:
             self.add((), f"the file is empty (expected a mapping with keys: {', '.join(_ROOT_KEYS)})")
             return None
-        root = self.mapping(data, (), _ROOT_KEYS, _ROOT_KEYS)
+        root = self.mapping(data, (), _ROOT_KEYS, _ROOT_REQUIRED)
         if root is None:
             return None
         if "apiVersion" in root and root["apiVersion"] != API_VERSION:
@@ -347,9 +352,75 @@ class _Validator:
         if self.problems:
             return None
         self.merge_names(stores)
+        workspaces = self.workspaces(root["workspaces"], stores) if "workspaces" in root else []
         if self.problems:
             return None
-        return Model(stores=tuple(stores), origin=origin)
+        return Model(stores=tuple(stores), origin=origin, workspaces=tuple(workspaces))
+
+    def workspaces(self, value: object, stores: list[Store]) -> list[Workspace]:
+        """Contract §5. Which platform ingests which store is the chart's (the platforms' `stores`), not the
+        model's: `setup --platform P` checks that P's workspaces list only stores given to it."""
+        result: list[Workspace] = []
+        items = self.list_of(value, ("workspaces",), "workspaces")
+        first_seen: dict[str, Path] = {}
+        for i, item in enumerate(items or ()):
+            path: Path = ("workspaces", i)
+            ws = self.workspace(item, path, stores)
+            if ws is None:
+                continue
+            key = ws.name.lower()
+            if key in first_seen:
+                self.add((*path, "name"), f"duplicate workspace name {ws.name!r} (same as "
+                         f"{format_path(first_seen[key])}, names are compared case-insensitively)")
+                continue
+            first_seen[key] = (*path, "name")
+            result.append(ws)
+        return result
+
+    def workspace(self, value: object, path: Path, stores: list[Store]) -> Workspace | None:
+        data = self.mapping(value, path, _WORKSPACE_KEYS, _WORKSPACE_KEYS)
+        if data is None:
+            return None
+        name = self.name(data["name"], (*path, "name"), WORKSPACE_NAME_MAX) if "name" in data else None
+        platform = self.name(data["platform"], (*path, "platform"), PLATFORM_NAME_MAX) if "platform" in data else None
+        role = self.string(data["role"], (*path, "role")) if "role" in data else None
+        if role is not None and (len(role) > IDENTIFIER_MAX or "\x00" in role):
+            self.add((*path, "role"), f"{role!r} is not a valid role name (at most {IDENTIFIER_MAX} characters)")
+            role = None
+        by_name = {s.name.lower(): s for s in stores}
+        listed: list[WorkspaceDataset] = []
+        seen: dict[tuple[str, str], Path] = {}
+        items = self.list_of(data["datasets"], (*path, "datasets"), "datasets") if "datasets" in data else None
+        for j, item in enumerate(items or ()):
+            dpath = (*path, "datasets", j)
+            entry = self.mapping(item, dpath, _WORKSPACE_DATASET_KEYS, _WORKSPACE_DATASET_KEYS)
+            if entry is None or "store" not in entry or "dataset" not in entry:
+                continue
+            store_name = self.string(entry["store"], (*dpath, "store"))
+            dataset_name = self.string(entry["dataset"], (*dpath, "dataset"))
+            if store_name is None or dataset_name is None:
+                continue
+            store = by_name.get(store_name.lower())
+            if store is None:
+                known = ", ".join(s.name for s in stores)
+                self.add((*dpath, "store"), f"no store named {store_name!r} in this model (stores: {known})")
+                continue
+            dataset = next((d for d in store.datasets if d.name.lower() == dataset_name.lower()), None)
+            if dataset is None:
+                known = ", ".join(d.name for d in store.datasets)
+                self.add((*dpath, "dataset"), f"store {store.name!r} has no dataset named {dataset_name!r} "
+                         f"(datasets: {known})")
+                continue
+            key = (store.name, dataset.name)
+            if key in seen:
+                self.add(dpath, f"dataset {store.name}.{dataset.name} is listed twice (same as "
+                         f"{format_path(seen[key])})")
+                continue
+            seen[key] = dpath
+            listed.append(WorkspaceDataset(store.name, dataset.name))  # the model's own spelling
+        if name is None or platform is None or role is None or items is None or len(listed) != len(items):
+            return None
+        return Workspace(name=name, platform=platform, role=role, datasets=tuple(listed))
 
     def store(self, value: object, path: Path) -> Store | None:
         data = self.mapping(value, path, _STORE_KEYS, ("name", "source", "datasets"))

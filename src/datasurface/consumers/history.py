@@ -1,0 +1,129 @@
+"""History in time on forensic platforms (contract §5), per dataset beside `<table>_current`:
+
+- view `<table>_history`: every version with `ds_batch_in`, `ds_batch_out` (NULL while current),
+  `valid_from` / `valid_to` (the ledger's snapshot_at of those batches), `is_current` and `ended_by`
+  ('update' when the key has a version starting where this one ends, else 'delete'; NULL while current);
+- function `<table>_as_of(at timestamptz)`: the rows of the latest committed batch whose snapshot_at <= at;
+- function `<table>_as_of_batch(batch integer)`: the rows as of that committed batch (none for a batch that
+  is not committed).
+
+A version is valid for batches N with ds_batch_in <= N < ds_batch_out, so "as of B" reads the versions with
+ds_batch_out > B and ds_batch_in <= B: the index `<table>_batches` on (ds_batch_out, ds_batch_in) finds
+them without reading the versions that ended before B, and a filter on the key reaches the primary key
+(key..., ds_batch_in) because the functions are inlined (objects.py).
+"""
+
+from __future__ import annotations
+
+from psycopg2 import sql
+
+from datasurface.db import PgConnection
+from datasurface.errors import DataSurfaceError
+from datasurface.merge import layout
+from datasurface.merge.layout import OPEN_END, DatasetLayout
+from datasurface.merge.ledger import Stream
+from datasurface.model import Store
+
+from . import objects
+
+EXTRA_COLUMNS = ("ds_batch_in", "ds_batch_out", "valid_from", "valid_to", "is_current", "ended_by")
+
+
+def history_view(lay: DatasetLayout) -> str:
+    return f"{lay.table}_history"
+
+
+def as_of_function(lay: DatasetLayout) -> str:
+    return f"{lay.table}_as_of"
+
+
+def as_of_batch_function(lay: DatasetLayout) -> str:
+    return f"{lay.table}_as_of_batch"
+
+
+def stream_key(store: Store, dataset: str) -> str:
+    """The ledger's stream of a dataset: the store's one stream, or the dataset's own (single_dataset)."""
+    return Stream(store.name, dataset if store.consistency == "single_dataset" else None).key
+
+
+def check_names(lay: DatasetLayout) -> None:
+    for name in (history_view(lay), as_of_batch_function(lay)):
+        if len(name) > layout.MAX_IDENT:
+            raise DataSurfaceError(
+                f"store {lay.store!r} dataset {lay.dataset.name!r}: the name {name!r} is longer than PostgreSQL's "
+                f"{layout.MAX_IDENT} characters; use shorter store or dataset names")
+
+
+def relations(lay: DatasetLayout) -> list[str]:
+    return [f'"{lay.schema}"."{history_view(lay)}"'] if lay.mode == layout.FORENSIC else []
+
+
+def _open_end() -> sql.Composable:
+    return sql.Literal(OPEN_END)
+
+
+def history_columns(lay: DatasetLayout, stream: str) -> tuple[list[tuple[str, sql.Composable]], sql.Composable]:
+    """The history view's (name, expression) columns and its FROM clause, over the forensic table."""
+    t = lay.qualified(lay.table)
+    ledger = lay.qualified("ds_batches")
+    same_key = sql.SQL(" AND ").join(
+        sql.SQL("{} = {}").format(sql.Identifier("n", k), sql.Identifier("t", k)) for k in lay.key)
+    ended_by = sql.SQL(
+        "CASE WHEN t.ds_batch_out = {end} THEN NULL::text "
+        "WHEN EXISTS (SELECT 1 FROM {t} n WHERE {same_key} AND n.ds_batch_in = t.ds_batch_out) THEN 'update'::text "
+        "ELSE 'delete'::text END").format(end=_open_end(), t=t, same_key=same_key)
+    columns: list[tuple[str, sql.Composable]] = [(c, sql.Identifier("t", c)) for c in lay.columns]
+    columns += [
+        ("ds_batch_in", sql.SQL("t.ds_batch_in")),
+        ("ds_batch_out", sql.SQL("NULLIF(t.ds_batch_out, {})").format(_open_end())),
+        ("valid_from", sql.SQL("bi.snapshot_at")),
+        ("valid_to", sql.SQL("bo.snapshot_at")),
+        ("is_current", sql.SQL("(t.ds_batch_out = {})").format(_open_end())),
+        ("ended_by", ended_by),
+    ]
+    rest = sql.SQL("FROM {t} t LEFT JOIN {l} bi ON bi.stream = {s} AND bi.batch_id = t.ds_batch_in "
+                   "LEFT JOIN {l} bo ON bo.stream = {s} AND bo.batch_id = t.ds_batch_out").format(
+        t=t, l=ledger, s=sql.Literal(stream))
+    return columns, rest
+
+
+def _select(columns: list[str], alias: str) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(alias, c) for c in columns)
+
+
+def ensure(conn: PgConnection, lay: DatasetLayout, store: Store) -> bool:
+    """Create or evolve the dataset's index, history view and as-of functions (the caller's transaction;
+    after its `_current` view). True if anything changed."""
+    if lay.mode != layout.FORENSIC:
+        return False
+    check_names(lay)
+    stream = stream_key(store, lay.dataset.name)
+    changed = _ensure_index(conn, lay)
+    columns, rest = history_columns(lay, stream)
+    changed |= objects.ensure_view(conn, lay.schema, history_view(lay), columns, rest)
+    cols = objects.view_columns(conn, lay.schema, lay.view)  # the result's columns: the _current view's order
+    returns = lay.qualified(lay.view)
+    t, ledger = lay.qualified(lay.table), lay.qualified("ds_batches")
+    body = sql.SQL("SELECT {cols} FROM {t} t WHERE t.ds_batch_out > $1 AND t.ds_batch_in <= $1 AND EXISTS "
+                   "(SELECT 1 FROM {l} b WHERE b.stream = {s} AND b.batch_id = $1 AND b.status = 'committed')"
+                   ).format(cols=_select(cols, "t"), t=t, l=ledger, s=sql.Literal(stream))
+    changed |= objects.ensure_function(conn, lay.schema, as_of_batch_function(lay), ("batch", "integer"), returns,
+                                       body)
+    latest = sql.SQL("(SELECT max(b.batch_id) FROM {l} b WHERE b.stream = {s} AND b.status = 'committed' "
+                     "AND b.snapshot_at <= $1)").format(l=ledger, s=sql.Literal(stream))
+    body = sql.SQL("SELECT {cols} FROM {t} t WHERE t.ds_batch_out > {b} AND t.ds_batch_in <= {b}").format(
+        cols=_select(cols, "t"), t=t, b=latest)
+    changed |= objects.ensure_function(conn, lay.schema, as_of_function(lay), ("at", "timestamptz"), returns, body)
+    return changed
+
+
+def _ensure_index(conn: PgConnection, lay: DatasetLayout) -> bool:
+    name = layout.index_name(lay.table, "batches")
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_catalog.to_regclass(%s) IS NULL",
+                    (sql.Identifier(lay.schema, name).as_string(conn),))
+        if not cur.fetchone()[0]:  # type: ignore[index]
+            return False
+        cur.execute(sql.SQL("CREATE INDEX {} ON {} (ds_batch_out, ds_batch_in)").format(
+            sql.Identifier(name), lay.qualified(lay.table)))
+    return True
