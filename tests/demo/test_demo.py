@@ -88,12 +88,30 @@ def test_demo_end_to_end_counts_match_the_databases() -> None:
                     versions = _rows(mrg, f"SELECT count(*) FILTER (WHERE ds_batch_out = {FOREVER}), "
                                           f"count(*) FROM {platform}.store1_{table}")[0]
                     assert versions == (len(source_rows), sum(b.inserted + b.updated for b in reported))
-        # the "as of batch 1" row is the version valid at batch 1
+        # the workspace's "as of <instant>" row is the version valid at the last batch snapshotted by then,
+        # and its history is the customer's versions with the ledger's snapshot times
         as_of = result.as_of
         assert os.environ["SOURCE_USER"] == demo.SOURCE_ROLE  # for the engine, during the run
+        snaps = _rows(mrg, "SELECT batch_id, snapshot_at FROM yellowforensic.ds_batches ORDER BY batch_id")
+        assert snaps[0][1] < as_of["at"] < snaps[1][1]  # between the first two snapshots
         old = _rows(mrg, "SELECT email, phone FROM yellowforensic.store1_customers WHERE id = %s "
                          "AND ds_batch_in <= 1 AND 1 < ds_batch_out", as_of["then"]["id"])
         assert old == [(as_of["then"]["email"], as_of["then"]["phone"])]
+        at = dict(snaps)
+        versions = _rows(mrg, "SELECT ds_batch_in, ds_batch_out, email, phone FROM yellowforensic.store1_customers "
+                              "WHERE id = %s ORDER BY ds_batch_in", as_of["then"]["id"])
+        starts = {v[0] for v in versions}
+        assert as_of["history"] == [
+            (at[b_in], at.get(b_out), None if b_out == FOREVER else ("update" if b_out in starts else "delete"),
+             email, phone) for b_in, b_out, email, phone in versions]
+        assert as_of["rows_then"] == _rows(mrg, "SELECT rows_total FROM yellowforensic.ds_batch_datasets "
+                                                "WHERE dataset = 'customers' AND batch_id = 1")[0][0]
+        # the workspace's role reads its schema only
+        reader = srv.server.admin_connect(srv.merge.database)
+        assert _rows(reader, "SELECT has_schema_privilege(%s, 'yellowforensic', 'USAGE'), "
+                             "has_schema_privilege(%s, 'ws_marketing', 'USAGE')",
+                     demo.WORKSPACE_ROLE, demo.WORKSPACE_ROLE) == [(False, True)]
+        reader.close()
         src.close()
         mrg.close()
         checked["inspected"] = True
@@ -105,7 +123,8 @@ def test_demo_end_to_end_counts_match_the_databases() -> None:
     assert sum(result.simulated.values()) == rounds * changes
     assert result.merge_codes == [("YellowLive", 0), ("YellowForensic", 0)] * rounds
     text = out.getvalue()
-    assert "Batches of store Store1" in text and "as of batch 1 vs now" in text
+    assert "Batches of store Store1" in text and "(between two snapshots) vs now" in text
+    assert "Workspace Marketing" in text and "ended_by" in text and "store1_customers_as_of(" in text
     # nothing left behind: the server stopped and its throwaway folder is gone
     assert not checked["root"].exists()
     assert _postmasters_under(checked["root"]) == []
