@@ -17,6 +17,11 @@ equal the churn applied, and the floor's diff found the same number of changes.
     scripts/benchmark.sh --sizes 1m --wide-sizes 1m --churn 10,1,0  # wide at 1M, 10% churn
     scripts/benchmark.sh --sizes 10m --shapes narrow --churn 1,0    # 10M rows
     scripts/benchmark.sh --sizes 1m --shapes narrow --modes forensic --churn 1 --history 50
+    scripts/benchmark.sh --sizes 1m --shapes narrow --modes forensic --churn 1 --history 50 --as-of
+
+`--as-of` (forensic): after the last batch, the consumer queries of contract §5 on that history, each with
+its plan (EXPLAIN ANALYZE) and time: as_of(timestamptz) of the middle batch's snapshot (all rows, and one
+key), as_of_batch, one key's `_history`, against the floor of counting the `_current` view.
 """
 
 # ruff: noqa: S608 - every SQL string here is built from this script's own constants (shape and column
@@ -288,6 +293,42 @@ class Bench:
                 out.seek(0)
                 raise CheckFailed(f"job exited {proc.returncode}: {out.read().decode(errors='replace')[-2000:]}")
         return elapsed, usage.ru_maxrss / 1024  # Linux: kilobytes
+
+    # ---- consumer queries (contract §5) ----------------------------------------------------
+
+    def as_of_report(self, shape: str, batches: int) -> None:
+        """Plan and time of the as-of queries on the forensic history; a key query must use an index."""
+        schema, t = "bench_forensic", f"{STORE.lower()}_{shape}"
+        mid = max(1, batches // 2)
+        with self.conn("merge") as c, c.cursor() as cur:
+            cur.execute(f'SELECT snapshot_at FROM "{schema}".ds_batches WHERE batch_id = %s', (mid,))
+            at = cur.fetchone()[0]
+            cur.execute(f'SELECT count(*), count(*) FILTER (WHERE ds_batch_out = 2147483647) FROM "{schema}"."{t}"')
+            versions, current = cur.fetchone()
+            cur.execute(f'SELECT id FROM "{schema}"."{t}" WHERE ds_batch_in > 1 ORDER BY id LIMIT 1')
+            key = (cur.fetchone() or (1,))[0]
+            c.rollback()
+            print(f"# as-of on {schema}.{t}: {versions:,} versions, {current:,} current, {batches} batches; "
+                  f"as of batch {mid}'s snapshot_at {at.isoformat()}, key id = {key}", file=sys.stderr)
+            queries = [
+                ("floor: count(*) of _current", f'SELECT count(*) FROM "{schema}"."{t}_current"', ()),
+                ("count(*) of as_of(at), all rows", f'SELECT count(*) FROM "{schema}"."{t}_as_of"(%s)', (at,)),
+                ("as_of(at) WHERE id = key", f'SELECT * FROM "{schema}"."{t}_as_of"(%s) WHERE id = %s', (at, key)),
+                ("as_of_batch(mid) WHERE id = key",
+                 f'SELECT * FROM "{schema}"."{t}_as_of_batch"(%s) WHERE id = %s', (mid, key)),
+                ("_history WHERE id = key", f'SELECT * FROM "{schema}"."{t}_history" WHERE id = %s', (key,)),
+            ]
+            for label, query, args in queries:
+                for _ in range(2):  # the second run is reported: warm cache, as a consumer's repeated query
+                    cur.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + query, args)
+                    plan = [r[0] for r in cur.fetchall()]
+                c.rollback()
+                ms = next((ln.split(":")[1].strip() for ln in plan if ln.startswith("Execution Time")), "?")
+                print(f"# {label}: {ms}", file=sys.stderr)
+                for line in plan:
+                    print(f"#     {line}", file=sys.stderr)
+                if "id = " in label and not any("Index" in ln for ln in plan):
+                    raise CheckFailed(f"{label}: no index in the plan")
 
     # ---- the floor -------------------------------------------------------------------------
 
@@ -569,7 +610,7 @@ def churn_label(fraction: float | None) -> str:
 
 
 def run_scenario(bench: Bench, shape: str, size: int, modes: list[str], churns: list[float], history: int,
-                 emit: Any) -> list[Result]:
+                 emit: Any, as_of: bool = False) -> list[Result]:
     tag = f"{shape}_{size}_{os.getpid()}"
     bench.create_databases(tag)
     results: list[Result] = []
@@ -608,6 +649,8 @@ def run_scenario(bench: Bench, shape: str, size: int, modes: list[str], churns: 
                 if res.shown:
                     emit(res)
                 results.append(res)
+        if as_of and "forensic" in modes:
+            bench.as_of_report(shape, batch["forensic"])
     finally:
         bench.drop_databases()
     return results
@@ -650,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
                         "needs Debian's mariadb-server. Its floor: the fastest plain read of the table through "
                         "the same driver into a PostgreSQL COPY (plus the diff, for churn batches)")
     p.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL-source scenarios")
+    p.add_argument("--as-of", action="store_true",
+                   help="forensic: after the last batch, show plan and time of the as-of and history queries")
     p.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     args = p.parse_args(argv)
@@ -683,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
         for shape in shapes:
             for size in (wide_sizes if shape == "wide" else sizes):
                 try:
-                    results += run_scenario(bench, shape, size, modes, churns, args.history, emit)
+                    results += run_scenario(bench, shape, size, modes, churns, args.history, emit, args.as_of)
                 except CheckFailed as exc:
                     print(f"CORRECTNESS CHECK FAILED: {exc}", file=sys.stderr)
                     failed = True

@@ -177,7 +177,9 @@ def setup(
     lock_timeout: LockTimeout = 300.0,
     session_timeout: SessionTimeout = 60.0,
 ) -> None:
-    """Validate the model and create or evolve the platform's schema, tables and views (no ingestion)."""
+    """Validate the model and create or evolve the platform's schema, tables and views (forensic: also the
+    history views and as-of functions), and reconcile the platform's workspaces: their ws_<name> schemas,
+    views, functions and grants to their existing roles (no ingestion)."""
     from datasurface.engine import run_setup
 
     endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)

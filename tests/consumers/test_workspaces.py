@@ -165,6 +165,19 @@ def test_workspaces_reconcile_grant_and_resist_an_attacker(world: World) -> None
         assert tuple(d.name for d in cur.description) == BATCH_COLUMNS
         assert [(r[0], r[1], r[2]) for r in cur.fetchall()] == [("Store1", None, 1), ("Store1", None, 2)]
 
+    # a filter on the key reaches the primary key through the inlined functions and the barrier views
+    region, code = current[0][0], current[0][1]
+    for conn, relation in ((world.mrg, "yellow.store1_pairs_as_of(now())"), (world.mrg, "yellow.store1_pairs_history"),
+                           (world.mrg, "yellow.store1_pairs_as_of_batch(2)"),
+                           (me, "ws_marketing.store1_pairs_as_of(now())"), (me, "ws_marketing.store1_pairs_history")):
+        with conn.cursor() as cur:
+            cur.execute("SET enable_seqscan = off")
+            cur.execute(f"EXPLAIN SELECT * FROM {relation} WHERE region = %s AND code = %s", (region, code))
+            plan = "\n".join(r[0] for r in cur.fetchall())
+            cur.execute("RESET enable_seqscan")
+        assert "Index Scan using store1_pairs_pkey on store1_pairs" in plan and "Function Scan" not in plan, plan
+        assert "Index Cond: (((region)::text = " in plan and "(code = " in plan, plan
+
     # refused: the platform's tables, views, functions and ledger
     for query in ("SELECT * FROM yellow.store1_pairs", "SELECT * FROM yellow.store1_pairs_current",
                   "SELECT * FROM yellow.store1_pairs_history", "SELECT * FROM yellow.ds_batches",

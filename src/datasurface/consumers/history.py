@@ -10,7 +10,10 @@
 A version is valid for batches N with ds_batch_in <= N < ds_batch_out, so "as of B" reads the versions with
 ds_batch_out > B and ds_batch_in <= B: the index `<table>_batches` on (ds_batch_out, ds_batch_in) finds
 them without reading the versions that ended before B, and a filter on the key reaches the primary key
-(key..., ds_batch_in) because the functions are inlined (objects.py).
+(key..., ds_batch_in) because the functions are inlined (objects.py). They read the platform's tables with
+the caller's rights (SECURITY INVOKER), so who may call them is who may read the tables: EXECUTE stays
+PostgreSQL's default (PUBLIC), and the platform schema itself grants nobody anything. Workspaces read
+through their own views instead (workspaces.py).
 """
 
 from __future__ import annotations
@@ -108,12 +111,13 @@ def ensure(conn: PgConnection, lay: DatasetLayout, store: Store) -> bool:
                    "(SELECT 1 FROM {l} b WHERE b.stream = {s} AND b.batch_id = $1 AND b.status = 'committed')"
                    ).format(cols=_select(cols, "t"), t=t, l=ledger, s=sql.Literal(stream))
     changed |= objects.ensure_function(conn, lay.schema, as_of_batch_function(lay), ("batch", "integer"), returns,
-                                       body)
+                                       body, public=True)
     latest = sql.SQL("(SELECT max(b.batch_id) FROM {l} b WHERE b.stream = {s} AND b.status = 'committed' "
                      "AND b.snapshot_at <= $1)").format(l=ledger, s=sql.Literal(stream))
     body = sql.SQL("SELECT {cols} FROM {t} t WHERE t.ds_batch_out > {b} AND t.ds_batch_in <= {b}").format(
         cols=_select(cols, "t"), t=t, b=latest)
-    changed |= objects.ensure_function(conn, lay.schema, as_of_function(lay), ("at", "timestamptz"), returns, body)
+    changed |= objects.ensure_function(conn, lay.schema, as_of_function(lay), ("at", "timestamptz"), returns, body,
+                                       public=True)
     return changed
 
 

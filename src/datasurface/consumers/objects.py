@@ -98,9 +98,11 @@ def ensure_view(conn: PgConnection, schema: str, view: str, columns: Sequence[tu
 
 
 def ensure_function(conn: PgConnection, schema: str, name: str, arg: tuple[str, str], returns: sql.Composable,
-                    body: sql.Composable) -> bool:
+                    body: sql.Composable, *, public: bool = False) -> bool:
     """`CREATE OR REPLACE FUNCTION schema.name(arg) RETURNS SETOF <returns>` with an SQL-standard body
-    (see the module's notes), marked; EXECUTE is revoked from PUBLIC. True if changed.
+    (see the module's notes), marked. True if changed. Unless `public`, EXECUTE is revoked from PUBLIC
+    (PostgreSQL's default grants it); `public` keeps that default where it gives nothing away: a caller
+    needs the rights on the relations the body reads anyway.
 
     `returns` is a view's row type: a column added to the view (in place) is added to the function's
     result by replacing its body, which keeps the function, its grants and what was built on it."""
@@ -114,7 +116,8 @@ def ensure_function(conn: PgConnection, schema: str, name: str, arg: tuple[str, 
         return False
     with conn.cursor() as cur:
         cur.execute(ddl)
-        cur.execute(sql.SQL("REVOKE ALL ON FUNCTION {} FROM PUBLIC").format(ident))
+        if not public:
+            cur.execute(sql.SQL("REVOKE ALL ON FUNCTION {} FROM PUBLIC").format(ident))
         cur.execute(sql.SQL("COMMENT ON FUNCTION {} IS {}").format(ident, sql.Literal(mark(d))))
     return True
 

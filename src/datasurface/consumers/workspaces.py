@@ -201,8 +201,8 @@ def _grantees(conn: PgConnection, kind: str, target: str) -> set[tuple[str, str]
 def _grant_exactly(conn: PgConnection, kind: str, ident: sql.Composable, privilege: str, role: str | None) -> None:
     """`role` (None: nobody) holds exactly `privilege` on the object, besides its owner."""
     keyword = {"schema": "SCHEMA", "view": "TABLE", "function": "FUNCTION"}[kind]
-    target = ident.strings[0] if isinstance(ident, sql.Identifier) else ident.as_string(conn)
-    have = _grantees(conn, kind, target if kind == "schema" else ident.as_string(conn))
+    by_name = kind == "schema" and isinstance(ident, sql.Identifier)  # a schema is found by its plain name
+    have = _grantees(conn, kind, ident.strings[0] if by_name else ident.as_string(conn))  # type: ignore[attr-defined]
     wrong = {g for g, p in have if g != role or p != privilege}
     with conn.cursor() as cur:
         for grantee in sorted(wrong):
