@@ -74,8 +74,10 @@ def pg_servers(pg_server: object) -> Iterator[dict[int, object]]:
 
 
 def make_databases(server: object) -> Databases:
+    # `from tests.conftest import make_databases` loads this file a second time (pytest's own copy is module
+    # `conftest`), with a counter of its own: the random part keeps the names of both copies apart
     n = next(_counter)
-    tag = f"{os.getpid()}_{n}"
+    tag = f"{os.getpid()}_{n}_{secrets.token_hex(2)}"
     src_user, mrg_user = f"src_{tag}", f"mrg_{tag}"
     src_pw, mrg_pw = secrets.token_hex(8), secrets.token_hex(8)
     server.create_role(src_user, src_pw)  # type: ignore[attr-defined]
