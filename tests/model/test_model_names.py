@@ -71,6 +71,7 @@ def test_no_valid_model_name_can_start_with_the_job_prefix() -> None:
     (("a", "b_as_of"), ("a", "b"), "its as-of function 'a_b_as_of' is also the table of stores[0].datasets[0]"),
     (("a", "b"), ("a", "b_pkey"), "its table 'a_b_pkey' is also the primary-key index of stores[0].datasets[0]"),
     (("a", "b"), ("a", "b_one_current"), "its table 'a_b_one_current' is also the current-version index of"),
+    (("a", "b"), ("a", "b_by_batch"), "its table 'a_b_by_batch' is also the as-of index of stores[0].datasets[0]"),
     # PostgreSQL keeps 63 bytes of a name: these two tables are one
     (("S" + "s" * 39, "D" + "d" * 21 + "x"), ("S" + "s" * 39, "D" + "d" * 21 + "y"),
      f"its table {('s' * 40 + '_' + 'd' * 22)!r} is also the table of stores[0].datasets[0]"),

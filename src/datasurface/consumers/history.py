@@ -8,7 +8,7 @@
   is not committed).
 
 A version is valid for batches N with ds_batch_in <= N < ds_batch_out, so "as of B" reads the versions with
-ds_batch_out > B and ds_batch_in <= B: the index `<table>_batches` on (ds_batch_out, ds_batch_in) finds
+ds_batch_out > B and ds_batch_in <= B: the index `<table>_by_batch` on (ds_batch_out, ds_batch_in) finds
 them without reading the versions that ended before B, and a filter on the key reaches the primary key
 (key..., ds_batch_in) because the functions are inlined (objects.py). They read the platform's tables with
 the caller's rights (SECURITY INVOKER), so who may call them is who may read the tables: EXECUTE stays
@@ -33,15 +33,15 @@ EXTRA_COLUMNS = ("ds_batch_in", "ds_batch_out", "valid_from", "valid_to", "is_cu
 
 
 def history_view(lay: DatasetLayout) -> str:
-    return f"{lay.table}_history"
+    return lay.names.history
 
 
 def as_of_function(lay: DatasetLayout) -> str:
-    return f"{lay.table}_as_of"
+    return lay.names.as_of
 
 
 def as_of_batch_function(lay: DatasetLayout) -> str:
-    return f"{lay.table}_as_of_batch"
+    return lay.names.as_of_batch
 
 
 def stream_key(store: Store, dataset: str) -> str:
@@ -122,7 +122,7 @@ def ensure(conn: PgConnection, lay: DatasetLayout, store: Store) -> bool:
 
 
 def _ensure_index(conn: PgConnection, lay: DatasetLayout) -> bool:
-    name = layout.index_name(lay.table, "batches")
+    name = lay.names.batch_index
     with conn.cursor() as cur:
         cur.execute("SELECT pg_catalog.to_regclass(%s) IS NULL",
                     (sql.Identifier(lay.schema, name).as_string(conn),))

@@ -30,7 +30,8 @@ AS_OF = "_as_of"
 AS_OF_BATCH = "_as_of_batch"
 PRIMARY_KEY_INDEX = "_pkey"  # PostgreSQL's own name for the table's primary-key index
 CURRENT_INDEX = "_one_current"  # forensic: the unique index of current versions
-SUFFIXES = (CURRENT, HISTORY, AS_OF, AS_OF_BATCH, PRIMARY_KEY_INDEX, CURRENT_INDEX)
+BATCH_INDEX = "_by_batch"  # forensic: the index on (ds_batch_out, ds_batch_in) of the as-of queries
+SUFFIXES = (CURRENT, HISTORY, AS_OF, AS_OF_BATCH, PRIMARY_KEY_INDEX, CURRENT_INDEX, BATCH_INDEX)
 
 
 def is_reserved(name: str) -> bool:
@@ -73,10 +74,18 @@ class DatasetNames:
     @property
     def current_index(self) -> str:
         """`<table>_one_current`; when that is too long, a cut of the table name and a hash of it."""
-        name = self.table + CURRENT_INDEX
+        return self._index(CURRENT_INDEX)
+
+    @property
+    def batch_index(self) -> str:
+        """`<table>_by_batch`, cut like current_index."""
+        return self._index(BATCH_INDEX)
+
+    def _index(self, suffix: str) -> str:
+        name = self.table + suffix
         if len(name) > IDENTIFIER_MAX:
             digest = hashlib.sha1(self.table.encode()).hexdigest()[:6]
-            name = f"{self.table[:48]}_{digest}{CURRENT_INDEX}"[:IDENTIFIER_MAX]
+            name = f"{self.table[:48]}_{digest}{suffix}"[:IDENTIFIER_MAX]
         return name
 
     def owned(self) -> dict[str, str]:
@@ -85,6 +94,7 @@ class DatasetNames:
             self.table: "table", self.current: "view", self.history: "history view",
             self.as_of: "as-of function", self.as_of_batch: "as-of-batch function",
             self.primary_key_index: "primary-key index", self.current_index: "current-version index",
+            self.batch_index: "as-of index",
         }
         owned: dict[str, str] = {}
         for name, what in named.items():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from datasurface.model.names import workspace_schema
+
 
 @dataclass(frozen=True)
 class Column:
@@ -72,7 +74,7 @@ class Workspace:
 
     @property
     def schema(self) -> str:
-        return f"ws_{self.name.lower()}"
+        return workspace_schema(self.name)
 
 
 @dataclass(frozen=True)
