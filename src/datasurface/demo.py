@@ -206,7 +206,7 @@ def _as_of(conn: PgConnection) -> dict[str, Any]:
             sql.Identifier(ws, "store1_customers_history")), [then["id"]])
     rows_then = _query(conn, sql.SQL("SELECT count(*) FROM {}(%s)").format(
         sql.Identifier(ws, "store1_customers_as_of")), [at])
-    return {"at": at, "columns": cols, "then": then, "rows_then": int(rows_then[0][0]),
+    return {"at": at, "between": len(snaps) > 1, "columns": cols, "then": then, "rows_then": int(rows_then[0][0]),
             "now": dict(zip(cols, now_rows[0], strict=True)) if now_rows else None, "history": history}
 
 
@@ -375,8 +375,10 @@ def _report(out: Console, result: DemoResult) -> None:
     then, now, at = as_of["then"], as_of["now"], as_of["at"]
     out.print(f"\n[bold]Workspace {WORKSPACE}[/] (schema {WORKSPACE_SCHEMA}, logged in as role {WORKSPACE_ROLE}): "
               f"customer history by time")
-    cmp = Table(title=f"Customer {then['id']}: as of {at:%Y-%m-%d} {_clock(at)} (between two snapshots) vs now "
-                      f"({as_of['rows_then']:,} customers then)")
+    when = "between the first two snapshots" if as_of["between"] else "at the first snapshot"
+    out.print(f"as of {at:%Y-%m-%d} {_clock(at)}, {when}: {as_of['rows_then']:,} customers "
+              f"({WORKSPACE_SCHEMA}.store1_customers_as_of)", soft_wrap=True, markup=False)
+    cmp = Table(title=f"Customer {then['id']}: then vs now")
     cmp.add_column("column")
     cmp.add_column("as of then")
     cmp.add_column("now")
