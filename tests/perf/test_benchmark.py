@@ -21,7 +21,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedP
     md, js = out / "table.md", out / "results.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--sizes", "2k", "--wide-sizes", "1k",
-         "--churn", "10,0", "--markdown", str(md), "--json", str(js)],
+         "--churn", "10,0", "--as-of", "--markdown", str(md), "--json", str(js)],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     return proc, md, js
@@ -57,6 +57,15 @@ def test_benchmark_prints_the_table(run: tuple[subprocess.CompletedProcess[str],
     table = md.read_text().splitlines()
     assert table[0] == "| " + " | ".join(COLUMNS) + " |"
     assert len(table) == 2 + 12
+
+
+def test_benchmark_shows_the_as_of_plans(run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
+    proc, _, _ = run
+    for label in ("floor: count(*) of _current", "count(*) of as_of(at), all rows", "as_of(at) WHERE id = key",
+                  "as_of_batch(mid) WHERE id = key", "_history WHERE id = key"):
+        assert f"# {label}: " in proc.stderr, proc.stderr
+    key_query = proc.stderr.split("# as_of(at) WHERE id = key: ", 1)[1].split("\n# as_of_batch", 1)[0]
+    assert "Index Scan using bench_narrow_pkey" in key_query and "Execution Time" in key_query, key_query
 
 
 def test_benchmark_fails_on_a_wrong_answer(pg_server: object, tmp_path: Path) -> None:
