@@ -277,8 +277,9 @@ def test_missing_role_and_store_not_on_platform_are_one_line_errors(world: World
     world.doc["workspaces"][0]["role"] = "no_such_role_here"
     proc = world.setup()
     assert_one_line_error(proc, "workspace Marketing", "'no_such_role_here' does not exist")
-    assert world.rows(world.mrg, "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ws\\_%%' OR "
-                                 "nspname = 'yellow'") == [(0,)]  # nothing half-done
+    # nothing half-done: no workspace schema, no merge table (the run history, ds_runs, records the failure)
+    assert world.rows(world.mrg, "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ws\\_%%'") == [(0,)]
+    assert world.rows(world.mrg, "SELECT to_regclass('yellow.store1_pairs')") == [(None,)]
     world.doc["workspaces"][0]["role"] = world.roles["r1"][0]
     proc = world.setup("Yellow", "forensic", "--store", "Store2")
     assert_one_line_error(proc, "workspace Marketing", "lists store Store1", "does not ingest")
