@@ -118,7 +118,8 @@ def test_a_merge_database_that_is_down_gives_the_runs_own_error(databases_on: An
         server.stop_server_only()
         proc = run_job(merge_args(model, PLATFORM, "live", dbs), dbs.env)
         assert_one_line_error(proc, "cannot connect to database")
-        assert "run history (yellow.ds_runs) not recorded" in proc.stderr
+        # the run's own line says it all: no second line about the history it could not write either
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip().splitlines()[-1]]
         server.start_server_only()
 
 

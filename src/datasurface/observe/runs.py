@@ -113,6 +113,7 @@ class RunRecord:
     exit_status: int = EXIT_OK
     run_id: int | None = None
     watched: HasBatch | None = None
+    start_error: BaseException | None = None  # why the row could not be started (said at finish)
 
     def watch(self, obj: HasBatch) -> None:
         """The batch of `obj` (read when the run ends) is the run's batch_id."""
@@ -151,11 +152,16 @@ class RunHistory:
             with suppress(Exception):
                 conn.close()
 
-    def _warn(self, what: str, exc: BaseException) -> None:
+    def _warn(self, what: str, exc: BaseException, run_failed: bool) -> None:
+        """A run that failed reports its own one line (usually the same cause: the database is down, a
+        credential is missing), so a history it could not write is only a debug line then; a run that
+        succeeded but left no history says so, once."""
         reason = first_line(exc) if isinstance(exc, psycopg2.Error) else str(exc)
-        if not self._warned:
+        if run_failed:
+            log.debug("run history (%s.ds_runs) not recorded: %s: %s", self.schema, what, reason)
+        elif not self._warned:
             log.warning("run history (%s.ds_runs) not recorded: %s: %s", self.schema, what, reason)
-        self._warned = True
+            self._warned = True
 
     def start(self, record: RunRecord) -> None:
         try:
@@ -171,10 +177,13 @@ class RunHistory:
                     record.run_id, record.started_at = cur.fetchone()  # type: ignore[misc]
                 conn.commit()
         except (psycopg2.Error, DataSurfaceError) as exc:
-            self._warn("start", exc)
+            record.start_error = exc  # said at finish, once the run's outcome is known
 
     def finish(self, record: RunRecord, exit_status: int, error: str | None) -> None:
         """Complete the run's row; without one (its start could not be written) insert the whole row."""
+        run_failed = exit_status not in (EXIT_OK, EXIT_RECOVERED)
+        if record.start_error is not None:
+            self._warn("start", record.start_error, run_failed)
         try:
             with self._connection() as conn:
                 with conn.cursor() as cur:
@@ -204,7 +213,7 @@ class RunHistory:
                             "failed": int(failed), "failed_run": record.run_id if failed else None})
                 conn.commit()  # the row and its count together
         except (psycopg2.Error, DataSurfaceError) as exc:
-            self._warn("finish", exc)
+            self._warn("finish", exc, run_failed)
 
     @contextmanager
     def run(self, store: str | None, dataset: str | None = None) -> Iterator[RunRecord]:
