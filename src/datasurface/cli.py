@@ -6,12 +6,13 @@ Errors are one line on stderr (a traceback only with --debug); the last stdout l
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import click
 import typer
 
 from datasurface import __version__
@@ -297,6 +298,13 @@ def demo(
     run_demo(rounds=rounds, changes=changes, keep=keep, seed=seed)
 
 
+# Typer raises click's exceptions: click's own in older typer, its vendored copy (typer._click, no click
+# dependency) in newer ones. Either works, so only a lower bound is pinned: typer>=0.19 (older typer breaks
+# with click 8.2+); the Airflow environment brings a newer one.
+_CLICK_ERRORS: Any = importlib.import_module(
+    "typer._click.exceptions" if importlib.util.find_spec("typer._click") else "click.exceptions")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs a command and maps every outcome to an exit status."""
     code = EXIT_OK
@@ -309,12 +317,12 @@ def main(argv: list[str] | None = None) -> int:
             code = returned
     except typer.Exit as exc:
         code = exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("datasurface-job: aborted", err=True)
         code = EXIT_FAILURE
-    except click.exceptions.ClickException as exc:
+    except _CLICK_ERRORS.ClickException as exc:
         exc.show()
-        code = EXIT_USAGE if isinstance(exc, click.exceptions.UsageError) else exc.exit_code
+        code = EXIT_USAGE if isinstance(exc, _CLICK_ERRORS.UsageError) else exc.exit_code
     except DataSurfaceError as exc:
         if _state["debug"]:
             import traceback

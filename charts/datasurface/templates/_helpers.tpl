@@ -150,10 +150,27 @@ app.kubernetes.io/part-of: datasurface
 {{- printf "%s-model" (include "datasurface.fullname" .) -}}
 {{- end -}}
 
+{{/* Where the built-in model's ConfigMap is mounted: platform.json's model.repo, DATASURFACE_MODEL of the
+     job-image pods, and the scheduler's mount for the local runner all come from here. */}}
+{{- define "datasurface.model.mountPath" -}}
+/model
+{{- end -}}
+
+{{/* The names (JSON list) of the platforms whose jobs run with the local runner, on the scheduler. */}}
+{{- define "datasurface.localRunnerPlatforms" -}}
+{{- $names := list -}}
+{{- range .Values.platforms -}}
+{{- if eq (.runner | default $.Values.platformDefaults.runner) "local" -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
+
 {{/* Plain (non-secret) env of job-image pods: the model and the merge database (contract §3). */}}
 {{- define "datasurface.jobEnv" -}}
 - name: DATASURFACE_MODEL
-  value: {{ default "/model" .Values.model.repo | quote }}
+  value: {{ default (include "datasurface.model.mountPath" .) .Values.model.repo | quote }}
 {{- if and .Values.model.repo .Values.model.ref }}
 - name: DATASURFACE_MODEL_REF
   value: {{ .Values.model.ref | quote }}
@@ -195,14 +212,17 @@ app.kubernetes.io/part-of: datasurface
 {{- printf "%s-dags-%s" (include "datasurface.fullname" .ctx) (lower .platform.name | replace "_" "-") | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* A stable secret value: the existing Secret's value (lookup), else a fresh random one.
-     Call with (dict "ctx" $ "secret" NAME "key" KEY "length" N "b64" bool); returns base64 data. */}}
+{{/* A stable secret value: the existing Secret's value (lookup), else a fresh random one. Call with
+     (dict "ctx" $ "secret" NAME "key" KEY "length" N) for N random letters and digits (URL-safe, so a
+     password fits a database URL), or (dict ... "fernet" true) for a Fernet key: 32 random bytes,
+     url-safe base64. Returns the Secret's base64 data. Under `helm template` (and Argo CD, Flux) lookup
+     finds nothing: set the existingSecret values instead (README "GitOps install"). */}}
 {{- define "datasurface.stableSecret" -}}
 {{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .secret -}}
 {{- if and $existing $existing.data (hasKey $existing.data .key) -}}
 {{- index $existing.data .key -}}
-{{- else if .b64 -}}
-{{- randAlphaNum (int .length) | b64enc | b64enc -}}
+{{- else if .fernet -}}
+{{- randBytes 32 | replace "+" "-" | replace "/" "_" | b64enc -}}
 {{- else -}}
 {{- randAlphaNum (int .length) | b64enc -}}
 {{- end -}}

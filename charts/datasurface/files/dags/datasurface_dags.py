@@ -47,6 +47,15 @@ EXECUTION_TIMEOUT_SECONDS = 3600  # default run time limit of a job task (execut
 EXECUTION_TIMEOUT_RANGE = (60, 7 * 24 * 3600)  # at least a minute, at most a week
 STOP_GRACE_SECONDS = 10  # local runner: SIGTERM, then SIGKILL after this long
 
+# The worker's env the local runner's job inherits: what a process needs (PATH, locale, time zone, HOME,
+# TMPDIR, CA bundles, proxies), libpq's PG* and git's GIT_* settings and the DATASURFACE_* ones, plus the
+# platform's secretEnv names. Nothing else: a worker's env holds Airflow's own secrets (Fernet key, JWT
+# secret, metadata database URL), which the job must not see.
+_INHERITED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME",
+                            "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY",
+                            "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"})
+_INHERITED_PREFIXES = ("LC_", "PG", "GIT_", "DATASURFACE_")
+
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # platforms and stores (the model's naming rule)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")  # DNS-1123 subdomain
@@ -411,9 +420,11 @@ class JobFailed(RuntimeError):
 class LocalJobOperator(BaseOperator):
     """Runs `datasurface-job ARGS` as a subprocess on the worker (the `"runner": "local"` setting).
 
-    Env: the worker's env plus the platform's DATASURFACE_* settings; the secretEnv names must already be
-    in the worker's env (there is no Kubernetes Secret to read them from). Exit 0: success; exit 10 with
-    `run_again_on_10`: skipped (the DAG's retrigger task then runs); anything else: failure.
+    Env: the platform's DATASURFACE_* settings over the part of the worker's env a job needs
+    (_INHERITED_ENV: never Airflow's own secrets) and the secretEnv names, which must already be in the
+    worker's env (the chart sets them on the scheduler from the Secrets when a platform uses this runner).
+    Exit 0: success; exit 10 with `run_again_on_10`: skipped (the DAG's retrigger task then runs); anything
+    else: failure.
 
     The job runs in its own process group. Whenever `execute` ends before the job did (Airflow's
     `execution_timeout`, any exception) and when Airflow kills the task (`on_kill`), the group gets
@@ -423,11 +434,14 @@ class LocalJobOperator(BaseOperator):
     ui_color = "#e8f0fe"
 
     def __init__(self, *, job_args: Sequence[str], job_env: Mapping[str, str],
-                 required_env: Sequence[str] = (), run_again_on_10: bool = False, **kwargs: Any) -> None:
+                 required_env: Sequence[str] = (), optional_env: Sequence[str] = (),
+                 withheld_env: Sequence[str] = (), run_again_on_10: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.job_args = list(job_args)
         self.job_env = dict(job_env)
         self.required_env = list(required_env)
+        self.optional_env = list(optional_env)
+        self.withheld_env = list(withheld_env)
         self.run_again_on_10 = run_again_on_10
         self._proc: subprocess.Popen[str] | None = None
 
@@ -442,7 +456,7 @@ class LocalJobOperator(BaseOperator):
         if executable is None:
             raise JobFailed(f"local runner: {JOB_COMMAND} is not on the worker's PATH "
                             f"(install the datasurface package in the Airflow image)")
-        env = {**os.environ, **self.job_env}
+        env = {**self.inherited_env(), **self.job_env}
         self.log.info("Running %s %s", JOB_COMMAND, " ".join(self.job_args))
         proc = subprocess.Popen([executable, *self.job_args], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
@@ -469,6 +483,13 @@ class LocalJobOperator(BaseOperator):
             raise JobFailed(f"{JOB_COMMAND} {self.job_args[0]} was stopped by signal {-code}")
         raise JobFailed(f"{JOB_COMMAND} {self.job_args[0]} exited with status {code}"
                         + (f": {reason[:500]}" if reason else ""))
+
+    def inherited_env(self) -> dict[str, str]:
+        """The part of the worker's env the job gets (see _INHERITED_ENV)."""
+        secrets = {*self.required_env, *self.optional_env}
+        return {name: value for name, value in os.environ.items()
+                if name not in self.withheld_env
+                and (name in secrets or name in _INHERITED_ENV or name.startswith(_INHERITED_PREFIXES))}
 
     def stop_job(self) -> None:
         """Stop the running job, if any: SIGTERM to its process group, SIGKILL after STOP_GRACE_SECONDS."""
@@ -548,6 +569,8 @@ def job_task(settings: PlatformSettings, *, task_id: str, args: list[str], store
     if settings.runner == "local":
         return LocalJobOperator(task_id=task_id, job_args=args, job_env=settings.job_env(),
                                 required_env=[s.name for s in settings.secret_env if not s.optional],
+                                optional_env=[s.name for s in settings.secret_env if s.optional],
+                                withheld_env=[settings.slack_webhook_env] if settings.slack_webhook_env else [],
                                 run_again_on_10=run_again_on_10, **kwargs)
     what = store.lower() if store else "setup"
     extra = {"datasurface.io/store": store} if store else {"datasurface.io/task": "setup"}
