@@ -421,15 +421,70 @@ def test_postgresql_init_creates_three_databases_without_passwords(defaults: Doc
 
 
 def test_generated_secrets(defaults: Docs) -> None:
+    """Each generated secret as strong as its consumer needs (issue 11): Fernet 32 random bytes, the JWT
+    secret at least 64 bytes (Airflow signs with HS512), passwords URL-safe letters and digits."""
     pg = find(defaults, "Secret", "mvp-datasurface-postgresql")["data"]
     assert set(pg) == {"postgres-password", "source-username", "source-password", "merge-username",
                        "merge-password", "airflow-username", "airflow-password"}
     assert base64.b64decode(pg["source-username"]) == b"source"
-    assert len(base64.b64decode(pg["source-password"])) >= 24
+    for key in ("postgres-password", "source-password", "merge-password", "airflow-password"):
+        assert re.fullmatch(r"[A-Za-z0-9]{32,}", base64.b64decode(pg[key]).decode()), key
     af = find(defaults, "Secret", "mvp-datasurface-airflow")["data"]
     assert set(af) == {"fernet-key", "api-secret-key", "jwt-secret", "admin-password"}
-    fernet = base64.urlsafe_b64decode(base64.b64decode(af["fernet-key"]))
-    assert len(fernet) == 32
+    fernet = base64.b64decode(af["fernet-key"])
+    assert re.fullmatch(rb"[A-Za-z0-9_-]{43}=", fernet), "url-safe base64 of 32 bytes"
+    assert len(base64.urlsafe_b64decode(fernet)) == 32
+    assert len(base64.b64decode(af["jwt-secret"])) >= 64
+    assert len(base64.b64decode(af["api-secret-key"])) >= 32
+    assert re.fullmatch(r"[A-Za-z0-9]{24,}", base64.b64decode(af["admin-password"]).decode())
+
+
+def test_fernet_keys_are_random_bytes(render: Render) -> None:
+    """Not letters and digits only (fewer bits than the key's 32 bytes): over a few renders every byte
+    value range shows up."""
+    keys = [base64.urlsafe_b64decode(base64.b64decode(find(render_chart(show_only="templates/secrets/airflow.yaml"),
+                                                           "Secret", "mvp-datasurface-airflow")["data"]["fernet-key"]))
+            for _ in range(4)]
+    assert len(set(keys)) == 4
+    assert any(b > 127 for key in keys for b in key)
+
+
+# --- GitOps: helm template | kubectl apply, Argo CD, Flux (no lookup) ------------------------------------
+
+GITOPS = {"postgresql": {"auth": {"existingSecret": "datasurface-db"}},
+          "airflow": {"existingSecret": "datasurface-airflow"}}
+
+
+def test_gitops_renders_are_identical_and_hold_nothing_random() -> None:
+    """With the existing-Secret values set, `helm template` twice gives the same bytes and renders no
+    Secret at all: nothing generated remains (every generated secret has an existing-Secret value)."""
+    first, second = render_chart_text(GITOPS), render_chart_text(GITOPS)
+    assert first == second
+    assert [d for d in yaml.safe_load_all(first) if d and d["kind"] == "Secret"] == []
+    external = render_chart_text({**EXTERNAL_DB, "airflow": GITOPS["airflow"]})
+    assert external == render_chart_text({**EXTERNAL_DB, "airflow": GITOPS["airflow"]})
+
+
+@pytest.mark.parametrize("leave_out", ["postgresql", "airflow"])
+def test_without_an_existing_secret_renders_differ(leave_out: str) -> None:
+    """The check above can fail: leave one existing-Secret value out and that Secret is generated anew."""
+    values = {k: v for k, v in GITOPS.items() if k != leave_out}
+    assert render_chart_text(values) != render_chart_text(values)
+
+
+def test_readme_gitops_commands_create_the_secrets_the_chart_reads(defaults: Docs) -> None:
+    """README "GitOps install": one `kubectl create secret generic` per Secret, with exactly the keys the
+    chart's generated Secret of the same role has."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("### GitOps install", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    commands = {m.group(1): set(re.findall(r"--from-literal=([a-z-]+)=", m.group(0)))
+                for m in re.finditer(r"kubectl (?:-n \S+ )?create secret generic (\S+)[^\n]*", section)}
+    generated = {"datasurface-db": "mvp-datasurface-postgresql", "datasurface-airflow": "mvp-datasurface-airflow"}
+    assert set(commands) == set(generated)
+    for name, rendered in generated.items():
+        assert commands[name] == set(find(defaults, "Secret", rendered)["data"]), name
+    for name in generated:
+        assert f"existingSecret={name}" in section or f"existingSecret: {name}" in section
 
 
 def test_no_secret_value_outside_secrets(defaults: Docs) -> None:
@@ -556,3 +611,66 @@ def test_auth_passwords_init_writes_the_simple_auth_manager_file(defaults: Docs,
     assert main_env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]["value"] == str(
         env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]["value"])
     assert main_env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"]["value"] == "admin:admin"
+
+
+# --- the local runner and the scheduler's shutdown (issue 11) ---------------------------------------------
+
+LOCAL = [{"name": "YellowLive", "mode": "live", "stores": ["Store1"], "schedule": "@hourly", "runner": "local"},
+         {"name": "YellowForensic", "mode": "forensic", "stores": ["Store1"], "schedule": "@hourly"}]
+
+
+def scheduler(docs: Docs) -> dict[str, Any]:
+    main: dict[str, Any] = pod_spec(find(docs, "Deployment", "mvp-datasurface-airflow-scheduler"))["containers"][0]
+    return main
+
+
+def secret_refs(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def test_scheduler_has_no_job_credentials_with_job_pods(defaults: Docs) -> None:
+    refs = secret_refs(scheduler(defaults))
+    assert not {e["name"] for e in platform_json(defaults, "yellowlive")["secretEnv"]} & set(refs)
+    assert "model" not in {m["name"] for m in scheduler(defaults)["volumeMounts"]}
+
+
+@pytest.mark.parametrize("values", [{"platforms": LOCAL}, {"platformDefaults": {"runner": "local"}}],
+                         ids=["one-platform", "platformDefaults"])
+def test_local_runner_gives_the_scheduler_what_a_job_pod_gets(render: Render, values: dict[str, Any]) -> None:
+    """The LocalExecutor worker runs the job itself: exactly the platforms' secretEnv via secretKeyRef, and
+    the built-in model mounted where platform.json's model.repo says."""
+    docs = render(values)
+    main, spec = scheduler(docs), pod_spec(find(docs, "Deployment", "mvp-datasurface-airflow-scheduler"))
+    settings = platform_json(docs, "yellowlive")
+    assert settings["runner"] == "local"
+    expected = {e["name"]: {"name": e["secret"], "key": e["key"], **({"optional": True} if e.get("optional") else {})}
+                for e in settings["secretEnv"]}
+    refs = secret_refs(main)
+    assert {k: v for k, v in refs.items() if k in expected} == expected
+    airflow_own = {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET",
+                   "AIRFLOW_DB_USER", "AIRFLOW_DB_PASSWORD"}
+    assert set(refs) == set(expected) | airflow_own
+    mount = next(m for m in main["volumeMounts"] if m["name"] == "model")
+    assert mount == {"name": "model", "mountPath": settings["model"]["repo"], "readOnly": True}
+    assert {"name": "model", "configMap": {"name": "mvp-datasurface-model"}} in spec["volumes"]
+
+
+def test_local_runner_with_a_model_repo_mounts_no_model(render: Render) -> None:
+    docs = render({"platforms": LOCAL, "model": {"repo": "https://example.test/m.git",
+                                                 "tokenSecret": {"name": "git", "key": "token"}}})
+    refs = secret_refs(scheduler(docs))
+    assert refs["DATASURFACE_GIT_TOKEN"] == {"name": "git", "key": "token", "optional": True}
+    assert "model" not in {m["name"] for m in scheduler(docs)["volumeMounts"]}
+
+
+def test_scheduler_shutdown_is_fast_and_bounded(defaults: Docs, render: Render) -> None:
+    """On SIGTERM the image's dumb-init signals the whole group (DUMB_INIT_SETSID=1): the task supervisors
+    forward it to running tasks, which stop their jobs; the grace period only bounds that."""
+    dep = find(defaults, "Deployment", "mvp-datasurface-airflow-scheduler")
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}, "one scheduler at a time (LocalExecutor runs tasks in it)"
+    assert pod_spec(dep)["terminationGracePeriodSeconds"] == 30
+    assert env_of(scheduler(defaults))["DUMB_INIT_SETSID"] == {"name": "DUMB_INIT_SETSID", "value": "1"}
+    docs = render({"airflow": {"scheduler": {"terminationGracePeriodSeconds": 45}}})
+    spec = pod_spec(find(docs, "Deployment", "mvp-datasurface-airflow-scheduler"))
+    assert spec["terminationGracePeriodSeconds"] == 45

@@ -63,6 +63,8 @@ def check(assertion: dict[str, Any], docs: list[dict[str, Any]]) -> None:
             assert not has_path(doc, spec["path"]), spec["path"]
         elif kind == "contains":
             assert spec["content"] in get_path(doc, spec["path"]), spec
+        elif kind == "notContains":
+            assert spec["content"] not in get_path(doc, spec["path"]), spec
         elif kind == "matchRegex":
             assert re.search(spec["pattern"], get_path(doc, spec["path"])), spec
         else:

@@ -1,0 +1,159 @@
+"""A rendered release, its database and its pods as processes: the building blocks of the system tests.
+
+`Release` renders the chart (real helm), starts a throwaway PostgreSQL from datasurface.localpg in place
+of the bundled StatefulSet (the rendered init script run against it with the StatefulSet's own env, so the
+roles and passwords are the rendered Secret's) and exposes it under the postgresql Service's name; then
+pods start in the order Kubernetes would run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from helm import render_chart_text
+from kubelet import Cluster, KubeletError, Manifests, Pod, airflow_image, job_image
+
+from datasurface.localpg import SUPERUSER, LocalPostgres, find_bin_dir
+
+VENV = Path(os.environ.get("VIRTUAL_ENV") or Path(__import__("sys").executable).parents[1])
+
+
+class Release:
+    def __init__(self, values: dict[str, Any], release: str = "mvp", workdir: Path | None = None) -> None:
+        self.release = release
+        self.values = values
+        self.fullname = f"{release}-datasurface"
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="ds-system-"))
+        os.chmod(self.workdir, 0o755)
+        self.manifests = self.render(values)
+        self.pg: LocalPostgres | None = None
+        self.pods: dict[str, Pod] = {}  # the Airflow components by name (start_airflow)
+        self.source_rows = 0  # what the test put into the source
+        self.cluster = Cluster(self.manifests, self.workdir / "node",
+                               images={"apache/airflow": airflow_image(VENV),
+                                       "ghcr.io/datasurface/datasurface-job": job_image(VENV)})
+
+    def render(self, values: dict[str, Any]) -> Manifests:
+        """`helm template`; generated Secret values are then kept from the current render, as the chart's
+        `lookup` keeps them on `helm upgrade` (helm template cannot look anything up)."""
+        manifests = Manifests.from_text(render_chart_text(values, release=self.release))
+        current = getattr(self, "manifests", None)
+        for doc in manifests.of_kind("Secret") if current else []:
+            old = current.find("Secret", doc["metadata"]["name"])
+            if old is not None:
+                doc["data"] = {**doc.get("data", {}), **{k: v for k, v in (old.get("data") or {}).items()
+                                                         if k in (doc.get("data") or {})}}
+        return manifests
+
+    def start(self) -> Release:
+        self.cluster.start()
+        self.pg = LocalPostgres(find_bin_dir("any")).start()
+        self._init_database()
+        self.cluster.expose(f"{self.fullname}-postgresql", 5432,
+                            unix_socket=f"{self.pg.socket_dir}/.s.PGSQL.{self.pg.port}")
+        return self
+
+    def _init_database(self) -> None:
+        """The postgres image's first start: the initdb.d script with the StatefulSet container's env."""
+        assert self.pg is not None
+        sts = self.manifests.get("StatefulSet", f"{self.fullname}-postgresql")
+        pod = Pod(self.cluster, sts, "postgresql-env", "127.0.1.2")
+        env = pod.container_env(sts["spec"]["template"]["spec"]["containers"][0])
+        script = self.manifests.config_data("ConfigMap", f"{self.fullname}-postgresql-initdb")
+        assert script is not None
+        path = self.workdir / "10-datasurface.sh"
+        path.write_bytes(script["10-datasurface.sh"])
+        run_env = {k: v for k, v in env.items() if k.startswith("DS_")}
+        run_env.update(PATH=f"{self.pg._bin()}{os.pathsep}{os.environ['PATH']}", POSTGRES_USER=SUPERUSER,
+                       PGHOST=self.pg.socket_dir, PGPORT=str(self.pg.port), PGPASSWORD=self.pg.password)
+        proc = subprocess.run(["bash", str(path)], env=run_env, capture_output=True, text=True, timeout=60)
+        if proc.returncode:
+            raise KubeletError(f"initdb script failed: {proc.stdout}{proc.stderr}")
+
+    def stop(self) -> None:
+        self.cluster.stop()
+        if self.pg is not None:
+            self.pg.stop()
+
+    # Airflow -----------------------------------------------------------------------------------------
+
+    def start_airflow(self) -> dict[str, Pod]:
+        """Migration Job, then api-server, dag-processor and scheduler (their init containers wait for the
+        schema), each until its probe passes."""
+        af = f"{self.fullname}-airflow"
+        self.cluster.run_job(f"{af}-migrate-{self.revision}", timeout=600)
+        components = ("api-server", "dag-processor", "scheduler")
+        pods = dict(zip(components, self.cluster.start_pods([("Deployment", f"{af}-{c}") for c in components]),
+                        strict=True))
+        for pod in pods.values():
+            pod.wait_ready(timeout=240)
+        self.pods = pods
+        return pods
+
+    @property
+    def revision(self) -> int:
+        job = next(j for j in self.manifests.of_kind("Job") if "-migrate-" in j["metadata"]["name"])
+        return int(job["metadata"]["name"].rsplit("-", 1)[1])
+
+    def secret(self, name: str, key: str) -> str:
+        data = self.manifests.config_data("Secret", name)
+        assert data is not None, name
+        return data[key].decode()
+
+
+class AirflowApi:
+    """The api-server's REST API through a port-forward, logged in as the chart's admin user."""
+
+    def __init__(self, release: Release) -> None:
+        self.port = release.cluster.port_forward(f"{release.fullname}-airflow-api-server", 8080)
+        password = release.secret(f"{release.fullname}-airflow", "admin-password")
+        token = self.call("POST", "/auth/token", {"username": "admin", "password": password}, auth=False)
+        self.token = token["access_token"]
+
+    def call(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        if auth:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"{method} {path}: {exc.code} {exc.read()[:500]!r}") from None
+
+    def wait_for_dag(self, dag_id: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.call("GET", f"/api/v2/dags/{dag_id}")
+                return
+            except AssertionError:
+                time.sleep(1)
+        raise AssertionError(f"DAG {dag_id} not parsed after {timeout} s")
+
+    def trigger(self, dag_id: str) -> str:
+        run = self.call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None})
+        return str(run["dag_run_id"])
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        state = "?"
+        while time.monotonic() < deadline:
+            state = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            if state in ("success", "failed"):
+                return str(state)
+            time.sleep(1)
+        raise AssertionError(f"{dag_id} run {run_id} still {state} after {timeout} s")
+
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+        tis = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return {ti["task_id"]: ti for ti in tis}
