@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what it needs (a venv with the project and its test
-# tools, helm, Debian's prometheus package, a second venv with Airflow 3 for the DAG tests, buildah and
-# mmdebstrap for the job image), then lints, type-checks and runs pytest against real PostgreSQL servers,
-# the real helm binary, a real Prometheus, a real Airflow and the job image really built and run.
+# tools, helm, Debian's prometheus package, a second venv with Airflow 3 for the DAG and system tests,
+# buildah and mmdebstrap for the job image), then lints, type-checks and runs pytest against real PostgreSQL
+# servers, the real helm binary, a real Prometheus, a real Airflow, the job image really built and run, and
+# the chart's pods run as processes.
 # Usage: scripts/test.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,9 +85,12 @@ say "ruff, mypy, shellcheck"
 
 say "pytest: job, simulator, chart, image"
 status=0
-.venv/bin/pytest --ignore=tests/dags "$@" || status=$?
+.venv/bin/pytest --ignore=tests/dags --ignore=tests/system "$@" || status=$?
 
-say "pytest: Airflow DAGs (real Airflow in .venv-airflow)"
+say "pytest: Airflow DAGs and the package beside Airflow (real Airflow in .venv-airflow)"
 PATH="$root/.venv-airflow/bin:$PATH" .venv-airflow/bin/pytest tests/dags "$@" || status=$?
+
+say "pytest: the chart's Airflow as installed, its pods run as processes (tests/system, needs root)"
+PATH="$root/.venv-airflow/bin:$PATH" .venv-airflow/bin/pytest tests/system "$@" || status=$?
 
 exit "$status"
