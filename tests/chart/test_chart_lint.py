@@ -18,7 +18,7 @@ YAML_FILES = [CHART_DIR / "Chart.yaml", CHART_DIR / "values.yaml", *CI_VALUES]
 def test_ci_values_cover_the_required_configurations() -> None:
     names = {ci_id(p) for p in CI_VALUES}
     assert {"defaults", "external-db", "airflow-disabled", "forensic-only", "three-platforms",
-            "simulator-scaled"} <= names
+            "simulator-scaled", "local-runner"} <= names
 
 
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=ci_id)

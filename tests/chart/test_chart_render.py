@@ -674,3 +674,14 @@ def test_scheduler_shutdown_is_fast_and_bounded(defaults: Docs, render: Render) 
     docs = render({"airflow": {"scheduler": {"terminationGracePeriodSeconds": 45}}})
     spec = pod_spec(find(docs, "Deployment", "mvp-datasurface-airflow-scheduler"))
     assert spec["terminationGracePeriodSeconds"] == 45
+
+
+def test_notes_name_the_image_the_local_runner_needs() -> None:
+    def notes(*args: str) -> str:
+        proc = run_helm(["install", "mvp", str(CHART_DIR), "--dry-run=client", "--namespace", "default", *args])
+        return proc.stdout.split("NOTES:", 1)[1]
+
+    assert "local runner" not in notes()
+    text = notes("--set", "platformDefaults.runner=local")
+    assert "The local runner (YellowLive, YellowForensic)" in text
+    assert "apache/airflow:3.3.2 must contain the datasurface-k8s package" in " ".join(text.split())
