@@ -625,7 +625,6 @@ class Cluster:
         self._proxies: list[subprocess.Popen[bytes]] = []
         self._service_ips: dict[str, str] = {}
         self._pod_ips: dict[str, str] = {}
-        self._exposed: set[tuple[str, int]] = set()
         self._lock = threading.Lock()  # pods start in threads (start_pods)
 
     # lifecycle ---------------------------------------------------------------------------------------
@@ -726,7 +725,6 @@ class Cluster:
         target = ["--to-unix", unix_socket] if unix_socket else ["--to", f"{tcp[0]}:{tcp[1]}"]  # type: ignore[index]
         ip = self.service_ip(service)
         self._proxy(["--listen", f"{ip}:{port}", *target])
-        self._exposed.add((service, port))
         return ip
 
     def port_forward(self, service: str, port: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -79,9 +80,13 @@ class Release:
             raise KubeletError(f"initdb script failed: {proc.stdout}{proc.stderr}")
 
     def stop(self) -> None:
+        """Stop every pod and the database; the folder (logs, runtime specs holding env) is removed unless
+        DATASURFACE_KEEP_SYSTEM_DIR is set, to look at the pods' logs after a failure."""
         self.cluster.stop()
         if self.pg is not None:
             self.pg.stop()
+        if not os.environ.get("DATASURFACE_KEEP_SYSTEM_DIR"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     # Airflow -----------------------------------------------------------------------------------------
 
