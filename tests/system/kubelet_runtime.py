@@ -26,6 +26,32 @@ import sys
 PR_SET_NO_NEW_PRIVS = 38
 
 
+def inside(root: str, path: str) -> str:
+    """`path` of the container as a path of the machine under `root`, following symlinks as the
+    container will see them (an absolute link target is relative to `root`, e.g. /var/run -> /run), so
+    that nothing made for the container lands on the machine's own files."""
+    parts = [p for p in path.split("/") if p]
+    resolved = root
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            resolved = os.path.dirname(resolved) if resolved != root else root
+            continue
+        candidate = os.path.join(resolved, part)
+        if os.path.islink(candidate):
+            hops += 1
+            if hops > 40:
+                raise OSError(f"too many symlinks in {path}")
+            target = os.readlink(candidate)
+            parts = [p for p in target.split("/") if p] + parts
+            if target.startswith("/"):
+                resolved = root
+            continue
+        resolved = candidate
+    return resolved
+
+
 def mount(*args: str) -> None:
     subprocess.run(["mount", *args], check=True)
 
@@ -43,17 +69,18 @@ def main(spec_path: str) -> None:
     for special in ("proc", "sys", "dev"):
         mount("--rbind", f"/{special}", os.path.join(root, special))
     for path, uid, gid, mode in spec["dirs"]:
-        target = os.path.join(root, path.lstrip("/"))
+        target = inside(root, path)
         os.makedirs(target, exist_ok=True)
         os.chown(target, uid, gid)
         os.chmod(target, mode)
     for path, text in spec["files"].items():
-        target = os.path.join(root, path.lstrip("/"))
+        target = inside(root, path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "w") as f:
             f.write(text)
+        os.chmod(target, spec.get("file_modes", {}).get(path, 0o644))
     for source, mount_path, read_only in spec["mounts"]:
-        target = os.path.join(root, mount_path.lstrip("/"))
+        target = inside(root, mount_path)
         if os.path.isdir(source):
             os.makedirs(target, exist_ok=True)
         else:

@@ -78,7 +78,8 @@ def test_a_container_runs_with_its_volumes_user_and_read_only_root(cluster: Clus
     doc = pod_doc({"args": ["-c", DUMP], "env": [{"name": "E", "value": "v"}],
                    "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False},
                    "volumeMounts": [{"name": "cfg", "mountPath": "/cfg", "readOnly": True},
-                                    {"name": "scratch", "mountPath": "/scratch"}]},
+                                    {"name": "scratch", "mountPath": "/scratch"},
+                                    {"name": "scratch", "mountPath": "/var/run/kubelet-test"}]},
                   securityContext={"runAsUser": 10002, "runAsGroup": 10003, "fsGroup": 2000, "runAsNonRoot": True},
                   volumes=[{"name": "cfg", "projected": {"defaultMode": 0o440, "sources": [
                                {"configMap": {"name": "cfg", "items": [{"key": "a.txt", "path": "dir/a.txt"}]}},
@@ -95,6 +96,7 @@ def test_a_container_runs_with_its_volumes_user_and_read_only_root(cluster: Clus
     assert out["root_writable"] is False and out["tmp_writable"] is True
     assert f"{cluster.service_ip('db')} db db.default db.default.svc db.default.svc.cluster.local" in out["hosts"]
     assert not Path("/opt/app").exists(), "the image's folders never reach the machine"
+    assert not Path("/run/kubelet-test").exists(), "a mount point behind /var/run -> /run stays in the container"
 
 
 def test_run_as_non_root_refuses_root(cluster: Cluster) -> None:
