@@ -133,6 +133,7 @@ class Image:
     entrypoint: Callable[[list[str] | None, list[str]], list[str]]
     dirs: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # path -> (uid, gid, mode)
     files: dict[str, str] = field(default_factory=dict)
+    file_modes: dict[str, int] = field(default_factory=dict)  # modes of `files` other than 0644
     passwd: list[str] = field(default_factory=list)  # the image's own /etc/passwd lines (its users)
     uid: int = 0
     gid: int = 0
@@ -179,6 +180,47 @@ def job_image(venv: Path) -> Image:
                       "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"},
                  entrypoint=entrypoint, passwd=["datasurface:x:10001:10001::/tmp:/usr/sbin/nologin"],
                  uid=10001, gid=10001, workdir="/tmp")
+
+
+POSTGRES_ENTRYPOINT = r"""#!/bin/bash
+# The postgres image's docker-entrypoint.sh, as far as the chart relies on it: first start initialises
+# PGDATA (superuser POSTGRES_USER with POSTGRES_PASSWORD, local trust, scram-sha-256 over TCP), runs
+# /docker-entrypoint-initdb.d/*.sh and *.sql on a socket-only server, then serves on all addresses.
+set -Eeuo pipefail
+if [ "${1:-postgres}" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
+  mkdir -p "$PGDATA" && chmod 700 "$PGDATA"
+  initdb --username="${POSTGRES_USER:-postgres}" --pwfile=<(printf '%s
+' "$POSTGRES_PASSWORD")     -D "$PGDATA" -E UTF8 --locale=C >/dev/null
+  printf 'host all all all scram-sha-256
+' >>"$PGDATA/pg_hba.conf"
+  pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -c unix_socket_directories=/var/run/postgresql" -w start
+  export PGPASSWORD="$POSTGRES_PASSWORD" PGHOST=/var/run/postgresql
+  for f in /docker-entrypoint-initdb.d/*; do
+    case "$f" in
+      *.sh) if [ -x "$f" ]; then "$f"; else . "$f"; fi ;;
+      *.sql) psql -v ON_ERROR_STOP=1 --username "${POSTGRES_USER:-postgres}" --no-password -f "$f" ;;
+    esac
+  done
+  unset PGPASSWORD PGHOST
+  pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
+fi
+[ "${1:-postgres}" = postgres ] && shift || true
+exec postgres -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql "$@"
+"""
+
+
+def postgres_image(bin_dir: Path) -> Image:
+    """postgres (official image), emulated by the machine's PostgreSQL binaries (Debian's 15; the chart
+    pins another major) and POSTGRES_ENTRYPOINT: user postgres (999), PGDATA, the socket directory."""
+    def entrypoint(command: list[str] | None, args: list[str]) -> list[str]:
+        return [*command, *args] if command else ["/usr/local/bin/docker-entrypoint.sh", *(args or ["postgres"])]
+
+    return Image(env={"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "PGDATA": "/var/lib/postgresql/data",
+                      "LANG": "C.UTF-8"},
+                 entrypoint=entrypoint, files={"/usr/local/bin/docker-entrypoint.sh": POSTGRES_ENTRYPOINT},
+                 file_modes={"/usr/local/bin/docker-entrypoint.sh": 0o755},
+                 dirs={"/var/lib/postgresql": (999, 999, 0o755), "/var/run/postgresql": (999, 999, 0o3775)},
+                 passwd=["postgres:x:999:999::/var/lib/postgresql:/bin/bash"], uid=999, gid=999)
 
 
 # --- env -------------------------------------------------------------------------------------------------
@@ -460,6 +502,7 @@ class Pod:
         runtime_spec = {
             "scratch": str(self.dir / "rootfs" / container.name), "hostname": self.name,
             "dirs": [[p, *v] for p, v in image.dirs.items()],
+            "file_modes": image.file_modes,
             "files": {**image.files, "/etc/hosts": self.cluster.hosts_file(),
                       "/etc/passwd": Path("/etc/passwd").read_text() + "".join(f"{u}\n" for u in image.passwd)},
             "mounts": self._mounts(spec), "read_only_root": bool(sc.get("readOnlyRootFilesystem")),

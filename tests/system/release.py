@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from helm import render_chart_text
-from kubelet import Cluster, KubeletError, Manifests, Pod, airflow_image, job_image
+from kubelet import Cluster, KubeletError, Manifests, Pod, airflow_image, job_image, postgres_image
 
 from datasurface.localpg import SUPERUSER, LocalPostgres, find_bin_dir
 
@@ -40,7 +40,9 @@ class Release:
         self.source_rows = 0  # what the test put into the source
         self.cluster = Cluster(self.manifests, self.workdir / "node",
                                images={"apache/airflow": airflow_image(VENV),
-                                       "ghcr.io/datasurface/datasurface-job": job_image(VENV)})
+                                       "ghcr.io/datasurface/datasurface-job": job_image(VENV),
+                                       "postgres": postgres_image(find_bin_dir("system"))})
+        self._db_port: int | None = None
 
     def render(self, values: dict[str, Any]) -> Manifests:
         """`helm template`; generated Secret values are then kept from the current render, as the chart's
@@ -61,6 +63,53 @@ class Release:
         self.cluster.expose(f"{self.fullname}-postgresql", 5432,
                             unix_socket=f"{self.pg.socket_dir}/.s.PGSQL.{self.pg.port}")
         return self
+
+    def start_bundled(self) -> Release:
+        """The chart's own PostgreSQL: its StatefulSet's pod (the postgres image's first start runs the
+        rendered init script), until its startup probe (pg_isready) passes."""
+        self.cluster.start()
+        pod = self.cluster.start_pod("StatefulSet", f"{self.fullname}-postgresql")
+        pod.wait_ready(timeout=120)
+        return self
+
+    def connect(self, database: str, role: str) -> Any:
+        """psycopg2 to a database of the release as one of its roles (autocommit)."""
+        import psycopg2
+
+        secret = f"{self.fullname}-postgresql"
+        if self.pg is not None:
+            host, port = self.pg.socket_dir, self.pg.port
+        else:
+            if self._db_port is None:
+                self._db_port = self.cluster.port_forward(secret, 5432)
+            host, port = "127.0.0.1", self._db_port
+        conn = psycopg2.connect(host=host, port=port, dbname=database, user=self.secret(secret, f"{role}-username"),
+                                password=self.secret(secret, f"{role}-password"), connect_timeout=10)
+        conn.autocommit = True
+        return conn
+
+    def fill_source(self) -> int:
+        """The simulator's container (the job image's `simulate --create-tables`) fills the source, then
+        is stopped as a Deployment's pod is (SIGTERM; it stops within a second). The customers count."""
+        pod = self.cluster.start_pod("Deployment", f"{self.fullname}-simulator")
+        deadline = time.monotonic() + 60
+        count = 0
+        while time.monotonic() < deadline and count < 5:
+            time.sleep(0.5)
+            with self.connect("customer_db", "source") as conn, conn.cursor() as cur:
+                cur.execute("SELECT to_regclass('public.customers')")
+                if cur.fetchone()[0] is not None:
+                    cur.execute("SELECT count(*) FROM public.customers")
+                    count = cur.fetchone()[0]
+        took = pod.stop()
+        if count < 5:
+            raise KubeletError(f"the simulator made no customers:\n{pod.all_logs()[-3000:]}")
+        if took >= 5:
+            raise KubeletError(f"the simulator took {took:.1f} s to stop")
+        with self.connect("customer_db", "source") as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM public.customers")
+            self.source_rows = int(cur.fetchone()[0])
+        return self.source_rows
 
     def _init_database(self) -> None:
         """The postgres image's first start: the initdb.d script with the StatefulSet container's env."""

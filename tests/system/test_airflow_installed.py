@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg2
 import pytest
 from release import AirflowApi, Release
 
@@ -42,7 +41,7 @@ STOP_SECONDS = 15  # an upgrade's SIGTERM must stop the scheduler well within th
 def release() -> Iterator[Release]:
     rel = Release(VALUES).start()
     try:
-        rel.source_rows = fill_source(rel)  # before Airflow: the database comes first
+        rel.fill_source()  # before Airflow: the database comes first
         rel.start_airflow()
         yield rel
     finally:
@@ -55,13 +54,7 @@ def api(release: Release) -> AirflowApi:
 
 
 def connect(release: Release, database: str, role: str) -> Any:
-    assert release.pg is not None
-    secret = f"{release.fullname}-postgresql"
-    conn = psycopg2.connect(host=release.pg.socket_dir, port=release.pg.port, dbname=database,
-                            user=release.secret(secret, f"{role}-username"),
-                            password=release.secret(secret, f"{role}-password"))
-    conn.autocommit = True
-    return conn
+    return release.connect(database, role)
 
 
 def batches(release: Release, schema: str) -> list[tuple[int, str]]:
@@ -78,27 +71,6 @@ def run_dag(api: AirflowApi, dag_id: str, timeout: float = 240) -> str:
     run_id = api.trigger(dag_id)
     state = api.wait_for_run(dag_id, run_id, timeout)
     return state
-
-
-def fill_source(release: Release) -> int:
-    """The simulator's container (the job image's `simulate --create-tables`) fills the source, then is
-    stopped as a Deployment's pod is (SIGTERM; it stops within a second). Returns the customers count."""
-    pod = release.cluster.start_pod("Deployment", f"{release.fullname}-simulator")
-    deadline = time.monotonic() + 60
-    count = 0
-    while time.monotonic() < deadline and count < 5:
-        time.sleep(0.5)
-        with connect(release, "customer_db", "source") as conn, conn.cursor() as cur:
-            cur.execute("SELECT to_regclass('public.customers')")
-            if cur.fetchone()[0] is not None:
-                cur.execute("SELECT count(*) FROM public.customers")
-                count = cur.fetchone()[0]
-    took = pod.stop()
-    assert count >= 5, pod.all_logs()[-3000:]
-    assert took < 5, f"the simulator took {took:.1f} s to stop"
-    with connect(release, "customer_db", "source") as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM public.customers")
-        return int(cur.fetchone()[0])
 
 
 def current_rows(release: Release, schema: str) -> int:
