@@ -296,14 +296,19 @@ class Container:
         """SIGTERM as the image's init delivers it; SIGKILL to every process of the container (its cgroup)."""
         if self.proc is None:
             return
-        if sig == signal.SIGKILL:
-            targets = set(self.processes()) | ({self.proc.pid} if self.running else set())
-            for pid in targets:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            return
+        if sig == signal.SIGKILL:  # until the container's processes are gone, as a cgroup kill waits
+            deadline = time.monotonic() + 10
+            while True:
+                targets = set(self.processes()) | ({self.proc.pid} if self.running else set())
+                if not targets or time.monotonic() > deadline:
+                    return
+                for pid in targets:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                self.proc.poll()  # reap the main process (its children are reaped by init)
+                time.sleep(0.02)
         group = self.image.signal_group
         if self.image.signal_group_env and self.image.signal_group_env in self.env:
             group = self.env[self.image.signal_group_env] != "0"
