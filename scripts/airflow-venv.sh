@@ -40,13 +40,10 @@ if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" 
   exit 0
 fi
 
-# a venv made by another interpreter is rebuilt (the non-root system tests need Debian's)
-if [ -x "$venv/bin/python" ] && [ "$("$venv/bin/python" -c 'import sys; print(sys._base_executable)')" \
-     != "$("$python" -c 'import sys; print(sys.executable)')" ]; then
-  rm -rf "$venv"
-fi
-[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-rm -f "$stamp"
+# Built from scratch whenever the key changed: the baseline must be Airflow's environment alone, without
+# an earlier install of the project or of its dependencies.
+rm -rf "$venv"
+"$python" -m venv "$venv"
 pip=("$venv/bin/pip" install -q --disable-pip-version-check)
 "${pip[@]}" --upgrade pip
 "${pip[@]}" "${requirements[@]}"
