@@ -54,7 +54,7 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   printf '!!!!!!!! a real Prometheus scraping the exporter, dashboard queries) WILL BE SKIPPED\n\n'
 fi
 
-say "Airflow venv (.venv-airflow) for the DAG tests"
+say "Airflow venv (.venv-airflow) for the DAG and system tests"
 scripts/airflow-venv.sh
 
 if [ -n "$standin_pid" ]; then
