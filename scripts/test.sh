@@ -13,10 +13,17 @@ say() { printf '\n==> %s\n' "$*"; }
 
 say "buildah and mmdebstrap (Debian) for the job image build and run (tests/image_build)"
 apt_updated=false
-apt_install() {  # Debian packages, as root; apt-get update once per run
+apt_install() {  # Debian packages, as root; apt-get update once per run. A policy-rc.d for the install keeps
+  # packages from starting the machine's own services (mariadb, prometheus): the tests start their own
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 1
   if [ "$apt_updated" = false ]; then apt-get update -qq >/dev/null && apt_updated=true || return 1; fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  local made_policy="" rc=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || rc=$?
+  [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
+  return "$rc"
 }
 if ! command -v buildah >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1; then
   apt_install buildah mmdebstrap || true
@@ -43,11 +50,7 @@ export HELM_BIN
 
 say "Prometheus and promtool (Debian's prometheus package) for tests/observe/test_prometheus.py"
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    # the package may start its own service: the tests never use it (they run their own prometheus)
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
-        && { ! command -v service >/dev/null || service prometheus stop || true; }; } >/dev/null 2>&1 || true
-  fi
+  apt_install --no-install-recommends prometheus || true
 fi
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   printf '\n!!!!!!!! WARNING: prometheus/promtool could not be installed: the Prometheus tests (alert rules,\n'
@@ -68,14 +71,8 @@ fi
 
 say "MariaDB server binaries for tests/mysql (Debian's mariadb-server; the tests start their own server)"
 if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
-  # keep the package from starting the machine's own instance: a policy-rc.d for the install only
-  made_policy=""
-  if [ "$(id -u)" = 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
-  fi
   apt_install mariadb-server \
     || echo "!!! mariadb-server could not be installed (needs root apt-get): tests/mysql will be SKIPPED" >&2
-  [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 say "ruff, mypy, shellcheck"
