@@ -255,13 +255,17 @@ def check(
 @app.command()
 def simulate(
     host: Annotated[str, typer.Option("--host", envvar="DATASURFACE_SIM_HOST", show_envvar=True,
-        help="Source database host, or a Unix-socket directory (starts with /).")],
+        help="Source database host, or a Unix-socket directory (starts with /; for mysql the socket file).")],
     database: Annotated[str, typer.Option("--database", envvar="DATASURFACE_SIM_DATABASE", show_envvar=True,
         help="Source database name.")],
     credential: Annotated[str, typer.Option("--credential", envvar="DATASURFACE_SIM_CREDENTIAL",
         show_envvar=True, help="Credential name X: env X_USER and X_PASSWORD.")],
-    port: Annotated[int, typer.Option("--port", envvar="DATASURFACE_SIM_PORT", show_envvar=True,
-        help="Source database port.")] = 5432,
+    port: Annotated[int | None, typer.Option("--port", envvar="DATASURFACE_SIM_PORT", show_envvar=True,
+        help="Source database port (default 5432; 3306 with --db-type mysql).")] = None,
+    db_type: Annotated[str, typer.Option("--db-type", envvar="DATASURFACE_SIM_DB_TYPE", show_envvar=True,
+        click_type=click.Choice(["postgres", "mysql"]),
+        help="The source database: postgres, or mysql (MySQL 8 / MariaDB 10.6+; a --host starting with / "
+             "is the server's socket file).")] = "postgres",
     create_tables: Annotated[bool, typer.Option("--create-tables",
         help="Create customers/addresses if missing and seed a few rows if empty.")] = False,
     max_changes: Annotated[int, typer.Option("--max-changes", envvar="DATASURFACE_SIM_MAX_CHANGES",
@@ -282,7 +286,7 @@ def simulate(
 
     run_simulator(host=host, port=port, database=database, credential=credential, create_tables=create_tables,
                   max_changes=max_changes, min_interval=min_interval, max_interval=max_interval, seed=seed,
-                  max_disconnected=max_disconnected, verbose=verbose)
+                  max_disconnected=max_disconnected, verbose=verbose, db_type=db_type)
 
 
 @app.command()

@@ -4,7 +4,7 @@ Every operation keeps the invariant: a customer's `primaryaddressid` and `billin
 existing address of that customer. Only brand-new addresses ever become primary or billing, and only an
 address that is neither is deleted, with both rows locked; so concurrent simulators cannot break it.
 Rows to change are picked with `FOR UPDATE SKIP LOCKED`: a row another simulator is changing is skipped,
-never waited for. Ids come from one database sequence, so simulators never collide.
+never waited for. Ids come from one sequence of the database (see backends/), so simulators never collide.
 
 All choices come from the `random.Random` passed in and from the data itself, so the same seed against
 the same starting data gives the same operations.
@@ -17,10 +17,10 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from psycopg2.extensions import cursor as Cursor
-
-from datasurface.simulator.schema import ID_SEQUENCE
+if TYPE_CHECKING:
+    from datasurface.simulator.backends import Backend
 
 CUSTOMER_PREFIX = "C"
 ADDRESS_PREFIX = "A"
@@ -49,17 +49,22 @@ class Outcome:
     detail: str
 
 
-Operation = Callable[[Cursor, random.Random], Outcome]
+@dataclass(frozen=True)
+class Tx:
+    """The cursor of the caller's transaction, and the backend for what its database spells differently."""
+
+    cur: Any
+    backend: Backend
+
+
+Operation = Callable[[Tx, random.Random], Outcome]
 
 
 # --- values -----------------------------------------------------------------------------------
 
 
-def next_id(cur: Cursor, prefix: str) -> str:
-    cur.execute("SELECT nextval(%s)", [ID_SEQUENCE])
-    row = cur.fetchone()
-    assert row is not None
-    return f"{prefix}{int(row[0]):012d}"
+def next_id(tx: Tx, prefix: str) -> str:
+    return f"{prefix}{tx.backend.next_id(tx.cur):012d}"
 
 
 def _email(rng: random.Random, first: str, last: str) -> str:
@@ -84,9 +89,9 @@ def _city(rng: random.Random) -> tuple[str, str, str]:
     return city, state, _zip(rng, zip_prefix)
 
 
-def _insert_address(cur: Cursor, address_id: str, customer_id: str, rng: random.Random) -> None:
+def _insert_address(tx: Tx, address_id: str, customer_id: str, rng: random.Random) -> None:
     city, state, zipcode = _city(rng)
-    cur.execute(
+    tx.cur.execute(
         "INSERT INTO addresses (id, customerid, streetname, city, state, zipcode)"
         " VALUES (%s, %s, %s, %s, %s, %s)",
         [address_id, customer_id, _street(rng), city, state, zipcode],
@@ -96,11 +101,11 @@ def _insert_address(cur: Cursor, address_id: str, customer_id: str, rng: random.
 # --- picking rows -----------------------------------------------------------------------------
 
 
-def _probe_start(cur: Cursor, table: str, prefix: str, rng: random.Random) -> str | None:
+def _probe_start(tx: Tx, table: str, prefix: str, rng: random.Random) -> str | None:
     """A random id to start looking from (ids are zero-padded, so text order is number order);
     None when the table is empty."""
-    cur.execute(f"SELECT max(id) FROM {table}")  # noqa: S608 - table is one of two constants
-    row = cur.fetchone()
+    tx.cur.execute(f"SELECT max(id) FROM {table}")  # noqa: S608 - table is one of two constants
+    row = tx.cur.fetchone()
     if row is None or row[0] is None:
         return None
     digits = str(row[0]).removeprefix(prefix)
@@ -108,110 +113,113 @@ def _probe_start(cur: Cursor, table: str, prefix: str, rng: random.Random) -> st
     return f"{prefix}{rng.randint(1, max(top, 1)):012d}"
 
 
-def _pick(cur: Cursor, query: str, start: str) -> tuple[object, ...] | None:
+def _pick(tx: Tx, query: str, start: str) -> tuple[object, ...] | None:
     """The first row at or after `start` that matches (wrapping around), locked for this transaction.
     `query` holds `{cmp}` where the id comparison goes."""
     for cmp in (">=", "<"):
-        cur.execute(query.format(cmp=cmp), [start])
-        row = cur.fetchone()
+        tx.cur.execute(query.format(cmp=cmp), [start])
+        row = tx.cur.fetchone()
         if row is not None:
             return tuple(row)
     return None
 
 
-def _pick_customer(cur: Cursor, rng: random.Random) -> tuple[object, ...] | None:
-    start = _probe_start(cur, "customers", CUSTOMER_PREFIX, rng)
+def _pick_customer(tx: Tx, rng: random.Random) -> tuple[object, ...] | None:
+    start = _probe_start(tx, "customers", CUSTOMER_PREFIX, rng)
     if start is None:
         return None
-    return _pick(cur, "SELECT id, firstname, lastname FROM customers WHERE id {cmp} %s "
+    return _pick(tx, "SELECT id, firstname, lastname FROM customers WHERE id {cmp} %s "
                       "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", start)
 
 
 # --- the operations ---------------------------------------------------------------------------
 
 
-def create_customer(cur: Cursor, rng: random.Random) -> Outcome:
+def create_customer(tx: Tx, rng: random.Random) -> Outcome:
     """A new customer with a first address, which is both primary and billing address."""
-    customer_id = next_id(cur, CUSTOMER_PREFIX)
-    address_id = next_id(cur, ADDRESS_PREFIX)
+    customer_id = next_id(tx, CUSTOMER_PREFIX)
+    address_id = next_id(tx, ADDRESS_PREFIX)
     first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
     dob = dt.date.fromordinal(rng.randint(_DOB_FIRST, _DOB_LAST))
-    cur.execute(
+    tx.cur.execute(
         "INSERT INTO customers (id, firstname, lastname, dob, email, phone, primaryaddressid,"
         " billingaddressid) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
         [customer_id, first, last, dob, _email(rng, first, last), _phone(rng), address_id, address_id],
     )
-    _insert_address(cur, address_id, customer_id, rng)
+    _insert_address(tx, address_id, customer_id, rng)
     return Outcome("create_customer", f"customer {customer_id} ({first} {last}) with address {address_id}")
 
 
-def update_contact(cur: Cursor, rng: random.Random) -> Outcome:
+def update_contact(tx: Tx, rng: random.Random) -> Outcome:
     """A customer's new email and/or phone."""
-    row = _pick_customer(cur, rng)
+    row = _pick_customer(tx, rng)
     if row is None:
-        return create_customer(cur, rng)
+        return create_customer(tx, rng)
     customer_id, first, last = (str(v) for v in row)
     what = rng.choice(("email", "phone", "email+phone"))
     email = _email(rng, first, last) if "email" in what else None
     phone = _phone(rng) if "phone" in what else None
-    cur.execute(
+    tx.cur.execute(
         "UPDATE customers SET email = coalesce(%s, email), phone = coalesce(%s, phone) WHERE id = %s",
         [email, phone, customer_id],
     )
     return Outcome("update_contact", f"customer {customer_id}: new {what}")
 
 
-def add_address(cur: Cursor, rng: random.Random) -> Outcome:
+def add_address(tx: Tx, rng: random.Random) -> Outcome:
     """Another address for a customer; sometimes it becomes the billing address."""
-    row = _pick_customer(cur, rng)
+    row = _pick_customer(tx, rng)
     if row is None:
-        return create_customer(cur, rng)
+        return create_customer(tx, rng)
     customer_id = str(row[0])
-    address_id = next_id(cur, ADDRESS_PREFIX)
-    _insert_address(cur, address_id, customer_id, rng)
+    address_id = next_id(tx, ADDRESS_PREFIX)
+    _insert_address(tx, address_id, customer_id, rng)
     billing = rng.random() < 0.3
     if billing:
-        cur.execute("UPDATE customers SET billingaddressid = %s WHERE id = %s", [address_id, customer_id])
+        tx.cur.execute("UPDATE customers SET billingaddressid = %s WHERE id = %s", [address_id, customer_id])
     return Outcome("add_address",
                    f"address {address_id} for customer {customer_id}" + (" (now billing)" if billing else ""))
 
 
-def change_address(cur: Cursor, rng: random.Random) -> Outcome:
+def change_address(tx: Tx, rng: random.Random) -> Outcome:
     """An address's street, or city/state/zip, or only its zip changes."""
-    start = _probe_start(cur, "addresses", ADDRESS_PREFIX, rng)
+    start = _probe_start(tx, "addresses", ADDRESS_PREFIX, rng)
     row = None if start is None else _pick(
-        cur, "SELECT id, zipcode FROM addresses WHERE id {cmp} %s ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        tx, "SELECT id, zipcode FROM addresses WHERE id {cmp} %s ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
         start)
     if row is None:
-        return create_customer(cur, rng)
+        return create_customer(tx, rng)
     address_id, old_zip = str(row[0]), str(row[1] or "00000")
     what = rng.choice(("street", "city/state/zip", "zip"))
     if what == "street":
-        cur.execute("UPDATE addresses SET streetname = %s WHERE id = %s", [_street(rng), address_id])
+        tx.cur.execute("UPDATE addresses SET streetname = %s WHERE id = %s", [_street(rng), address_id])
     elif what == "zip":
-        cur.execute("UPDATE addresses SET zipcode = %s WHERE id = %s", [_zip(rng, old_zip[:3]), address_id])
+        tx.cur.execute("UPDATE addresses SET zipcode = %s WHERE id = %s", [_zip(rng, old_zip[:3]), address_id])
     else:
         city, state, zipcode = _city(rng)
-        cur.execute("UPDATE addresses SET city = %s, state = %s, zipcode = %s WHERE id = %s",
+        tx.cur.execute("UPDATE addresses SET city = %s, state = %s, zipcode = %s WHERE id = %s",
                     [city, state, zipcode, address_id])
     return Outcome("change_address", f"address {address_id}: new {what}")
 
 
-def delete_address(cur: Cursor, rng: random.Random) -> Outcome:
+_DELETABLE = ("SELECT a.id, a.customerid FROM addresses a JOIN customers c ON c.id = a.customerid "
+              "WHERE a.id {cmp} %s AND a.id <> c.primaryaddressid AND a.id <> c.billingaddressid "
+              "ORDER BY a.id LIMIT 1")
+
+
+def delete_address(tx: Tx, rng: random.Random) -> Outcome:
     """Delete an address that is neither its customer's primary nor billing address (customer locked
     too); with none to delete, add one instead."""
-    start = _probe_start(cur, "addresses", ADDRESS_PREFIX, rng)
+    start = _probe_start(tx, "addresses", ADDRESS_PREFIX, rng)
     row = None if start is None else _pick(
-        cur,
-        "SELECT a.id, a.customerid FROM addresses a JOIN customers c ON c.id = a.customerid "
-        "WHERE a.id {cmp} %s AND a.id <> c.primaryaddressid AND a.id <> c.billingaddressid "
-        "ORDER BY a.id LIMIT 1 FOR UPDATE OF a, c SKIP LOCKED",
+        tx,
+        f"{_DELETABLE} {tx.backend.lock_join_rows}",  # the backend's locking clause
         start,
     )
     if row is None:
-        return add_address(cur, rng)
+        return add_address(tx, rng)
     address_id, customer_id = str(row[0]), str(row[1])
-    cur.execute("DELETE FROM addresses WHERE id = %s", [address_id])
+    tx.cur.execute("DELETE FROM addresses WHERE id = %s", [address_id])
     return Outcome("delete_address", f"address {address_id} of customer {customer_id}")
 
 

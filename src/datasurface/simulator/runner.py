@@ -18,24 +18,18 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-
-import psycopg2
-from psycopg2.extensions import connection as PgConnection
+from typing import Any
 
 from datasurface.credentials import Credential, resolve
-from datasurface.db import Endpoint, connect, first_line
+from datasurface.db import Endpoint, first_line
 from datasurface.errors import DatabaseError, DataSurfaceError, UsageError
-from datasurface.simulator.operations import OPERATIONS, Outcome, choose
+from datasurface.simulator.backends import DB_TYPES, Backend, backend_for
+from datasurface.simulator.operations import OPERATIONS, Outcome, Tx, choose
 from datasurface.simulator.schema import ensure_tables
 
 log = logging.getLogger("datasurface.simulator")
 
-# serialization failure, deadlock, lock timeout: the transaction was rolled back, try it again
-_RETRY_CODES = {"40001", "40P01", "55P03"}
 _MAX_ATTEMPTS = 5
-# connection errors that waiting will not fix
-_FATAL_CONNECT = ("authentication failed", "does not exist", "no password supplied", "no pg_hba.conf entry",
-                  "permission denied")
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 5.0
 
 
@@ -53,16 +47,6 @@ def _setup_logging() -> None:
     log.setLevel(logging.INFO)
 
 
-def _is_connection_problem(exc: psycopg2.Error, conn: PgConnection) -> bool:
-    if conn.closed:
-        return True
-    if isinstance(exc, psycopg2.InterfaceError):
-        return True
-    code = exc.pgcode or ""
-    # 08: connection exception, 57P: operator intervention (shutdown, crash), none: lost mid-call
-    return isinstance(exc, psycopg2.OperationalError) and (not code or code.startswith(("08", "57P")))
-
-
 class Simulator:
     """Performs operations against one database; `run` may be called again to do more (the demo)."""
 
@@ -77,7 +61,9 @@ class Simulator:
         max_disconnected: float = 300.0,
         verbose: bool = False,
         stop: threading.Event | None = None,
+        backend: Backend | None = None,
     ) -> None:
+        self.backend = backend or backend_for("postgres")
         self.endpoint = endpoint
         self.credential = credential
         self.min_interval = min_interval
@@ -93,31 +79,22 @@ class Simulator:
         self.retried = 0
         self.reconnects = 0
         self.performed = 0
-        self._conn: PgConnection | None = None
+        self._conn: Any = None
         self._down_since: float | None = None
 
     # --- connection -----------------------------------------------------------------------------
 
-    def _open(self) -> PgConnection:
-        conn: PgConnection = connect(self.endpoint, self.credential, application_name="datasurface-simulator",
-                       connect_timeout=5)
-        with conn.cursor() as cur:
-            # a lock held elsewhere must never keep a stop request waiting for long
-            cur.execute("SET lock_timeout = '2s'")
-        conn.commit()
-        return conn
-
-    def connection(self) -> PgConnection | None:
+    def connection(self) -> Any:
         """An open connection, reconnecting with backoff; None when asked to stop while waiting."""
-        if self._conn is not None and not self._conn.closed:
+        if self._conn is not None and not self.backend.is_closed(self._conn):
             return self._conn
         delay = _BACKOFF_FIRST
         while True:
             try:
-                self._conn = self._open()
+                self._conn = self.backend.connect(self.endpoint, self.credential)
             except DatabaseError as exc:
                 reason = str(exc)
-                if any(m in reason for m in _FATAL_CONNECT):
+                if self.backend.fatal_connect(reason):
                     raise
                 now = time.monotonic()
                 if self._down_since is None:
@@ -148,7 +125,7 @@ class Simulator:
         if self._conn is not None:
             try:
                 self._conn.close()
-            except psycopg2.Error:
+            except self.backend.error:
                 pass
             self._conn = None
 
@@ -159,35 +136,36 @@ class Simulator:
         if conn is None:
             return
         try:
-            seeded = ensure_tables(conn)
-        except psycopg2.Error as exc:
+            seeded = ensure_tables(conn, self.backend)
+        except self.backend.error as exc:
             raise DatabaseError(f"cannot create the tables in {self.endpoint.describe()}: {first_line(exc)}"
                                 ) from exc
         log.info("tables customers and addresses ready%s",
                  f" (seeded {seeded} customers)" if seeded else "")
 
-    def _execute(self, conn: PgConnection, kind: str) -> Outcome:
+    def _execute(self, conn: Any, kind: str) -> Outcome:
         """One operation in one transaction, retried when the database rolled it back for concurrency."""
         operation = OPERATIONS[kind][1]
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
                 with conn.cursor() as cur:
-                    outcome = operation(cur, self.rng)
+                    outcome = operation(Tx(cur, self.backend), self.rng)
                 conn.commit()
                 return outcome
-            except psycopg2.Error as exc:
+            except self.backend.error as exc:
                 try:
-                    if not conn.closed:
+                    if not self.backend.is_closed(conn):
                         conn.rollback()
-                except psycopg2.Error:
+                except self.backend.error:
                     pass
-                if _is_connection_problem(exc, conn):
+                failure = self.backend.classify(exc, conn)
+                if failure == "lost":
                     raise _ConnectionLost() from exc
-                if exc.pgcode in _RETRY_CODES and attempt < _MAX_ATTEMPTS:
+                if failure == "retry" and attempt < _MAX_ATTEMPTS:
                     self.retried += 1
                     self.stop.wait(0.01 * attempt)
                     continue
-                hint = " (run with --create-tables)" if exc.pgcode in ("42P01", "42703") else ""
+                hint = " (run with --create-tables)" if failure == "missing" else ""
                 raise DatabaseError(f"{kind} failed: {first_line(exc)}{hint}") from exc
         raise AssertionError("unreachable")
 
@@ -239,9 +217,11 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _validate(port: int, max_changes: int, min_interval: float, max_interval: float,
+def _validate(db_type: str, port: int | None, max_changes: int, min_interval: float, max_interval: float,
               max_disconnected: float) -> None:
-    if not 0 < port < 65536:
+    if db_type not in DB_TYPES:
+        raise UsageError(f"--db-type {db_type}: must be one of {', '.join(DB_TYPES)}")
+    if port is not None and not 0 < port < 65536:
         raise UsageError(f"--port {port}: not a TCP port")
     if max_changes < 0:
         raise UsageError(f"--max-changes {max_changes}: must be 0 (run until stopped) or more")
@@ -256,7 +236,7 @@ def _validate(port: int, max_changes: int, min_interval: float, max_interval: fl
 def run_simulator(
     *,
     host: str,
-    port: int,
+    port: int | None,
     database: str,
     credential: str,
     create_tables: bool,
@@ -266,17 +246,21 @@ def run_simulator(
     seed: int | None,
     max_disconnected: float,
     verbose: bool,
+    db_type: str = "postgres",
 ) -> None:
-    """`datasurface-job simulate` (contract §3). Raises DataSurfaceError on failure."""
-    _validate(port, max_changes, min_interval, max_interval, max_disconnected)
+    """`datasurface-job simulate` (contract §3). Raises DataSurfaceError on failure.
+    `port` None: the backend's default (5432, or 3306 for MySQL)."""
+    _validate(db_type, port, max_changes, min_interval, max_interval, max_disconnected)
+    backend = backend_for(db_type)
     cred = resolve(credential)
     _setup_logging()
     stop = threading.Event()
-    sim = Simulator(Endpoint(host, port, database), cred, min_interval=min_interval,
-                    max_interval=max_interval, seed=seed, max_disconnected=max_disconnected,
-                    verbose=verbose, stop=stop)
+    sim = Simulator(Endpoint(host, backend.default_port if port is None else port, database), cred,
+                    min_interval=min_interval, max_interval=max_interval, seed=seed,
+                    max_disconnected=max_disconnected, verbose=verbose, stop=stop, backend=backend)
     started = time.monotonic()
-    log.info("simulating changes in %s as %s (seed %d, %s)", sim.endpoint.describe(), cred.user, sim.seed,
+    log.info("simulating changes in %s %s as %s (seed %d, %s)", backend.name, sim.endpoint.describe(), cred.user,
+             sim.seed,
              f"{max_changes} operations" if max_changes else "until SIGTERM/SIGINT")
     try:
         with _stop_on_signals(stop):
@@ -285,7 +269,7 @@ def run_simulator(
             sim.run(max_changes)
     except DataSurfaceError:
         raise
-    except psycopg2.Error as exc:  # anything the loop did not classify: still one line, no traceback
+    except backend.error as exc:  # anything the loop did not classify: still one line, no traceback
         raise DatabaseError(first_line(exc)) from exc
     finally:
         sim.close()

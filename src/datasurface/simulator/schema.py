@@ -1,4 +1,4 @@
-"""The simulator's source tables (contract §3), their id sequence and the first few rows.
+"""The simulator's source tables (contract §3), their id sequence and the first few rows, on any backend.
 
 The column types match `examples/model/datasurface.yaml` exactly: the ingest checks the source's types
 against the model, so a drift here would break the merge of the demo and of the chart's default model.
@@ -7,16 +7,16 @@ against the model, so a drift here would break the merge of the demo and of the 
 from __future__ import annotations
 
 import random
+from contextlib import suppress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from psycopg2.extensions import connection as PgConnection
-
-from datasurface.db import ident, sql
 from datasurface.model import Column
 
+if TYPE_CHECKING:
+    from datasurface.simulator.backends import Backend
+
 ID_SEQUENCE = "simulator_ids"
-# An arbitrary constant: every simulator creating the tables at once serialises on it.
-_CREATE_LOCK = 0x5D5_0001
 SEED_CUSTOMERS = 5
 SEED_RNG = 20240601  # the first rows are the same in every database, whatever --seed says
 
@@ -26,6 +26,7 @@ class Table:
     name: str
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...] = ("id",)
+    indexes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, columns)
 
 
 CUSTOMERS = Table("customers", (
@@ -46,60 +47,53 @@ ADDRESSES = Table("addresses", (
     Column("city", "varchar(100)"),
     Column("state", "varchar(100)"),
     Column("zipcode", "varchar(30)"),
-))
+), indexes=(("addresses_customerid_idx", ("customerid",)),))  # deletes and invariant checks look up by customer
 
 TABLES = (CUSTOMERS, ADDRESSES)
 
 
-def _create_table_sql(table: Table) -> sql.Composable:
-    cols = [
-        sql.SQL("{} {}{}").format(ident(c.name), sql.SQL(c.type), sql.SQL("" if c.nullable else " NOT NULL"))
-        for c in table.columns
-    ]
-    cols.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(ident(k) for k in table.primary_key)))
-    return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(ident(table.name), sql.SQL(", ").join(cols))
-
-
-def ensure_tables(conn: PgConnection) -> int:
+def ensure_tables(conn: Any, backend: Backend | None = None) -> int:
     """Create the tables and the id sequence if missing; seed a few customers if empty.
 
-    Idempotent and safe when several simulators start at once (an advisory lock serialises them).
+    Idempotent and safe when several simulators start at once (they serialise on the backend's lock).
     Returns the number of customers seeded (0 when there were rows already).
     """
-    from datasurface.simulator.operations import create_customer
+    from datasurface.simulator.backends import backend_for
+    from datasurface.simulator.operations import Tx, create_customer
 
-    with conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", [_CREATE_LOCK])
-        cur.execute(sql.SQL("CREATE SEQUENCE IF NOT EXISTS {}").format(ident(ID_SEQUENCE)))
-        for table in TABLES:
-            cur.execute(_create_table_sql(table))
-        # addresses are looked up by customer (deletes, invariant checks)
-        cur.execute("CREATE INDEX IF NOT EXISTS addresses_customerid_idx ON addresses (customerid)")
-        cur.execute("SELECT EXISTS (SELECT 1 FROM customers)")
-        row = cur.fetchone()
-        if row is not None and row[0]:
-            return 0
-        rng = random.Random(SEED_RNG)
-        for _ in range(SEED_CUSTOMERS):
-            create_customer(cur, rng)
-    return SEED_CUSTOMERS
+    backend = backend or backend_for("postgres")
+    try:
+        with conn.cursor() as cur, backend.create_lock(cur):
+            backend.create_tables(cur, TABLES)
+            cur.execute("SELECT EXISTS (SELECT 1 FROM customers)")
+            row = cur.fetchone()
+            seeded = 0 if row is not None and row[0] else SEED_CUSTOMERS
+            rng = random.Random(SEED_RNG)
+            for _ in range(seeded):
+                create_customer(Tx(cur, backend), rng)
+            conn.commit()
+    except BaseException:
+        with suppress(Exception):
+            conn.rollback()
+        raise
+    return seeded
 
 
-def invariant_violations(conn: PgConnection) -> list[tuple[str, str, str | None]]:
+def invariant_violations(conn: Any) -> list[tuple[str, str, str | None]]:
     """(customer id, which reference, address id) for every primary/billing address id that is
     missing, or points at no address of that customer. Empty when the data is consistent."""
     with conn.cursor() as cur:
         cur.execute(
             """
-            SELECT c.id, r.kind, r.address_id
-            FROM customers c
-            CROSS JOIN LATERAL (VALUES ('primary', c.primaryaddressid),
-                                       ('billing', c.billingaddressid)) AS r(kind, address_id)
+            SELECT r.id, r.kind, r.address_id
+            FROM (SELECT id, 'primary' AS kind, primaryaddressid AS address_id FROM customers
+                  UNION ALL
+                  SELECT id, 'billing', billingaddressid FROM customers) AS r
             WHERE r.address_id IS NULL
-               OR NOT EXISTS (SELECT 1 FROM addresses a WHERE a.id = r.address_id AND a.customerid = c.id)
+               OR NOT EXISTS (SELECT 1 FROM addresses a WHERE a.id = r.address_id AND a.customerid = r.id)
             ORDER BY 1, 2
             """
         )
-        rows: list[tuple[str, str, str | None]] = cur.fetchall()
+        rows = [(str(i), str(k), None if a is None else str(a)) for i, k, a in cur.fetchall()]
     conn.rollback()
     return rows
