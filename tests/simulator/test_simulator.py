@@ -3,11 +3,9 @@ concurrency, --seed, signals, a restarted database and the error exits."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,65 +19,21 @@ from datasurface.db import Endpoint
 from datasurface.simulator import Simulator, ensure_tables, invariant_violations
 from datasurface.simulator.operations import OPERATIONS
 from datasurface.simulator.schema import SEED_CUSTOMERS, TABLES
+from tests.simulator.support import (
+    OP_LINE,
+    assert_consistent,
+    assert_no_secrets,
+    count,
+    job_env,
+    run_simulate,
+    simulate_argv,
+    summary_counts,
+    table_rows,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
-SUMMARY = re.compile(r"summary: (\d+) operations in [\d.]+s: (.*?);")
-OP_LINE = re.compile(r": (op \d+ \w+: .*)$", re.M)  # the message, without timestamp and logger
-
-
-def simulate_argv(host: str, port: int, database: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "datasurface.cli", "simulate", "--host", host, "--port", str(port),
-            "--database", database, "--credential", "source", *args]
-
-
-def job_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOURCE_", "DATASURFACE_"))}
-    env.update(extra)
-    return env
-
-
-def run_simulate(dbs, database: str | None = None, *args: str, timeout: float = 90,
-                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    proc = subprocess.run(simulate_argv(dbs.host, dbs.port, database or dbs.source, *args),
-                          env=job_env(dbs.env if env is None else env), capture_output=True, text=True,
-                          timeout=timeout)
-    assert_no_secrets(proc.stdout + proc.stderr, dbs.env)
-    return proc
-
-
-def assert_no_secrets(output: str, env: dict[str, str]) -> None:
-    for key, value in env.items():
-        if key.endswith("PASSWORD"):
-            assert value not in output, f"{key} leaked into the output"
-
-
-def summary_counts(stderr: str) -> Counter[str]:
-    match = SUMMARY.search(stderr)
-    assert match, f"no summary line in:\n{stderr}"
-    counts = Counter({k: int(v) for k, v in (p.split("=") for p in match.group(2).split())})
-    assert sum(counts.values()) == int(match.group(1))
-    return counts
-
-
-def table_rows(conn, table: str) -> list[tuple[object, ...]]:  # type: ignore[no-untyped-def]
-    with conn.cursor() as cur:
-        cur.execute(f"SELECT * FROM {table} ORDER BY id")
-        rows = cur.fetchall()
-    conn.rollback()
-    return rows
-
-
-def count(conn, table: str) -> int:  # type: ignore[no-untyped-def]
-    return len(table_rows(conn, table))
-
-
-def assert_consistent(conn, counts: Counter[str]) -> None:  # type: ignore[no-untyped-def]
-    """The referential invariant, and row counts that add up with what the simulator says it did."""
-    assert invariant_violations(conn) == []
-    assert count(conn, "customers") == SEED_CUSTOMERS + counts["create_customer"]
-    assert count(conn, "addresses") == (SEED_CUSTOMERS + counts["create_customer"] + counts["add_address"]
-                                        - counts["delete_address"])
 
 
 # --- tables ---------------------------------------------------------------------------------------
@@ -195,16 +149,6 @@ def test_seed_makes_the_operations_reproducible(dbs, pg_server) -> None:  # type
 # --- signals ----------------------------------------------------------------------------------------
 
 
-def _wait_for(path: Path, pattern: str, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = path.read_text()
-        if re.search(pattern, text, re.M):
-            return text
-        time.sleep(0.05)
-    raise AssertionError(f"{pattern!r} not seen within {timeout}s:\n{path.read_text()}")
-
-
 @pytest.mark.parametrize(("signum", "interval"), [(signal.SIGTERM, "0"), (signal.SIGINT, "5"),
                                                   (signal.SIGTERM, "5")])
 def test_signal_stops_within_a_second(dbs, tmp_path: Path, signum: int, interval: str) -> None:  # type: ignore[no-untyped-def]
@@ -215,7 +159,7 @@ def test_signal_stops_within_a_second(dbs, tmp_path: Path, signum: int, interval
             simulate_argv(dbs.host, dbs.port, dbs.source, "--create-tables", "--max-changes", "0",
                           "--min-interval", interval, "--max-interval", interval, "--verbose"),
             env=job_env(dbs.env), stdout=subprocess.PIPE, stderr=err, text=True)
-        _wait_for(log, r"op 1 " if interval != "0" else r"op 200 ")
+        wait_for(log, r"op 1 " if interval != "0" else r"op 200 ")
         sent = time.monotonic()
         proc.send_signal(signum)
         proc.wait(timeout=10)
@@ -251,12 +195,12 @@ def test_survives_a_database_restart(tmp_path: Path) -> None:
                               "--max-disconnected", "60", "--verbose"),
                 env=job_env(env), stdout=subprocess.PIPE, stderr=err, text=True)
             try:
-                _wait_for(log, r"op 20 ")
+                wait_for(log, r"op 20 ")
                 server.stop_server_only()
                 time.sleep(1.5)
                 assert proc.poll() is None, log.read_text()  # still alive without its database
                 server.start_server_only()
-                text = _wait_for(log, r"reconnected to .*\n(.*\n)*.* op \d+ ", timeout=30)
+                text = wait_for(log, r"reconnected to .*\n(.*\n)*.* op \d+ ", timeout=30)
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=10)
             finally:

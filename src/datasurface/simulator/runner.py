@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from datasurface.credentials import Credential, resolve
-from datasurface.db import Endpoint, first_line
+from datasurface.db import Endpoint
 from datasurface.errors import DatabaseError, DataSurfaceError, UsageError
 from datasurface.simulator.backends import DB_TYPES, Backend, backend_for
 from datasurface.simulator.operations import OPERATIONS, Outcome, Tx, choose
@@ -117,7 +117,7 @@ class Simulator:
 
     def _lost(self, exc: BaseException) -> None:
         log.warning("lost the connection to %s (%s); reconnecting for up to %gs", self.endpoint.describe(),
-                    first_line(exc), self.max_disconnected)
+                    self.backend.message(exc), self.max_disconnected)
         self._down_since = time.monotonic()
         self.close()
 
@@ -138,8 +138,8 @@ class Simulator:
         try:
             seeded = ensure_tables(conn, self.backend)
         except self.backend.error as exc:
-            raise DatabaseError(f"cannot create the tables in {self.endpoint.describe()}: {first_line(exc)}"
-                                ) from exc
+            where = self.endpoint.describe()
+            raise DatabaseError(f"cannot create the tables in {where}: {self.backend.message(exc)}") from exc
         log.info("tables customers and addresses ready%s",
                  f" (seeded {seeded} customers)" if seeded else "")
 
@@ -166,7 +166,7 @@ class Simulator:
                     self.stop.wait(0.01 * attempt)
                     continue
                 hint = " (run with --create-tables)" if failure == "missing" else ""
-                raise DatabaseError(f"{kind} failed: {first_line(exc)}{hint}") from exc
+                raise DatabaseError(f"{kind} failed: {self.backend.message(exc)}{hint}") from exc
         raise AssertionError("unreachable")
 
     def run(self, max_changes: int) -> Counter[str]:
@@ -270,7 +270,7 @@ def run_simulator(
     except DataSurfaceError:
         raise
     except backend.error as exc:  # anything the loop did not classify: still one line, no traceback
-        raise DatabaseError(first_line(exc)) from exc
+        raise DatabaseError(backend.message(exc)) from exc
     finally:
         sim.close()
         log.info("%s", sim.summary(time.monotonic() - started))

@@ -31,6 +31,9 @@ class Backend(Protocol):
     def fatal_connect(self, reason: str) -> bool:
         """True when waiting will not fix this connection failure (wrong password, no such database)."""
 
+    def message(self, exc: BaseException) -> str:
+        """The driver error as one line (MySQL: `(1146) Table ... doesn't exist`)."""
+
     def is_closed(self, conn: Any) -> bool: ...
 
     def classify(self, exc: Exception, conn: Any) -> Failure: ...

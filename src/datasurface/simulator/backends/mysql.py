@@ -9,6 +9,7 @@ The source `host` starting with `/` is the server's socket FILE (as for the inge
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -26,7 +27,10 @@ _RETRY_CODES = {1213, 1205}  # deadlock, lock wait timeout: the statement or tra
 _MISSING_CODES = {1146, 1054}  # no such table, unknown column
 # the server is unreachable, went away or is shutting down, or the session was killed
 _LOST_CODES = {2002, 2003, 2006, 2013, 2014, 2055, 1053, 1927, 4031}
-_FATAL_CONNECT = ("(1044)", "(1045)", "(1049)", "(1698)")  # access denied (db, password, socket auth), no db
+# a connection refused for these may work later (too many connections, the server starting up or going down);
+# any other server error (access denied, no such database) will not
+_TRANSIENT_CONNECT = _LOST_CODES | {1040, 1203, 1080}
+_CODE = re.compile(r": \((\d+)\) ")
 _CREATE_LOCK = "datasurface-simulator-create"
 _CREATE_LOCK_WAIT = 10  # seconds
 
@@ -53,17 +57,25 @@ class MySql:
         where = {"unix_socket": endpoint.host} if endpoint.host.startswith("/") else {
             "host": endpoint.host, "port": endpoint.port}
         try:
-            return pymysql.connect(
+            conn = pymysql.connect(
                 **where, user=credential.user, password=credential.password, database=endpoint.database,
                 charset="utf8mb4", autocommit=False, connect_timeout=5, read_timeout=30, write_timeout=30,
-                program_name="datasurface-simulator",
-                init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED, "
-                             "innodb_lock_wait_timeout = 2, lock_wait_timeout = 10")
+                program_name="datasurface-simulator")
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                # a lock held elsewhere must never keep a stop request waiting for long (DDL: a bit longer)
+                cur.execute("SET SESSION innodb_lock_wait_timeout = 2, lock_wait_timeout = 10")
+            conn.commit()
+            return conn
         except pymysql.Error as exc:
             raise DatabaseError(f"cannot connect to MySQL {endpoint.describe()}: {_message(exc)}") from None
 
     def fatal_connect(self, reason: str) -> bool:
-        return any(m in reason for m in _FATAL_CONNECT)
+        match = _CODE.search(reason)
+        return match is not None and int(match.group(1)) not in _TRANSIENT_CONNECT
+
+    def message(self, exc: BaseException) -> str:
+        return _message(exc)
 
     def is_closed(self, conn: Any) -> bool:
         return not conn.open

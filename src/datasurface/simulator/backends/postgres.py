@@ -10,7 +10,7 @@ import psycopg2
 from psycopg2.extensions import connection as PgConnection
 
 from datasurface.credentials import Credential
-from datasurface.db import Endpoint, connect, ident, sql
+from datasurface.db import Endpoint, connect, first_line, ident, sql
 from datasurface.simulator.backends import Failure
 from datasurface.simulator.schema import ID_SEQUENCE, Table
 
@@ -40,6 +40,9 @@ class Postgres:
 
     def fatal_connect(self, reason: str) -> bool:
         return any(m in reason for m in _FATAL_CONNECT)
+
+    def message(self, exc: BaseException) -> str:
+        return first_line(exc)
 
     def is_closed(self, conn: Any) -> bool:
         return bool(conn.closed)
