@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -252,6 +253,13 @@ def check(
     run_check(model=model, model_ref=model_ref, model_path=model_path, merge=endpoint, merge_credential=cred)
 
 
+class DbType(StrEnum):
+    """The databases `simulate` can drive."""
+
+    postgres = "postgres"
+    mysql = "mysql"
+
+
 @app.command()
 def simulate(
     host: Annotated[str, typer.Option("--host", envvar="DATASURFACE_SIM_HOST", show_envvar=True,
@@ -262,10 +270,9 @@ def simulate(
         show_envvar=True, help="Credential name X: env X_USER and X_PASSWORD.")],
     port: Annotated[int | None, typer.Option("--port", envvar="DATASURFACE_SIM_PORT", show_envvar=True,
         help="Source database port (default 5432; 3306 with --db-type mysql).")] = None,
-    db_type: Annotated[str, typer.Option("--db-type", envvar="DATASURFACE_SIM_DB_TYPE", show_envvar=True,
-        click_type=click.Choice(["postgres", "mysql"]),
+    db_type: Annotated[DbType, typer.Option("--db-type", envvar="DATASURFACE_SIM_DB_TYPE", show_envvar=True,
         help="The source database: postgres, or mysql (MySQL 8 / MariaDB 10.6+; a --host starting with / "
-             "is the server's socket file).")] = "postgres",
+             "is the server's socket file).")] = DbType.postgres,
     create_tables: Annotated[bool, typer.Option("--create-tables",
         help="Create customers/addresses if missing and seed a few rows if empty.")] = False,
     max_changes: Annotated[int, typer.Option("--max-changes", envvar="DATASURFACE_SIM_MAX_CHANGES",
@@ -286,7 +293,7 @@ def simulate(
 
     run_simulator(host=host, port=port, database=database, credential=credential, create_tables=create_tables,
                   max_changes=max_changes, min_interval=min_interval, max_interval=max_interval, seed=seed,
-                  max_disconnected=max_disconnected, verbose=verbose, db_type=db_type)
+                  max_disconnected=max_disconnected, verbose=verbose, db_type=db_type.value)
 
 
 @app.command()
