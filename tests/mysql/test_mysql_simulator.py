@@ -26,6 +26,7 @@ from tests.engine.support import merge_args, run_job, write_model
 from tests.simulator.support import (
     OP_LINE,
     assert_consistent,
+    assert_invariant_detects_breakage,
     assert_no_secrets,
     count,
     job_env,
@@ -70,6 +71,7 @@ def test_create_tables_is_idempotent_and_has_the_model_types(mdbs: Any) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "seeded" not in proc.stderr and "MySQL database" in proc.stderr
     assert count(conn, "customers") in (SEED_CUSTOMERS, SEED_CUSTOMERS + 1)
+    assert_invariant_detects_breakage(conn)
     conn.close()
 
 

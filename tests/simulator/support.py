@@ -82,3 +82,13 @@ def assert_consistent(conn, counts: Counter[str]) -> None:  # type: ignore[no-un
     assert count(conn, "customers") == SEED_CUSTOMERS + counts["create_customer"]
     assert count(conn, "addresses") == (SEED_CUSTOMERS + counts["create_customer"] + counts["add_address"]
                                         - counts["delete_address"])
+
+
+def assert_invariant_detects_breakage(conn) -> None:  # type: ignore[no-untyped-def]
+    """The invariant query does see a reference to no address, and a missing reference (then commits them)."""
+    first_id, second_id = (r[0] for r in table_rows(conn, "customers")[:2])
+    with conn.cursor() as cur:
+        cur.execute("UPDATE customers SET billingaddressid = 'A999999999999' WHERE id = %s", [first_id])
+        cur.execute("UPDATE customers SET primaryaddressid = NULL WHERE id = %s", [second_id])
+    conn.commit()
+    assert invariant_violations(conn) == [(first_id, "billing", "A999999999999"), (second_id, "primary", None)]

@@ -22,6 +22,7 @@ from datasurface.simulator.schema import SEED_CUSTOMERS, TABLES
 from tests.simulator.support import (
     OP_LINE,
     assert_consistent,
+    assert_invariant_detects_breakage,
     assert_no_secrets,
     count,
     job_env,
@@ -74,6 +75,7 @@ def test_create_tables_is_idempotent(dbs) -> None:  # type: ignore[no-untyped-de
     assert "seeded" not in proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "DATASURFACE_RESULT_CODE=0"
     assert count(conn, "customers") in (SEED_CUSTOMERS, SEED_CUSTOMERS + 1)
+    assert_invariant_detects_breakage(conn)
     conn.close()
 
 
