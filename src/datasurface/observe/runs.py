@@ -156,7 +156,8 @@ class RunHistory:
         """A run that failed reports its own one line (usually the same cause: the database is down, a
         credential is missing), so a history it could not write is only a debug line then; a run that
         succeeded but left no history says so, once."""
-        reason = first_line(exc) if isinstance(exc, psycopg2.Error) else str(exc)
+        known = isinstance(exc, psycopg2.Error | DataSurfaceError)
+        reason = first_line(exc) if known else f"{type(exc).__name__}: {exc}"
         if run_failed:
             log.debug("run history (%s.ds_runs) not recorded: %s: %s", self.schema, what, reason)
         elif not self._warned:
@@ -176,7 +177,7 @@ class RunHistory:
                         (record.store, record.dataset, self.command, self.host, self.run_id))
                     record.run_id, record.started_at = cur.fetchone()  # type: ignore[misc]
                 conn.commit()
-        except (psycopg2.Error, DataSurfaceError) as exc:
+        except Exception as exc:  # whatever goes wrong here, the run goes on as it would have
             record.start_error = exc  # said at finish, once the run's outcome is known
 
     def finish(self, record: RunRecord, exit_status: int, error: str | None) -> None:
@@ -212,7 +213,7 @@ class RunHistory:
                             "ok": int(exit_status == EXIT_OK), "recovered": int(exit_status == EXIT_RECOVERED),
                             "failed": int(failed), "failed_run": record.run_id if failed else None})
                 conn.commit()  # the row and its count together
-        except (psycopg2.Error, DataSurfaceError) as exc:
+        except Exception as exc:  # recording a run never changes its outcome
             self._warn("finish", exc, run_failed)
 
     @contextmanager
