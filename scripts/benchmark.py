@@ -31,8 +31,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,8 +42,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from datasurface.localpg import LocalPostgres, find_bin_dir  # noqa: E402
+from datasurface.merge.diff import compared  # noqa: E402
+from datasurface.merge.layout import layouts  # noqa: E402
+from datasurface.model import parse_model  # noqa: E402
 
 OPEN_END = 2147483647
 STORE = "Bench"
@@ -133,18 +139,24 @@ class Result:
     changes: int
     check: str = "ok"
     shown: bool = True
+    floor_w_s: float = float("nan")  # COPY + diff + the minimal writes
+    table: dict[str, float] = field(default_factory=dict)  # --history: sizes, dead tuples, as-of queries
 
     @property
     def ratio(self) -> float:
         return self.job_s / self.floor_s if self.floor_s else float("nan")
 
     @property
+    def ratio_w(self) -> float:
+        return self.job_s / self.floor_w_s if self.floor_w_s else float("nan")
+
+    @property
     def rows_per_s(self) -> float:
         return self.size / self.job_s if self.job_s else float("nan")
 
 
-COLUMNS = ["shape", "rows", "churn", "mode", "batch", "floor s", "job s", "ratio", "rows/s", "peak RSS MB",
-           "changes", "check"]
+COLUMNS = ["shape", "rows", "churn", "mode", "batch", "floor s", "job s", "ratio", "floor+w s", "ratio w",
+           "rows/s", "peak RSS MB", "changes", "check"]
 
 
 def _num(x: float) -> str:
@@ -153,7 +165,8 @@ def _num(x: float) -> str:
 
 def row_cells(r: Result) -> list[str]:
     return [r.shape, human(r.nominal), r.churn, r.mode, str(r.batch), _num(r.floor_s), f"{r.job_s:.2f}",
-            _num(r.ratio), f"{r.rows_per_s:,.0f}", f"{r.rss_mb:.0f}", f"{r.changes:,}", r.check]
+            _num(r.ratio), _num(r.floor_w_s), _num(r.ratio_w), f"{r.rows_per_s:,.0f}", f"{r.rss_mb:.0f}",
+            f"{r.changes:,}", r.check]
 
 
 def markdown_table(results: list[Result]) -> str:
@@ -163,7 +176,7 @@ def markdown_table(results: list[Result]) -> str:
 
 
 def plain_row(cells: list[str]) -> str:
-    widths = [6, 5, 6, 8, 5, 7, 7, 6, 10, 11, 9, 5]
+    widths = [6, 5, 6, 8, 5, 7, 7, 6, 9, 7, 10, 11, 9, 5]
     return "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
 
 
@@ -178,6 +191,9 @@ class Bench:
     env: dict[str, str] = field(default_factory=dict)
     source_db: str = ""
     merge_db: str = ""
+    copy_s: float = 0.0  # the last floor's COPY alone
+    spawned_at: float = 0.0  # wall clock (epoch) when the last job was started
+    cpu_s: float = 0.0  # the last job's user + system CPU seconds (less sensitive to a busy machine than wall)
 
     # ---- databases -------------------------------------------------------------------------
 
@@ -217,23 +233,25 @@ class Bench:
 
     # ---- source data -----------------------------------------------------------------------
 
-    def generate(self, shape: str, size: int) -> None:
+    def generate(self, shape: str, size: int, table: str | None = None) -> None:
+        table = table or shape
         cols = SHAPES[shape]
         defs = ", ".join(f'"{n}" {t}' + (" PRIMARY KEY" if n == "id" else "") for n, t, _ in cols)
         exprs = ", ".join(e for _, _, e in cols)
         with self.conn("source") as c, c.cursor() as cur:
-            cur.execute(f'CREATE TABLE "{shape}" ({defs})')
-            cur.execute(f'INSERT INTO "{shape}" SELECT {exprs} FROM generate_series(1, {int(size)}) g')
+            cur.execute(f'CREATE TABLE "{table}" ({defs})')
+            cur.execute(f'INSERT INTO "{table}" SELECT {exprs} FROM generate_series(1, {int(size)}) g')
             c.commit()
             c.autocommit = True
-            cur.execute(f'VACUUM ANALYZE "{shape}"')
+            cur.execute(f'VACUUM ANALYZE "{table}"')
 
-    def churn(self, shape: str, fraction: float, seed: int) -> dict[str, int]:
+    def churn(self, shape: str, fraction: float, seed: int, table: str | None = None) -> dict[str, int]:
         """One third each of inserts, updates, deletes (of the current row count); exact counts."""
+        table = table or shape
         cols = SHAPES[shape]
         exprs = ", ".join(e for _, _, e in cols)
         with self.conn("source") as c, c.cursor() as cur:
-            cur.execute(f'SELECT count(*), coalesce(max(id), 0) FROM "{shape}"')
+            cur.execute(f'SELECT count(*), coalesce(max(id), 0) FROM "{table}"')
             count, max_id = cur.fetchone()
             if fraction <= 0:
                 return {"total": count, "inserted": 0, "updated": 0, "deleted": 0}
@@ -241,13 +259,13 @@ class Bench:
             threshold = int(third * 1_000_000)
             # disjoint pseudo-random sets per batch: hash of the key with the batch as seed
             h = "(abs(hashint8extended(id, %s)) %% 1000000)"
-            cur.execute(f'UPDATE "{shape}" SET {UPDATE_SET[shape]} WHERE {h} < %s', (seed, threshold))
+            cur.execute(f'UPDATE "{table}" SET {UPDATE_SET[shape]} WHERE {h} < %s', (seed, threshold))
             updated = cur.rowcount
-            cur.execute(f'DELETE FROM "{shape}" WHERE {h} >= %s AND {h} < %s',
+            cur.execute(f'DELETE FROM "{table}" WHERE {h} >= %s AND {h} < %s',
                         (seed, threshold, seed, 2 * threshold))
             deleted = cur.rowcount
             n_ins = max(1, round(count * third))
-            cur.execute(f'INSERT INTO "{shape}" SELECT {exprs} '
+            cur.execute(f'INSERT INTO "{table}" SELECT {exprs} '
                         f'FROM generate_series({int(max_id) + 1}, {int(max_id) + n_ins}) g')
             inserted = cur.rowcount
             c.commit()
@@ -275,19 +293,22 @@ class Bench:
         (folder / "datasurface.yaml").write_text(yaml.safe_dump(model, sort_keys=False))
         return folder
 
-    def run_job(self, model: Path, mode: str) -> tuple[float, float]:
+    def run_job(self, model: Path, mode: str, store: str = STORE, platform: str | None = None) -> tuple[float, float]:
         """Wall seconds and peak RSS (MB) of one `datasurface-job merge` process."""
         exe = Path(sys.executable).with_name("datasurface-job")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from datasurface.cli import _exit; _exit()"]
-        cmd += ["merge", "--model", str(model), "--platform", f"bench_{mode}", "--mode", mode, "--store", STORE,
+        cmd += ["merge", "--model", str(model), "--platform", platform or f"bench_{mode}", "--mode", mode,
+                "--store", store,
                 "--merge-host", self.server.socket_dir, "--merge-port", str(self.server.port),
                 "--merge-database", self.merge_db, "--merge-credential", "merge"]
         env = {**os.environ, **self.env}
         with tempfile.TemporaryFile() as out:
             started = time.monotonic()
+            self.spawned_at = time.time()
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
             _, status, usage = os.wait4(proc.pid, 0)
             elapsed = time.monotonic() - started
+            self.cpu_s = usage.ru_utime + usage.ru_stime
             proc.returncode = os.waitstatus_to_exitcode(status)
             if proc.returncode != 0:
                 out.seek(0)
@@ -337,8 +358,8 @@ class Bench:
         cols = SHAPES[shape]
         names = ", ".join(f'"{n}"' for n, _, _ in cols)
         defs = ", ".join(f'"{n}" {t}' for n, t, _ in cols)
-        diff = floor_diff(shape, mode)
         with self.conn("source") as src, self.conn("merge") as mrg:
+            diff = self.floor_diff(mrg, shape, mode, "SELECT count(*)")
             with mrg.cursor() as cur:
                 cur.execute("DROP TABLE IF EXISTS floor_stage")
                 mrg.commit()
@@ -360,22 +381,101 @@ class Bench:
             t = threading.Thread(target=produce, daemon=True)
             t.start()
             with os.fdopen(read_fd, "rb", buffering=PIPE_CHUNK) as r, mrg.cursor() as cur:
-                cur.copy_expert(f"COPY floor_stage ({names}) FROM STDIN (FORMAT binary)", r, size=PIPE_CHUNK)
+                cur.copy_expert(f"COPY floor_stage ({names}) FROM STDIN (FORMAT binary, FREEZE)", r,
+                                size=PIPE_CHUNK)
             t.join()
             if errors:
                 raise errors[0]
             src.rollback()
+            self.copy_s = time.monotonic() - started
             with mrg.cursor() as cur:
                 cur.execute(diff)
                 changes = int(cur.fetchone()[0])
             mrg.commit()
             elapsed = time.monotonic() - started
-            with mrg.cursor() as cur:
-                cur.execute("DROP TABLE floor_stage")
+        return elapsed, changes  # floor_stage stays for floor_writes
+
+    def floor_diff(self, conn: Any, shape: str, mode: str, select: str) -> str:
+        """The floor's one FULL JOIN of `floor_stage` against the current rows, comparing the values exactly
+        as the job's diff does (merge/diff.py `compared`: numeric scale, floats and jsonb as text)."""
+        lay = self.layout(shape, mode)
+        target = f'"bench_{mode}"."{STORE.lower()}_{shape}"'
+        current = target if mode == "live" else f"(SELECT * FROM {target} WHERE ds_batch_out = {OPEN_END})"
+        return (f"{select} FROM floor_stage s FULL JOIN {current} c ON s.id = c.id "
+                f"WHERE s.id IS NULL OR c.id IS NULL OR ROW({compared(lay, 's').as_string(conn)}) "
+                f"IS DISTINCT FROM ROW({compared(lay, 'c').as_string(conn)})")
+
+    def layout(self, shape: str, mode: str) -> Any:
+        model = parse_model((self.workdir / f"model-{shape}" / "datasurface.yaml").read_text(), "bench")
+        return layouts(f"bench_{mode}", model.stores[0], mode)[0]
+
+    def floor_writes(self, shape: str, mode: str) -> float:
+        """The second floor: the COPY (as measured by `floor`) + the diff materialised + the minimal writes
+        (each kind of change in ONE statement, as many rows as the batch changes) on a copy of the merge
+        table with the same indexes, made before the clock starts. Seconds of the diff and writes."""
+        target = f'"bench_{mode}"."{STORE.lower()}_{shape}"'
+        names = [n for n, _, _ in SHAPES[shape]]
+        cols = ", ".join(f'"{n}"' for n in names)
+        dcols = ", ".join(f'd."{n}"' for n in names)
+        keyed = "FROM (SELECT * FROM floor_diff WHERE op IN ({})) d WHERE t.id = d.id"
+        with self.conn("merge") as mrg, mrg.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS floor_target")
+            cur.execute(f"CREATE TABLE floor_target (LIKE {target} INCLUDING ALL)")
+            cur.execute(f"INSERT INTO floor_target SELECT * FROM {target}")
+            cur.execute("ANALYZE floor_target")
             mrg.commit()
-        return elapsed, changes
+            started = time.monotonic()
+            op = "CASE WHEN c.id IS NULL THEN 'I' WHEN s.id IS NULL THEN 'D' ELSE 'U' END"
+            cur.execute("CREATE TEMP TABLE floor_diff ON COMMIT DROP AS "
+                        + self.floor_diff(mrg, shape, mode, f"SELECT {op} AS op, coalesce(s.id, c.id) AS id, "
+                                          + ", ".join(f's."{n}"' for n in names[1:])))
+            if mode == "live":
+                cur.execute("DELETE FROM floor_target t USING (SELECT * FROM floor_diff WHERE op = 'D') d "
+                            "WHERE t.id = d.id")
+                sets = ", ".join(f'"{n}" = d."{n}"' for n in names[1:])
+                cur.execute(f"UPDATE floor_target t SET {sets}, ds_batch_id = 0 " + keyed.format("'U'"))
+                cur.execute(f"INSERT INTO floor_target ({cols}, ds_batch_id) SELECT {dcols}, 0 "
+                            "FROM floor_diff d WHERE op = 'I'")
+            else:
+                cur.execute(f"UPDATE floor_target t SET ds_batch_out = {OPEN_END - 1} " + keyed.format("'U', 'D'")
+                            + f" AND t.ds_batch_out = {OPEN_END}")
+                cur.execute(f"INSERT INTO floor_target ({cols}, ds_batch_in, ds_batch_out) "
+                            f"SELECT {dcols}, -1, {OPEN_END} FROM floor_diff d WHERE op IN ('I', 'U')")
+            mrg.commit()
+            elapsed = time.monotonic() - started
+            cur.execute("DROP TABLE floor_target")
+            cur.execute("DROP TABLE IF EXISTS floor_stage")
+            mrg.commit()
+        return elapsed
+
+    def table_stats(self, shape: str, mode: str, batch: int) -> dict[str, float]:
+        """The merge table after `batch` batches: sizes, live/dead tuples (as autovacuum left them), and
+        two as-of queries at the middle batch: one key's version, and the whole table's row count."""
+        target = f'"bench_{mode}"."{STORE.lower()}_{shape}"'
+        asof = max(1, batch // 2)
+        with self.conn("merge") as c, c.cursor() as cur:
+            cur.execute("SELECT pg_table_size(%s::regclass), pg_indexes_size(%s::regclass), n_live_tup, n_dead_tup, "
+                        "autovacuum_count, autoanalyze_count FROM pg_stat_user_tables WHERE relid = %s::regclass",
+                        (target, target, target))
+            table_b, index_b, live, dead, vacuums, analyzes = cur.fetchone()
+            timings = {}
+            for name, q in (("asof_key_ms", f"SELECT * FROM {target} WHERE id = 4242 AND ds_batch_in <= {asof} "
+                                            f"AND ds_batch_out > {asof}"),
+                            ("asof_all_ms", f"SELECT count(*) FROM {target} WHERE ds_batch_in <= {asof} "
+                                            f"AND ds_batch_out > {asof}")):
+                best = float("inf")
+                for _ in range(3):
+                    t0 = time.monotonic()
+                    cur.execute(q)
+                    cur.fetchall()
+                    best = min(best, (time.monotonic() - t0) * 1000)
+                timings[name] = best
+            c.rollback()
+        return {"batch": batch, "table_mb": table_b / 2**20, "index_mb": index_b / 2**20, "live": live,
+                "dead": dead, "autovacuums": vacuums, "autoanalyzes": analyzes, **timings}
 
     floor_on_load = False  # the load batch has no floor: nothing to diff against yet
+    writes_floor = True  # floor_writes (the second floor) reuses this floor's staged snapshot
 
     def label(self, shape: str) -> str:
         return shape
@@ -441,6 +541,7 @@ class MySqlBench(Bench):
     batch, the same one FULL JOIN diff as the PostgreSQL floor."""
 
     floor_on_load = True
+    writes_floor = False  # its floor drops its staged copy: the writes floor is the PostgreSQL rows'
 
     def label(self, shape: str) -> str:
         return f"mysql-{shape}"
@@ -628,14 +729,19 @@ def run_scenario(bench: Bench, shape: str, size: int, modes: list[str], churns: 
         for i, fraction in enumerate(steps):
             if fraction is not None:
                 expected = bench.churn(shape, fraction, seed=i)
+            shown = i <= len(churns) or i == len(steps) - 1 or i % 10 == 0
             for mode in modes:
                 floor_s, floor_changes = (bench.floor(shape, mode) if fraction is not None or bench.floor_on_load
                                           else (0.0, size))
+                floor_w = float("nan")
+                if fraction is not None and shown and bench.writes_floor:  # a copy of the merge table: shown rows
+                    floor_w = bench.copy_s + bench.floor_writes(shape, mode)
                 job_s, rss = bench.run_job(model, mode)
                 batch[mode] += 1
                 versions[mode] += expected["inserted"] + expected["updated"]
                 res = Result(bench.label(shape), size, expected["total"], churn_label(fraction), mode, batch[mode],
-                             floor_s, job_s, rss, expected["inserted"] + expected["updated"] + expected["deleted"])
+                             floor_s, job_s, rss, expected["inserted"] + expected["updated"] + expected["deleted"],
+                             floor_w_s=floor_w)
                 try:
                     bench.check(shape, mode, expected, floor_changes,
                                 versions[mode] if mode == "forensic" else None)
@@ -645,7 +751,9 @@ def run_scenario(bench: Bench, shape: str, size: int, modes: list[str], churns: 
                     raise
                 if fraction is None and not bench.floor_on_load:
                     res.floor_s = float("nan")  # no merge table yet: the first batch is the initial load
-                res.shown = i <= len(churns) or i == len(steps) - 1 or i % 10 == 0
+                res.shown = shown
+                if history and mode == "forensic" and (batch[mode] == 2 or i == len(steps) - 1):
+                    res.table = bench.table_stats(shape, mode, batch[mode])
                 if res.shown:
                     emit(res)
                 results.append(res)
@@ -677,6 +785,201 @@ def run_mysql(server: LocalPostgres, workdir: Path, sizes: list[int], modes: lis
     return False
 
 
+# ---- the server log: first statements, lock waits ----------------------------------------------------
+
+LOG_PREFIX = "%n [%p] %a: "  # epoch seconds with milliseconds, backend pid, application name
+LOG_LINE = re.compile(r"^(\d+\.\d{3}) \[\d+\] (.*?): (LOG|ERROR|FATAL|WARNING):  (.*)$")
+
+
+def configure_server_log(server: LocalPostgres) -> None:
+    """Every lock wait longer than 100 ms is logged (log_lock_waits reports a wait once it passes
+    deadlock_timeout), and log lines carry a millisecond timestamp and the application name."""
+    conn = server.admin_connect()
+    with conn.cursor() as cur:
+        for name, value in (("log_line_prefix", LOG_PREFIX), ("log_lock_waits", "on"),
+                            ("deadlock_timeout", "100ms")):
+            cur.execute(sql.SQL("ALTER SYSTEM SET {} = %s").format(sql.Identifier(name)), (value,))
+        cur.execute("SELECT pg_reload_conf()")
+    conn.close()
+    time.sleep(0.2)
+
+
+class ServerLog:
+    def __init__(self, server: LocalPostgres):
+        self.path = server.data_dir.parent / "server.log"
+        self.offset = self.path.stat().st_size
+
+    def new_lines(self) -> list[tuple[float, str, str, str]]:
+        """(epoch, application, level, message) of the lines written since the last call."""
+        with open(self.path, errors="replace") as f:
+            f.seek(self.offset)
+            text = f.read()
+            self.offset = f.tell()
+        out = []
+        for line in text.splitlines():
+            m = LOG_LINE.match(line)
+            if m:
+                out.append((float(m.group(1)), m.group(2), m.group(3), m.group(4)))
+        return out
+
+
+def first_statement(lines: list[tuple[float, str, str, str]], app_prefix: str) -> float:
+    return min(t for t, app, _, msg in lines if app.startswith(app_prefix) and msg.startswith("statement: "))
+
+
+def lock_waits(lines: list[tuple[float, str, str, str]]) -> tuple[list[str], float]:
+    """The lock waits longer than deadlock_timeout (100 ms) that the server logged (one "still waiting"
+    line each), and the longest of them that ended ("acquired ... after N ms"), in milliseconds."""
+    waits = [msg for _, _, _, msg in lines if "still waiting for" in msg]
+    ended = [float(m.group(1)) for _, _, _, msg in lines if (m := re.search(r" acquired .* after ([\d.]+) ms", msg))]
+    return waits, max(ended, default=0.0)
+
+
+def set_statement_logging(server: LocalPostgres, role: str, on: bool) -> None:
+    conn = server.admin_connect()
+    with conn.cursor() as cur:
+        if on:
+            cur.execute(sql.SQL("ALTER ROLE {} SET log_statement = 'all'").format(sql.Identifier(role)))
+        else:
+            cur.execute(sql.SQL("ALTER ROLE {} RESET log_statement").format(sql.Identifier(role)))
+    conn.close()
+
+
+# ---- the job's fixed cost (--fixed-cost) --------------------------------------------------------------
+
+FLOOR_START = """import os, psycopg2
+c = psycopg2.connect(host=os.environ['H'], port=os.environ['P'], dbname=os.environ['D'],
+                     user=os.environ['MERGE_USER'], password=os.environ['MERGE_PASSWORD'], application_name='floor')
+c.cursor().execute('SELECT 1')
+"""
+
+
+def run_fixed_cost(bench: Bench, runs: int, emit: Any) -> list[Result]:
+    """Process start -> the first statement the merge server receives, for `datasurface-job merge` (a 1k-row
+    table with no changes) and for its floor (the interpreter, `import psycopg2`, one connection, one query),
+    each timed by the server log's millisecond clock against the moment the process was started."""
+    bench.create_databases(f"fixed_{os.getpid()}")
+    results: list[Result] = []
+    try:
+        bench.generate("narrow", 1000)
+        model = bench.write_model("narrow")
+        bench.run_job(model, "live")
+        log = ServerLog(bench.server)
+        set_statement_logging(bench.server, bench.env["MERGE_USER"], True)
+        job, floor, rss, job_cpu, floor_cpu = [], [], [], [], []
+        env = {**os.environ, **bench.env, "H": bench.server.socket_dir, "P": str(bench.server.port),
+               "D": bench.merge_db}
+        for _ in range(runs):
+            log.new_lines()
+            _, peak = bench.run_job(model, "live")
+            job.append(first_statement(log.new_lines(), "datasurface-job") - bench.spawned_at)
+            rss.append(peak)
+            job_cpu.append(bench.cpu_s)
+            started = time.time()
+            proc = subprocess.Popen([sys.executable, "-c", FLOOR_START], env=env)
+            _, status, usage = os.wait4(proc.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise CheckFailed("the fixed-cost floor failed")
+            floor.append(first_statement(log.new_lines(), "floor") - started)
+            floor_cpu.append(usage.ru_utime + usage.ru_stime)
+        set_statement_logging(bench.server, bench.env["MERGE_USER"], False)
+        res = Result("fixed", 1000, 1000, "0%", "live", runs, statistics.median(floor), statistics.median(job),
+                     max(rss), 0)
+        res.table = {"job_min": min(job), "job_max": max(job), "floor_min": min(floor), "floor_max": max(floor),
+                     "job_cpu": statistics.median(job_cpu), "floor_cpu": statistics.median(floor_cpu)}
+        emit(res)
+        print(f"# fixed cost (process start -> first query), {runs} runs: job median {res.job_s * 1000:.0f} ms "
+              f"(range {min(job) * 1000:.0f}-{max(job) * 1000:.0f}), floor median {res.floor_s * 1000:.0f} ms "
+              f"(range {min(floor) * 1000:.0f}-{max(floor) * 1000:.0f}); CPU of the whole process (user + system, "
+              f"the least a busy machine distorts): job {statistics.median(job_cpu) * 1000:.0f} ms for its whole "
+              f"batch, floor {statistics.median(floor_cpu) * 1000:.0f} ms")
+        results.append(res)
+    finally:
+        bench.drop_databases()
+    return results
+
+
+# ---- many streams (--streams) -------------------------------------------------------------------------
+
+def streams_model(bench: Bench, stores: int) -> Path:
+    folder = bench.workdir / "model-streams"
+    folder.mkdir(parents=True, exist_ok=True)
+    columns = [{"name": n, "type": t, **({"nullable": False} if n == "id" else {})} for n, t, _ in NARROW]
+    model = {"apiVersion": "datasurface/v1", "kind": "Model", "stores": [{
+        "name": f"S{i:03d}", "consistency": "multi_dataset",
+        "source": {"host": bench.server.socket_dir, "port": bench.server.port, "database": bench.source_db,
+                   "credential": "source"},
+        "datasets": [{"name": d, "table": f"s{i:03d}_{d}", "primaryKey": ["id"], "columns": columns}
+                     for d in ("a", "b")],
+    } for i in range(stores)]}
+    (folder / "datasurface.yaml").write_text(yaml.safe_dump(model, sort_keys=False))
+    return folder
+
+
+def run_streams(bench: Bench, stores: int, rows: int, jobs: list[int], modes: list[str]) -> list[dict[str, Any]]:
+    """N stores x 2 datasets x `rows` rows, one merge server; per K in `jobs`: 1% churn on every table,
+    then every store's merge by K concurrent jobs. Batches per minute, p50/p95 batch time, lock waits."""
+    bench.create_databases(f"streams_{os.getpid()}")
+    report: list[dict[str, Any]] = []
+    names = ", ".join(f'"{n}"' for n, _, _ in NARROW)
+    try:
+        t0 = time.monotonic()
+        for i in range(stores):
+            for d in ("a", "b"):
+                bench.generate("narrow", rows, f"s{i:03d}_{d}")
+        print(f"# streams: {stores} stores x 2 x {human(rows)} rows generated in {time.monotonic() - t0:.1f}s",
+              file=sys.stderr)
+        model = streams_model(bench, stores)
+        log = ServerLog(bench.server)
+        store_names = [f"S{i:03d}" for i in range(stores)]
+        seed = 0
+        for mode in modes:
+            platform = f"bench_streams_{mode}"
+            for k in [max(jobs), *jobs]:  # the first round is the initial load
+                seed += 1
+                if seed > 1:
+                    for i in range(stores):
+                        for d in ("a", "b"):
+                            bench.churn("narrow", 0.01, seed, f"s{i:03d}_{d}")
+                log.new_lines()
+                def one(store: str, mode: str = mode, platform: str = platform) -> tuple[float, float]:
+                    return replace(bench).run_job(model, mode, store, platform)  # its own copy: spawned_at
+
+                started = time.monotonic()
+                with ThreadPoolExecutor(max_workers=k) as pool:
+                    done = list(pool.map(one, store_names))
+                wall = time.monotonic() - started
+                times = [t for t, _ in done]
+                rss = [r for _, r in done]
+                waits, longest = lock_waits(log.new_lines())
+                for i in range(stores):
+                    for d in ("a", "b"):
+                        view = f'"{platform}"."s{i:03d}_{d}_current"'
+                        if bench.fingerprint("source", f'"s{i:03d}_{d}"', names) != bench.fingerprint(
+                                "merge", view, names):
+                            raise CheckFailed(f"streams {mode}: {view} != source")
+                times.sort()
+                row = {"mode": mode, "jobs": k, "batches": stores, "wall_s": wall,
+                       "per_min": stores / wall * 60, "p50_s": statistics.median(times),
+                       "p95_s": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
+                       "lock_waits": len(waits), "longest_wait_ms": longest, "rss_mb": max(rss),
+                       "wait_lines": waits[:5],
+                       "load": not any(r["mode"] == mode for r in report)}
+                report.append(row)
+                base = next((r for r in report if r["mode"] == mode and not r["load"] and r["jobs"] == jobs[0]), None)
+                speed = row["per_min"] / base["per_min"] if base and not row["load"] else float("nan")
+                print(f"# streams {mode} {'load' if row['load'] else '1%  '} K={k}: {stores} batches in {wall:.1f}s "
+                      f"= {row['per_min']:.0f}/min, p50 {row['p50_s']:.2f}s, p95 {row['p95_s']:.2f}s, "
+                      f"{_num(speed)}x K={jobs[0]}, lock waits > 100 ms: {len(waits)} (longest {longest:.0f} ms), "
+                      f"peak RSS {row['rss_mb']:.0f} MB",
+                      flush=True)
+                for w in waits[:5]:
+                    print(f"#   {w}")
+    finally:
+        bench.drop_databases()
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="100k,1m", help="row counts, comma-separated (k, m suffixes); e.g. 10m")
@@ -695,6 +998,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL-source scenarios")
     p.add_argument("--as-of", action="store_true",
                    help="forensic: after the last batch, show plan and time of the as-of and history queries")
+    p.add_argument("--fixed-cost", type=int, default=9, metavar="N",
+                   help="runs of the fixed-cost row: process start -> first query, job against its floor "
+                        "(median of N; 0: skip)")
+    p.add_argument("--streams", type=int, default=0, metavar="N",
+                   help="many-streams mode: N stores x 2 datasets, merged by K concurrent jobs (see --jobs)")
+    p.add_argument("--jobs", default="1,2,4", help="K values for --streams, comma-separated")
+    p.add_argument("--stream-rows", default="20k", help="rows per dataset for --streams")
     p.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     args = p.parse_args(argv)
@@ -712,12 +1022,18 @@ def main(argv: list[str] | None = None) -> int:
         if m not in ("live", "forensic"):
             p.error(f"unknown mode {m!r}")
 
+    # the job's bytecode, compiled once as `pip install` does in the image (PYTHONDONTWRITEBYTECODE=1 would
+    # otherwise make every job of an editable install compile its modules from source at start)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src")], check=True, stdout=subprocess.DEVNULL)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server (finally below) on SIGTERM too
     workdir = Path(tempfile.mkdtemp(prefix="ds-bench-"))
     server = LocalPostgres(find_bin_dir()).start()  # its own temp folder, readable by the server user
     print(f"# PostgreSQL {server.version} at {server.socket_dir} (one server: source and merge databases)",
           file=sys.stderr)
+    configure_server_log(server)
     print(plain_row(COLUMNS), flush=True)
     results: list[Result] = []
+    streams: list[dict[str, Any]] = []
 
     def emit(r: Result) -> None:
         print(plain_row(row_cells(r)), flush=True)
@@ -725,6 +1041,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     try:
         bench = Bench(server, workdir)
+        if args.fixed_cost:
+            results += run_fixed_cost(bench, args.fixed_cost, emit)
         for shape in shapes:
             for size in (wide_sizes if shape == "wide" else sizes):
                 try:
@@ -734,6 +1052,13 @@ def main(argv: list[str] | None = None) -> int:
                     failed = True
         if mysql_sizes:
             failed |= run_mysql(server, workdir, mysql_sizes, modes, churns, emit, results)
+        if args.streams:
+            try:
+                streams = run_streams(bench, args.streams, parse_size(args.stream_rows),
+                                      [int(k) for k in args.jobs.split(",") if k], modes)
+            except CheckFailed as exc:
+                print(f"CORRECTNESS CHECK FAILED: {exc}", file=sys.stderr)
+                failed = True
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -751,11 +1076,21 @@ def main(argv: list[str] | None = None) -> int:
                     late = statistics.median(r.job_s for r in fr[-5:])
                     print(f"# forensic {shape} {human(size)}: median of batches {fr[-5].batch}-{fr[-1].batch} "
                           f"{late:.2f}s vs batches {fr[0].batch}-{fr[4].batch} {early:.2f}s = {late / early:.2f}x")
+                for r in results:
+                    if r.table and r.shape == shape and r.nominal == size:
+                        t = r.table
+                        print(f"# forensic {shape} {human(size)} after batch {t['batch']:.0f}: "
+                              f"table {t['table_mb']:.1f} MB, "
+                              f"indexes {t['index_mb']:.1f} MB, {t['live']:,.0f} live / {t['dead']:,.0f} dead tuples "
+                              f"({t['autovacuums']:.0f} autovacuums, {t['autoanalyzes']:.0f} autoanalyzes); as of "
+                              f"batch {t['batch'] // 2:.0f}: one key {t['asof_key_ms']:.1f} ms, all rows "
+                              f"{t['asof_all_ms']:.0f} ms")
     if args.markdown:
         args.markdown.write_text(markdown_table([r for r in results if r.shown]) + "\n")
     if args.json:
-        args.json.write_text(json.dumps([r.__dict__ | {"ratio": r.ratio, "rows_per_s": r.rows_per_s}
-                                         for r in results], indent=1, default=str))
+        args.json.write_text(json.dumps([r.__dict__ | {"ratio": r.ratio, "ratio_w": r.ratio_w,
+                                                       "rows_per_s": r.rows_per_s} for r in results]
+                                        + [{"streams": r} for r in streams], indent=1, default=str))
     return 1 if failed else 0
 
 

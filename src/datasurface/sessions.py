@@ -23,7 +23,7 @@ run on its stream ends its sessions and takes over (merge/locks.py `StreamLock`)
 from __future__ import annotations
 
 import logging
-import secrets
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -78,12 +78,25 @@ class SessionLimits:
                 "keepalives_interval": max(1, int(self.keepalive / 6)), "keepalives_count": 3}
 
 
+def limits_from_options(lock_wait: float, lock_timeout: float, session_timeout: float,
+                        orphan_timeout: float) -> SessionLimits:
+    """The limits from the command line's options (seconds), refusing values that make no sense."""
+    from datasurface.errors import UsageError
+
+    for name, value, least in (("--lock-wait", lock_wait, 0), ("--lock-timeout", lock_timeout, 0),
+                               ("--session-timeout", session_timeout, 1), ("--orphan-timeout", orphan_timeout, 1)):
+        if not value >= least:
+            raise UsageError(f"{name} must be at least {least} seconds (got {value:g})")
+    return SessionLimits(lock_wait=lock_wait, lock_timeout=lock_timeout, idle_timeout=session_timeout,
+                         orphan_timeout=orphan_timeout)
+
+
 def ms(seconds: float) -> str:
     return str(max(1, int(seconds * 1000)))
 
 
 def new_run_id() -> str:
-    return secrets.token_hex(4)
+    return os.urandom(4).hex()
 
 
 def application_name(role: str, run_id: str) -> str:
@@ -101,14 +114,17 @@ def run_id_of(app_name: str | None) -> str | None:
 
 def open_session(endpoint: Endpoint, credential: Credential, role: str, run_id: str,
                  limits: SessionLimits) -> PgConnection:
-    """A connection with the job's session limits in force (one round trip after connecting)."""
+    """A connection with the job's session limits in force: ONE statement after connecting, in autocommit
+    (no BEGIN/COMMIT around it); `set_config(..., false)` lasts for the session."""
     conn = connect(endpoint, credential, application_name=application_name(role, run_id),
                    extra=limits.libpq_keepalives())
     try:
+        settings = limits.statements(conn.server_version)
+        conn.autocommit = True
         with conn.cursor() as cur:
-            for name, value in limits.statements(conn.server_version):
-                cur.execute("SELECT set_config(%s, %s, false)", (name, value))
-        conn.commit()
+            cur.execute("SELECT " + ", ".join(["set_config(%s, %s, false)"] * len(settings)),
+                        [part for setting in settings for part in setting])
+        conn.autocommit = False
     except psycopg2.Error:
         conn.close()
         raise

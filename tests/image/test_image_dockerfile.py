@@ -156,7 +156,7 @@ def context_files() -> list[str]:
 def test_dockerignore_keeps_only_the_package_in_the_context() -> None:
     rules = ignore_rules(DOCKERIGNORE.read_text())
     files = context_files()
-    assert {"pyproject.toml", "README.md", "src/datasurface/cli.py"} <= set(files)
+    assert {"pyproject.toml", "README.md", "src/datasurface/cli/__init__.py"} <= set(files)
     assert all(p in ("pyproject.toml", "README.md") or p.startswith("src/") for p in files), files
     for junk in (".git/HEAD", ".venv/bin/python", ".venv-airflow/bin/airflow", "tests/conftest.py",
                  "charts/datasurface/values.yaml", ".tools/bin/helm", ".mypy_cache/3.11/x.json",

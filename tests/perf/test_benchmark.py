@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-COLUMNS = ["shape", "rows", "churn", "mode", "batch", "floor s", "job s", "ratio", "rows/s", "peak RSS MB",
-           "changes", "check"]
+COLUMNS = ["shape", "rows", "churn", "mode", "batch", "floor s", "job s", "ratio", "floor+w s", "ratio w",
+           "rows/s", "peak RSS MB", "changes", "check"]
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedP
     md, js = out / "table.md", out / "results.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--sizes", "2k", "--wide-sizes", "1k",
-         "--churn", "10,0", "--as-of", "--markdown", str(md), "--json", str(js)],
+         "--churn", "10,0", "--as-of", "--fixed-cost", "2", "--streams", "2", "--stream-rows", "500",
+         "--jobs", "1,2", "--markdown", str(md), "--json", str(js)],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     return proc, md, js
@@ -31,7 +32,12 @@ def test_benchmark_runs_and_checks_pass(run: tuple[subprocess.CompletedProcess[s
     proc, _, js = run
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "CORRECTNESS CHECK FAILED" not in proc.stderr
-    results = json.loads(js.read_text())
+    everything = json.loads(js.read_text())
+    streams = [r["streams"] for r in everything if "streams" in r]
+    results = [r for r in everything if "streams" not in r and r["shape"] != "fixed"]
+    # the fixed cost: process start -> first query, the job's and its floor's, from the server log
+    (fixed,) = [r for r in everything if r.get("shape") == "fixed"]
+    assert 0 < fixed["floor_s"] < 30 and 0 < fixed["job_s"] < 30 and fixed["batch"] == 2
     # narrow and wide, live and forensic, a load batch plus one batch per churn level
     assert {(r["shape"], r["mode"]) for r in results} == {(s, m) for s in ("narrow", "wide")
                                                           for m in ("live", "forensic")}
@@ -45,6 +51,12 @@ def test_benchmark_runs_and_checks_pass(run: tuple[subprocess.CompletedProcess[s
         assert r["job_s"] > 0 and r["rss_mb"] > 0
         if r["churn"] != "load":
             assert r["floor_s"] > 0
+            assert r["floor_w_s"] > r["floor_s"] * 0.5  # COPY + diff + the minimal writes
+    # many streams: per mode, the load round and one 1% round per K, every store merged and checked
+    assert [(s["mode"], s["jobs"], s["load"]) for s in streams] == [
+        (m, k, load) for m in ("live", "forensic") for k, load in ((2, True), (1, False), (2, False))]
+    assert all(s["batches"] == 2 and s["per_min"] > 0 and s["p95_s"] >= s["p50_s"] > 0 for s in streams)
+    assert all(isinstance(s["lock_waits"], int) for s in streams)
 
 
 def test_benchmark_prints_the_table(run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
@@ -52,11 +64,11 @@ def test_benchmark_prints_the_table(run: tuple[subprocess.CompletedProcess[str],
     header = proc.stdout.splitlines()[0].split()
     assert " ".join(header) == " ".join(COLUMNS)
     rows = [line for line in proc.stdout.splitlines()[1:] if line.strip() and not line.startswith("#")]
-    assert len(rows) == 12
+    assert len(rows) == 13  # the fixed-cost row and 12 batches
     assert all(line.split()[-1] == "ok" for line in rows)
     table = md.read_text().splitlines()
     assert table[0] == "| " + " | ".join(COLUMNS) + " |"
-    assert len(table) == 2 + 12
+    assert len(table) == 2 + 13
 
 
 def test_benchmark_shows_the_as_of_plans(run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:

@@ -61,7 +61,9 @@ def copy_dataset(source: PgConnection, merge: PgConnection, lay: DatasetLayout, 
     cols = idents(lay.columns)
     out_sql = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)").format(
         cols, sql.Identifier(source_schema, lay.dataset.table)).as_string(source)
-    in_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
+    # FREEZE: the table was created in this transaction, so its rows are written frozen, hint bits set;
+    # otherwise the diff's first read of them would dirty (and write back) every page of the snapshot
+    in_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary, FREEZE)").format(
         lay.qualified(lay.staging), cols).as_string(merge)
 
     read_fd, write_fd = os.pipe()

@@ -14,14 +14,10 @@ takes keys, git:// and file:// take nothing) is refused.
 
 from __future__ import annotations
 
-import base64
 import os
 import posixpath
 import re
-import shutil
-import stat
 import sys
-import tempfile
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -285,6 +281,8 @@ def _basic_auth(url: str) -> str | None:
     """base64(`user:password`) for an http(s) URL with a password (percent-escapes decoded); else, for
     an https URL when the token is set, base64(`user:token`) with the URL's user or `x-access-token`
     (GitHub; GitLab and Gitea accept any user). The token never goes over plain http."""
+    import base64
+
     parts = _split(url)
     if parts is None:
         return None
@@ -316,6 +314,8 @@ def _environment_config(environ: Mapping[str, str], config: list[tuple[str, str]
 
 
 def _load_from_git(url: str, ref: str | None, rel: str, on_clone: Callable[[Path], None] | None) -> Model:
+    import tempfile
+
     if ref is not None and (not ref.strip() or ref.startswith("-") or any(c.isspace() for c in ref)):
         raise ModelError(f"model ref {ref!r} is not a branch, tag or commit name")
     remote = _Remote(url=url, shown=redact_url(url), ref=ref)
@@ -336,6 +336,8 @@ def _load_from_git(url: str, ref: str | None, rel: str, on_clone: Callable[[Path
 
 def _remove_tree(path: Path) -> None:
     """Remove the clone folder, also where a folder inside was made read-only."""
+    import shutil
+    import stat
 
     def retry(func: Callable[[str], object], name: str, _exc: object) -> None:
         os.chmod(os.path.dirname(name) or ".", stat.S_IRWXU)

@@ -8,7 +8,6 @@ listed, not just the first, in one line.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -283,6 +282,8 @@ class _Validator:
             return None
         for key in value:
             if key not in allowed:
+                import difflib  # only for a misspelt key: not imported by every run
+
                 hint = difflib.get_close_matches(str(key), allowed, n=1)
                 suggestion = f"did you mean {hint[0]!r}? " if hint else ""
                 self.add((*path, str(key)), f"unknown key ({suggestion}allowed: {', '.join(allowed)})")

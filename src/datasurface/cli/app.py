@@ -1,15 +1,16 @@
-"""`datasurface-job`: the command line (contract §3). Thin: each command calls one library function.
+"""`datasurface-job`: the command line (contract §3), as typer commands. Thin: each command calls one
+library function.
 
 Errors are one line on stderr (a traceback only with --debug); the last stdout line is always
-`DATASURFACE_RESULT_CODE=<status>` so a caller can read the result without parsing logs.
+`DATASURFACE_RESULT_CODE=<status>` so a caller can read the result without parsing logs. A plain
+`merge` (the command a platform runs every few minutes per store) does not come here: `datasurface.cli`
+parses it without importing typer, click or rich (cli/fast.py); everything else, `--help` included, does.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +18,8 @@ from typing import Annotated, Any
 import typer
 
 from datasurface import __version__
-from datasurface.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DataSurfaceError, failure_line
+from datasurface.cli.outcome import configure_logging, failed, result_line
+from datasurface.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 app = typer.Typer(
     name="datasurface-job",
@@ -67,15 +69,9 @@ OrphanTimeout = Annotated[float, typer.Option("--orphan-timeout", envvar="DATASU
 
 
 def _limits(lock_wait: float, lock_timeout: float, session_timeout: float, orphan_timeout: float):  # type: ignore[no-untyped-def]
-    from datasurface.errors import UsageError
-    from datasurface.sessions import SessionLimits
+    from datasurface.sessions import limits_from_options
 
-    for name, value, least in (("--lock-wait", lock_wait, 0), ("--lock-timeout", lock_timeout, 0),
-                               ("--session-timeout", session_timeout, 1), ("--orphan-timeout", orphan_timeout, 1)):
-        if not value >= least:
-            raise UsageError(f"{name} must be at least {least} seconds (got {value:g})")
-    return SessionLimits(lock_wait=lock_wait, lock_timeout=lock_timeout, idle_timeout=session_timeout,
-                         orphan_timeout=orphan_timeout)
+    return limits_from_options(lock_wait, lock_timeout, session_timeout, orphan_timeout)
 
 
 def _version(value: bool) -> None:
@@ -92,8 +88,7 @@ def _root(
         help="Show the version and exit.")] = False,
 ) -> None:
     _state["debug"] = debug
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(debug)
 
 
 def _merge_target(host: str, port: int, database: str, credential: str):  # type: ignore[no-untyped-def]
@@ -334,29 +329,6 @@ def main(argv: list[str] | None = None) -> int:
     except _CLICK_ERRORS.ClickException as exc:
         exc.show()
         code = EXIT_USAGE if isinstance(exc, _CLICK_ERRORS.UsageError) else exc.exit_code
-    except DataSurfaceError as exc:
-        if _state["debug"]:
-            import traceback
-
-            traceback.print_exc()
-        code, line = failure_line(exc)
-        typer.echo(line, err=True)
-    except KeyboardInterrupt as exc:
-        code, line = failure_line(exc)
-        typer.echo(line, err=True)
-    except Exception as exc:
-        if _state["debug"]:
-            raise
-        code, line = failure_line(exc)
-        typer.echo(line, err=True)
-    sys.stdout.flush()
-    print(f"DATASURFACE_RESULT_CODE={code}", flush=True)
-    return code
-
-
-def _exit() -> None:  # pragma: no cover - console script
-    sys.exit(main())
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    except (Exception, KeyboardInterrupt) as exc:  # ours (one line), Ctrl-C, or unexpected
+        code = failed(exc, _state["debug"])
+    return result_line(code)

@@ -1,0 +1,32 @@
+"""`datasurface-job`: the command line (contract §3).
+
+Errors are one line on stderr (a traceback only with --debug); the last stdout line is always
+`DATASURFACE_RESULT_CODE=<status>` so a caller can read the result without parsing logs.
+
+This module is what the console script imports, so it imports nothing heavy: a plain `merge` runs
+through cli/fast.py; every other command, and `--help`, through the typer application in cli/app.py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs a command and maps every outcome to an exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    from datasurface.cli.fast import parse_merge
+
+    plain = parse_merge(args)
+    if plain is None:
+        from datasurface.cli.app import main as typer_main
+
+        return typer_main(args)
+    from datasurface.cli.fast import run_merge_command
+    from datasurface.cli.outcome import failed, result_line
+
+    return result_line(run_merge_command(*plain, failed))
+
+
+def _exit() -> None:  # pragma: no cover - console script
+    sys.exit(main())

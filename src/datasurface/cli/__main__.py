@@ -1,0 +1,5 @@
+"""`python -m datasurface.cli`: the same as `datasurface-job`."""
+
+from datasurface.cli import _exit
+
+_exit()

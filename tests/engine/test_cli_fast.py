@@ -1,0 +1,95 @@
+"""The fast `merge` path (cli/fast.py) says exactly what the typer command declares, takes only plain
+invocations, leaves everything else to typer, and a merge needs neither typer, click nor rich."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import typer
+
+from datasurface.cli import fast
+from datasurface.cli.app import app
+
+# the click typer builds on: its vendored copy (typer._click) in newer typer, else click itself
+click: Any = importlib.import_module("typer._click" if importlib.util.find_spec("typer._click") else "click")
+
+REQUIRED = ["--platform", "P", "--mode", "live", "--store", "S", "--merge-host", "/h", "--merge-database", "m",
+            "--merge-credential", "merge", "--model", "/model"]
+
+
+def _typer_merge() -> Any:
+    command = typer.main.get_command(app)
+    assert isinstance(command, click.Group)
+    return command.commands["merge"]
+
+
+def test_the_table_is_the_typer_commands_options() -> None:
+    params = {p.name: p for p in _typer_merge().params if isinstance(p, click.Option)}
+    assert set(params) == {o.dest for o in fast.MERGE_OPTIONS}
+    kinds = {int: click.INT, float: click.FLOAT, str: click.STRING}
+    for opt in fast.MERGE_OPTIONS:
+        p = params[opt.dest]
+        assert p.opts == [opt.flag], opt.dest
+        assert p.envvar == opt.env, opt.dest
+        assert p.type == kinds[opt.kind], opt.dest
+        assert p.required == (opt.default is fast.REQUIRED), opt.dest
+        if opt.default is not fast.REQUIRED:
+            assert p.default == opt.default, opt.dest
+
+
+def test_root_options_are_known() -> None:
+    root = typer.main.get_command(app)
+    envs = {p.envvar for p in root.params if isinstance(p, click.Option) and p.envvar}
+    assert envs == set(fast.ROOT_ENV)
+
+
+def test_plain_merge_is_parsed_like_typer_would() -> None:
+    debug, values = fast.parse_merge(["--debug", "merge", *REQUIRED, "--merge-port=6543", "--lock-wait", "0"], {})  # type: ignore[misc]
+    assert debug is True
+    assert values["merge_port"] == 6543 and values["lock_wait"] == 0.0 and values["model_path"] == "datasurface.yaml"
+    assert values["model_ref"] is None and values["platform"] == "P"
+    # from the environment, the command line winning over it
+    _, values = fast.parse_merge(["merge", *REQUIRED[2:], "--platform", "Q"],  # type: ignore[misc]
+                                 {"DATASURFACE_MODE": "forensic", "DATASURFACE_PLATFORM": "E",
+                                  "DATASURFACE_LOCK_TIMEOUT": "1.5e1"})
+    assert values["mode"] == "live" and values["platform"] == "Q" and values["lock_timeout"] == 15.0
+    _, values = fast.parse_merge(["merge", *REQUIRED[4:]], {"DATASURFACE_PLATFORM": "E",  # type: ignore[misc]
+                                                             "DATASURFACE_MODE": "forensic"})
+    assert values["platform"] == "E" and values["mode"] == "forensic"
+
+
+@pytest.mark.parametrize("argv,env", [
+    (["merge", *REQUIRED, "--help"], {}),
+    (["merge", *REQUIRED[2:]], {}),  # --platform missing
+    (["merge", *REQUIRED, "--merge-port", "54x"], {}),
+    (["merge", *REQUIRED, "--lock-wait", "soon"], {}),
+    (["merge", *REQUIRED, "--plat", "x"], {}),  # click does not take abbreviations
+    (["merge", *REQUIRED, "extra"], {}),
+    (["merge", *REQUIRED, "--model-ref"], {}),
+    (["merge", *REQUIRED], {"DATASURFACE_DEBUG": "1"}),
+    (["merge", *REQUIRED, "--merge-port", ""], {}),
+    (["status", *REQUIRED], {}),
+    (["--version"], {}),
+    ([], {}),
+])
+def test_anything_else_goes_to_typer(argv: list[str], env: dict[str, str]) -> None:
+    assert fast.parse_merge(argv, env) is None
+
+
+def test_merge_imports_no_cli_framework(tmp_path: object) -> None:
+    """Run a merge that fails at its first step (no credential env), then list what it imported."""
+    code = ("import sys\nfrom datasurface.cli import main\n"
+            "main(['merge', '--platform', 'P', '--mode', 'live', '--store', 'S', '--merge-host', '/none', "
+            "'--merge-database', 'm', '--merge-credential', 'nocred', '--model', '/nonexistent/model'])\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "DATASURFACE_RESULT_CODE=1" in proc.stdout, proc.stdout + proc.stderr
+    assert "datasurface-job: error:" in proc.stderr
+    loaded = proc.stdout.strip().splitlines()[-1]
+    for heavy in ("typer", "click", "rich", "git"):
+        assert f"'{heavy}'" not in loaded, loaded
