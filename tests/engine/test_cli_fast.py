@@ -3,10 +3,9 @@ invocations, leaves everything else to typer, and a merge needs neither typer, c
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import subprocess
 import sys
+import typing
 from typing import Any
 
 import pytest
@@ -15,28 +14,37 @@ import typer
 from datasurface.cli import fast
 from datasurface.cli.app import app
 
-# the click typer builds on: its vendored copy (typer._click) in newer typer, else click itself
-click: Any = importlib.import_module("typer._click" if importlib.util.find_spec("typer._click") else "click")
+
+def _options(command: Any) -> dict[str, Any]:
+    """The command's options by name, whichever click typer builds on (click's own, or its vendored copy
+    whose options carry typer's type descriptors instead of click param types, in typer 0.2x)."""
+    return {p.name: p for p in command.params if getattr(p, "param_type_name", "") == "option"}
+
+
+def _kind(option: Any) -> type:
+    """The Python type an option takes."""
+    descriptor = getattr(option, "type_descriptor", None)
+    if descriptor is not None:
+        args = [a for a in typing.get_args(descriptor.annotation) if a is not type(None)]
+        return args[0] if args else descriptor.annotation  # type: ignore[no-any-return]
+    return {"integer": int, "float": float, "text": str}[option.type.name]
 
 REQUIRED = ["--platform", "P", "--mode", "live", "--store", "S", "--merge-host", "/h", "--merge-database", "m",
             "--merge-credential", "merge", "--model", "/model"]
 
 
 def _typer_merge() -> Any:
-    command = typer.main.get_command(app)
-    assert isinstance(command, click.Group)
-    return command.commands["merge"]
+    return typer.main.get_command(app).commands["merge"]  # type: ignore[attr-defined]
 
 
 def test_the_table_is_the_typer_commands_options() -> None:
-    params = {p.name: p for p in _typer_merge().params if isinstance(p, click.Option)}
+    params = _options(_typer_merge())
     assert set(params) == {o.dest for o in fast.MERGE_OPTIONS}
-    kinds = {int: click.INT, float: click.FLOAT, str: click.STRING}
     for opt in fast.MERGE_OPTIONS:
         p = params[opt.dest]
         assert p.opts == [opt.flag], opt.dest
         assert p.envvar == opt.env, opt.dest
-        assert p.type == kinds[opt.kind], opt.dest
+        assert _kind(p) is opt.kind, opt.dest
         assert p.required == (opt.default is fast.REQUIRED), opt.dest
         if opt.default is not fast.REQUIRED:
             assert p.default == opt.default, opt.dest
@@ -44,7 +52,7 @@ def test_the_table_is_the_typer_commands_options() -> None:
 
 def test_root_options_are_known() -> None:
     root = typer.main.get_command(app)
-    envs = {p.envvar for p in root.params if isinstance(p, click.Option) and p.envvar}
+    envs = {p.envvar for p in _options(root).values() if p.envvar}
     assert envs == set(fast.ROOT_ENV)
 
 

@@ -38,6 +38,10 @@ def test_a_source_server_dying_during_the_copy_is_named(tmp_path: Path, dbs: Any
             cur.execute("INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 400000) g")
         src.commit()
         src.close()
+        admin = source_server.admin_connect(sdb.source)
+        with admin.cursor() as cur:  # the suite's servers commit asynchronously: make the table survive the crash
+            cur.execute("CHECKPOINT")
+        admin.close()
         model = write_model(tmp_path / "model",
                             one_dataset_model(sdb, "Store1", "big", [("id", "integer"), ("note", "text")]))
         env = {**dbs.env, "SOURCE_USER": sdb.env["SOURCE_USER"], "SOURCE_PASSWORD": sdb.env["SOURCE_PASSWORD"]}
