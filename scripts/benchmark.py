@@ -1041,7 +1041,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     try:
         bench = Bench(server, workdir)
-        if args.fixed_cost:
+        if args.fixed_cost and not args.no_postgres:  # the PostgreSQL path's fixed cost
             results += run_fixed_cost(bench, args.fixed_cost, emit)
         for shape in shapes:
             for size in (wide_sizes if shape == "wide" else sizes):

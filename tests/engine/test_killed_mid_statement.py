@@ -37,7 +37,7 @@ class BigWorld:
         self.flips = 0
         with self.src.cursor() as cur:
             cur.execute("CREATE TABLE big (id integer PRIMARY KEY, grp integer, note text, amount numeric(12,2))")
-            cur.execute(f"""INSERT INTO big SELECT g, g % 97, md5(g::text) || repeat('x', 40), g / 100.0
+            cur.execute(f"""INSERT INTO big SELECT g, g % 97, md5(g::text) || repeat('x', 160), g / 100.0
                              FROM generate_series(1, {ROWS}) g""")
         self.src.commit()
         self.model = write_model(tmp / "model", one_dataset_model(self.dbs, "Store1", "big", COLUMNS))
@@ -83,7 +83,7 @@ class BigWorld:
 
     def wait_inside(self, proc: subprocess.Popen[str], pattern: str, timeout: float = 120) -> float:
         """Wait until the job's merge session has been executing a statement matching `pattern` for a
-        moment (so the fault lands inside it); returns how long that statement had been running."""
+        moment (0.15 s, so the fault lands inside it); returns how long that statement had been running."""
         admin = self.server.admin_connect(self.dbs.merge)
         admin.autocommit = True
         deadline = time.monotonic() + timeout
@@ -95,7 +95,7 @@ class BigWorld:
                                     WHERE datname = %s AND application_name LIKE 'datasurface-job merge %%'
                                       AND state = 'active' AND query LIKE %s""", (self.dbs.merge, pattern))
                     row = cur.fetchone()
-                    if row is not None and row[0] >= 0.3:
+                    if row is not None and row[0] >= 0.15:
                         return float(row[0])
                     time.sleep(0.05)
         finally:
