@@ -140,6 +140,16 @@ class Image:
     workdir: str = "/"
     signal_group: bool = False
     signal_group_env: str | None = None
+    # machine folders the image's content lives in (the venv standing in for it, the sources of an editable
+    # install): bound read-only at their own paths after the pod's volumes, so that a volume over a parent
+    # folder (an emptyDir on /tmp, where a CI clone may live) cannot hide them as it would hide nothing in
+    # a real image
+    content: list[str] = field(default_factory=list)
+
+
+def venv_content(venv: Path) -> list[str]:
+    """The venv and the repository's sources (the package is installed editable into the test venvs)."""
+    return [str(venv.absolute()), str(Path(__file__).resolve().parents[2] / "src")]
 
 
 def airflow_image(venv: Path) -> Image:
@@ -164,7 +174,7 @@ def airflow_image(venv: Path) -> Image:
         entrypoint=entrypoint,
         dirs={"/opt/airflow": (50000, 0, 0o775), "/home/airflow": (50000, 0, 0o775)},
         passwd=["airflow:x:50000:0::/home/airflow:/bin/bash"], uid=50000, gid=0, workdir="/opt/airflow",
-        signal_group=True, signal_group_env="DUMB_INIT_SETSID",
+        signal_group=True, signal_group_env="DUMB_INIT_SETSID", content=venv_content(venv),
     )
 
 
@@ -179,7 +189,7 @@ def job_image(venv: Path) -> Image:
     return Image(env={"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
                       "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"},
                  entrypoint=entrypoint, passwd=["datasurface:x:10001:10001::/tmp:/usr/sbin/nologin"],
-                 uid=10001, gid=10001, workdir="/tmp")
+                 uid=10001, gid=10001, workdir="/tmp", content=venv_content(venv))
 
 
 POSTGRES_ENTRYPOINT = r"""#!/bin/bash
@@ -510,7 +520,8 @@ class Pod:
             "file_modes": image.file_modes,
             "files": {**image.files, "/etc/hosts": self.cluster.hosts_file(),
                       "/etc/passwd": Path("/etc/passwd").read_text() + "".join(f"{u}\n" for u in image.passwd)},
-            "mounts": self._mounts(spec), "read_only_root": bool(sc.get("readOnlyRootFilesystem")),
+            "mounts": [*self._mounts(spec), *([path, path, True] for path in image.content)],
+            "read_only_root": bool(sc.get("readOnlyRootFilesystem")),
             "workdir": spec.get("workingDir", image.workdir), "uid": uid, "gid": gid, "groups": groups,
             "no_new_privs": no_new_privs, "argv": container.argv, "env": container.env,
         }
