@@ -520,7 +520,7 @@ class Pod:
             "file_modes": image.file_modes,
             "files": {**image.files, "/etc/hosts": self.cluster.hosts_file(),
                       "/etc/passwd": Path("/etc/passwd").read_text() + "".join(f"{u}\n" for u in image.passwd)},
-            "mounts": [*self._mounts(spec), *([path, path, True] for path in image.content)],
+            "mounts": self._mounts(spec), "content": image.content,
             "read_only_root": bool(sc.get("readOnlyRootFilesystem")),
             "workdir": spec.get("workingDir", image.workdir), "uid": uid, "gid": gid, "groups": groups,
             "no_new_privs": no_new_privs, "argv": container.argv, "env": container.env,

@@ -5,7 +5,8 @@ network namespace), it builds the container's root filesystem and execs the cont
 
 SPEC (written by kubelet.py): {"scratch": dir for the overlay's upper layer, "hostname": pod name,
 "dirs": [[path, uid, gid, mode]] created in the image, "files": {path: text} written in the image,
-"mounts": [[host path, mount path, read only]], "read_only_root": bool, "workdir": path, "uid", "gid",
+"mounts": [[host path, mount path, read only]], "content": [machine paths bound read-only at their own
+path after the mounts], "read_only_root": bool, "workdir": path, "uid", "gid",
 "groups", "no_new_privs": bool, "argv": [...], "env": {...}}.
 
 The root filesystem is an overlay whose lower layer is the machine's `/` (so the venvs and Debian's
@@ -89,6 +90,15 @@ def main(spec_path: str) -> None:
         mount("--bind", source, target)
         if read_only:
             mount("-o", "remount,bind,ro", target)
+    for path in spec.get("content", []):  # the image's content, at its own path, reachable by any user
+        target = inside(root, path)
+        os.makedirs(target, exist_ok=True)
+        parent = os.path.dirname(target)
+        while len(parent) > len(root):  # a clone in a 0700 folder: traversable in this container only
+            os.chmod(parent, os.stat(parent).st_mode | 0o111)  # (the overlay copies the folder up)
+            parent = os.path.dirname(parent)
+        mount("--bind", path, target)
+        mount("-o", "remount,bind,ro", target)
     if spec["read_only_root"]:
         mount("-o", "remount,ro", root)
     os.chroot(root)

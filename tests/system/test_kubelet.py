@@ -21,7 +21,7 @@ def image() -> Image:
         return [*(command or [PY]), *args]
     return Image(env={"PATH": f"{Path(PY).parent}:/usr/bin:/bin", "FROM_IMAGE": "1"}, entrypoint=entrypoint,
                  dirs={"/opt/app": (10001, 10001, 0o755)}, passwd=["app:x:10001:10001::/opt/app:/bin/sh"],
-                 uid=10001, gid=10001, workdir="/opt/app")
+                 uid=10001, gid=10001, workdir="/opt/app", content=[str(Path(PY).parents[1])])  # the venv
 
 
 def pod_doc(container: dict[str, Any], **spec: Any) -> dict[str, Any]:
