@@ -93,10 +93,6 @@ def main(spec_path: str) -> None:
     for path in spec.get("content", []):  # the image's content, at its own path, reachable by any user
         target = inside(root, path)
         os.makedirs(target, exist_ok=True)
-        parent = os.path.dirname(target)
-        while len(parent) > len(root):  # a clone in a 0700 folder: traversable in this container only
-            os.chmod(parent, os.stat(parent).st_mode | 0o111)  # (the overlay copies the folder up)
-            parent = os.path.dirname(parent)
         mount("--bind", path, target)
         mount("-o", "remount,bind,ro", target)
     if spec["read_only_root"]:

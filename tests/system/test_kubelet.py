@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from kubelet import Cluster, Image, KubeletError, Manifests, Pod, expand, secret
 
-PY = sys.executable
+# Debian's Python (standard library only): reachable by any user wherever the clone lives (a venv inside a
+# 0700 clone folder is not, for the non-root users these containers run as)
+PY = "/usr/bin/python3.11" if Path("/usr/bin/python3.11").exists() else sys.executable
 
 
 def image() -> Image:
@@ -21,7 +23,7 @@ def image() -> Image:
         return [*(command or [PY]), *args]
     return Image(env={"PATH": f"{Path(PY).parent}:/usr/bin:/bin", "FROM_IMAGE": "1"}, entrypoint=entrypoint,
                  dirs={"/opt/app": (10001, 10001, 0o755)}, passwd=["app:x:10001:10001::/opt/app:/bin/sh"],
-                 uid=10001, gid=10001, workdir="/opt/app", content=[str(Path(PY).parents[1])])  # the venv
+                 uid=10001, gid=10001, workdir="/opt/app")
 
 
 def pod_doc(container: dict[str, Any], **spec: Any) -> dict[str, Any]:
