@@ -228,3 +228,34 @@ def run_job(args: list[str], env: dict[str, str], extra_env: dict[str, str] | No
 def merge_args(model: Path, platform: str, mode: str, dbs: Any, store: str = "Store1") -> list[str]:
     return ["merge", "--model", str(model), "--platform", platform, "--mode", mode, "--store", store,
             *dbs.merge_args()]
+
+
+def merge_both_and_check(mrg: Any, model: Path, endpoint: Any, expected: dict[str, list[list[Any]]], n: int) -> None:
+    """Batch n on the oracle platforms (OracleLive, OracleForensic) equals the oracle: tables, views, every
+    forensic as-of of batches 1..n, and the ledger's counts per dataset."""
+    from datasurface.engine import run_merge
+    from datasurface.errors import EXIT_OK
+
+    for platform, mode in (("OracleLive", "live"), ("OracleForensic", "forensic")):
+        code = run_merge(model=str(model), model_ref=None, model_path="datasurface.yaml", platform=platform,
+                         mode=mode, store="Store1", merge=endpoint, merge_credential="merge")
+        assert code == EXIT_OK
+    for name, (_cols, key) in DATASETS.items():
+        want = expected[name][n]
+        table = f"store1_{name}"
+        assert fetch(mrg, f"oraclelive.{table}", name) == want, f"live table, batch {n}"
+        assert fetch(mrg, f"oraclelive.{table}_current", name) == want, f"live view, batch {n}"
+        assert fetch(mrg, f"oracleforensic.{table}_current", name) == want, f"forensic view, batch {n}"
+        for m in range(1, n + 1):
+            as_of = fetch(mrg, f"oracleforensic.{table}", name,
+                          "WHERE ds_batch_in <= %s AND %s < ds_batch_out", (m, m))
+            assert as_of == expected[name][m], f"forensic as of {m} after batch {n}"
+        oracle = oracle_counts(expected[name][n - 1], want, len(key))
+        for schema in ("oraclelive", "oracleforensic"):
+            with mrg.cursor() as cur:
+                cur.execute(f"""SELECT rows_total, rows_inserted, rows_updated, rows_deleted
+                                  FROM {schema}.ds_batch_datasets WHERE batch_id = %s AND dataset = %s""",
+                            (n, name))
+                got = dict(zip(("total", "inserted", "updated", "deleted"), cur.fetchone(), strict=True))
+            mrg.rollback()
+            assert got == oracle, f"{schema} counts of {name}, batch {n}"

@@ -12,9 +12,7 @@ from typing import Any
 import pytest
 
 from datasurface.db import Endpoint
-from datasurface.engine import run_merge
-from datasurface.errors import EXIT_OK
-from tests.engine.support import DATASETS, fetch, next_snapshot, oracle_counts, write_model
+from tests.engine.support import DATASETS, merge_both_and_check, next_snapshot, write_model
 from tests.mysql.support import create_mysql_tables, expected_rows, load_mysql_snapshot, mysql_model, rfc4122
 
 SNAPSHOTS = 14
@@ -38,28 +36,7 @@ def test_random_snapshots_match_oracle(mdbs: Any, seed: int, tmp_path: Path, mon
         load_mysql_snapshot(src, snap)
         for name in DATASETS:
             expected[name].append(expected_rows(name, snap[name]))
-        for platform, mode in (("OracleLive", "live"), ("OracleForensic", "forensic")):
-            code = run_merge(model=str(model), model_ref=None, model_path="datasurface.yaml", platform=platform,
-                             mode=mode, store="Store1", merge=endpoint, merge_credential="merge")
-            assert code == EXIT_OK
-        for name, (_cols, key) in DATASETS.items():
-            want = expected[name][n]
-            table = f"store1_{name}"
-            assert fetch(mrg, f"oraclelive.{table}", name) == want, f"live table, batch {n}"
-            assert fetch(mrg, f"oracleforensic.{table}_current", name) == want, f"forensic view, batch {n}"
-            for m in range(1, n + 1):
-                as_of = fetch(mrg, f"oracleforensic.{table}", name,
-                              "WHERE ds_batch_in <= %s AND %s < ds_batch_out", (m, m))
-                assert as_of == expected[name][m], f"forensic as of {m} after batch {n}"
-            oracle = oracle_counts(expected[name][n - 1], want, len(key))
-            for schema in ("oraclelive", "oracleforensic"):
-                with mrg.cursor() as cur:
-                    cur.execute(f"""SELECT rows_total, rows_inserted, rows_updated, rows_deleted
-                                      FROM {schema}.ds_batch_datasets WHERE batch_id = %s AND dataset = %s""",
-                                (n, name))
-                    got = dict(zip(("total", "inserted", "updated", "deleted"), cur.fetchone(), strict=True))
-                mrg.rollback()
-                assert got == oracle, f"{schema} counts of {name}, batch {n}"
+        merge_both_and_check(mrg, model, endpoint, expected, n)
     with mrg.cursor() as cur:
         cur.execute("SELECT batch_id, status, snapshot_at IS NOT NULL FROM oracleforensic.ds_batches ORDER BY 1")
         assert cur.fetchall() == [(i, "committed", True) for i in range(1, SNAPSHOTS + 1)]
