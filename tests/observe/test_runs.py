@@ -171,3 +171,45 @@ def test_a_driver_error_is_recorded_as_the_line_the_run_printed(world: dict[str,
     line = err.strip().splitlines()[-1]
     assert line.startswith("datasurface-job: error: lost the connection to the merge database"), err
     assert runs(world["mrg"])[-1] == ("Store1", None, "merge", 1, None, line, True, True)
+
+
+def test_a_history_session_the_server_ended_during_the_run_is_replaced(world: dict[str, Any]) -> None:
+    """The history keeps its session from a run's start to its finish; one the server ended meanwhile (an idle
+    timeout during a long merge, a restart) is replaced, and the run's row is still completed."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    dbs = world["dbs"]
+    proc = subprocess.Popen([sys.executable, "-m", "datasurface.cli", *merge_args(world["model"], PLATFORM, "live",
+                                                                                  dbs)],
+                            env={**os.environ, **dbs.env, "DATASURFACE_TEST_PAUSE_AT": "stream:locked=3"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    admin = dbs.server.admin_connect(dbs.merge)
+    deadline, killed = time.monotonic() + 20, 0
+    while not killed and time.monotonic() < deadline:
+        with admin.cursor() as cur:
+            cur.execute("""SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                            WHERE datname = %s AND application_name LIKE 'datasurface-job history %%'""", (dbs.merge,))
+            killed = cur.fetchone()[0]
+        time.sleep(0.1)
+    admin.close()
+    out, err = proc.communicate(timeout=60)
+    assert killed and proc.returncode == 0, out + err
+    assert "not recorded" not in err, err
+    assert runs(world["mrg"])[-1] == ("Store1", None, "merge", 0, 2, None, True, True)
+
+
+def test_a_history_from_before_the_run_counts_gains_them(world: dict[str, Any]) -> None:
+    """A platform whose ds_runs predates ds_run_totals (contract §6): the next run creates the counts table
+    and counts itself in it."""
+    mrg = world["mrg"]
+    with mrg.cursor() as cur:
+        cur.execute(f'DROP TABLE "{SCHEMA}".ds_run_totals')
+    mrg.commit()
+    assert run_job(merge_args(world["model"], PLATFORM, "live", world["dbs"]), world["dbs"].env).returncode == 0
+    with mrg.cursor() as cur:
+        cur.execute(f"""SELECT ok, failed FROM "{SCHEMA}".ds_run_totals WHERE command = 'merge' AND store = 'Store1'""")
+        assert cur.fetchall() == [(1, 0)]
+    mrg.rollback()

@@ -10,6 +10,7 @@ what the typer command declares (flags, environment variables, types, defaults).
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -110,6 +111,9 @@ def run_merge_command(debug: bool, values: dict[str, Any], report: Callable[[Bas
         from datasurface.db import Endpoint
         from datasurface.engine import run_merge
         from datasurface.sessions import limits_from_options
+
+        gc.freeze()  # what start-up made lives as long as the process (see cli/__init__.py)
+        gc.enable()
 
         limits = limits_from_options(values["lock_wait"], values["lock_timeout"], values["session_timeout"],
                                      values["orphan_timeout"])

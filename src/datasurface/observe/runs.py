@@ -1,9 +1,13 @@
 """The run history (contract §6): one `ds_runs` row per run of `merge` or `setup` for a stream.
 
-A row is written when the run starts (finished_at NULL) and completed when it ends, each time on a
-short connection of its own in autocommit: never inside the batch's transactions, so a rolled-back
-batch keeps its run row, and a run killed on the way leaves finished_at NULL. Rows are addressed by
-their own `run_id`, so such a leftover row never confuses a later run.
+A row is written when the run starts (finished_at NULL) and completed when it ends, each write its own
+short transaction on a connection of the history's own: never inside the batch's transactions, so a
+rolled-back batch keeps its run row, and a run killed on the way leaves finished_at NULL. Rows are
+addressed by their own `run_id`, so such a leftover row never confuses a later run. The connection is
+kept from the start of a run to its finish (a short run pays one connection, not two); one the server
+has ended meanwhile (its idle timeout during a long merge) is noticed without a round trip and
+replaced, and a peer gone from the network fails a write within seconds (TCP keepalives and
+`tcp_user_timeout`), never holding the run up.
 
 Recording never changes a run's outcome: when the history cannot be written (database down, no
 privilege, a lock held too long), the run logs one warning and goes on; its exit status and error line
@@ -102,6 +106,23 @@ def ensure(conn: PgConnection, schema: str) -> None:
         cur.execute(sql.SQL(TOTALS_DDL).format(totals=totals(schema)))
 
 
+def _alive(conn: PgConnection) -> bool:
+    """Still usable, as far as can be told without a round trip: `poll` reads what the server sent while the
+    session was idle. A server that ended the session (an idle timeout, a terminated backend, a restart) sent
+    a FATAL notice and closed the socket: the first read finds the notice, the next one the end of the stream."""
+    if conn.closed:
+        return False
+    try:
+        seen = len(conn.notices)
+        conn.poll()
+        if any(n.startswith("FATAL") for n in conn.notices[seen:]):
+            return False
+        conn.poll()
+    except psycopg2.Error:
+        return False
+    return not conn.closed
+
+
 @dataclass
 class RunRecord:
     """One row of `ds_runs`; `exit_status` is set by the code it watches (0 unless told otherwise)."""
@@ -136,19 +157,40 @@ class RunHistory:
         self.run_id = run_id or new_run_id()  # the job's run id: its sessions' application_name ends with it
         self.host = socket.gethostname()
         self._warned = False
+        self._conn: PgConnection | None = None
 
     @contextmanager
     def _connection(self) -> Iterator[PgConnection]:
+        """The history's session, for one write (the caller commits); any failure closes it."""
+        conn = self._conn if self._conn is not None and _alive(self._conn) else self._open()
+        self._conn = conn
+        try:
+            yield conn
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> PgConnection:
         cred = credentials.resolve(self.credential_name)
         conn = connect(self.endpoint, cred, application_name=application_name("history", self.run_id),
-                       connect_timeout=CONNECT_TIMEOUT_S)
+                       connect_timeout=CONNECT_TIMEOUT_S,
+                       extra={"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+                              "tcp_user_timeout": CONNECT_TIMEOUT_S * 1000})
         try:
+            conn.autocommit = True  # one round trip: no BEGIN / COMMIT around the session's settings
             with conn.cursor() as cur:
-                cur.execute("SET statement_timeout = %s", (STATEMENT_TIMEOUT,))
-                cur.execute("SET lock_timeout = %s", (STATEMENT_TIMEOUT,))
-            conn.commit()
-            yield conn
-        finally:
+                cur.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
+                            (STATEMENT_TIMEOUT, STATEMENT_TIMEOUT))
+            conn.autocommit = False
+        except BaseException:
+            with suppress(Exception):
+                conn.close()
+            raise
+        return conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
             with suppress(Exception):
                 conn.close()
 
@@ -165,17 +207,25 @@ class RunHistory:
             self._warned = True
 
     def start(self, record: RunRecord) -> None:
+        # one round trip; it also tells whether the run counts' table is there (a history from before it)
+        insert = sql.SQL("""INSERT INTO {} (store, dataset, command, host, run) VALUES (%s, %s, %s, %s, %s)
+                            RETURNING run_id, started_at,
+                                      to_regclass(format('%%I.ds_run_totals', %s::text)) IS NOT NULL""").format(
+            table(self.schema))
+        values = (record.store, record.dataset, self.command, self.host, self.run_id, self.schema)
         try:
             with self._connection() as conn:
-                ensure(conn, self.schema)
-                conn.commit()
                 with conn.cursor() as cur:
-                    cur.execute(
-                        sql.SQL("""INSERT INTO {} (store, dataset, command, host, run)
-                                   VALUES (%s, %s, %s, %s, %s) RETURNING run_id, started_at""").format(
-                            table(self.schema)),
-                        (record.store, record.dataset, self.command, self.host, self.run_id))
-                    record.run_id, record.started_at = cur.fetchone()  # type: ignore[misc]
+                    try:
+                        cur.execute(insert, values)
+                    except psycopg2.errors.UndefinedTable:  # the platform's first run: create the history
+                        conn.rollback()
+                        ensure(conn, self.schema)
+                        conn.commit()
+                        cur.execute(insert, values)
+                    record.run_id, record.started_at, complete = cur.fetchone()  # type: ignore[misc]
+                    if not complete:
+                        ensure(conn, self.schema)
                 conn.commit()
         except Exception as exc:  # whatever goes wrong here, the run goes on as it would have
             record.start_error = exc  # said at finish, once the run's outcome is known
@@ -222,12 +272,15 @@ class RunHistory:
         record = RunRecord(self, store, dataset)
         self.start(record)
         try:
-            yield record
-        except BaseException as exc:
-            status, line = failure_line(exc)
-            self.finish(record, status, line)
-            raise
-        self.finish(record, record.exit_status, None)
+            try:
+                yield record
+            except BaseException as exc:
+                status, line = failure_line(exc)
+                self.finish(record, status, line)
+                raise
+            self.finish(record, record.exit_status, None)
+        finally:
+            self.close()
 
 
 class CommandRuns:
@@ -271,3 +324,5 @@ def recorded(endpoint: Endpoint, credential_name: str, schema: str, command: str
         elif runs.streams == 0:
             history.finish(RunRecord(history, store, None), status, line)
         raise
+    finally:
+        history.close()
