@@ -144,9 +144,9 @@ def test_single_dataset_streams_get_a_row_each(dbs: Any, tmp_path: Any) -> None:
     mrg.close()
 
 
-def test_a_driver_error_is_recorded_as_the_line_the_run_printed(world: dict[str, Any]) -> None:
-    """The run's merge session is terminated while it holds the stream: the driver error becomes its one
-    line on the way out of the connection, and that line (not the raw driver text) is what ds_runs has."""
+def merge_terminating(world: dict[str, Any], role: str) -> tuple[bool, int, str, str]:
+    """A merge that pauses once it holds its stream, while its `role` session (merge, history) is terminated
+    from outside: whether one was, and the process's exit status, stdout and stderr."""
     import os
     import subprocess
     import sys
@@ -162,12 +162,20 @@ def test_a_driver_error_is_recorded_as_the_line_the_run_printed(world: dict[str,
     while not killed and time.monotonic() < deadline:
         with admin.cursor() as cur:
             cur.execute("""SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                            WHERE datname = %s AND application_name LIKE 'datasurface-job merge %%'""", (dbs.merge,))
+                            WHERE datname = %s AND application_name LIKE %s""",
+                        (dbs.merge, f"datasurface-job {role} %"))
             killed = cur.fetchone()[0]
         time.sleep(0.1)
     admin.close()
     out, err = proc.communicate(timeout=60)
-    assert killed and proc.returncode == 1, out + err
+    return bool(killed), proc.returncode, out, err
+
+
+def test_a_driver_error_is_recorded_as_the_line_the_run_printed(world: dict[str, Any]) -> None:
+    """The run's merge session is terminated while it holds the stream: the driver error becomes its one
+    line on the way out of the connection, and that line (not the raw driver text) is what ds_runs has."""
+    killed, code, out, err = merge_terminating(world, "merge")
+    assert killed and code == 1, out + err
     line = err.strip().splitlines()[-1]
     assert line.startswith("datasurface-job: error: lost the connection to the merge database"), err
     assert runs(world["mrg"])[-1] == ("Store1", None, "merge", 1, None, line, True, True)
@@ -176,27 +184,8 @@ def test_a_driver_error_is_recorded_as_the_line_the_run_printed(world: dict[str,
 def test_a_history_session_the_server_ended_during_the_run_is_replaced(world: dict[str, Any]) -> None:
     """The history keeps its session from a run's start to its finish; one the server ended meanwhile (an idle
     timeout during a long merge, a restart) is replaced, and the run's row is still completed."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    dbs = world["dbs"]
-    proc = subprocess.Popen([sys.executable, "-m", "datasurface.cli", *merge_args(world["model"], PLATFORM, "live",
-                                                                                  dbs)],
-                            env={**os.environ, **dbs.env, "DATASURFACE_TEST_PAUSE_AT": "stream:locked=3"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    admin = dbs.server.admin_connect(dbs.merge)
-    deadline, killed = time.monotonic() + 20, 0
-    while not killed and time.monotonic() < deadline:
-        with admin.cursor() as cur:
-            cur.execute("""SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                            WHERE datname = %s AND application_name LIKE 'datasurface-job history %%'""", (dbs.merge,))
-            killed = cur.fetchone()[0]
-        time.sleep(0.1)
-    admin.close()
-    out, err = proc.communicate(timeout=60)
-    assert killed and proc.returncode == 0, out + err
+    killed, code, out, err = merge_terminating(world, "history")
+    assert killed and code == 0, out + err
     assert "not recorded" not in err, err
     assert runs(world["mrg"])[-1] == ("Store1", None, "merge", 0, 2, None, True, True)
 
