@@ -26,7 +26,7 @@ from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfa
 from datasurface.faults import killpoint
 from datasurface.ingest import dialects, snapshot
 from datasurface.ingest.dialects import SourceSession
-from datasurface.merge import layout
+from datasurface.merge import ddl, layout
 from datasurface.merge.forensic import ForensicMerge
 from datasurface.merge.layout import DatasetLayout
 from datasurface.merge.ledger import COMMITTED, INGESTING, Batch, BatchLedger, Counts, Stream
@@ -53,12 +53,6 @@ def fingerprint(store: Store, datasets: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(defs, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _ddl_lock(conn: PgConnection, schema: str) -> None:
-    """Serialises DDL on one platform schema between concurrent runs of different streams."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"datasurface-ddl/{schema}",))
-
-
 def layout_relations(schema: str, lays: list[DatasetLayout]) -> list[str]:
     """What creating or evolving the layout locks: to name the sessions that block it."""
     names = ["ds_batches", "ds_batch_datasets", *(n for lay in lays for n in (lay.table, lay.view))]
@@ -67,8 +61,8 @@ def layout_relations(schema: str, lays: list[DatasetLayout]) -> list[str]:
 
 def ensure_layout(conn: PgConnection, schema: str, lays: list[DatasetLayout], stores: list[Store]) -> None:
     """Create or evolve schema, ledger, tables and views (and, forensic, the history view and as-of
-    functions: consumers/history.py), in the caller's transaction."""
-    _ddl_lock(conn, schema)
+    functions: consumers/history.py), in the caller's transaction. Under the platform's DDL lock (merge/ddl.py),
+    which the caller takes."""
     layout.ensure_schema(conn, schema)
     BatchLedger(conn, schema).ensure()
     by_name = {s.name: s for s in stores}
@@ -169,9 +163,17 @@ class StreamRun:
         return not opened_here
 
     def _open(self, open_batch: Batch | None) -> Batch:
-        """Create or evolve the layout and open the batch (or keep the open one): one transaction."""
-        ensure_layout(self.merge, self.schema, self.lays, [self.store])
-        if self.model is not None and workspaces.evolve(self.merge, self.model, self.schema, self.store, self.lays):
+        """Create or evolve the layout and open the batch (or keep the open one): one transaction. The layout is
+        checked without the platform's DDL lock, which is taken only when something must change (merge/ddl.py):
+        batches of the platform's other stores are not held up by this one's checks."""
+
+        def objects() -> bool:
+            ensure_layout(self.merge, self.schema, self.lays, [self.store])
+            return self.model is not None and workspaces.evolve(self.merge, self.model, self.schema, self.store,
+                                                                 self.lays)
+
+        evolved, _ = ddl.ensure(self.merge, self.schema, objects)
+        if evolved:
             log.info("workspace views of %s evolved", self.stream.describe())
         batch = open_batch or self.ledger.open_batch(self.stream, self.mode, self.fingerprint,
                                                      [lay.staging for lay in self.lays])
@@ -387,6 +389,7 @@ def run_setup(*, model: str, model_ref: str | None, model_path: str, platform: s
             conn.rollback()
 
             def step() -> None:
+                ddl.lock(conn, schema)  # setup reconciles grants and workspaces too: always under the lock
                 ensure_layout(conn, schema, lays, chosen)
                 lines[:] = workspaces.reconcile(conn, mdl, schema, spaces)
                 conn.commit()

@@ -172,3 +172,63 @@ def test_the_job_never_touches_a_users_ds_diff(world: dict[str, Any]) -> None:
         cur.execute("SELECT keep FROM public.ds_diff")
         assert cur.fetchall() == [("mine",)]
     mrg.rollback()
+
+
+def _hold_ddl_lock(world: dict[str, Any]) -> Any:
+    """Another run of the platform in the middle of its DDL: a session holding the platform's DDL lock."""
+    holder = _consumer(world, "datasurface-job merge 0badc0de")
+    with holder.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"datasurface-ddl/{SCHEMA}",))
+    return holder
+
+
+def test_a_batch_whose_objects_are_in_place_does_not_wait_for_the_ddl_lock(world: dict[str, Any]) -> None:
+    """Batches of a platform's stores are not serialised on its DDL lock: one that has nothing to create or
+    evolve only reads the catalog, and goes on while another run holds the lock."""
+    dbs = world["dbs"]
+    holder = _hold_ddl_lock(world)
+    try:
+        proc = run_job([*merge_args(world["model"], PLATFORM, "live", dbs), "--lock-timeout", "3"], dbs.env,
+                       timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        holder.rollback()
+        holder.close()
+    with world["mrg"].cursor() as cur:
+        cur.execute(f"SELECT max(batch_id) FROM {SCHEMA}.ds_batches WHERE status = 'committed'")
+        assert cur.fetchone()[0] == 2
+    world["mrg"].rollback()
+
+
+def test_a_change_waits_for_the_ddl_lock_then_sees_what_was_done_meanwhile(world: dict[str, Any]) -> None:
+    """A run that must change the layout waits for the DDL lock and then checks again from the start: the
+    column another run added while it waited is not added twice, and the view gains it."""
+    dbs, mrg = world["dbs"], world["mrg"]
+    model = _add_column(world)
+    holder = _hold_ddl_lock(world)
+    job = subprocess.Popen([sys.executable, "-m", "datasurface.cli", *merge_args(model, PLATFORM, "live", dbs)],
+                           env={**os.environ, **dbs.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = _consumer(world, "watcher")
+    watcher.autocommit = True  # pg_stat_activity and pg_locks are read afresh by each statement only outside one
+    try:
+        deadline, waiting = time.monotonic() + 30, False
+        while not waiting and time.monotonic() < deadline and job.poll() is None:
+            with watcher.cursor() as cur:
+                cur.execute("""SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                                WHERE l.locktype = 'advisory' AND NOT l.granted
+                                  AND a.application_name LIKE 'datasurface-job merge %'""")
+                waiting = cur.fetchone()[0] > 0
+            time.sleep(0.05)
+        assert waiting, "the run did not wait for the DDL lock"
+        with holder.cursor() as cur:  # what the other run does before it commits
+            cur.execute(f"ALTER TABLE {TABLE} ADD COLUMN memo varchar(20)")
+        holder.commit()
+    finally:
+        holder.close()
+        watcher.close()
+    _out, err = job.communicate(timeout=60)
+    assert job.returncode == 0, err
+    with mrg.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {VIEW} WHERE memo IS NOT NULL")
+        assert cur.fetchone()[0] > 0
+    mrg.rollback()

@@ -313,4 +313,6 @@ def ensure_nullability(conn: PgConnection, lay: DatasetLayout) -> bool:
 
 def ensure_schema(conn: PgConnection, schema: str) -> None:
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        cur.execute("SELECT to_regnamespace(%s) IS NULL", (sql.Identifier(schema).as_string(conn),))
+        if cur.fetchone()[0]:  # type: ignore[index]
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))

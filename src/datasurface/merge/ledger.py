@@ -69,9 +69,26 @@ class BatchLedger:
         return sql.Identifier(self.schema, name)
 
     def ensure(self) -> None:
-        """Create the ledger tables (in the caller's transaction)."""
+        """Create the ledger tables where missing (in the caller's transaction). What is there is read first, in
+        one statement: nothing is written (nor locked) when the ledger is complete."""
         with self.conn.cursor() as cur:
-            cur.execute(sql.SQL("""
+            cur.execute("""SELECT to_regclass(format('%%I.ds_batches', %s::text)) IS NOT NULL,
+                                  to_regclass(format('%%I.ds_batch_datasets', %s::text)) IS NOT NULL,
+                                  EXISTS (SELECT FROM pg_catalog.pg_attribute
+                                           WHERE attrelid = to_regclass(format('%%I.ds_batches', %s::text))
+                                             AND attname = 'snapshot_at' AND NOT attisdropped)""",
+                        (self.schema,) * 3)
+            has_batches, has_datasets, has_snapshot_at = cur.fetchone()  # type: ignore[misc]
+            if not has_batches:
+                self._create_batches(cur)
+            elif not has_snapshot_at:  # ledgers created before contract §5: their earlier batches keep it NULL
+                cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN snapshot_at timestamptz").format(
+                    self._t("ds_batches")))
+            if not has_datasets:
+                self._create_batch_datasets(cur)
+
+    def _create_batches(self, cur: Any) -> None:
+        cur.execute(sql.SQL("""
                 CREATE TABLE IF NOT EXISTS {} (
                     stream text NOT NULL,
                     store text NOT NULL,
@@ -90,15 +107,9 @@ class BatchLedger:
                     rows_deleted bigint,
                     snapshot_at timestamptz,
                     PRIMARY KEY (stream, batch_id))""").format(self._t("ds_batches")))
-            # ledgers created before contract §5: their earlier batches keep snapshot_at NULL. Checked first:
-            # ALTER TABLE locks the ledger against its readers even when the column is there
-            cur.execute("""SELECT 1 FROM pg_catalog.pg_attribute
-                            WHERE attrelid = to_regclass(format('%%I.ds_batches', %s::text))
-                              AND attname = 'snapshot_at' AND NOT attisdropped""", (self.schema,))
-            if cur.fetchone() is None:
-                cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN snapshot_at timestamptz").format(
-                    self._t("ds_batches")))
-            cur.execute(sql.SQL("""
+
+    def _create_batch_datasets(self, cur: Any) -> None:
+        cur.execute(sql.SQL("""
                 CREATE TABLE IF NOT EXISTS {} (
                     store text NOT NULL,
                     batch_id integer NOT NULL,
