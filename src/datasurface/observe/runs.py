@@ -31,6 +31,7 @@ from psycopg2 import sql
 from datasurface import credentials
 from datasurface.db import Endpoint, PgConnection, connect, first_line
 from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DataSurfaceError, failure_line
+from datasurface.merge import ddl
 from datasurface.sessions import application_name, new_run_id
 
 log = logging.getLogger("datasurface.observe")
@@ -98,8 +99,7 @@ def ensure(conn: PgConnection, schema: str) -> None:
         cur.execute("SELECT to_regclass(format('%%I.ds_run_totals', %s::text))", (schema,))
         if cur.fetchone()[0] is not None:  # type: ignore[index]
             return
-        # the key of the engine's DDL lock: concurrent runs of one platform create objects one at a time
-        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"datasurface-ddl/{schema}",))
+        ddl.lock(conn, schema)  # concurrent runs of one platform create objects one at a time
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         cur.execute(sql.SQL(DDL).format(runs=table(schema)))
         cur.execute(sql.SQL(INDEX).format(name=sql.Identifier("ds_runs_stream"), runs=table(schema)))
