@@ -7,11 +7,14 @@
   type mapping of `mysqltypes`; a table must be InnoDB (the only engine with a consistent snapshot).
 - Snapshot: `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY` under REPEATABLE READ: every dataset
   of a batch is read in that one InnoDB read view. `snapshot_at` is the server's UTC clock right after it.
-- Reads: a server-side cursor (`stream_results` + `yield_per`, bounded batches) written straight into
-  the merge side's `COPY ... FROM STDIN (FORMAT csv)`: the rows are Python values here anyway (MySQL has
-  no COPY), and the C `csv` writer formats them with exact text forms PostgreSQL parses (ints, Decimal,
-  float repr, ISO dates) faster than Python code could build PostgreSQL's binary format. Memory is one
-  batch, whatever the table size.
+- Reads: PyMySQL's unbuffered cursor (`SSCursor`) on the session's own DBAPI connection (under
+  SQLAlchemy's, inside the snapshot's transaction), `fetchmany` in bounded batches, written straight into
+  the merge side's `COPY ... FROM STDIN (FORMAT csv)`: MySQL has no COPY, and the C `csv` writer feeds
+  PostgreSQL faster than Python code could build its binary format. Integers, decimals, doubles, dates
+  and date-times are not converted at all: the server's own text of each value is what PostgreSQL parses
+  into exactly the value PyMySQL would have built (a zero date stays the text PostgreSQL refuses). Only
+  nullable text columns (NULL vs ''), bytea and time columns get per-value work, column-wise. Memory is
+  one batch, whatever the table size.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from psycopg2 import sql
+from pymysql.constants import FIELD_TYPE
+from pymysql.cursors import SSCursor
 
 from datasurface import credentials
 from datasurface.db import Endpoint, PgConnection, idents
@@ -42,6 +47,10 @@ log = logging.getLogger(__name__)
 
 DRIVER = "mysql+pymysql"
 BATCH_ROWS = 5000  # rows per fetch from the server-side cursor: memory is one batch
+# result types read as the server's text, unconverted (see `_read`); `time` keeps PyMySQL's timedelta
+AS_TEXT = frozenset({FIELD_TYPE.TINY, FIELD_TYPE.SHORT, FIELD_TYPE.INT24, FIELD_TYPE.LONG, FIELD_TYPE.LONGLONG,
+                     FIELD_TYPE.DECIMAL, FIELD_TYPE.NEWDECIMAL, FIELD_TYPE.FLOAT, FIELD_TYPE.DOUBLE,
+                     FIELD_TYPE.DATE, FIELD_TYPE.NEWDATE, FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP})
 CONNECT_TIMEOUT = 10
 IO_TIMEOUT = 600  # seconds a read or write on the source socket may wait (a dead server, not a slow query)
 CHUNK = 1 << 16
@@ -197,9 +206,8 @@ class MySqlSource:
     def copy_dataset(self, merge: PgConnection, lay: DatasetLayout) -> int:
         """Stream one source table into its (fresh) staging table; returns the number of rows.
 
-        The fast path does no per-value work but for text (NULL vs ''), bytea and time columns: values
-        PostgreSQL cannot hold (a zero date, a tinyint(1) of 2, a time of 100:00:00) make its COPY fail,
-        and `_diagnose` then names the first such row by its key."""
+        Values PostgreSQL cannot hold (a zero date, a tinyint(1) of 2, a time of 100:00:00) make its COPY
+        fail, and `_diagnose` then names the first such row by its key."""
         started = time.monotonic()
         create_staging(merge, lay)
         table = f"{quote(self.store.source.database)}.{quote(lay.dataset.table)}"
@@ -214,12 +222,14 @@ class MySqlSource:
         copy_in = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv{})").format(
             lay.qualified(lay.staging), idents(lay.columns),
             sql.SQL(", FORCE_NULL ({})").format(idents(others)) if others else sql.SQL("")).as_string(merge)
-        reader = _CsvRows(self._stream(select, lay), kinds)
         try:
+            cursor = self._read(select, lay)
+            reader = _CsvRows(self._batches(cursor, lay), _transforms(kinds, cursor.description))
             with merge.cursor() as cur:
                 # `timestamp` columns are read in the session time zone +00:00: UTC, for timestamptz
                 cur.execute("SET LOCAL TimeZone = 'UTC'")
                 cur.copy_expert(copy_in, reader, size=CHUNK)
+            cursor.close()
         except Exception as exc:
             # the unread rest of the result would be drained on close: drop the connection instead
             with suppress(Exception):
@@ -251,14 +261,33 @@ class MySqlSource:
                 kinds.append("plain")
         return kinds
 
-    def _stream(self, select: str, lay: DatasetLayout) -> Iterator[Sequence[Any]]:
-        """Batches of rows from a server-side cursor, inside the snapshot's transaction."""
+    def _read(self, select: str, lay: DatasetLayout) -> Any:
+        """The executed SELECT on an unbuffered cursor of the session's DBAPI connection (no SQLAlchemy
+        `Row` per row), inside the snapshot's transaction.
+
+        The values of the AS_TEXT types stay the server's text: PyMySQL picks each result column's
+        converter from the connection's `decoders` when it reads the result's column descriptions (during
+        `execute`), so they are left out of it for this one statement. Each such text is exactly the value
+        PyMySQL would build (int, Decimal, the double of a float's repr, date, datetime), and PostgreSQL
+        parses it into the same value; the csv writer then has only strings to write."""
         try:
-            # stream_results: an unbuffered (server-side) cursor; the result's yield_per bounds each fetch
-            # (as a connection-level execution option, SQLAlchemy keeps every row it has fetched)
-            result = self.conn.execution_options(stream_results=True).exec_driver_sql(select).yield_per(BATCH_ROWS)
+            raw = self.conn.connection.dbapi_connection
+            cursor = raw.cursor(SSCursor)
+            decoders = raw.decoders
+            raw.decoders = {code: conv for code, conv in decoders.items() if code not in AS_TEXT}
+            try:
+                cursor.execute(select)
+            finally:
+                raw.decoders = decoders
+        except Exception as exc:
+            raise self._read_error(lay, exc) from exc
+        return cursor
+
+    def _batches(self, cursor: Any, lay: DatasetLayout) -> Iterator[Sequence[Any]]:
+        """The result's rows, BATCH_ROWS at a time."""
+        try:
             first = True
-            for batch in result.partitions(BATCH_ROWS):
+            while batch := cursor.fetchmany(BATCH_ROWS):
                 yield batch
                 if first:
                     killpoint(f"ingest:{lay.dataset.name}:reading")
@@ -266,8 +295,11 @@ class MySqlSource:
         except GeneratorExit:
             raise
         except Exception as exc:
-            raise SnapshotError(f"reading source table {lay.dataset.table} from {describe(self.store)}: "
-                                f"{driver_message(exc)}") from exc
+            raise self._read_error(lay, exc) from exc
+
+    def _read_error(self, lay: DatasetLayout, exc: BaseException) -> SnapshotError:
+        return SnapshotError(f"reading source table {lay.dataset.table} from {describe(self.store)}: "
+                             f"{driver_message(exc)}")
 
     def _diagnose(self, lay: DatasetLayout, kinds: list[str]) -> SnapshotError | None:
         """After a failed COPY: the first row holding a value PostgreSQL cannot hold, named by its key
@@ -335,16 +367,23 @@ _TRANSFORMS: dict[str, Callable[[Sequence[Any]], list[Any]]] = {
 }
 
 
+def _transforms(kinds: list[str], description: Sequence[Sequence[Any]]) -> list[tuple[int, Callable[..., Any]]]:
+    """The columns that need a per-value change: bytea and time, and the text columns that can be NULL in
+    this very result (its column flags, `null_ok`: the snapshot's own view of the table, not the check's)."""
+    return [(i, _TRANSFORMS[kind]) for i, (kind, desc) in enumerate(zip(kinds, description, strict=True))
+            if kind in _TRANSFORMS and (kind != "text" or desc[6])]
+
+
 class _CsvRows(io.RawIOBase):
     """A readable file of the rows as PostgreSQL CSV, for psycopg2's copy_expert (which pulls from it).
 
     Every string is quoted (QUOTE_NONNUMERIC), so '' stays ''; a batch's columns that need a change are
     transformed column-wise (`_TRANSFORMS`), which keeps the per-value work in list comprehensions."""
 
-    def __init__(self, batches: Iterator[Sequence[Any]], kinds: list[str]):
+    def __init__(self, batches: Iterator[Sequence[Any]], transforms: list[tuple[int, Callable[..., Any]]]):
         super().__init__()
         self.batches = batches
-        self.transforms = [(i, _TRANSFORMS[k]) for i, k in enumerate(kinds) if k in _TRANSFORMS]
+        self.transforms = transforms
         self.text = io.StringIO()
         self.writer = csv.writer(self.text, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
         self.buffer = b""  # CSV bytes not yet read, from `self.pos`
