@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -235,13 +236,22 @@ def _model(mdbs: Any, repo_root: Path, folder: Path) -> Path:
 
 
 def test_the_simulator_drives_mariadb_and_merge_ingests_it(mdbs: Any, repo_root: Path, tmp_path: Path) -> None:
-    """End to end: simulate → live and forensic merge → `_current` equals the source, twice over."""
+    """End to end: simulate → live and forensic merge → `_current` equals the source, twice over: first with
+    the flags (--db-type mysql --host ...), then with the store of the model (--model M --store Store1:
+    its source type, socket and database)."""
     model = _model(mdbs, repo_root, tmp_path / "model")
     src = mdbs.connect_source()
     mrg = mdbs.connect_merge()
     for round_, changes in enumerate(("150", "100")):
-        proc = run_simulate(mdbs, None, "--db-type", "mysql", "--create-tables", "--max-changes", changes,
-                            "--min-interval", "0", "--max-interval", "0", "--seed", str(round_))
+        common = ["--create-tables", "--max-changes", changes, "--min-interval", "0", "--max-interval", "0",
+                  "--seed", str(round_)]
+        if round_ == 0:
+            proc = run_simulate(mdbs, None, "--db-type", "mysql", *common)
+        else:
+            proc = subprocess.run([sys.executable, "-m", "datasurface.cli", "simulate", "--model", str(model),
+                                   "--store", "Store1", *common], env=job_env(mdbs.env), capture_output=True,
+                                  text=True, timeout=90)
+            assert f"MySQL database '{mdbs.source}'" in proc.stderr and "(store Store1)" in proc.stderr, proc.stderr
         assert proc.returncode == 0, proc.stderr
         for platform, mode in (("Live", "live"), ("Forensic", "forensic")):
             job = run_job(merge_args(model, platform, mode, mdbs), mdbs.env)

@@ -155,3 +155,44 @@ def test_types_without_exact_values_are_refused(mdbs: Any, tmp_path: Path, mysql
     path = _table(mdbs, tmp_path, [("id", "int", "integer"), ("c", mysql, model)])
     proc = run_job(merge_args(path, "Types", "live", mdbs), mdbs.env)
     assert_one_line_error(proc, fragment)
+
+
+def test_null_and_empty_text_and_extreme_values_whatever_the_columns_nullability(mdbs: Any, tmp_path: Path) -> None:
+    """The read leaves NULL handling to the text columns the result says can be NULL: a NOT NULL column's
+    '' stays '', a nullable column's NULL stays NULL, and a NOT NULL column seen through a view's outer join
+    (NULL there) is NULL too. Extreme numbers and dates arrive as the server's text, exactly."""
+    src = mdbs.connect_source()
+    with src.cursor() as cur:
+        cur.execute("CREATE TABLE t (id bigint NOT NULL PRIMARY KEY, a varchar(10) NOT NULL, b text NOT NULL, "
+                    "c varchar(10), d double, n decimal(65,30), day date, at datetime(6)) ENGINE=InnoDB")
+        cur.execute("CREATE TABLE u (id bigint NOT NULL PRIMARY KEY, name varchar(10) NOT NULL) ENGINE=InnoDB")
+        cur.executemany("INSERT INTO t VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", [
+            (-9223372036854775808, "", "", None, 1.7976931348623157e308, decimal.Decimal("-" + "9" * 35 + "." + "9" * 30),
+             dt.date(1000, 1, 1), dt.datetime(1000, 1, 1, 0, 0, 0, 1)),
+            (9223372036854775807, "x", "", "", 5e-324, decimal.Decimal("0." + "0" * 29 + "1"),
+             dt.date(9999, 12, 31), dt.datetime(9999, 12, 31, 23, 59, 59, 999999)),
+            (3, "NULL", "\\N", "\"\"", -0.0, decimal.Decimal(0), None, None)])
+        cur.execute("INSERT INTO u VALUES (3, '')")
+        cur.execute("CREATE VIEW v AS SELECT t.id, u.name FROM t LEFT JOIN u ON u.id = t.id")
+    src.commit()
+    src.close()
+    datasets = {"t": ([("id", "bigint"), ("a", "varchar(10)"), ("b", "text"), ("c", "varchar(10)"),
+                       ("d", "double precision"), ("n", "numeric"), ("day", "date"), ("at", "timestamp")], ("id",)),
+                "v": ([("id", "bigint"), ("name", "varchar(10)")], ("id",))}
+    model = write_model(tmp_path / "model", mysql_model(mdbs.host, mdbs.source, datasets=datasets))
+    proc = run_job(merge_args(model, "Nulls", "live", mdbs), mdbs.env)
+    assert proc.returncode == 0, proc.stderr
+    mrg = mdbs.connect_merge()
+    with mrg.cursor() as cur:
+        cur.execute("SELECT * FROM nulls.store1_t_current ORDER BY id")
+        got = cur.fetchall()
+        cur.execute("SELECT * FROM nulls.store1_v_current ORDER BY id")
+        view = cur.fetchall()
+    mrg.close()
+    assert got == [
+        (-9223372036854775808, "", "", None, 1.7976931348623157e308, decimal.Decimal("-" + "9" * 35 + "." + "9" * 30),
+         dt.date(1000, 1, 1), dt.datetime(1000, 1, 1, 0, 0, 0, 1)),
+        (3, "NULL", "\\N", "\"\"", -0.0, decimal.Decimal("0E-30"), None, None),
+        (9223372036854775807, "x", "", "", 5e-324, decimal.Decimal("0." + "0" * 29 + "1"),
+         dt.date(9999, 12, 31), dt.datetime(9999, 12, 31, 23, 59, 59, 999999))]
+    assert view == [(-9223372036854775808, None), (3, ""), (9223372036854775807, None)]

@@ -261,3 +261,87 @@ def test_missing_credential_and_bad_arguments(dbs) -> None:  # type: ignore[no-u
     proc = run_simulate(dbs, None, "--max-changes", "1")
     assert proc.returncode == 1
     assert "--create-tables" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- the source of a store of the model (--model, --store) ------------------------------------------
+
+
+def _example_model(repo_root: Path, folder: Path, **source: object) -> Path:
+    from tests.engine.support import write_model
+
+    doc = yaml.safe_load((repo_root / "examples/model/datasurface.yaml").read_text())
+    doc["stores"][0]["source"].update(source)
+    return write_model(folder, doc)
+
+
+def _simulate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "datasurface.cli", "simulate", *args], env=job_env(env),
+                          capture_output=True, text=True, timeout=90)
+    assert_no_secrets(proc.stdout + proc.stderr, env)
+    return proc
+
+
+def test_the_source_of_a_model_store_then_merge_ingests_it(dbs, repo_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`simulate --model M --store S` takes host, port, database, schema and credential from the store (here a
+    schema other than public), and what it did is what `merge` of that store ingests."""
+    from tests.engine.support import merge_args, run_job
+
+    src = dbs.connect(dbs.source)
+    with src.cursor() as cur:
+        cur.execute("CREATE SCHEMA crm")
+    src.commit()
+    model = _example_model(repo_root, tmp_path / "model", host=dbs.host, port=dbs.port, database=dbs.source,
+                           schema="crm", credential="crmsrc")
+    env = {"CRMSRC_USER": dbs.env["SOURCE_USER"], "CRMSRC_PASSWORD": dbs.env["SOURCE_PASSWORD"],
+           **{k: v for k, v in dbs.env.items() if k.startswith("MERGE_")}}
+    proc = _simulate(env, "--model", str(model), "--store", "Store1", "--create-tables", "--max-changes", "60",
+                     "--min-interval", "0", "--max-interval", "0", "--seed", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "schema crm (store Store1)" in proc.stderr
+    with src.cursor() as cur:
+        cur.execute("SELECT table_schema, count(*) FROM information_schema.tables "
+                    "WHERE table_name IN ('customers', 'addresses') GROUP BY 1")
+        assert cur.fetchall() == [("crm", 2)]
+    src.rollback()
+    job = run_job(merge_args(model, "Live", "live", dbs), env)
+    assert job.returncode == 0, job.stderr
+    mrg = dbs.connect(dbs.merge)
+    for table in TABLES:
+        with src.cursor() as cur:
+            cur.execute(f"SELECT * FROM crm.{table.name} ORDER BY id")
+            source = cur.fetchall()
+        with mrg.cursor() as cur:
+            cur.execute(f"SELECT * FROM live.store1_{table.name}_current ORDER BY id")
+            assert cur.fetchall() == source and len(source) > SEED_CUSTOMERS
+    # an explicit flag overrides the model's value: --database names a database without the tables
+    proc = _simulate(env, "--model", str(model), "--store", "Store1", "--database", dbs.merge, "--max-changes", "1")
+    assert proc.returncode == 1 and "--create-tables" in proc.stderr, proc.stderr
+    src.close()
+    mrg.close()
+
+
+def test_model_store_errors_are_one_line(dbs, repo_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = _example_model(repo_root, tmp_path / "model", host=dbs.host, port=dbs.port, database=dbs.source)
+    cases = [
+        (["--model", str(model), "--store", "Nope"], 1, "unknown store 'Nope' (the model has: Store1)"),
+        (["--model", str(model)], 2, "--model needs --store"),
+        (["--store", "Store1", "--host", dbs.host], 2, "give --model too"),
+        (["--model", str(model), "--store", "Store1", "--db-type", "mysql"], 2,
+         "--db-type mysql: store 'Store1' of the model reads a postgres source"),
+        (["--model", str(tmp_path / "missing"), "--store", "Store1"], 1, "missing"),
+        ([], 2, "simulate needs --host, --database, --credential (or --model and --store"),
+    ]
+    for args, code, fragment in cases:
+        proc = _simulate(dbs.env, *args, "--max-changes", "1")
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("datasurface-job: error:")]
+        assert proc.returncode == code and len(errors) == 1 and fragment in errors[0], (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    other = _example_model(repo_root, tmp_path / "other", host=dbs.host, port=dbs.port, database=dbs.source)
+    doc = yaml.safe_load((other / "datasurface.yaml").read_text())
+    for dataset in doc["stores"][0]["datasets"]:
+        dataset["table"] = f"x_{dataset['name']}"
+    (other / "datasurface.yaml").write_text(yaml.safe_dump(doc))
+    proc = _simulate(dbs.env, "--model", str(other), "--store", "Store1")
+    assert proc.returncode == 2 and "reads none of the simulator's tables (addresses, customers)" in proc.stderr

@@ -257,17 +257,29 @@ class DbType(StrEnum):
 
 @app.command()
 def simulate(
-    host: Annotated[str, typer.Option("--host", envvar="DATASURFACE_SIM_HOST", show_envvar=True,
-        help="Source database host, or a Unix-socket directory (starts with /; for mysql the socket file).")],
-    database: Annotated[str, typer.Option("--database", envvar="DATASURFACE_SIM_DATABASE", show_envvar=True,
-        help="Source database name.")],
-    credential: Annotated[str, typer.Option("--credential", envvar="DATASURFACE_SIM_CREDENTIAL",
-        show_envvar=True, help="Credential name X: env X_USER and X_PASSWORD.")],
+    host: Annotated[str | None, typer.Option("--host", envvar="DATASURFACE_SIM_HOST", show_envvar=True,
+        help="Source database host, or a Unix-socket directory (starts with /; for mysql the socket file). "
+             "Default: the --store's.")] = None,
+    database: Annotated[str | None, typer.Option("--database", envvar="DATASURFACE_SIM_DATABASE",
+        show_envvar=True, help="Source database name. Default: the --store's.")] = None,
+    credential: Annotated[str | None, typer.Option("--credential", envvar="DATASURFACE_SIM_CREDENTIAL",
+        show_envvar=True, help="Credential name X: env X_USER and X_PASSWORD. Default: the --store's.")] = None,
     port: Annotated[int | None, typer.Option("--port", envvar="DATASURFACE_SIM_PORT", show_envvar=True,
-        help="Source database port (default 5432; 3306 with --db-type mysql).")] = None,
-    db_type: Annotated[DbType, typer.Option("--db-type", envvar="DATASURFACE_SIM_DB_TYPE", show_envvar=True,
+        help="Source database port (default: the --store's, else 5432; 3306 with --db-type mysql).")] = None,
+    db_type: Annotated[DbType | None, typer.Option("--db-type", envvar="DATASURFACE_SIM_DB_TYPE", show_envvar=True,
         help="The source database: postgres, or mysql (MySQL 8 / MariaDB 10.6+; a --host starting with / "
-             "is the server's socket file).")] = DbType.postgres,
+             "is the server's socket file). Default: the --store's source type, else postgres.")] = None,
+    model: Annotated[str | None, typer.Option("--model", envvar="DATASURFACE_SIM_MODEL", show_envvar=True,
+        help="Take the source (type, host, port, database, schema, credential) from a store of this model: "
+             "a git URL (https, ssh, file://) or a local directory; needs --store. The flags above override "
+             "its values.")] = None,
+    store: Annotated[str | None, typer.Option("--store", envvar="DATASURFACE_SIM_STORE", show_envvar=True,
+        help="The store (from --model) whose source to change.")] = None,
+    model_ref: Annotated[str | None, typer.Option("--model-ref", envvar="DATASURFACE_SIM_MODEL_REF",
+        show_envvar=True, help="Branch, tag or commit of the model repository (default: the remote's "
+                               "default branch).")] = None,
+    model_path: Annotated[str, typer.Option("--model-path", envvar="DATASURFACE_SIM_MODEL_PATH", show_envvar=True,
+        help="The model file inside the repository.")] = "datasurface.yaml",
     create_tables: Annotated[bool, typer.Option("--create-tables",
         help="Create customers/addresses if missing and seed a few rows if empty.")] = False,
     max_changes: Annotated[int, typer.Option("--max-changes", envvar="DATASURFACE_SIM_MAX_CHANGES",
@@ -283,12 +295,18 @@ def simulate(
         help="Give up (exit 1) after this many seconds without a database connection.")] = 300.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log one line per operation.")] = False,
 ) -> None:
-    """Keep the source database busy with realistic customer and address changes."""
+    """Keep the source database busy with realistic customer and address changes: the one the flags name,
+    or the source of a store of the model (--model, --store)."""
+    from datasurface.errors import UsageError
     from datasurface.simulator import run_simulator
+    from datasurface.simulator.target import ModelRef
 
+    if (store or model_ref) and not model:
+        raise UsageError("--store and --model-ref name a store of a model: give --model too")
     run_simulator(host=host, port=port, database=database, credential=credential, create_tables=create_tables,
                   max_changes=max_changes, min_interval=min_interval, max_interval=max_interval, seed=seed,
-                  max_disconnected=max_disconnected, verbose=verbose, db_type=db_type.value)
+                  max_disconnected=max_disconnected, verbose=verbose, db_type=db_type.value if db_type else None,
+                  model=ModelRef(model, store or "", model_ref, model_path) if model else None)
 
 
 @app.command()

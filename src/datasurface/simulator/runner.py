@@ -26,6 +26,7 @@ from datasurface.errors import DatabaseError, DataSurfaceError, UsageError
 from datasurface.simulator.backends import DB_TYPES, Backend, backend_for
 from datasurface.simulator.operations import OPERATIONS, Outcome, Tx, choose
 from datasurface.simulator.schema import ensure_tables
+from datasurface.simulator.target import ModelRef, resolve_target
 
 log = logging.getLogger("datasurface.simulator")
 
@@ -62,9 +63,11 @@ class Simulator:
         verbose: bool = False,
         stop: threading.Event | None = None,
         backend: Backend | None = None,
+        schema: str | None = None,
     ) -> None:
         self.backend = backend or backend_for("postgres")
         self.endpoint = endpoint
+        self.schema = schema
         self.credential = credential
         self.min_interval = min_interval
         self.max_interval = max_interval
@@ -91,7 +94,7 @@ class Simulator:
         delay = _BACKOFF_FIRST
         while True:
             try:
-                self._conn = self.backend.connect(self.endpoint, self.credential)
+                self._conn = self.backend.connect(self.endpoint, self.credential, self.schema)
             except DatabaseError as exc:
                 reason = str(exc)
                 if self.backend.fatal_connect(reason):
@@ -217,9 +220,9 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _validate(db_type: str, port: int | None, max_changes: int, min_interval: float, max_interval: float,
+def _validate(db_type: str | None, port: int | None, max_changes: int, min_interval: float, max_interval: float,
               max_disconnected: float) -> None:
-    if db_type not in DB_TYPES:
+    if db_type is not None and db_type not in DB_TYPES:
         raise UsageError(f"--db-type {db_type}: must be one of {', '.join(DB_TYPES)}")
     if port is not None and not 0 < port < 65536:
         raise UsageError(f"--port {port}: not a TCP port")
@@ -235,10 +238,10 @@ def _validate(db_type: str, port: int | None, max_changes: int, min_interval: fl
 
 def run_simulator(
     *,
-    host: str,
+    host: str | None,
     port: int | None,
-    database: str,
-    credential: str,
+    database: str | None,
+    credential: str | None,
     create_tables: bool,
     max_changes: int,
     min_interval: float,
@@ -246,20 +249,27 @@ def run_simulator(
     seed: int | None,
     max_disconnected: float,
     verbose: bool,
-    db_type: str = "postgres",
+    db_type: str | None = None,
+    model: ModelRef | None = None,
 ) -> None:
     """`datasurface-job simulate` (contract §3). Raises DataSurfaceError on failure.
-    `port` None: the backend's default (5432, or 3306 for MySQL)."""
+    `port` None: the model's, else the backend's default (5432, or 3306 for MySQL); `db_type` None: the
+    model store's source type, else postgres. `model`: take what the flags leave out from a store of it."""
     _validate(db_type, port, max_changes, min_interval, max_interval, max_disconnected)
-    backend = backend_for(db_type)
-    cred = resolve(credential)
+    target = resolve_target(model=model, db_type=db_type, host=host, port=port, database=database,
+                            credential=credential)
+    backend = backend_for(target.db_type)
+    cred = resolve(target.credential)
     _setup_logging()
     stop = threading.Event()
-    sim = Simulator(Endpoint(host, backend.default_port if port is None else port, database), cred,
+    sim = Simulator(Endpoint(target.host, backend.default_port if target.port is None else target.port,
+                             target.database), cred,
                     min_interval=min_interval, max_interval=max_interval, seed=seed,
-                    max_disconnected=max_disconnected, verbose=verbose, stop=stop, backend=backend)
+                    max_disconnected=max_disconnected, verbose=verbose, stop=stop, backend=backend,
+                    schema=target.schema)
     started = time.monotonic()
-    log.info("simulating changes in %s %s as %s (seed %d, %s)", backend.name, sim.endpoint.describe(), cred.user,
+    log.info("simulating changes in %s %s%s%s as %s (seed %d, %s)", backend.name, sim.endpoint.describe(),
+             f" schema {target.schema}" if target.schema else "", f" (store {model.store})" if model else "", cred.user,
              sim.seed,
              f"{max_changes} operations" if max_changes else "until SIGTERM/SIGINT")
     try:

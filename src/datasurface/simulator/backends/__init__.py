@@ -25,8 +25,9 @@ class Backend(Protocol):
     error: type[Exception]  # the driver's base error class
     lock_join_rows: str  # the locking clause that locks the rows of both tables of a join, skipping locked ones
 
-    def connect(self, endpoint: Endpoint, credential: Credential) -> Any:
-        """A connection in manual-commit mode with short lock waits; DatabaseError (one line) on failure."""
+    def connect(self, endpoint: Endpoint, credential: Credential, schema: str | None = None) -> Any:
+        """A connection in manual-commit mode with short lock waits; DatabaseError (one line) on failure.
+        `schema` (PostgreSQL): the schema of the tables (a MySQL database is its own schema)."""
 
     def fatal_connect(self, reason: str) -> bool:
         """True when waiting will not fix this connection failure (wrong password, no such database)."""

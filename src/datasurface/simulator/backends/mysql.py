@@ -53,7 +53,7 @@ class MySql:
     error: type[Exception] = pymysql.Error
     lock_join_rows = "FOR UPDATE SKIP LOCKED"  # locks the rows of every table of the join
 
-    def connect(self, endpoint: Endpoint, credential: Credential) -> Any:
+    def connect(self, endpoint: Endpoint, credential: Credential, schema: str | None = None) -> Any:
         where = {"unix_socket": endpoint.host} if endpoint.host.startswith("/") else {
             "host": endpoint.host, "port": endpoint.port}
         try:

@@ -30,11 +30,13 @@ class Postgres:
     error: type[Exception] = psycopg2.Error
     lock_join_rows = "FOR UPDATE OF a, c SKIP LOCKED"
 
-    def connect(self, endpoint: Endpoint, credential: Credential) -> PgConnection:
+    def connect(self, endpoint: Endpoint, credential: Credential, schema: str | None = None) -> PgConnection:
         conn = connect(endpoint, credential, application_name="datasurface-simulator", connect_timeout=5)
         with conn.cursor() as cur:
             # a lock held elsewhere must never keep a stop request waiting for long
             cur.execute("SET lock_timeout = '2s'")
+            if schema is not None:  # the tables (and the id sequence) of a model store's schema
+                cur.execute(sql.SQL("SET search_path = {}").format(ident(schema)))
         conn.commit()
         return conn
 
