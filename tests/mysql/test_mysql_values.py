@@ -161,13 +161,14 @@ def test_null_and_empty_text_and_extreme_values_whatever_the_columns_nullability
     """The read leaves NULL handling to the text columns the result says can be NULL: a NOT NULL column's
     '' stays '', a nullable column's NULL stays NULL, and a NOT NULL column seen through a view's outer join
     (NULL there) is NULL too. Extreme numbers and dates arrive as the server's text, exactly."""
+    most = decimal.Decimal("-" + "9" * 35 + "." + "9" * 30)  # decimal(65,30)'s smallest value
     src = mdbs.connect_source()
     with src.cursor() as cur:
         cur.execute("CREATE TABLE t (id bigint NOT NULL PRIMARY KEY, a varchar(10) NOT NULL, b text NOT NULL, "
                     "c varchar(10), d double, n decimal(65,30), day date, at datetime(6)) ENGINE=InnoDB")
         cur.execute("CREATE TABLE u (id bigint NOT NULL PRIMARY KEY, name varchar(10) NOT NULL) ENGINE=InnoDB")
         cur.executemany("INSERT INTO t VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", [
-            (-9223372036854775808, "", "", None, 1.7976931348623157e308, decimal.Decimal("-" + "9" * 35 + "." + "9" * 30),
+            (-9223372036854775808, "", "", None, 1.7976931348623157e308, most,
              dt.date(1000, 1, 1), dt.datetime(1000, 1, 1, 0, 0, 0, 1)),
             (9223372036854775807, "x", "", "", 5e-324, decimal.Decimal("0." + "0" * 29 + "1"),
              dt.date(9999, 12, 31), dt.datetime(9999, 12, 31, 23, 59, 59, 999999)),
@@ -190,7 +191,7 @@ def test_null_and_empty_text_and_extreme_values_whatever_the_columns_nullability
         view = cur.fetchall()
     mrg.close()
     assert got == [
-        (-9223372036854775808, "", "", None, 1.7976931348623157e308, decimal.Decimal("-" + "9" * 35 + "." + "9" * 30),
+        (-9223372036854775808, "", "", None, 1.7976931348623157e308, most,
          dt.date(1000, 1, 1), dt.datetime(1000, 1, 1, 0, 0, 0, 1)),
         (3, "NULL", "\\N", "\"\"", -0.0, decimal.Decimal("0E-30"), None, None),
         (9223372036854775807, "x", "", "", 5e-324, decimal.Decimal("0." + "0" * 29 + "1"),
