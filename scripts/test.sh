@@ -69,10 +69,10 @@ if [ -n "$standin_pid" ]; then
   rm -f "$standin_log"
 fi
 
-say "MariaDB server binaries for tests/mysql (Debian's mariadb-server; the tests start their own server)"
+say "MariaDB server binaries for tests/mysql and the demo's MariaDB store (Debian's mariadb-server; each starts its own server)"
 if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
   apt_install mariadb-server \
-    || echo "!!! mariadb-server could not be installed (needs root apt-get): tests/mysql will be SKIPPED" >&2
+    || echo "!!! mariadb-server could not be installed (needs root apt-get): tests/mysql and the demo's MariaDB test will be SKIPPED" >&2
 fi
 
 say "ruff, mypy, shellcheck"

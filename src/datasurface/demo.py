@@ -7,7 +7,13 @@ and a forensic merge (YellowForensic) of store Store1 from the example model. A 
 role demo_marketing) reads YellowForensic's customers and addresses. It ends with the batches and their
 counts, then logs in as the workspace's role and reads customer history by time: a customer as of an
 instant between two snapshots against now, and that customer's versions with valid_from / valid_to /
-ended_by. The server is stopped whatever happens.
+ended_by.
+
+Where MariaDB is installed (Debian's mariadb-server: its binaries only, never the machine's own instance),
+a throwaway MariaDB server (`datasurface.localmysql`: private datadir and socket, no TCP port) holds a
+second source database, which the simulator changes as well, and a second store, Store2 (`type: mysql`,
+the same datasets), is merged beside Store1 on both platforms. Without MariaDB the demo says so loudly and
+runs Store1 alone. Every server is stopped whatever happens.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from rich.table import Table
 from datasurface.credentials import Credential
 from datasurface.db import Endpoint, connect, sql
 from datasurface.errors import EXIT_RECOVERED, UsageError
+from datasurface.localmysql import LocalMariaDB, find_server
 from datasurface.localpg import LocalPostgres, embedded_bin_dir, find_bin_dir
 from datasurface.simulator import Simulator
+from datasurface.simulator.backends import backend_for
 from datasurface.simulator.schema import TABLES
 
 SOURCE_DB, MERGE_DB = "customer_db", "merge_db"
@@ -44,6 +52,8 @@ SOURCE_ROLE, MERGE_ROLE, WORKSPACE_ROLE = "demo_source", "demo_merge", "demo_mar
 WORKSPACE = "Marketing"
 WORKSPACE_SCHEMA = "ws_marketing"
 STORE = "Store1"
+MYSQL_STORE = "Store2"  # the same datasets, from the MariaDB source (when MariaDB is installed)
+MYSQL_CREDENTIAL = "mysqlsource"
 PLATFORMS = (("YellowLive", "live"), ("YellowForensic", "forensic"))
 EXAMPLE_MODEL = Path(__file__).resolve().parents[2] / "examples" / "model" / "datasurface.yaml"
 
@@ -69,6 +79,13 @@ class DemoResult:
     source_rows: dict[str, int] = field(default_factory=dict)
     current_rows: dict[tuple[str, str], int] = field(default_factory=dict)  # (platform, dataset) -> rows
     as_of: dict[str, Any] = field(default_factory=dict)
+    # Store2, from MariaDB (empty when MariaDB is not installed or --no-mariadb)
+    mariadb_version: str = ""
+    mariadb_simulated: Counter[str] = field(default_factory=Counter)
+    mariadb_merge_codes: list[tuple[str, int]] = field(default_factory=list)
+    mariadb_batches: list[BatchCounts] = field(default_factory=list)
+    mariadb_source_rows: dict[str, int] = field(default_factory=dict)
+    mariadb_current_rows: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,10 +98,13 @@ class DemoServer:
     source_credential: Credential
     merge_credential: Credential
     model_dir: Path
+    mariadb: LocalMariaDB | None = None  # Store2's source server, database SOURCE_DB
+    mariadb_credential: Credential | None = None
 
 
-def model_document(socket_dir: str) -> dict[str, Any]:
-    """The example model, with the source pointing at the demo's server."""
+def model_document(socket_dir: str, mysql_socket: str | None = None) -> dict[str, Any]:
+    """The example model, with the source pointing at the demo's server; with `mysql_socket`, also Store2:
+    the same datasets from the MariaDB server behind that socket file."""
     if EXAMPLE_MODEL.exists():
         doc: dict[str, Any] = yaml.safe_load(EXAMPLE_MODEL.read_text())
     else:  # installed without the repository: the same model, built from the simulator's tables
@@ -98,6 +118,9 @@ def model_document(socket_dir: str) -> dict[str, Any]:
         }]}
     source = doc["stores"][0]["source"]
     source.update({"host": socket_dir, "port": 5432, "database": SOURCE_DB, "credential": "source"})
+    if mysql_socket is not None:
+        doc["stores"].append({**doc["stores"][0], "name": MYSQL_STORE, "source": {
+            "type": "mysql", "host": mysql_socket, "database": SOURCE_DB, "credential": MYSQL_CREDENTIAL}})
     doc["workspaces"] = [{"name": WORKSPACE, "platform": "YellowForensic", "role": WORKSPACE_ROLE,
                           "datasets": [{"store": STORE, "dataset": t.name} for t in TABLES]}]
     return doc
@@ -163,13 +186,13 @@ def _query(conn: PgConnection, query: sql.Composable, args: list[Any] | None = N
     return rows
 
 
-def _batches(conn: PgConnection, platform: str) -> list[BatchCounts]:
+def _batches(conn: PgConnection, platform: str, store: str = STORE) -> list[BatchCounts]:
     schema = platform.lower()
     rows = _query(conn, sql.SQL(
         "SELECT d.batch_id, d.dataset, d.rows_total, d.rows_inserted, d.rows_updated, d.rows_deleted "
         "FROM {} d JOIN {} b ON b.store = d.store AND b.batch_id = d.batch_id AND b.dataset IS NULL "
         "WHERE d.store = %s AND b.status = 'committed' ORDER BY d.batch_id, d.dataset").format(
-            sql.Identifier(schema, "ds_batch_datasets"), sql.Identifier(schema, "ds_batches")), [STORE])
+            sql.Identifier(schema, "ds_batch_datasets"), sql.Identifier(schema, "ds_batches")), [store])
     return [BatchCounts(platform, int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]))
             for r in rows]
 
@@ -222,14 +245,14 @@ def _setup(model_dir: Path, merge: Endpoint, out: Console) -> None:
         out.print(f"setup: {line}", markup=False)
 
 
-def _merge(model_dir: Path, platform: str, mode: str, merge: Endpoint) -> int:
+def _merge(model_dir: Path, platform: str, mode: str, merge: Endpoint, store: str = STORE) -> int:
     from datasurface.engine import run_merge
     from datasurface.sessions import SessionLimits
 
     code = EXIT_RECOVERED
     for _ in range(3):  # 10: an earlier interrupted batch was finished; run again for a fresh one
         code = run_merge(model=str(model_dir), model_ref=None, model_path="datasurface.yaml", platform=platform,
-                         mode=mode, store=STORE, merge=merge, merge_credential="merge",
+                         mode=mode, store=store, merge=merge, merge_credential="merge",
                          limits=SessionLimits(lock_wait=0.0))
         if code != EXIT_RECOVERED:
             return code
@@ -242,8 +265,10 @@ def _counts_text(batch: list[BatchCounts]) -> str:
 
 def execute_demo(*, rounds: int, changes: int, keep: Path | None, seed: int,
                  console: Console | None = None,
-                 inspect: Callable[[DemoServer, DemoResult], None] | None = None) -> DemoResult:
-    """Run the demo and return what it found; `inspect` is called before the server stops."""
+                 inspect: Callable[[DemoServer, DemoResult], None] | None = None,
+                 mariadb: bool | None = None) -> DemoResult:
+    """Run the demo and return what it found; `inspect` is called before the servers stop.
+    `mariadb`: also Store2 from a throwaway MariaDB (None: when MariaDB is installed; True: required)."""
     if rounds < 1 or changes < 0:
         raise UsageError("--rounds must be at least 1 and --changes not negative")
     _check_keep(keep)
@@ -254,6 +279,8 @@ def execute_demo(*, rounds: int, changes: int, keep: Path | None, seed: int,
     result = DemoResult()
     model_dir = Path(tempfile.mkdtemp(prefix="ds-demo-model-")) if keep is None else keep.resolve() / "model"
     sim: Simulator | None = None
+    my_sim: Simulator | None = None
+    my_server: LocalMariaDB | None = None
     os_user = ""
     try:
         with out.status(f"starting PostgreSQL ({kind} binaries in {bin_dir})"):
@@ -271,23 +298,39 @@ def execute_demo(*, rounds: int, changes: int, keep: Path | None, seed: int,
         server.create_database(MERGE_DB, owner=MERGE_ROLE)
         source = Endpoint(server.socket_dir, server.port, SOURCE_DB)
         merge = Endpoint(server.socket_dir, server.port, MERGE_DB)
+        my_server = _start_mariadb(out, mariadb)
+        my_cred = Credential(MYSQL_CREDENTIAL, SOURCE_ROLE, secrets.token_urlsafe(18))
+        if my_server is not None:
+            my_server.create_database(SOURCE_DB, my_cred.user, my_cred.password)
+            result.mariadb_version = _mariadb_version(my_server)
+            out.print(f"[bold]MariaDB {result.mariadb_version}[/] on socket {my_server.socket}, no TCP port: "
+                      f"source [cyan]{SOURCE_DB}[/] (user {my_cred.user}) of store {MYSQL_STORE}")
         model_dir.mkdir(parents=True, exist_ok=True)
-        (model_dir / "datasurface.yaml").write_text(
-            yaml.safe_dump(model_document(server.socket_dir), sort_keys=False))
+        (model_dir / "datasurface.yaml").write_text(yaml.safe_dump(
+            model_document(server.socket_dir, my_server.socket if my_server else None), sort_keys=False))
         out.print(f"source [cyan]{SOURCE_DB}[/] (role {SOURCE_ROLE}), merge [cyan]{MERGE_DB}[/] "
                   f"(role {MERGE_ROLE}), model {model_dir / 'datasurface.yaml'}")
 
         env = {"SOURCE_USER": source_cred.user, "SOURCE_PASSWORD": source_cred.password,
-               "MERGE_USER": merge_cred.user, "MERGE_PASSWORD": merge_cred.password}
+               "MERGE_USER": merge_cred.user, "MERGE_PASSWORD": merge_cred.password,
+               f"{MYSQL_CREDENTIAL.upper()}_USER": my_cred.user,
+               f"{MYSQL_CREDENTIAL.upper()}_PASSWORD": my_cred.password}
         with _env(env), _quiet_logs():
             sim = Simulator(source, source_cred, seed=seed, max_disconnected=10.0)
             sim.create_tables()
+            if my_server is not None:
+                my_sim = Simulator(Endpoint(my_server.socket, 3306, SOURCE_DB), my_cred, seed=seed,
+                                   max_disconnected=10.0, backend=backend_for("mysql"))
+                my_sim.create_tables()
             _setup(model_dir, merge, out)
-            _rounds(out, sim, model_dir, merge, rounds, changes, result)
+            _rounds(out, sim, model_dir, merge, rounds, changes, result, my_sim)
             sim.close()
             conn: PgConnection = connect(merge, merge_cred, application_name="datasurface-demo")
             try:
                 _collect(conn, source, source_cred, result)
+                if my_server is not None:
+                    my_sim.close()  # type: ignore[union-attr]
+                    _collect_mariadb(conn, my_server, my_cred, result)
             finally:
                 conn.close()
             reader: PgConnection = connect(merge, workspace_cred, application_name="datasurface-demo")
@@ -297,10 +340,14 @@ def execute_demo(*, rounds: int, changes: int, keep: Path | None, seed: int,
                 reader.close()
             _report(out, result)
             if inspect is not None:
-                inspect(DemoServer(server, source, merge, source_cred, merge_cred, model_dir), result)
+                inspect(DemoServer(server, source, merge, source_cred, merge_cred, model_dir, my_server,
+                                   my_cred if my_server else None), result)
     finally:
-        if sim is not None:
-            sim.close()
+        for simulator in (sim, my_sim):
+            if simulator is not None:
+                simulator.close()
+        if my_server is not None:
+            my_server.stop()  # its throwaway folder too, --keep or not
         server.stop()
         if keep is None:
             shutil.rmtree(model_dir, ignore_errors=True)
@@ -309,8 +356,39 @@ def execute_demo(*, rounds: int, changes: int, keep: Path | None, seed: int,
         else:
             out.print(f"The server did not start; its folder {keep.resolve()} is kept.")
     if keep is None:
-        out.print("\nThe server is stopped and its data removed (use --keep DIR to keep it).")
+        servers = "servers are" if my_server is not None else "server is"
+        out.print(f"\nThe {servers} stopped and their data removed (use --keep DIR to keep PostgreSQL's).")
+    elif my_server is not None:
+        out.print("The MariaDB server is stopped and its data removed (--keep keeps PostgreSQL's only).")
     return result
+
+
+def _start_mariadb(out: Console, wanted: bool | None) -> LocalMariaDB | None:
+    """A throwaway MariaDB for Store2, or None (said loudly) when it is not installed or not wanted."""
+    if wanted is False:
+        out.print("MariaDB store skipped (--no-mariadb).")
+        return None
+    binary = find_server()
+    if binary is None:
+        if wanted:
+            raise UsageError("--mariadb: no MariaDB server binary here (install Debian's mariadb-server)")
+        out.print("[bold yellow]MARIADB NOT INSTALLED: skipping the MariaDB store (Store2).[/] Install Debian's "
+                  "mariadb-server (`apt-get install mariadb-server`) to see a MySQL/MariaDB source merged "
+                  "beside the PostgreSQL one.")
+        return None
+    with out.status(f"starting MariaDB ({binary}, a throwaway server of its own)"):
+        return LocalMariaDB(binary, buffer_pool="32M").start()
+
+
+def _mariadb_version(server: LocalMariaDB) -> str:
+    conn = server.admin_connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT VERSION()")
+            row = cur.fetchone()
+        return str(row[0]).split("-")[0] if row else "?"
+    finally:
+        conn.close()
 
 
 def _say_kept(out: Console, server: LocalPostgres, root: Path, model_dir: Path, os_user: str) -> None:
@@ -324,22 +402,29 @@ def _say_kept(out: Console, server: LocalPostgres, root: Path, model_dir: Path, 
 
 
 def _rounds(out: Console, sim: Simulator, model_dir: Path, merge: Endpoint, rounds: int, changes: int,
-            result: DemoResult) -> None:
+            result: DemoResult, my_sim: Simulator | None = None) -> None:
+    stores = [(STORE, result.merge_codes)] + ([(MYSQL_STORE, result.mariadb_merge_codes)] if my_sim else [])
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=out, transient=False) as progress:
-        task = progress.add_task("rounds", total=rounds * 3)
+        task = progress.add_task("rounds", total=rounds * (1 + len(PLATFORMS) * len(stores)))
         for n in range(1, rounds + 1):
             progress.update(task, description=f"round {n}/{rounds}: simulating {changes} changes")
             counts = sim.run(changes)
             result.simulated += counts
             progress.console.print(f"round {n}: simulated " + (", ".join(
                 f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"))
+            if my_sim is not None:
+                my_counts = my_sim.run(changes)
+                result.mariadb_simulated += my_counts
+                progress.console.print(f"round {n}: simulated in MariaDB " + (", ".join(
+                    f"{k} {v}" for k, v in sorted(my_counts.items())) or "nothing"))
             progress.advance(task)
-            for platform, mode in PLATFORMS:
-                progress.update(task, description=f"round {n}/{rounds}: {mode} merge ({platform})")
-                code = _merge(model_dir, platform, mode, merge)
-                result.merge_codes.append((platform, code))
-                progress.advance(task)
+            for store, codes in stores:
+                for platform, mode in PLATFORMS:
+                    progress.update(task, description=f"round {n}/{rounds}: {mode} merge of {store} ({platform})")
+                    code = _merge(model_dir, platform, mode, merge, store)
+                    codes.append((platform, code))
+                    progress.advance(task)
         progress.update(task, description="done")
 
 
@@ -358,17 +443,45 @@ def _collect(conn: PgConnection, source: Endpoint, cred: Credential,
         src.close()
 
 
-def _report(out: Console, result: DemoResult) -> None:
-    table = Table(title="Batches of store Store1 (from <platform>.ds_batches / ds_batch_datasets)")
+def _collect_mariadb(conn: PgConnection, server: LocalMariaDB, cred: Credential, result: DemoResult) -> None:
+    import pymysql
+
+    for platform, _mode in PLATFORMS:
+        result.mariadb_batches += _batches(conn, platform, MYSQL_STORE)
+        for table in TABLES:
+            result.mariadb_current_rows[(platform, table.name)] = _count(
+                conn, platform.lower(), f"{MYSQL_STORE.lower()}_{table.name}_current")
+    src = pymysql.connect(unix_socket=server.socket, user=cred.user, password=cred.password, database=SOURCE_DB)
+    try:
+        with src.cursor() as cur:
+            for table in TABLES:
+                cur.execute(f"SELECT count(*) FROM `{table.name}`")  # noqa: S608 - the simulator's table names
+                result.mariadb_source_rows[table.name] = int(cur.fetchone()[0])
+    finally:
+        src.close()
+
+
+def _batch_table(out: Console, title: str, batches: list[BatchCounts], source_rows: dict[str, int],
+                 current_rows: dict[tuple[str, str], int]) -> None:
+    table = Table(title=title)
     for col in ("platform", "batch", "dataset", "rows", "inserted", "updated", "deleted"):
         table.add_column(col, justify="left" if col in ("platform", "dataset") else "right")
-    for b in result.batches:
+    for b in batches:
         table.add_row(b.platform, str(b.batch_id), b.dataset, f"{b.total:,}", f"{b.inserted:,}",
                       f"{b.updated:,}", f"{b.deleted:,}")
     out.print(table)
-    current = ", ".join(f"{p} {d} {n:,}" for (p, d), n in result.current_rows.items())
-    out.print(f"source rows: {', '.join(f'{k} {v:,}' for k, v in result.source_rows.items())}; "
+    current = ", ".join(f"{p} {d} {n:,}" for (p, d), n in current_rows.items())
+    out.print(f"source rows: {', '.join(f'{k} {v:,}' for k, v in source_rows.items())}; "
               f"current rows: {current}")
+
+
+def _report(out: Console, result: DemoResult) -> None:
+    _batch_table(out, "Batches of store Store1 (from <platform>.ds_batches / ds_batch_datasets)", result.batches,
+                 result.source_rows, result.current_rows)
+    if result.mariadb_version:
+        _batch_table(out, f"Batches of store {MYSQL_STORE}, source MariaDB {result.mariadb_version} "
+                          "(type: mysql)", result.mariadb_batches, result.mariadb_source_rows,
+                     result.mariadb_current_rows)
     as_of = result.as_of
     if not as_of:
         return
@@ -403,6 +516,6 @@ def _clock(at: Any) -> str:
     return f"{at:%H:%M:%S.%f}"[:-3]
 
 
-def run_demo(*, rounds: int, changes: int, keep: Path | None, seed: int) -> None:
+def run_demo(*, rounds: int, changes: int, keep: Path | None, seed: int, mariadb: bool | None = None) -> None:
     """`datasurface-job demo`."""
-    execute_demo(rounds=rounds, changes=changes, keep=keep, seed=seed)
+    execute_demo(rounds=rounds, changes=changes, keep=keep, seed=seed, mariadb=mariadb)

@@ -118,7 +118,7 @@ def test_demo_end_to_end_counts_match_the_databases() -> None:
 
     out = io.StringIO()
     result = execute_demo(rounds=rounds, changes=changes, keep=None, seed=3,
-                          console=Console(file=out, width=140), inspect=inspect)
+                          console=Console(file=out, width=140), inspect=inspect, mariadb=False)
     assert checked.get("inspected")
     assert sum(result.simulated.values()) == rounds * changes
     assert result.merge_codes == [("YellowLive", 0), ("YellowForensic", 0)] * rounds
@@ -131,6 +131,51 @@ def test_demo_end_to_end_counts_match_the_databases() -> None:
     # the credentials were in the environment only while the demo ran
     assert os.environ.get("SOURCE_USER") != demo.SOURCE_ROLE
     assert os.environ.get("MERGE_USER") != demo.MERGE_ROLE
+
+
+def test_demo_merges_a_mariadb_store_beside_the_postgresql_one() -> None:
+    """Store2 (`type: mysql`) from the demo's throwaway MariaDB: every batch committed on both platforms and
+    each `_current` view equal to the MariaDB source table, row for row; afterwards the MariaDB server is
+    gone with its folder."""
+    from datasurface.localmysql import find_server
+
+    if find_server() is None:
+        pytest.skip("SKIPPED LOUDLY: no MariaDB server binary (install Debian's mariadb-server; scripts/test.sh "
+                    "does): the demo runs without its MariaDB store")
+    import pymysql
+
+    rounds, checked = 2, {}
+
+    def inspect(srv: DemoServer, result: DemoResult) -> None:
+        assert srv.mariadb is not None and srv.mariadb_credential is not None
+        checked["root"] = srv.mariadb.data_dir.parent
+        my = pymysql.connect(unix_socket=srv.mariadb.socket, user=srv.mariadb_credential.user,
+                             password=srv.mariadb_credential.password, database=demo.SOURCE_DB)
+        mrg = _connect(srv.merge, srv.merge_credential)
+        for platform in ("yellowlive", "yellowforensic"):
+            ledger = _rows(mrg, f"SELECT batch_id, status FROM {platform}.ds_batches WHERE store = 'Store2' "
+                                "ORDER BY batch_id")
+            assert ledger == [(n, "committed") for n in range(1, rounds + 1)]
+            for table in ("customers", "addresses"):
+                with my.cursor() as cur:
+                    cur.execute(f"SELECT * FROM {table} ORDER BY id")
+                    source_rows = list(cur.fetchall())
+                my.rollback()
+                assert len(source_rows) > 0 and result.mariadb_source_rows[table] == len(source_rows)
+                assert _rows(mrg, f"SELECT * FROM {platform}.store2_{table}_current ORDER BY id") == source_rows
+        my.close()
+        mrg.close()
+        checked["inspected"] = True
+
+    out = io.StringIO()
+    result = execute_demo(rounds=rounds, changes=15, keep=None, seed=5, console=Console(file=out, width=140),
+                          inspect=inspect)
+    assert checked.get("inspected")
+    assert result.mariadb_merge_codes == [("YellowLive", 0), ("YellowForensic", 0)] * rounds
+    assert result.merge_codes == [("YellowLive", 0), ("YellowForensic", 0)] * rounds
+    assert sum(result.mariadb_simulated.values()) == rounds * 15
+    assert "Batches of store Store2, source MariaDB" in out.getvalue()
+    assert not checked["root"].exists() and _postmasters_under(checked["root"]) == []
 
 
 def test_model_without_the_repository_is_the_example_model(monkeypatch: pytest.MonkeyPatch,
@@ -186,6 +231,11 @@ def test_ctrl_c_stops_everything_and_keeps_the_data(tmp_path: Path, keep_root: P
     assert (keep / "data" / "PG_VERSION").exists()
     assert not (keep / "data" / "postmaster.pid").exists()
     assert _postmasters_under(keep.resolve()) == []
+    mariadb = re.search(r"MariaDB [\d.]+ on socket (/\S+?)/sock/mysqld\.sock", text)
+    if mariadb:  # its server stopped too, its throwaway folder gone
+        assert _postmasters_under(Path(mariadb.group(1))) == [] and not Path(mariadb.group(1)).exists()
+    else:
+        assert "MARIADB NOT INSTALLED" in text, text
 
 
 def test_demo_script_is_the_quick_start(repo_root: Path) -> None:
@@ -198,4 +248,6 @@ def test_demo_script_is_the_quick_start(repo_root: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Workspace Marketing" in proc.stdout and "at the first snapshot:" in proc.stdout
     assert "ended_by" in proc.stdout
+    # the MariaDB store beside the PostgreSQL one, or a loud line saying why not
+    assert ("Batches of store Store2" in proc.stdout) != ("MARIADB NOT INSTALLED" in proc.stdout), proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == "DATASURFACE_RESULT_CODE=0"

@@ -315,11 +315,15 @@ def demo(
     changes: Annotated[int, typer.Option("--changes", help="Simulated changes per round.")] = 50,
     keep: Annotated[Path | None, typer.Option("--keep", help="Keep the database in this folder.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the simulator.")] = 1,
+    mariadb: Annotated[bool | None, typer.Option("--mariadb/--no-mariadb",
+        help="Also merge Store2 from a throwaway MariaDB (default: when Debian's mariadb-server is "
+             "installed; --mariadb requires it).")] = None,
 ) -> None:
-    """Run the whole pipeline locally on a throwaway PostgreSQL (no cluster)."""
+    """Run the whole pipeline locally on a throwaway PostgreSQL (no cluster), and a MariaDB store beside it
+    when MariaDB is installed."""
     from datasurface.demo import run_demo
 
-    run_demo(rounds=rounds, changes=changes, keep=keep, seed=seed)
+    run_demo(rounds=rounds, changes=changes, keep=keep, seed=seed, mariadb=mariadb)
 
 
 # Typer raises click's exceptions: click's own in older typer, its vendored copy (typer._click, no click
