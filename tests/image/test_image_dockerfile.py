@@ -50,6 +50,10 @@ def builder() -> Stage:
     return stages(TEXT)[0]
 
 
+def git_stage() -> Stage:
+    return stages(TEXT)[1]
+
+
 # --- hadolint ----------------------------------------------------------------------------------------
 
 
@@ -60,7 +64,7 @@ def test_hadolint_reports_nothing() -> None:
 
 
 def test_hadolint_ignores_only_with_a_reason() -> None:
-    for ins in stages(TEXT)[-1].instructions + builder().instructions:
+    for ins in [i for stage in stages(TEXT) for i in stage.instructions]:
         for pragma in ins.pragmas:
             assert pragma.lower().startswith("# hadolint ignore=DL3008".lower()), pragma
     # The one ignore (unpinned Debian packages) is explained right above it.
@@ -85,29 +89,43 @@ def test_base_image_is_a_pinned_slim_python_matching_requires_python() -> None:
     match = re.fullmatch(r"python:(3\.\d+)\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base)
     assert match, f"base image not pinned to a full version tag: {base}"
     assert PYPROJECT["project"]["requires-python"] == f">={match.group(1)}"
-    assert [s.base for s in stages(TEXT)] == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
-    assert builder().name == "builder"
+    assert [s.base for s in stages(TEXT)] == ["${PYTHON_IMAGE}"] * 3
+    assert (builder().name, git_stage().name) == ("builder", "git")
 
 
 def test_builder_installs_a_wheel_of_this_repo_into_a_venv_without_pip() -> None:
     (run,) = builder().all("RUN")
     assert "pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ." in run.args
     assert "python -m venv --without-pip /opt/venv" in run.args
-    assert "pip --python /opt/venv/bin/python install --no-cache-dir /wheels/*.whl" in run.args
+    assert "pip --python /opt/venv/bin/python install --no-cache-dir --no-compile /wheels/*.whl" in run.args
     assert "/opt/venv/bin/datasurface-job --version" in run.args
     copies = [c.args for c in builder().all("COPY")]
     assert copies == ["pyproject.toml README.md ./", "src/ ./src/"]
 
 
+def installed(run: str) -> set[str]:
+    install = re.search(r"apt-get install -y --no-install-recommends ([^&]+)&&", run)
+    assert install, run
+    return set(install.group(1).split())
+
+
+def test_git_stage_keeps_the_fetch_machinery_of_debians_git() -> None:
+    (run,) = git_stage().all("RUN")
+    assert installed(run.args) == {"git"}
+    assert "cp -a /usr/lib/git-core/git /usr/lib/git-core/git-remote-http /out/usr/lib/git-core/" in run.args
+    assert "ln -s ../lib/git-core/git /out/usr/bin/git" in run.args
+    assert "/usr/share/doc/git/copyright" in run.args
+
+
 def test_final_stage_has_the_venv_git_and_nothing_to_build_with() -> None:
     stage = final()
-    assert [c.args for c in stage.all("COPY")] == ["--from=builder /opt/venv /opt/venv"]
+    assert [c.args for c in stage.all("COPY")] == ["--from=git /out/ /", "--from=builder /opt/venv /opt/venv"]
     (run,) = stage.all("RUN")
-    install = re.search(r"apt-get install -y --no-install-recommends ([^&]+)&&", run.args)
-    assert install, run.args
-    packages = set(install.group(1).split())
-    assert "git" in packages
-    assert not packages & {"gcc", "build-essential", "python3-dev", "libpq-dev", "make"}
+    packages = installed(run.args)
+    # git's runtime libraries, ssh and CA certificates; not Debian's git package (it depends on perl)
+    assert packages == {"libcurl3-gnutls", "libpcre2-8-0", "zlib1g", "openssh-client", "ca-certificates"}
+    assert not packages & {"gcc", "build-essential", "python3-dev", "libpq-dev", "make", "git", "perl"}
+    assert "ldd /usr/lib/git-core/git /usr/lib/git-core/git-remote-http" in run.args
     assert "rm -rf /var/lib/apt/lists/*" in run.args
     assert "pip " not in run.args
 

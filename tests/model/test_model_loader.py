@@ -8,7 +8,6 @@ import base64
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -16,7 +15,6 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ import pytest
 from datasurface.errors import ModelError
 from datasurface.model import load_model
 from datasurface.model.loader import is_git_url, redact_url
+from tests.model.git_servers import Served, smart_http
 
 TOKEN = "sentinel-token-3f9a7c1e"  # looked for everywhere it must not be
 TOKEN_ENV = "DATASURFACE_GIT_TOKEN"
@@ -295,94 +294,10 @@ def test_token_is_not_written_for_file_urls(repo: Repo, monkeypatch: pytest.Monk
     assert len(checked) == 3
 
 
-class _SmartHttp(BaseHTTPRequestHandler):
-    """`git http-backend` behind HTTPS and Basic auth: the part of a git host the loader talks to."""
-
-    root: Path
-    accepted: tuple[str, ...]
-    seen: list[str | None]
-    delay: list[float]  # seconds to wait before each answer (a slow server keeps git's children visible)
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def _serve(self) -> None:
-        auth = self.headers.get("Authorization")
-        self.seen.append(auth)
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        time.sleep(self.delay[0])
-        if auth not in self.accepted:
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="git"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        path, _, query = self.path.partition("?")
-        env = {"PATH": os.environ["PATH"], "GIT_PROJECT_ROOT": str(self.root), "GIT_HTTP_EXPORT_ALL": "1",
-               "PATH_INFO": path, "QUERY_STRING": query, "REQUEST_METHOD": self.command,
-               "CONTENT_TYPE": self.headers.get("Content-Type", ""), "CONTENT_LENGTH": str(len(body)),
-               "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
-               "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""), "GIT_CONFIG_NOSYSTEM": "1"}
-        out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True, check=True).stdout
-        head, _, payload = out.partition(b"\r\n\r\n")
-        status, headers = 200, []
-        for line in head.decode().split("\r\n"):
-            key, _, value = line.partition(":")
-            if key.lower() == "status":
-                status = int(value.split()[0])
-            elif key:
-                headers.append((key, value.strip()))
-        self.send_response(status)
-        for key, value in headers:
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-
-@dataclass
-class Served:
-    url: str  # the repository's URL, without credentials
-    cert: Path | None  # the CA file for https
-    seen: list[str | None]  # the Authorization header of each request
-    delay: list[float]
-
-    def with_password(self, password: str = ENCODED) -> str:
-        scheme, _, rest = self.url.partition("://")
-        return f"{scheme}://{USER}:{password}@{rest}"
-
-
 def _serve(repo: Repo, tls_dir: Path | None) -> Iterator[Served]:
     """The test repository over http(s) on a free loopback port, accepting the token or alice's password."""
-    seen: list[str | None] = []
-    delay = [0.0]
-    handler = type("Handler", (_SmartHttp,), {
-        "root": repo.bare.parent, "seen": seen, "delay": delay,
-        "accepted": (f"Basic {BASIC_TOKEN}", f"Basic {BASIC_PASSWORD}")})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    cert = None
-    if tls_dir is not None:
-        cert, key = tls_dir / "cert.pem", tls_dir / "key.pem"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                        "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
-                        "-out", str(cert)], check=True, capture_output=True)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    scheme = "https" if tls_dir is not None else "http"
-    try:
-        yield Served(f"{scheme}://127.0.0.1:{server.server_address[1]}/{repo.bare.name}", cert, seen, delay)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with smart_http(repo.bare, (f"Basic {BASIC_TOKEN}", f"Basic {BASIC_PASSWORD}"), tls_dir) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -484,7 +399,7 @@ def test_a_url_password_reaches_git_only_as_a_header(scheme: str, request: pytes
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     served = _served(request, scheme, monkeypatch)
     monkeypatch.setenv(TOKEN_ENV, TOKEN)  # the URL's own password wins: the token is not sent
-    url = served.with_password()
+    url = served.with_password(USER, ENCODED)
     secrets = (PASSWORD, ENCODED, BASIC_PASSWORD, TOKEN, BASIC_TOKEN)
     clones: list[Path] = []
 
@@ -500,7 +415,7 @@ def test_a_url_password_reaches_git_only_as_a_header(scheme: str, request: pytes
 
 def test_a_wrong_url_password_fails_redacted(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     served = _served(request, "https", monkeypatch)
-    message = model_error(served.with_password("wrong" + ENCODED), "main")
+    message = model_error(served.with_password(USER, "wrong" + ENCODED), "main")
     assert message.startswith(f"cannot read model repository https://{USER}:***@{served.url.partition('://')[2]} "
                               "(ref main): ")
     assert "Authentication failed" in message or "terminal prompts disabled" in message
@@ -548,7 +463,7 @@ def test_the_url_password_is_in_no_argv_of_gits_processes(via: str, request: pyt
     while they run against a slow server: the password is in none of their argv, nor in the output."""
     served = _served(request, "https", monkeypatch)
     served.delay[0] = 0.3
-    url = served.with_password()
+    url = served.with_password(USER, ENCODED)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATASURFACE_")}  # TMPDIR: private_tmpdir
     args = [sys.executable, "-m", "datasurface.cli", "merge", "--model-ref", "v1", "--platform", "P", "--mode",
             "live", "--store", "Nope", "--merge-host", "127.0.0.1", "--merge-database", "d", "--merge-credential", "m"]
@@ -584,7 +499,7 @@ def test_the_cli_error_for_a_wrong_url_password_is_redacted(request: pytest.Fixt
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     served = _served(request, "https", monkeypatch)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATASURFACE_")}
-    env["DATASURFACE_MODEL"] = served.with_password("wrong" + ENCODED)
+    env["DATASURFACE_MODEL"] = served.with_password(USER, "wrong" + ENCODED)
     done = subprocess.run([sys.executable, "-m", "datasurface.cli", "check", "--merge-host", "127.0.0.1",
                            "--merge-database", "d", "--merge-credential", "m"], env=env, capture_output=True,
                           text=True, timeout=120)

@@ -111,6 +111,34 @@ class Release:
             self.source_rows = int(cur.fetchone()[0])
         return self.source_rows
 
+    # The merge database's ledger, as a test reads it ------------------------------------------------
+
+    def batches(self, schema: str) -> list[tuple[int, str]]:
+        """The platform's ds_batches as (batch_id, status), oldest first; [] before its first setup."""
+        with self.connect("merge_db", "merge") as conn, conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s)", [f"{schema}.ds_batches"])
+            if cur.fetchone()[0] is None:
+                return []
+            cur.execute(f'SELECT batch_id, status FROM "{schema}"."ds_batches" ORDER BY batch_id')
+            return list(cur.fetchall())
+
+    def current_rows(self, schema: str) -> int:
+        with self.connect("merge_db", "merge") as conn, conn.cursor() as cur:
+            cur.execute(f'SELECT count(*) FROM "{schema}"."store1_customers_current"')
+            return int(cur.fetchone()[0])
+
+    def wait_for_recovery(self, schema: str, interrupted: int, timeout: float) -> list[tuple[int, str]]:
+        """After a run was interrupted with batch `interrupted` open: waits until that batch is committed
+        (the retry finished it and exited 10) and one fresh batch after it too (the re-triggered run).
+        Returns the batches from `interrupted` on; the caller asserts them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            after = [b for b in self.batches(schema) if b[0] >= interrupted]
+            done = len(after) >= 2 and all(status == "committed" for _, status in after)
+            if done or time.monotonic() > deadline:
+                return after
+            time.sleep(1)
+
     def _init_database(self) -> None:
         """The postgres image's first start: the initdb.d script with the StatefulSet container's env."""
         assert self.pg is not None
@@ -163,6 +191,19 @@ class Release:
         return data[key].decode()
 
 
+def job_processes(pod: Pod) -> list[int]:
+    """The pids of the `datasurface-job merge` processes running in the pod's (first) container."""
+    found = []
+    for pid in pod.container().processes():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"/datasurface-job") for a in argv[:2]) and b"merge" in argv:
+            found.append(pid)
+    return found
+
+
 class AirflowApi:
     """The api-server's REST API through a port-forward, logged in as the chart's admin user."""
 
@@ -207,6 +248,19 @@ class AirflowApi:
                 return str(state)
             time.sleep(1)
         raise AssertionError(f"{dag_id} run {run_id} still {state} after {timeout} s")
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        """The DAG's runs, oldest first."""
+        runs = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=run_after&limit=100")["dag_runs"]
+        return list(runs)
+
+    def wait_until_idle(self, dag_id: str, timeout: float) -> None:
+        """Until no run of the DAG is queued or running (e.g. a scheduled one)."""
+        deadline = time.monotonic() + timeout
+        while any(r["state"] in ("queued", "running") for r in self.runs(dag_id)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{dag_id} still has active runs after {timeout} s")
+            time.sleep(1)
 
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
         tis = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]

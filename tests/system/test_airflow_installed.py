@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from release import AirflowApi, Release
+from release import AirflowApi, Release, job_processes
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -53,30 +53,11 @@ def api(release: Release) -> AirflowApi:
     return AirflowApi(release)
 
 
-def connect(release: Release, database: str, role: str) -> Any:
-    return release.connect(database, role)
-
-
-def batches(release: Release, schema: str) -> list[tuple[int, str]]:
-    with connect(release, "merge_db", "merge") as conn, conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s)", [f"{schema}.ds_batches"])
-        if cur.fetchone()[0] is None:
-            return []
-        cur.execute(f'SELECT batch_id, status FROM "{schema}"."ds_batches" ORDER BY batch_id')
-        return list(cur.fetchall())
-
-
 def run_dag(api: AirflowApi, dag_id: str, timeout: float = 240) -> str:
     api.wait_for_dag(dag_id, 120)
     run_id = api.trigger(dag_id)
     state = api.wait_for_run(dag_id, run_id, timeout)
     return state
-
-
-def current_rows(release: Release, schema: str) -> int:
-    with connect(release, "merge_db", "merge") as conn, conn.cursor() as cur:
-        cur.execute(f'SELECT count(*) FROM "{schema}"."store1_customers_current"')
-        return int(cur.fetchone()[0])
 
 
 def test_the_scheduler_gets_the_jobs_secret_env_and_the_model(release: Release) -> None:
@@ -93,8 +74,8 @@ def test_local_runner_ingests_from_the_chart_alone(release: Release, api: Airflo
     dag_id = f"{platform.lower()}__Store1_ingestion"
     state = run_dag(api, dag_id)
     assert state == "success", release.pods["scheduler"].logs()[-5000:]
-    assert any(status == "committed" for _, status in batches(release, platform.lower()))
-    assert current_rows(release, platform.lower()) == release.source_rows
+    assert any(status == "committed" for _, status in release.batches(platform.lower()))
+    assert release.current_rows(platform.lower()) == release.source_rows
 
 
 def test_upgrade_stops_the_scheduler_fast_while_a_job_runs(release: Release, api: AirflowApi) -> None:
@@ -102,7 +83,7 @@ def test_upgrade_stops_the_scheduler_fast_while_a_job_runs(release: Release, api
     and the job are gone within seconds, the batch stays open; the new scheduler's retry finishes it
     (exit 10) and the DAG re-triggers itself for a fresh batch."""
     schema, dag_id = "yellowlive", "yellowlive__Store1_ingestion"
-    before = batches(release, schema)
+    before = release.batches(schema)
     holding = release.render({**VALUES, "airflow": {"extraEnv": [
         {"name": "DATASURFACE_TEST_PAUSE_AT", "value": "batch:opened=600"}]}})
     name = f"{release.fullname}-airflow-scheduler"
@@ -113,38 +94,23 @@ def test_upgrade_stops_the_scheduler_fast_while_a_job_runs(release: Release, api
     pod.wait_ready(240)
     run_id = api.trigger(dag_id)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(batches(release, schema)) == len(before):
+    while time.monotonic() < deadline and len(release.batches(schema)) == len(before):
         time.sleep(0.5)
-    opened = batches(release, schema)
+    opened = release.batches(schema)
     assert len(opened) == len(before) + 1 and opened[-1][1] != "committed", pod.logs()[-4000:]
-    assert any("datasurface-job" in open(f"/proc/{p}/cmdline").read() for p in pod.container().processes()
-               if _alive(p)), "the job runs inside the scheduler container"
+    assert job_processes(pod), "the job runs inside the scheduler container"
 
     took = pod.stop()  # the upgrade: the old pod gets SIGTERM
     assert took < STOP_SECONDS, f"scheduler took {took:.1f} s to stop:\n{pod.logs()[-4000:]}"
-    assert batches(release, schema)[-1] == opened[-1], "the job was stopped with its batch still open"
+    assert release.batches(schema)[-1] == opened[-1], "the job was stopped with its batch still open"
 
     release.cluster.manifests = release.render(VALUES)  # the upgraded release
     release.pods["scheduler"] = release.cluster.start_pod("Deployment", name)
     release.pods["scheduler"].wait_ready(240)
     assert api.wait_for_run(dag_id, run_id, 300) == "success"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        after = batches(release, schema)
-        if len(after) >= len(opened) + 1 and all(status == "committed" for _, status in after):
-            break
-        time.sleep(1)
-    after = batches(release, schema)
-    assert after[len(before)] == (opened[-1][0], "committed"), after  # the interrupted batch, finished
-    assert len(after) == len(opened) + 1 and after[-1][1] == "committed", after  # then a fresh one
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline"):
-            return True
-    except OSError:
-        return False
+    after = release.wait_for_recovery(schema, opened[-1][0], 300)
+    assert after[0] == (opened[-1][0], "committed"), after  # the interrupted batch, finished
+    assert len(after) == 2 and after[1][1] == "committed", after  # then a fresh one
 
 
 def test_no_security_warning_in_any_components_output(release: Release) -> None:

@@ -4,17 +4,20 @@ postgres image's first start running the rendered init script):
 
 PostgreSQL -> simulator -> migration Job -> api-server, dag-processor, scheduler (probes answer) -> a user
 logs in with the generated admin password and triggers each platform's ingestion through the REST API ->
-the `helm test` pod -> `helm upgrade` with a platform added and one removed.
+a job killed inside its merge (exit 10 on the retry, the DAG re-triggers itself, a fresh batch) -> the
+`helm test` pod -> `helm upgrade` with a platform added and one removed.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from release import AirflowApi, Release
+from release import AirflowApi, Release, job_processes
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -27,6 +30,10 @@ YELLOW = [{"name": "YellowLive", "mode": "live", "stores": ["Store1"], "schedule
 BLUE = {"name": "BlueLive", "mode": "live", "stores": ["Store1"], "schedule": "@daily", "runner": "local",
         "retryDelaySeconds": 1}
 VALUES: dict[str, Any] = {"platforms": YELLOW, "postgresql": {"persistence": {"enabled": False}}}
+# Customers added to the source before the kill, so that the merge's COPY into staging runs long enough
+# (well over a second here) to be caught in the act.
+BULK_CUSTOMERS = 200_000
+CUSTOMER_COLUMNS = "id, firstname, lastname, dob, email, phone, primaryaddressid, billingaddressid"
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +74,104 @@ def test_each_platform_ingests_through_the_rest_api(release: Release, api: Airfl
         assert cur.fetchone()[0] >= 1
         cur.execute(f'SELECT count(*) FROM "{schema}"."store1_customers_current"')
         assert cur.fetchone()[0] == release.source_rows
+
+
+def add_bulk_customers(release: Release, count: int) -> int:
+    """`count` more customers in the source (as its owner, in one statement); the new customers count."""
+    with release.connect("customer_db", "source") as conn, conn.cursor() as cur:
+        cur.execute(f"""INSERT INTO public.customers ({CUSTOMER_COLUMNS})
+                        SELECT 'bulk' || n, 'First' || n, 'Last' || n, date '1950-01-01' + n % 20000,
+                               'c' || n || '@example.invalid', '+1-555-' || n, NULL, NULL
+                          FROM generate_series(1, %s) AS n""", [count])
+        cur.execute("SELECT count(*) FROM public.customers")
+        release.source_rows = int(cur.fetchone()[0])
+    return release.source_rows
+
+
+def table_digest(conn: Any, relation: str) -> tuple[int, str]:
+    """Row count and an md5 of every customer row in key order: equal digests, equal contents."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT count(*), md5(coalesce(string_agg(row({CUSTOMER_COLUMNS})::text, '|' ORDER BY id), ''))"
+                    f" FROM {relation}")
+        count, digest = cur.fetchone()
+    return int(count), str(digest)
+
+
+def merge_runs(release: Release, schema: str, after_run: int = 0) -> list[tuple[int, int | None, int | None, bool]]:
+    """The platform's `merge` rows of ds_runs after run `after_run`: (run_id, exit_status, batch_id,
+    finished); [] before its first run."""
+    with release.connect("merge_db", "merge") as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", [f"{schema}.ds_runs"])
+        if cur.fetchone()[0] is None:
+            return []
+        cur.execute(f"""SELECT run_id, exit_status, batch_id, finished_at IS NOT NULL FROM "{schema}"."ds_runs"
+                         WHERE command = 'merge' AND run_id > %s ORDER BY run_id""", [after_run])
+        return list(cur.fetchall())
+
+
+def kill_job_inside(release: Release, statement_prefix: str, timeout: float) -> tuple[str, list[int]]:
+    """Waits until a `datasurface-job merge` session of the merge database runs a statement starting with
+    `statement_prefix`, then SIGKILLs the job's process in the scheduler container (as an OOM kill would:
+    no handler runs) while the statement is still running. Returns the statement and the killed pids."""
+    deadline = time.monotonic() + timeout
+    with release.connect("merge_db", "merge") as conn, conn.cursor() as cur:
+        while time.monotonic() < deadline:
+            cur.execute("""SELECT query FROM pg_stat_activity
+                            WHERE datname = current_database() AND state = 'active'
+                              AND application_name LIKE 'datasurface-job merge %%' AND query LIKE %s""",
+                        [statement_prefix.replace("%", "%%") + "%"])
+            row = cur.fetchone()
+            if row is not None:
+                pids = job_processes(release.pods["scheduler"])
+                assert len(pids) == 1, f"one job expected in the scheduler container, found {pids}"
+                os.kill(pids[0], signal.SIGKILL)
+                cur.execute("""SELECT count(*) FROM pg_stat_activity WHERE state = 'active'
+                                  AND application_name LIKE 'datasurface-job merge %%' AND query = %s""", [row[0]])
+                assert cur.fetchone()[0] == 1, "the statement had ended before the job was killed"
+                return str(row[0]), pids
+            time.sleep(0.02)
+    raise AssertionError(f"no merge session ran {statement_prefix}... within {timeout} s")
+
+
+def test_a_job_killed_inside_its_merge_recovers_and_reruns(release: Release, api: AirflowApi) -> None:
+    """The job is SIGKILLed while its COPY into the staging table runs in the merge database: that try
+    fails (killed by signal 9) with its batch open and its ds_runs row unfinished; Airflow's retry finishes
+    that batch and exits 10, so `merge` is skipped and `retrigger` runs; the re-triggered DAG run commits a
+    fresh batch, and `_current` equals the source, row for row."""
+    schema, dag_id = "yellowlive", "yellowlive__Store1_ingestion"
+    api.wait_for_dag(dag_id, 120)
+    api.wait_until_idle(dag_id, 300)  # no scheduled run in the way: the next one is ours
+    add_bulk_customers(release, BULK_CUSTOMERS)
+    before = release.batches(schema)
+    last_run = max([0, *(r[0] for r in merge_runs(release, schema))])
+    runs_before = {r["dag_run_id"] for r in api.runs(dag_id)}
+    run_id = api.trigger(dag_id)
+
+    statement, _ = kill_job_inside(release, f'COPY "{schema}".', 300)
+    assert "FROM STDIN" in statement, statement
+    opened = release.batches(schema)
+    assert len(opened) == len(before) + 1 and opened[-1][1] != "committed", opened
+    killed = opened[-1][0]
+
+    assert api.wait_for_run(dag_id, run_id, 300) == "success", release.pods["scheduler"].logs()[-4000:]
+    tis = api.task_instances(dag_id, run_id)
+    # try 1 killed, try 2 (the retry) exited 10: merge skipped, retrigger ran, done skipped
+    assert (tis["merge"]["state"], tis["merge"]["try_number"]) == ("skipped", 2), tis["merge"]
+    assert (tis["retrigger"]["state"], tis["done"]["state"]) == ("success", "skipped"), tis
+
+    after = release.wait_for_recovery(schema, killed, 300)
+    assert after[0] == (killed, "committed"), after  # the killed batch, finished by the retry
+    assert len(after) == 2 and after[1][1] == "committed", after  # the re-triggered run's fresh batch
+    retriggered = [r for r in api.runs(dag_id) if r["dag_run_id"] not in runs_before | {run_id}]
+    assert len(retriggered) == 1, retriggered
+    assert api.wait_for_run(dag_id, retriggered[0]["dag_run_id"], 300) == "success"
+    assert api.task_instances(dag_id, retriggered[0]["dag_run_id"])["merge"]["state"] == "success"
+
+    # the history: the killed run never finished; the retry recovered the batch (10); then a fresh one (0)
+    runs = [r[1:] for r in merge_runs(release, schema, last_run)]
+    assert runs == [(None, None, False), (10, killed, True), (0, after[1][0], True)], runs
+    with release.connect("merge_db", "merge") as mrg, release.connect("customer_db", "source") as src:
+        assert table_digest(mrg, f'"{schema}"."store1_customers_current"') == table_digest(src, "public.customers")
 
 
 def test_the_helm_test_pod_passes(release: Release) -> None:
