@@ -191,15 +191,18 @@ class Release:
         return data[key].decode()
 
 
-def job_processes(pod: Pod) -> list[int]:
-    """The pids of the `datasurface-job merge` processes running in the pod's (first) container."""
+def job_processes(pod: Pod, platform: str | None = None) -> list[int]:
+    """The pids of the `datasurface-job merge` processes (of that platform) running in the pod's (first)
+    container, e.g. the local runner's jobs in the scheduler's."""
     found = []
     for pid in pod.container().processes():
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(a.endswith(b"/datasurface-job") for a in argv[:2]) and b"merge" in argv:
+        if not (any(a.endswith(b"/datasurface-job") for a in argv[:2]) and b"merge" in argv):
+            continue
+        if platform is None or any(argv[i:i + 2] == [b"--platform", platform.encode()] for i in range(len(argv))):
             found.append(pid)
     return found
 

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -80,7 +81,7 @@ def add_bulk_customers(release: Release, count: int) -> int:
     """`count` more customers in the source (as its owner, in one statement); the new customers count."""
     with release.connect("customer_db", "source") as conn, conn.cursor() as cur:
         cur.execute(f"""INSERT INTO public.customers ({CUSTOMER_COLUMNS})
-                        SELECT 'bulk' || n, 'First' || n, 'Last' || n, date '1950-01-01' + n % 20000,
+                        SELECT 'bulk' || n, 'First' || n, 'Last' || n, date '1950-01-01' + n %% 20000,
                                'c' || n || '@example.invalid', '+1-555-' || n, NULL, NULL
                           FROM generate_series(1, %s) AS n""", [count])
         cur.execute("SELECT count(*) FROM public.customers")
@@ -109,28 +110,32 @@ def merge_runs(release: Release, schema: str, after_run: int = 0) -> list[tuple[
         return list(cur.fetchall())
 
 
-def kill_job_inside(release: Release, statement_prefix: str, timeout: float) -> tuple[str, list[int]]:
+def kill_job_inside(release: Release, platform: str, statement_prefix: str, timeout: float) -> str:
     """Waits until a `datasurface-job merge` session of the merge database runs a statement starting with
-    `statement_prefix`, then SIGKILLs the job's process in the scheduler container (as an OOM kill would:
-    no handler runs) while the statement is still running. Returns the statement and the killed pids."""
+    `statement_prefix`, then SIGKILLs the platform's job process in the scheduler container (as an OOM kill
+    would: no handler runs) while the statement is still running. Returns the statement."""
     deadline = time.monotonic() + timeout
-    with release.connect("merge_db", "merge") as conn, conn.cursor() as cur:
+    seen: set[str] = set()  # every statement of the job's sessions seen meanwhile (for the failure message)
+    # closing(), not `with conn`: psycopg2's connection block is one transaction even in autocommit, and
+    # PostgreSQL keeps a transaction's first look at pg_stat_activity for the rest of it
+    with closing(release.connect("merge_db", "merge")) as conn, conn.cursor() as cur:
         while time.monotonic() < deadline:
             cur.execute("""SELECT query FROM pg_stat_activity
                             WHERE datname = current_database() AND state = 'active'
-                              AND application_name LIKE 'datasurface-job merge %%' AND query LIKE %s""",
-                        [statement_prefix.replace("%", "%%") + "%"])
-            row = cur.fetchone()
-            if row is not None:
-                pids = job_processes(release.pods["scheduler"])
-                assert len(pids) == 1, f"one job expected in the scheduler container, found {pids}"
+                              AND application_name LIKE 'datasurface-job merge %'""")
+            queries = [q for (q,) in cur.fetchall()]
+            seen.update(q[:120] for q in queries)
+            statement = next((q for q in queries if q.startswith(statement_prefix)), None)
+            if statement is not None:
+                pids = job_processes(release.pods["scheduler"], platform)
+                assert len(pids) == 1, f"one {platform} job expected in the scheduler container, found {pids}"
                 os.kill(pids[0], signal.SIGKILL)
                 cur.execute("""SELECT count(*) FROM pg_stat_activity WHERE state = 'active'
-                                  AND application_name LIKE 'datasurface-job merge %%' AND query = %s""", [row[0]])
+                                  AND application_name LIKE 'datasurface-job merge %%' AND query = %s""", [statement])
                 assert cur.fetchone()[0] == 1, "the statement had ended before the job was killed"
-                return str(row[0]), pids
+                return statement
             time.sleep(0.02)
-    raise AssertionError(f"no merge session ran {statement_prefix}... within {timeout} s")
+    raise AssertionError(f"no merge session ran {statement_prefix}... within {timeout} s; seen: {sorted(seen)}")
 
 
 def test_a_job_killed_inside_its_merge_recovers_and_reruns(release: Release, api: AirflowApi) -> None:
@@ -147,7 +152,7 @@ def test_a_job_killed_inside_its_merge_recovers_and_reruns(release: Release, api
     runs_before = {r["dag_run_id"] for r in api.runs(dag_id)}
     run_id = api.trigger(dag_id)
 
-    statement, _ = kill_job_inside(release, f'COPY "{schema}".', 300)
+    statement = kill_job_inside(release, "YellowLive", f'COPY "{schema}".', 120)
     assert "FROM STDIN" in statement, statement
     opened = release.batches(schema)
     assert len(opened) == len(before) + 1 and opened[-1][1] != "committed", opened
