@@ -3,6 +3,8 @@ invocations, leaves everything else to typer, and a merge needs neither typer, c
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import typing
@@ -13,6 +15,7 @@ import typer
 
 from datasurface.cli import fast
 from datasurface.cli.app import app
+from tests.engine.support import merge_args
 
 
 def _options(command: Any) -> dict[str, Any]:
@@ -101,3 +104,25 @@ def test_merge_imports_no_cli_framework(tmp_path: object) -> None:
     loaded = proc.stdout.strip().splitlines()[-1]
     for heavy in ("typer", "click", "rich", "git"):
         assert f"'{heavy}'" not in loaded, loaded
+
+
+def test_the_images_bytecode_covers_every_module_a_merge_imports(world: dict[str, Any]) -> None:
+    """cli/bytecode.py (run by image/Dockerfile) compiles what MERGE_MODULES import: a real merge (a batch
+    that changes rows, forensic) imports nothing else, so no merge in the image compiles a module."""
+    dbs = world["dbs"]
+    files = ("print(json.dumps(sorted({str(f) for m in list(sys.modules.values()) "
+             "if (f := getattr(m, '__file__', None)) and str(f).endswith('.py')})))")
+    with world["src"].cursor() as cur:
+        cur.execute("UPDATE pairs SET note = note || '+'")
+    world["src"].commit()
+    args = merge_args(world["model"], "Bytecode", "forensic", dbs)
+    code = f"import json, sys\nfrom datasurface.cli import main\nassert main({args!r}) == 0\n{files}"
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, **dbs.env}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    imported = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    listed = subprocess.run([sys.executable, "-c", "import json\nfrom datasurface.cli.bytecode import merge_sources\n"
+                             "print(json.dumps(merge_sources()))"], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    missing = imported - set(json.loads(listed.stdout))
+    assert not missing, f"a merge imports modules cli/bytecode.py does not compile: {sorted(missing)}"

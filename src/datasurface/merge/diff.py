@@ -161,6 +161,8 @@ class DiffMerge:
         self.target = lay.qualified(lay.table)
 
     def apply(self, batch_id: int, snapshot_rows: int, current_hint: int | None = None) -> Counts:
+        if current_hint == 0 and self._no_current_rows():
+            return self.load(batch_id, snapshot_rows)
         counts = compute_diff(self.conn, self.lay, snapshot_rows, current_hint)
         killpoint(f"merge:{self.lay.dataset.name}:diffed")
         with keyed_apply(self.conn), self.conn.cursor() as cur:
@@ -171,6 +173,36 @@ class DiffMerge:
         refresh_stats(self.conn, self.lay, counts)
         drop_diff(self.conn)
         return counts
+
+    def _no_current_rows(self) -> bool:
+        with self.conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM {} t)").format(current_rows(self.lay)))
+            return bool(cur.fetchone()[0])  # type: ignore[index]
+
+    def load(self, batch_id: int, snapshot_rows: int) -> Counts:
+        """No current rows (the first batch, or one after an empty snapshot): every staged row is new, so the
+        snapshot is inserted straight from staging, without a diff table that would copy all of it once more.
+        A repeated key violates the merge table's unique key on the way in; the error names that key."""
+        killpoint(f"merge:{self.lay.dataset.name}:diffed")
+        with self.conn.cursor() as cur:
+            killpoint(f"merge:{self.lay.dataset.name}:changed")
+            cur.execute("SAVEPOINT ds_load")
+            try:
+                self.add_all(cur, batch_id)
+            except psycopg2.errors.UniqueViolation:  # name the repeated key itself (not a forensic version's)
+                cur.execute("ROLLBACK TO SAVEPOINT ds_load")
+                raise duplicate_keys(self.conn, self.lay) from None
+            inserted = cur.rowcount
+            cur.execute("RELEASE SAVEPOINT ds_load")
+        if inserted != snapshot_rows:  # the staged count is the ledger's; the two can only differ by a bug
+            raise SnapshotError(f"loading {self.lay.dataset.table}: {inserted} rows inserted, {snapshot_rows} staged")
+        counts = Counts(total=snapshot_rows, inserted=snapshot_rows, updated=0, deleted=0)
+        refresh_stats(self.conn, self.lay, counts)
+        return counts
+
+    def add_all(self, cur: cursor, batch_id: int) -> None:
+        """Insert every staged row as of `batch_id`."""
+        raise NotImplementedError
 
     def retire(self, cur: cursor, counts: Counts, batch_id: int) -> None:
         raise NotImplementedError

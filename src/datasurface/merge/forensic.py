@@ -23,6 +23,12 @@ class ForensicMerge(DiffMerge):
 
     def add(self, cur: cursor, counts: Counts, batch_id: int) -> None:
         if counts.updated or counts.inserted:
-            cols = idents(self.lay.columns)
-            cur.execute(sql.SQL("INSERT INTO {} ({}, ds_batch_in, ds_batch_out) SELECT {}, {}, {} FROM {}").format(
-                self.target, cols, cols, sql.Literal(batch_id), sql.Literal(OPEN_END), diff_rows(("I", "U"))))
+            self._insert(cur, batch_id, diff_rows(("I", "U")))
+
+    def add_all(self, cur: cursor, batch_id: int) -> None:
+        self._insert(cur, batch_id, self.lay.qualified(self.lay.staging))
+
+    def _insert(self, cur: cursor, batch_id: int, rows: sql.Composable) -> None:
+        cols = idents(self.lay.columns)
+        cur.execute(sql.SQL("INSERT INTO {} ({}, ds_batch_in, ds_batch_out) SELECT {}, {}, {} FROM {}").format(
+            self.target, cols, cols, sql.Literal(batch_id), sql.Literal(OPEN_END), rows))

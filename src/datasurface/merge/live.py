@@ -25,6 +25,12 @@ class LiveMerge(DiffMerge):
 
     def add(self, cur: cursor, counts: Counts, batch_id: int) -> None:
         if counts.inserted:
-            cols = idents(self.lay.columns)
-            cur.execute(sql.SQL("INSERT INTO {} ({}, ds_batch_id) SELECT {}, {} FROM {}").format(
-                self.target, cols, cols, sql.Literal(batch_id), diff_rows(("I",))))
+            self._insert(cur, batch_id, diff_rows(("I",)))
+
+    def add_all(self, cur: cursor, batch_id: int) -> None:
+        self._insert(cur, batch_id, self.lay.qualified(self.lay.staging))
+
+    def _insert(self, cur: cursor, batch_id: int, rows: sql.Composable) -> None:
+        cols = idents(self.lay.columns)
+        cur.execute(sql.SQL("INSERT INTO {} ({}, ds_batch_id) SELECT {}, {} FROM {}").format(
+            self.target, cols, cols, sql.Literal(batch_id), rows))

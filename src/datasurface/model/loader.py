@@ -14,6 +14,7 @@ takes keys, git:// and file:// take nothing) is refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
@@ -188,17 +189,15 @@ class _Remote:
 
 
 class _Git:
-    """Runs the git CLI (through GitPython) in one folder with a locked-down environment."""
+    """Runs the git CLI in one folder with a locked-down environment (a child process per command, in a
+    session of its own: a command that outlives its timeout is killed with everything it started, its
+    transport helpers included)."""
 
     def __init__(self, workdir: Path, remote: _Remote) -> None:
-        try:
-            import git  # GitPython: imported here so that local-folder use needs no git binary
-        except ImportError as exc:  # GitPython refuses to import without a git executable
-            raise ModelError(f"cannot read model repository {remote.shown}: git is not available "
-                             f"({' '.join(str(exc).split())[:200]})") from None
-        self._git = git.Git(str(workdir))
+        self._workdir = workdir
         self._remote = remote
-        self._env = _git_environment(remote.url)
+        # git's messages in English whatever the pod's locale: `reason` reads them
+        self._env = {**os.environ, "LANGUAGE": "C", "LC_ALL": "C", **_git_environment(remote.url)}
         parts = _split(remote.url)
         password = parts.password if parts is not None else None
         self._secrets = [s for s in (os.environ.get(GIT_TOKEN_ENV), _basic_auth(remote.url), password,
@@ -211,17 +210,24 @@ class _Git:
 
     def run(self, *args: str) -> tuple[int, bytes, str]:
         """(status, stdout bytes, stderr text) of `git <args>`; never raises for a git failure."""
+        import signal
+        import subprocess
+
         try:
-            status, out, err = self._git.execute(
-                ["git", *args], env=self._env, with_extended_output=True, with_exceptions=False,
-                stdout_as_string=False, kill_after_timeout=self._timeout, start_new_session=True)
+            proc = subprocess.Popen(["git", *args], cwd=self._workdir, env=self._env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         except OSError as exc:  # git missing or not runnable
             raise ModelError(f"cannot run git for the model repository {self._remote.shown}: "
                              f"{exc.strerror or exc}") from None
-        text = err.decode("utf-8", "replace") if isinstance(err, bytes) else str(err)
-        if status != 0 and text.startswith("Timeout:"):  # GitPython killed it after kill_after_timeout
-            text = f"fatal: no answer within {self._timeout:g} seconds (set {GIT_TIMEOUT_ENV} to wait longer)"
-        return int(status), out if isinstance(out, bytes) else str(out).encode(), text
+        try:
+            out, err = proc.communicate(timeout=self._timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return -signal.SIGKILL, b"", (f"fatal: no answer within {self._timeout:g} seconds "
+                                          f"(set {GIT_TIMEOUT_ENV} to wait longer)")
+        return proc.returncode, out, err.decode("utf-8", "replace")
 
     def check(self, what: str, *args: str) -> bytes:
         status, out, err = self.run(*args)
