@@ -945,6 +945,15 @@ def streams_model(bench: Bench, stores: int) -> Path:
     return folder
 
 
+def cpu_busy() -> float:
+    """Seconds of CPU the whole machine has spent busy since boot (all cores: /proc/stat's first line; user,
+    nice, system, irq, softirq and steal: guest time is inside user already), to tell how many cores a round
+    kept busy."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in stat.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def run_streams(bench: Bench, stores: int, rows: int, jobs: list[int], modes: list[str]) -> list[dict[str, Any]]:
     """N stores x 2 datasets x `rows` rows, one merge server; per K in `jobs`: 1% churn on every table,
     then every store's merge by K concurrent jobs. Batches per minute, p50/p95 batch time, lock waits."""
@@ -974,10 +983,11 @@ def run_streams(bench: Bench, stores: int, rows: int, jobs: list[int], modes: li
                 def one(store: str, mode: str = mode, platform: str = platform) -> tuple[float, float]:
                     return replace(bench).run_job(model, mode, store, platform)  # its own copy: spawned_at
 
-                started = time.monotonic()
+                started, busy_before = time.monotonic(), cpu_busy()
                 with ThreadPoolExecutor(max_workers=k) as pool:
                     done = list(pool.map(one, store_names))
                 wall = time.monotonic() - started
+                cores = (cpu_busy() - busy_before) / wall  # the machine's cores kept busy, on average
                 times = [t for t, _ in done]
                 rss = [r for _, r in done]
                 waits, longest = lock_waits(log.new_lines())
@@ -989,7 +999,7 @@ def run_streams(bench: Bench, stores: int, rows: int, jobs: list[int], modes: li
                             raise CheckFailed(f"streams {mode}: {view} != source")
                 times.sort()
                 row = {"mode": mode, "jobs": k, "batches": stores, "wall_s": wall,
-                       "per_min": stores / wall * 60, "p50_s": statistics.median(times),
+                       "per_min": stores / wall * 60, "p50_s": statistics.median(times), "cores": cores,
                        "p95_s": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
                        "lock_waits": len(waits), "longest_wait_ms": longest, "rss_mb": max(rss),
                        "wait_lines": waits[:5],
@@ -999,7 +1009,8 @@ def run_streams(bench: Bench, stores: int, rows: int, jobs: list[int], modes: li
                 speed = row["per_min"] / base["per_min"] if base and not row["load"] else float("nan")
                 print(f"# streams {mode} {'load' if row['load'] else '1%  '} K={k}: {stores} batches in {wall:.1f}s "
                       f"= {row['per_min']:.0f}/min, p50 {row['p50_s']:.2f}s, p95 {row['p95_s']:.2f}s, "
-                      f"{_num(speed)}x K={jobs[0]}, lock waits > 100 ms: {len(waits)} (longest {longest:.0f} ms), "
+                      f"{_num(speed)}x K={jobs[0]}, {cores:.2f} of {os.cpu_count()} cores busy, "
+                      f"lock waits > 100 ms: {len(waits)} (longest {longest:.0f} ms), "
                       f"peak RSS {row['rss_mb']:.0f} MB",
                       flush=True)
                 for w in waits[:5]:
