@@ -221,7 +221,12 @@ def test_ctrl_c_stops_everything_and_keeps_the_data(tmp_path: Path, keep_root: P
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
             os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
-            proc.wait(timeout=60)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # say where it hangs: its output and the processes still there
+                tree = subprocess.run(["ps", "-eo", "pid,ppid,pgid,stat,etime,args"], capture_output=True, text=True)
+                raise AssertionError(f"the demo did not stop within 60 s of Ctrl-C\n{log.read_text()}\n"
+                                     f"{tree.stdout}") from None
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)

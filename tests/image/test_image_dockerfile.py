@@ -120,7 +120,9 @@ def test_git_stage_keeps_the_fetch_machinery_of_debians_git() -> None:
 def test_final_stage_has_the_venv_git_and_nothing_to_build_with() -> None:
     stage = final()
     assert [c.args for c in stage.all("COPY")] == ["--from=git /out/ /", "--from=builder /opt/venv /opt/venv"]
-    (run,) = stage.all("RUN")
+    run, bytecode = stage.all("RUN")
+    # the second compiles the bytecode of what a merge imports (cli/bytecode.py), with the venv's python
+    assert bytecode.args == "/opt/venv/bin/python -m datasurface.cli.bytecode"
     packages = installed(run.args)
     # git's runtime libraries, ssh and CA certificates; not Debian's git package (it depends on perl)
     assert packages == {"libcurl3-gnutls", "libpcre2-8-0", "zlib1g", "openssh-client", "ca-certificates"}
@@ -132,7 +134,7 @@ def test_final_stage_has_the_venv_git_and_nothing_to_build_with() -> None:
 
 def test_runs_as_uid_10001_with_home_and_tmpdir_in_tmp() -> None:
     stage = final()
-    (run,) = stage.all("RUN")
+    run, _bytecode = stage.all("RUN")
     assert "groupadd --system --gid 10001 datasurface" in run.args
     assert "useradd --system --uid 10001 --gid 10001 --home-dir /tmp" in run.args
     assert [u.args for u in stage.all("USER")] == ["10001:10001"]

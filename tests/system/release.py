@@ -222,11 +222,20 @@ class AirflowApi:
                                          headers={"Content-Type": "application/json"})
         if auth:
             request.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"{method} {path}: {exc.code} {exc.read()[:500]!r}") from None
+        # a read that lost its connection (the port-forward or a recycled api-server worker closed it without a
+        # response) is asked again, as any client of a REST API would; a write is never repeated
+        attempts = 5 if method == "GET" else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return json.loads(response.read() or b"null")
+            except urllib.error.HTTPError as exc:
+                raise AssertionError(f"{method} {path}: {exc.code} {exc.read()[:500]!r}") from None
+            except (ConnectionError, TimeoutError, urllib.error.URLError):
+                if attempt == attempts:
+                    raise
+                time.sleep(attempt)
+        raise AssertionError("unreachable")
 
     def wait_for_dag(self, dag_id: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

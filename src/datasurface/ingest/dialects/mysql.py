@@ -230,11 +230,12 @@ class MySqlSource:
                 cur.execute("SET LOCAL TimeZone = 'UTC'")
                 cur.copy_expert(copy_in, reader, size=CHUNK)
             cursor.close()
-        except Exception as exc:
-            # the unread rest of the result would be drained on close: drop the connection instead
+        except BaseException as exc:
+            # the unread rest of the result would be drained on close: drop the connection instead (also when
+            # the run is interrupted: Ctrl-C, SIGTERM's KeyboardInterrupt-like exits)
             with suppress(Exception):
                 self.conn.invalidate()
-            if isinstance(exc, DataSurfaceError):  # the source's read failed
+            if isinstance(exc, DataSurfaceError) or not isinstance(exc, Exception):  # the source's read failed
                 raise
             raise (self._diagnose(lay, kinds) or staging_error(lay, exc)) from exc
         killpoint(f"ingest:{lay.dataset.name}:copied")
