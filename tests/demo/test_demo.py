@@ -212,9 +212,12 @@ def test_ctrl_c_stops_everything_and_keeps_the_data(tmp_path: Path, keep_root: P
     keep = keep_root / "kept"
     log = tmp_path / "out.log"
     with log.open("w") as out:
+        # as in a terminal, where Ctrl-C reaches the demo: a suite started in the background by a shell without
+        # job control (`cmd &`) runs with SIGINT ignored, which a child would inherit
         proc = subprocess.Popen([sys.executable, "-m", "datasurface.cli", "demo", "--rounds", "100000",
                                  "--changes", "20", "--keep", str(keep)],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 90
             while not re.search(r"^round 3: simulated", log.read_text(), re.M):
