@@ -13,13 +13,14 @@ import gc
 import os
 import sys
 
-_fast_merge_done = False  # set when a plain `merge` returned: nothing of the process is needed any more
-
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs a command and maps every outcome to an exit status."""
-    global _fast_merge_done
-    args = sys.argv[1:] if argv is None else argv
+    return _run(sys.argv[1:] if argv is None else argv)[0]
+
+
+def _run(args: list[str]) -> tuple[int, bool]:
+    """The exit status, and whether the command was a plain `merge` (run without typer)."""
     from datasurface.cli.fast import parse_merge
 
     plain = parse_merge(args)
@@ -27,13 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         from datasurface.cli.app import main as typer_main
 
         gc.enable()
-        return typer_main(args)
+        return typer_main(args), False
     from datasurface.cli.fast import run_merge_command
     from datasurface.cli.outcome import failed, result_line
 
-    code = result_line(run_merge_command(*plain, failed))
-    _fast_merge_done = argv is None
-    return code
+    return result_line(run_merge_command(*plain, failed)), True
 
 
 def _exit() -> None:  # pragma: no cover - console script
@@ -41,11 +40,11 @@ def _exit() -> None:  # pragma: no cover - console script
     # garbage. The collector would traverse them again and again while they are made; it starts once they
     # are in place (cli/fast.py) and then leaves them out of its sweeps (gc.freeze).
     gc.disable()
-    code = main()
-    if _fast_merge_done:
+    code, plain_merge = _run(sys.argv[1:])
+    if plain_merge:
         # A merge that returned has closed its sessions, stopped its heartbeat thread and printed its result
-        # line: the interpreter's teardown (clearing every module, two full collections: 40-60 ms, a fifth
-        # of a small batch) would only free memory the kernel frees anyway. Do what exit does before it (the
+        # line: the interpreter's teardown (clearing every module, full collections: tens of milliseconds)
+        # would only free memory the kernel frees anyway. Do what exit does before it (the
         # atexit handlers: logging's flush among them; the streams), and go.
         import atexit
 
