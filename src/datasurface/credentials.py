@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from datasurface.errors import CredentialError
 
@@ -17,11 +17,10 @@ def env_prefix(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
-@dataclass(frozen=True)
-class Credential:
+class Credential(NamedTuple):  # the model and the job's value classes are NamedTuples: see cli/fast.py
     name: str
     user: str
-    password: str = field(repr=False)
+    password: str
 
     def __repr__(self) -> str:  # never show the password, even in a debug traceback
         return f"Credential(name={self.name!r}, user={self.user!r}, password='***')"

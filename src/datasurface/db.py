@@ -7,8 +7,7 @@ wrap. The password is passed as a keyword, never inside a DSN string that could 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg2
 from psycopg2 import sql
@@ -18,8 +17,7 @@ from datasurface.credentials import Credential
 from datasurface.errors import DatabaseError
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """Where a database is: `host` is a hostname or a Unix-socket directory (starts with /)."""
 
     host: str

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict
+from typing import Any
 
 import psycopg2
 from psycopg2 import sql
@@ -34,7 +34,7 @@ from datasurface.merge.live import LiveMerge
 from datasurface.merge.locks import LockRetry, StreamLock
 from datasurface.model import Model, Store, load_model
 from datasurface.observe import runs
-from datasurface.sessions import Heartbeat, SessionLimits, connection, new_run_id
+from datasurface.sessions import Ahead, Heartbeat, SessionLimits, connection, merge_run_ahead, new_run_id
 
 log = logging.getLogger("datasurface")
 
@@ -48,9 +48,20 @@ def find_store(model: Model, name: str) -> Store:
 
 
 def fingerprint(store: Store, datasets: tuple[str, ...]) -> str:
-    """Identifies the model a batch was opened under: the datasets' definitions, nothing else."""
-    defs = [asdict(store.dataset(d)) for d in datasets]
+    """Identifies the model a batch was opened under: the datasets' definitions, nothing else (as JSON
+    objects of their fields: the ledger's fingerprints from before the model's classes were tuples stay
+    valid, tests/engine/test_model_meaning.py)."""
+    defs = [_fields(store.dataset(d)) for d in datasets]
     return hashlib.sha256(json.dumps(defs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _fields(value: Any) -> Any:
+    """A model value as plain JSON data: a model class (a NamedTuple) as an object of its fields."""
+    if hasattr(value, "_asdict"):
+        return {name: _fields(v) for name, v in value._asdict().items()}
+    if isinstance(value, tuple | list):
+        return [_fields(v) for v in value]
+    return value
 
 
 def layout_relations(schema: str, lays: list[DatasetLayout]) -> list[str]:
@@ -78,8 +89,9 @@ class StreamRun:
 
     def __init__(self, merge: PgConnection, store: Store, stream: Stream, lays: list[DatasetLayout],
                  mode: str, run_id: str, limits: SessionLimits, merge_where: str, taken_over: str | None = None,
-                 model: Model | None = None):
+                 model: Model | None = None, ahead: Ahead | None = None):
         self.merge = merge
+        self.ahead = ahead
         self.model = model
         self.merge_where = merge_where
         self.run_id = run_id
@@ -132,9 +144,12 @@ class StreamRun:
 
     def run(self) -> bool:
         """Returns True when it finished a batch left open by an earlier run."""
+        if self.ahead is not None:  # the source's session opens while the merge side is checked
+            dialects.open_ahead(self.store, "source", self.run_id, self.limits, self.ahead)
         open_batch = self.preflight()
+        killpoint("batch:preflight")
         what = f"{self.stream.describe()} of platform {self.schema}"
-        with dialects.open_source(self.store, "source", self.run_id, self.limits) as source:
+        with dialects.open_source(self.store, "source", self.run_id, self.limits, self.ahead) as source:
             if self.taken_over:  # the dead or frozen run's snapshot would hold back the source's vacuum
                 source.end_run_sessions(self.taken_over)
             source.check(tuple(lay.dataset for lay in self.lays))
@@ -271,20 +286,35 @@ def streams_of(store: Store) -> list[Stream]:
 
 
 def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: str, mode: str, store: str,
-              merge: Endpoint, merge_credential: str, limits: SessionLimits | None = None) -> int:
-    """Exit status: 0 a fresh batch was committed (per stream); 10 an open batch was finished."""
+              merge: Endpoint, merge_credential: str, limits: SessionLimits | None = None, run_id: str | None = None,
+              ahead: Ahead | None = None) -> int:
+    """Exit status: 0 a fresh batch was committed (per stream); 10 an open batch was finished.
+
+    The run's sessions open ahead, in threads, while the model is read (sessions.Ahead); `ahead`: where
+    they are already opening (`merge_run_ahead` with this `run_id`); the run closes what it does not take."""
     limits = limits or SessionLimits()
+    run_id = run_id or new_run_id()
+    ahead = ahead or merge_run_ahead(merge, merge_credential, run_id, limits)
+    try:
+        return _run_merge(model, model_ref, model_path, platform, mode, store, merge, merge_credential, limits,
+                          run_id, ahead)
+    finally:
+        ahead.close()
+
+
+def _run_merge(model: str, model_ref: str | None, model_path: str, platform: str, mode: str, store: str,
+               merge: Endpoint, merge_credential: str, limits: SessionLimits, run_id: str, ahead: Ahead) -> int:
     schema = layout.platform_schema(platform)
-    run_id = new_run_id()
-    with runs.recorded(merge, merge_credential, schema, runs.MERGE, store, run_id) as history:
+    with runs.recorded(merge, merge_credential, schema, runs.MERGE, store, run_id, ahead) as history:
         layout.check_mode(mode)
         mdl = load_model(model, model_ref, model_path)
+        killpoint("model:loaded")
         st = find_store(mdl, store)
-        credentials.resolve(st.source.credential)  # fail before touching anything
+        credentials.resolve(st.source.credential)  # fail before touching the source or writing anything
         lays = layout.layouts(schema, st, mode)
         recovered = False
-        with heartbeat(merge, merge_credential, run_id, limits), \
-                connection(merge, merge_credential, "merge", run_id, limits) as conn:
+        with heartbeat(merge, merge_credential, run_id, limits, ahead), \
+                connection(merge, merge_credential, "merge", run_id, limits, ahead=ahead) as conn:
             for stream in streams_of(st):
                 with history.stream(stream.dataset) as record:
                     stream_lays = [lay for lay in lays if stream.dataset in (None, lay.dataset.name)]
@@ -293,7 +323,7 @@ def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: s
                     killpoint("stream:locked")
                     try:
                         stream_run = StreamRun(conn, st, stream, stream_lays, mode, run_id, limits,
-                                               merge.named("merge"), lock.taken_over, mdl)
+                                               merge.named("merge"), lock.taken_over, mdl, ahead)
                         record.watch(stream_run)
                         if stream_run.run():
                             record.exit_status = EXIT_RECOVERED
@@ -306,11 +336,11 @@ def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: s
 
 
 @contextmanager
-def heartbeat(endpoint: Endpoint, credential_name: str, run_id: str, limits: SessionLimits) -> Iterator[None]:
+def heartbeat(endpoint: Endpoint, credential_name: str, run_id: str, limits: SessionLimits,
+              ahead: Ahead | None = None) -> Iterator[None]:
     """The run's heartbeat (sessions.py) for as long as it holds or waits for a stream lock."""
-    cred = credentials.resolve(credential_name)
     try:
-        beat = Heartbeat(endpoint, cred, run_id, limits).start()
+        beat = Heartbeat(endpoint, credential_name, run_id, limits, ahead).start()
     except psycopg2.Error as exc:
         raise driver_error(exc, endpoint.named("merge")) from exc
     try:

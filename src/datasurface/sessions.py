@@ -18,6 +18,10 @@ No server setting can tell a frozen client from a busy one while a COPY waits fo
 also keeps a heartbeat: a second connection, named after the run, that answers every
 `heartbeat_interval` seconds. A run whose heartbeat has stopped is known to be dead or frozen; the next
 run on its stream ends its sessions and takes over (merge/locks.py `StreamLock`).
+
+Opening a session is a wait on the server (a backend forked, a password checked): 5-10 ms that a short
+batch would pay four times over, one session after another. A run that knows which sessions it needs
+opens them ahead (`Ahead`), in threads, while it imports the engine and reads the model.
 """
 
 from __future__ import annotations
@@ -25,10 +29,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg2
 
@@ -39,10 +42,13 @@ from datasurface.db import Endpoint, PgConnection, connect, driver_error
 log = logging.getLogger(__name__)
 
 APP_PREFIX = "datasurface-job"
+# the run history's session (observe/runs.py): every write it makes is bounded, so a slow or locked
+# history never holds a run up for long
+HISTORY_CONNECT_TIMEOUT_S = 5
+HISTORY_STATEMENT_TIMEOUT = "5s"
 
 
-@dataclass(frozen=True)
-class SessionLimits:
+class SessionLimits(NamedTuple):
     """How long the servers keep a silent job session, and how the job waits for locks (seconds)."""
 
     idle_timeout: float = 60.0  # a session idle (in a transaction or not) this long is ended by the server
@@ -131,15 +137,170 @@ def open_session(endpoint: Endpoint, credential: Credential, role: str, run_id: 
     return conn
 
 
+def open_history_session(endpoint: Endpoint, credential: Credential, run_id: str) -> PgConnection:
+    """The run history's session: short keepalives, every statement and lock wait bounded."""
+    conn = connect(endpoint, credential, application_name=application_name("history", run_id),
+                   connect_timeout=HISTORY_CONNECT_TIMEOUT_S,
+                   extra={"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+                          "tcp_user_timeout": HISTORY_CONNECT_TIMEOUT_S * 1000})
+    try:
+        conn.autocommit = True  # one round trip: no BEGIN / COMMIT around the session's settings
+        with conn.cursor() as cur:
+            cur.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
+                        (HISTORY_STATEMENT_TIMEOUT, HISTORY_STATEMENT_TIMEOUT))
+        conn.autocommit = False
+    except BaseException:
+        with suppress(Exception):
+            conn.close()
+        raise
+    return conn
+
+
+def alive(conn: PgConnection) -> bool:
+    """Still usable, as far as can be told without a round trip: `poll` reads what the server sent while the
+    session was idle. A server that ended the session (an idle timeout, a terminated backend, a restart) sent
+    a FATAL notice and closed the socket: the first read finds the notice, the next one the end of the stream."""
+    if conn.closed:
+        return False
+    try:
+        seen = len(conn.notices)
+        conn.poll()
+        if any(n.startswith("FATAL") for n in conn.notices[seen:]):
+            return False
+        conn.poll()
+    except psycopg2.Error:
+        return False
+    return not conn.closed
+
+
+SessionKey = tuple[str, Endpoint, str]  # (role, where, credential name): which session an opening is
+
+
+class _Opening:
+    """One session being opened in a daemon thread: its connection, or what opening it raised."""
+
+    def __init__(self, opener: Callable[[], PgConnection]):
+        self._opener = opener
+        self._conn: PgConnection | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._open, name="open-session", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> None:
+        try:
+            conn = self._opener()
+        except BaseException as exc:  # handed to the thread that takes the session
+            self._error = exc
+            return
+        with self._lock:
+            self._conn = conn
+            abandoned = self._abandoned
+        if abandoned:
+            _close_quietly(conn)
+
+    def result(self) -> PgConnection:
+        self._thread.join()  # bounded by the connect timeout (and interruptible)
+        if self._error is not None:
+            raise self._error
+        assert self._conn is not None
+        return self._conn
+
+    def abandon(self) -> None:
+        """Close the session now if it is open, else as soon as it is: a run that failed early never waits
+        for a server that does not answer."""
+        with self._lock:
+            self._abandoned = True
+            conn = self._conn
+        if conn is not None:
+            _close_quietly(conn)
+
+
+def _close_quietly(conn: PgConnection) -> None:
+    with suppress(Exception):
+        conn.close()
+
+
+class Ahead:
+    """Sessions opened ahead of need, in threads (the driver releases the GIL while it connects).
+
+    `take` hands an opened session over, or raises exactly what opening it raised, at the point where
+    the run would have opened it itself: errors keep their order and their wording. A session that is not
+    taken (the run failed before it needed it) is closed by `close`. Used from one thread."""
+
+    def __init__(self) -> None:
+        self._pending: dict[SessionKey, _Opening] = {}
+
+    def open(self, key: SessionKey, opener: Callable[[], PgConnection]) -> None:
+        if key not in self._pending:
+            self._pending[key] = _Opening(opener)
+
+    def session(self, endpoint: Endpoint, credential_name: str, role: str, run_id: str,
+                limits: SessionLimits) -> None:
+        """Start opening the session that `connection(endpoint, credential_name, role, run_id, limits)` opens."""
+        self.open(*_session(endpoint, credential_name, role, run_id, limits))
+
+    def history(self, endpoint: Endpoint, credential_name: str, run_id: str) -> None:
+        self.open(*history_session(endpoint, credential_name, run_id))
+
+    def take(self, key: SessionKey, opener: Callable[[], PgConnection]) -> PgConnection:
+        """The session opened ahead, if it is still alive (a slow model, e.g. a large git clone, may have kept
+        it idle past the server's idle_session_timeout), else one opened now."""
+        opening = self._pending.pop(key, None)
+        if opening is None:
+            return opener()
+        conn = opening.result()
+        if alive(conn):
+            return conn
+        _close_quietly(conn)
+        return opener()
+
+    def close(self) -> None:
+        pending, self._pending = self._pending, {}
+        for opening in pending.values():
+            opening.abandon()
+
+
+def taken(ahead: Ahead | None, key: SessionKey, opener: Callable[[], PgConnection]) -> PgConnection:
+    """The session opened ahead under `key`, else one opened now."""
+    return opener() if ahead is None else ahead.take(key, opener)
+
+
+def _session(endpoint: Endpoint, credential_name: str, role: str, run_id: str,
+             limits: SessionLimits) -> tuple[SessionKey, Callable[[], PgConnection]]:
+    def opener() -> PgConnection:
+        return open_session(endpoint, credentials.resolve(credential_name), role, run_id, limits)
+    return (role, endpoint, credential_name), opener
+
+
+def history_session(endpoint: Endpoint, credential_name: str,
+                    run_id: str) -> tuple[SessionKey, Callable[[], PgConnection]]:
+    def opener() -> PgConnection:
+        return open_history_session(endpoint, credentials.resolve(credential_name), run_id)
+    return ("history", endpoint, credential_name), opener
+
+
+def merge_run_ahead(endpoint: Endpoint, credential_name: str, run_id: str, limits: SessionLimits) -> Ahead:
+    """A `merge` run's sessions on the merge database, opening: its heartbeat, its merge session, its history."""
+    ahead = Ahead()
+    ahead.session(endpoint, credential_name, "heartbeat", run_id, limits)
+    ahead.session(endpoint, credential_name, "merge", run_id, limits)
+    ahead.history(endpoint, credential_name, run_id)
+    return ahead
+
+
 @contextmanager
 def connection(endpoint: Endpoint, credential_name: str, role: str, run_id: str | None = None,
-               limits: SessionLimits | None = None, side: str | None = None) -> Iterator[PgConnection]:
+               limits: SessionLimits | None = None, side: str | None = None,
+               ahead: Ahead | None = None) -> Iterator[PgConnection]:
     """A session with the job's limits; a driver error inside becomes one line naming the server
-    (`role`: merge, source, check; `side`: source or merge, by default from the role)."""
-    cred = credentials.resolve(credential_name)
+    (`role`: merge, source, check; `side`: source or merge, by default from the role). `ahead`: where
+    the session may already be opening (`Ahead.session` with the same arguments)."""
     where = endpoint.named(side or ("source" if role == "source" else "merge"))
+    key, opener = _session(endpoint, credential_name, role, run_id or new_run_id(), limits or SessionLimits())
     try:
-        conn = open_session(endpoint, cred, role, run_id or new_run_id(), limits or SessionLimits())
+        conn = taken(ahead, key, opener)
     except psycopg2.Error as exc:
         raise driver_error(exc, where) from exc
     try:
@@ -151,7 +312,6 @@ def connection(endpoint: Endpoint, credential_name: str, role: str, run_id: str 
             conn.close()
 
 
-
 class Heartbeat:
     """A connection of its own that answers every few seconds while the run is alive.
 
@@ -160,15 +320,17 @@ class Heartbeat:
     look dead because of one network blip).
     """
 
-    def __init__(self, endpoint: Endpoint, credential: Credential, run_id: str, limits: SessionLimits):
-        self._endpoint, self._credential, self._run_id, self._limits = endpoint, credential, run_id, limits
+    def __init__(self, endpoint: Endpoint, credential_name: str, run_id: str, limits: SessionLimits,
+                 ahead: Ahead | None = None):
+        self._key, self._opener = _session(endpoint, credential_name, "heartbeat", run_id, limits)
+        self._limits = limits
         self._stop = threading.Event()
-        self._conn: Any = self._open()
+        self._conn: Any = self._open(ahead)
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
-    def _open(self) -> PgConnection:
-        conn = open_session(self._endpoint, self._credential, "heartbeat", self._run_id, self._limits)
-        conn.autocommit = True
+    def _open(self, ahead: Ahead | None = None) -> PgConnection:
+        conn = taken(ahead, self._key, self._opener)
+        conn.autocommit = True  # a setting of the client: no round trip
         return conn
 
     def start(self) -> Heartbeat:

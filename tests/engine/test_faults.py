@@ -31,7 +31,7 @@ from tests.engine.support import (
     write_model,
 )
 
-BEFORE_OPEN = ["stream:locked", "source:checked", "batch:opening"]
+BEFORE_OPEN = ["model:loaded", "stream:locked", "batch:preflight", "source:checked", "batch:opening"]
 OPEN = [
     "batch:opened",
     *(f"ingest:{d}:{step}" for d in DATASETS for step in ("start", "copied", "staged")),

@@ -94,3 +94,20 @@ def test_reset_batch_refuses_the_wrong_form_for_the_store(world: dict[str, Any])
     assert_one_line_error(proc, "is single_dataset on platform YellowS", "--dataset <dataset>", "(pairs)")
     proc = run_job([*reset_s, "--dataset", "pairs"], dbs.env)
     assert proc.returncode == 0 and "discarded open batch 2" in proc.stdout
+
+
+def test_a_batch_fingerprint_is_the_one_earlier_versions_stored() -> None:
+    """The fingerprint an open batch was stored with must be computed the same by every later version of the
+    job, or an upgrade would refuse to finish a batch an interrupted run left open ("opened under a different
+    model"). These values were computed by the job before its model classes became tuples."""
+    from datasurface.engine import fingerprint
+    from datasurface.model.loader import parse_model
+    from tests.engine.support import model_dict
+
+    doc = model_dict("db.example", 5432, "src")
+    doc["stores"][0]["datasets"][1]["columns"][2]["nullable"] = False
+    store = parse_model(yaml.safe_dump(doc), "test").stores[0]
+    assert fingerprint(store, ("alltypes", "pairs")) == "bc692fe22bf7d6e6"
+    assert fingerprint(store, ("pairs",)) == "98e478eaee345456"
+    doc["stores"][0]["datasets"][1]["columns"][2]["nullable"] = True  # and a change of the model changes it
+    assert fingerprint(parse_model(yaml.safe_dump(doc), "test").stores[0], ("pairs",)) != "98e478eaee345456"

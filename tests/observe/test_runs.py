@@ -160,9 +160,12 @@ def merge_terminating(world: dict[str, Any], role: str) -> tuple[bool, int, str,
     admin = dbs.server.admin_connect(dbs.merge)
     deadline, killed = time.monotonic() + 20, 0
     while not killed and time.monotonic() < deadline:
-        with admin.cursor() as cur:
-            cur.execute("""SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                            WHERE datname = %s AND application_name LIKE %s""",
+        with admin.cursor() as cur:  # once the run holds its stream (its sessions open ahead, before that)
+            cur.execute("""SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a
+                            WHERE a.datname = %s AND a.application_name LIKE %s
+                              AND EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity h USING (pid)
+                                           WHERE l.locktype = 'advisory' AND l.granted
+                                             AND h.application_name LIKE 'datasurface-job merge %%')""",
                         (dbs.merge, f"datasurface-job {role} %"))
             killed = cur.fetchone()[0]
         time.sleep(0.1)

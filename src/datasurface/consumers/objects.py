@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from psycopg2 import sql
 
@@ -34,8 +34,7 @@ def mark(digest_: str) -> str:
     return f"{MARK} {digest_}"
 
 
-@dataclass(frozen=True)
-class Owned:
+class Owned(NamedTuple):
     """An object in a schema with the job's mark."""
 
     kind: str  # "view" | "function"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import psycopg2
 from psycopg2 import sql
@@ -47,8 +47,7 @@ def of_platform(model: Model, platform_schema: str) -> list[Workspace]:
     return [ws for ws in model.workspaces if ws.platform.lower() == platform_schema]
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """One workspace on this platform, with the layouts of its datasets."""
 
     workspace: Workspace

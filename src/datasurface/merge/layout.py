@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from psycopg2 import sql
 from psycopg2.extensions import cursor
@@ -50,8 +50,7 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-@dataclass(frozen=True)
-class DatasetLayout:
+class DatasetLayout(NamedTuple):
     """Where one dataset lives in the platform schema."""
 
     schema: str

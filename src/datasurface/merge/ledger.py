@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import datetime
 import json
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 from psycopg2 import sql
 
@@ -22,8 +22,7 @@ from datasurface.errors import DataSurfaceError
 INGESTING, STAGED, COMMITTED = "ingesting", "staged", "committed"
 
 
-@dataclass(frozen=True)
-class Stream:
+class Stream(NamedTuple):
     store: str
     dataset: str | None  # None for a multi_dataset store
 
@@ -35,8 +34,7 @@ class Stream:
         return f"store {self.store}" + ("" if self.dataset is None else f" dataset {self.dataset}")
 
 
-@dataclass(frozen=True)
-class Batch:
+class Batch(NamedTuple):
     stream: Stream
     batch_id: int
     status: str
@@ -46,16 +44,16 @@ class Batch:
     staging_tables: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Counts:
+class Counts(NamedTuple):
     total: int = 0
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
 
-    def __add__(self, other: Counts) -> Counts:
-        return Counts(self.total + other.total, self.inserted + other.inserted,
-                      self.updated + other.updated, self.deleted + other.deleted)
+    @staticmethod
+    def of_all(counts: Iterable[Counts]) -> Counts:
+        """The sums, field by field (a tuple's `+` concatenates); none: all zero."""
+        return Counts(*(sum(column) for column in zip(*counts, strict=True)))
 
 
 class BatchLedger:
@@ -155,7 +153,7 @@ class BatchLedger:
                   (STAGED, json.dumps(staged_rows), snapshot_at))
 
     def commit(self, batch: Batch, per_dataset: dict[str, Counts]) -> Counts:
-        total = sum(per_dataset.values(), Counts())
+        total = Counts.of_all(per_dataset.values())
         with self.conn.cursor() as cur:
             for dataset, c in per_dataset.items():
                 cur.execute(

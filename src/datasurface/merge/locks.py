@@ -21,8 +21,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg2
 from psycopg2 import sql
@@ -41,8 +40,7 @@ class LockTimeoutError(DataSurfaceError):
     """The job waited its whole lock budget for locks that other sessions hold."""
 
 
-@dataclass(frozen=True)
-class Session:
+class Session(NamedTuple):
     """A server session as pg_stat_activity shows it to the job's role (other roles' details are hidden)."""
 
     pid: int

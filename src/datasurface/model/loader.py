@@ -21,8 +21,8 @@ import re
 import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from datasurface.credentials import GIT_TOKEN_ENV
 from datasurface.errors import ModelError
@@ -173,8 +173,7 @@ def _load_from_directory(directory: str, rel: str) -> Model:
 # --- git ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Remote:
+class _Remote(NamedTuple):
     url: str  # as given, maybe with a password: never handed to git, never shown
     shown: str  # the URL as it may appear in messages (password redacted)
     ref: str | None

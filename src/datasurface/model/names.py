@@ -18,7 +18,7 @@ names plus `batches`, which no dataset name can take (every dataset name holds t
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 IDENTIFIER_MAX = 63  # PostgreSQL's NAMEDATALEN - 1 (bytes; the model's names are ASCII)
 RESERVED_PREFIX = "ds_"
@@ -45,8 +45,7 @@ def workspace_schema(workspace: str) -> str:
     return f"{WORKSPACE_PREFIX}{workspace.lower()}"
 
 
-@dataclass(frozen=True)
-class DatasetNames:
+class DatasetNames(NamedTuple):
     """The names of one dataset's objects in a platform (or workspace) schema."""
 
     table: str  # `<store>_<dataset>` in lower case

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from datasurface.model.names import workspace_schema
 
 
-@dataclass(frozen=True)
-class Column:
+class Column(NamedTuple):
     name: str
     # normalised PostgreSQL spelling, lower case: "varchar(20)", "numeric(10,2)", "double precision"
     type: str
     nullable: bool = True
 
 
-@dataclass(frozen=True)
-class Dataset:
+class Dataset(NamedTuple):
     name: str
     table: str
     primary_key: tuple[str, ...]
@@ -33,8 +31,7 @@ class Dataset:
         return tuple(c for c in self.columns if c.name not in self.primary_key)
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     host: str
     port: int
     database: str
@@ -43,8 +40,7 @@ class Source:
     type: str = "postgres"  # "postgres" | "mysql" (contract §7)
 
 
-@dataclass(frozen=True)
-class Store:
+class Store(NamedTuple):
     name: str
     consistency: str  # "multi_dataset" | "single_dataset"
     source: Source
@@ -57,14 +53,12 @@ class Store:
         raise KeyError(name)
 
 
-@dataclass(frozen=True)
-class WorkspaceDataset:
+class WorkspaceDataset(NamedTuple):
     store: str
     dataset: str
 
 
-@dataclass(frozen=True)
-class Workspace:
+class Workspace(NamedTuple):
     """A consumer (contract §5): reads the listed datasets of one platform, as an existing role."""
 
     name: str
@@ -77,8 +71,7 @@ class Workspace:
         return workspace_schema(self.name)
 
 
-@dataclass(frozen=True)
-class Model:
+class Model(NamedTuple):
     stores: tuple[Store, ...]
     origin: str = ""  # where it was loaded from, for messages
     workspaces: tuple[Workspace, ...] = ()

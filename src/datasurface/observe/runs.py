@@ -22,24 +22,19 @@ import logging
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import psycopg2
 from psycopg2 import sql
 
-from datasurface import credentials
-from datasurface.db import Endpoint, PgConnection, connect, first_line
+from datasurface.db import Endpoint, PgConnection, first_line
 from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DataSurfaceError, failure_line
 from datasurface.merge import ddl
-from datasurface.sessions import application_name, new_run_id
+from datasurface.sessions import Ahead, alive, history_session, new_run_id, taken
 
 log = logging.getLogger("datasurface.observe")
 
 MERGE, SETUP = "merge", "setup"
-# bounds of every history write: a slow or locked history never holds a run up for long
-CONNECT_TIMEOUT_S = 5
-STATEMENT_TIMEOUT = "5s"
 
 DDL = """
 CREATE TABLE IF NOT EXISTS {runs} (
@@ -106,35 +101,18 @@ def ensure(conn: PgConnection, schema: str) -> None:
         cur.execute(sql.SQL(TOTALS_DDL).format(totals=totals(schema)))
 
 
-def _alive(conn: PgConnection) -> bool:
-    """Still usable, as far as can be told without a round trip: `poll` reads what the server sent while the
-    session was idle. A server that ended the session (an idle timeout, a terminated backend, a restart) sent
-    a FATAL notice and closed the socket: the first read finds the notice, the next one the end of the stream."""
-    if conn.closed:
-        return False
-    try:
-        seen = len(conn.notices)
-        conn.poll()
-        if any(n.startswith("FATAL") for n in conn.notices[seen:]):
-            return False
-        conn.poll()
-    except psycopg2.Error:
-        return False
-    return not conn.closed
-
-
-@dataclass
 class RunRecord:
     """One row of `ds_runs`; `exit_status` is set by the code it watches (0 unless told otherwise)."""
 
-    history: RunHistory
-    store: str | None
-    dataset: str | None
-    started_at: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
-    exit_status: int = EXIT_OK
-    run_id: int | None = None
-    watched: HasBatch | None = None
-    start_error: BaseException | None = None  # why the row could not be started (said at finish)
+    def __init__(self, history: RunHistory, store: str | None, dataset: str | None):
+        self.history = history
+        self.store = store
+        self.dataset = dataset
+        self.started_at = datetime.datetime.now(datetime.UTC)
+        self.exit_status = EXIT_OK
+        self.run_id: int | None = None
+        self.watched: HasBatch | None = None
+        self.start_error: BaseException | None = None  # why the row could not be started (said at finish)
 
     def watch(self, obj: HasBatch) -> None:
         """The batch of `obj` (read when the run ends) is the run's batch_id."""
@@ -149,7 +127,7 @@ class RunHistory:
     """Records the runs of one command on one platform's merge database."""
 
     def __init__(self, endpoint: Endpoint, credential_name: str, schema: str, command: str,
-                 run_id: str | None = None):
+                 run_id: str | None = None, ahead: Ahead | None = None):
         self.endpoint = endpoint
         self.credential_name = credential_name
         self.schema = schema
@@ -158,11 +136,12 @@ class RunHistory:
         self.host = socket.gethostname()
         self._warned = False
         self._conn: PgConnection | None = None
+        self._ahead = ahead  # where its first session may already be opening (sessions.Ahead)
 
     @contextmanager
     def _connection(self) -> Iterator[PgConnection]:
         """The history's session, for one write (the caller commits); any failure closes it."""
-        conn = self._conn if self._conn is not None and _alive(self._conn) else self._open()
+        conn = self._conn if self._conn is not None and alive(self._conn) else self._open()
         self._conn = conn
         try:
             yield conn
@@ -171,21 +150,8 @@ class RunHistory:
             raise
 
     def _open(self) -> PgConnection:
-        cred = credentials.resolve(self.credential_name)
-        conn = connect(self.endpoint, cred, application_name=application_name("history", self.run_id),
-                       connect_timeout=CONNECT_TIMEOUT_S,
-                       extra={"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
-                              "tcp_user_timeout": CONNECT_TIMEOUT_S * 1000})
-        try:
-            conn.autocommit = True  # one round trip: no BEGIN / COMMIT around the session's settings
-            with conn.cursor() as cur:
-                cur.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
-                            (STATEMENT_TIMEOUT, STATEMENT_TIMEOUT))
-            conn.autocommit = False
-        except BaseException:
-            with suppress(Exception):
-                conn.close()
-            raise
+        conn = taken(self._ahead, *history_session(self.endpoint, self.credential_name, self.run_id))
+        self._ahead = None  # opened ahead once: a session replaced later is opened when it is needed
         return conn
 
     def close(self) -> None:
@@ -311,9 +277,9 @@ class CommandRuns:
 
 @contextmanager
 def recorded(endpoint: Endpoint, credential_name: str, schema: str, command: str, store: str | None,
-             run_id: str | None = None) -> Iterator[CommandRuns]:
+             run_id: str | None = None, ahead: Ahead | None = None) -> Iterator[CommandRuns]:
     """The run history of a command; record each stream's run with `runs.stream(dataset)`."""
-    history = RunHistory(endpoint, credential_name, schema, command, run_id)
+    history = RunHistory(endpoint, credential_name, schema, command, run_id, ahead)
     runs = CommandRuns(history, store)
     try:
         yield runs

@@ -18,7 +18,7 @@ from datasurface.db import PgConnection
 from datasurface.errors import DatabaseError
 from datasurface.merge.layout import DatasetLayout
 from datasurface.model import Dataset, Store
-from datasurface.sessions import SessionLimits
+from datasurface.sessions import Ahead, SessionLimits
 
 SOURCE_TYPES = ("postgres", "mysql")
 
@@ -45,16 +45,26 @@ class SourceSession(Protocol):
         """The one-line error naming the source when its connection is gone (else None)."""
 
 
-def open_source(store: Store, role: str, run_id: str | None = None,
-                limits: SessionLimits | None = None) -> AbstractContextManager[SourceSession]:
-    """A session on the store's source; `role` names the connection (e.g. its application_name)."""
+def open_source(store: Store, role: str, run_id: str | None = None, limits: SessionLimits | None = None,
+                ahead: Ahead | None = None) -> AbstractContextManager[SourceSession]:
+    """A session on the store's source; `role` names the connection (e.g. its application_name). `ahead`:
+    where `open_ahead` may have started opening it."""
     if store.source.type == "mysql":
         from datasurface.ingest.dialects import mysql
 
         return mysql.open_source(store, role, run_id, limits)
     from datasurface.ingest.dialects import postgres
 
-    return postgres.open_source(store, role, run_id, limits)
+    return postgres.open_source(store, role, run_id, limits, ahead)
+
+
+def open_ahead(store: Store, role: str, run_id: str, limits: SessionLimits, ahead: Ahead) -> None:
+    """Start opening the session `open_source` will open, while the run does other work: a PostgreSQL
+    source's (a MySQL source's engine connects when `open_source` needs it)."""
+    if store.source.type == "postgres":
+        from datasurface.ingest.dialects import postgres
+
+        postgres.open_ahead(store, role, run_id, limits, ahead)
 
 
 def describe(store: Store) -> str:
@@ -67,4 +77,4 @@ def describe(store: Store) -> str:
     return postgres.describe(store)
 
 
-__all__ = ["SOURCE_TYPES", "SourceSession", "describe", "open_source"]
+__all__ = ["SOURCE_TYPES", "SourceSession", "describe", "open_ahead", "open_source"]

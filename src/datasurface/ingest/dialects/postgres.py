@@ -20,7 +20,7 @@ from datasurface.ingest.source import check_store
 from datasurface.merge.layout import DatasetLayout
 from datasurface.merge.locks import end_run_sessions
 from datasurface.model import Dataset, Store
-from datasurface.sessions import SessionLimits, connection
+from datasurface.sessions import Ahead, SessionLimits, connection, new_run_id
 
 
 def endpoint(store: Store) -> Endpoint:
@@ -60,8 +60,13 @@ class PostgresSource:
         return driver_error(exc, endpoint(self.store).named("source"), self.conn)
 
 
+def open_ahead(store: Store, role: str, run_id: str, limits: SessionLimits, ahead: Ahead) -> None:
+    ahead.session(endpoint(store), store.source.credential, role, run_id, limits)
+
+
 @contextmanager
-def open_source(store: Store, role: str, run_id: str | None = None,
-                limits: SessionLimits | None = None) -> Iterator[PostgresSource]:
-    with connection(endpoint(store), store.source.credential, role, run_id, limits, side="source") as conn:
+def open_source(store: Store, role: str, run_id: str | None = None, limits: SessionLimits | None = None,
+                ahead: Ahead | None = None) -> Iterator[PostgresSource]:
+    with connection(endpoint(store), store.source.credential, role, run_id or new_run_id(), limits, side="source",
+                    ahead=ahead) as conn:
         yield PostgresSource(store, conn)
