@@ -27,6 +27,7 @@ from datasurface.faults import killpoint
 from datasurface.ingest import dialects, snapshot
 from datasurface.ingest.dialects import SourceSession
 from datasurface.merge import ddl, layout
+from datasurface.merge.diff import loaded, no_current_rows
 from datasurface.merge.forensic import ForensicMerge
 from datasurface.merge.layout import DatasetLayout
 from datasurface.merge.ledger import COMMITTED, INGESTING, Batch, BatchLedger, Counts, Stream
@@ -163,11 +164,16 @@ class StreamRun:
                             batch.batch_id, batch.status)
             try:
                 rows = self._staged_rows(batch)
-                if rows is None:
-                    rows = self.locks.run(f"staging batch {batch.batch_id} of {what}",
-                                          lambda: self._stage(source, batch), lambda: [])
-                counts = self.locks.run(f"merging batch {batch.batch_id} of {what}",
-                                        lambda: self._merge(batch, rows), lambda: self._merge_relations())
+                if rows is None and source.loads_directly and self._first_load():
+                    counts = self.locks.run(f"loading batch {batch.batch_id} of {what}",
+                                            lambda: self._load(source, batch), lambda: self._merge_relations())
+                else:
+                    if rows is None:
+                        rows = self.locks.run(f"staging batch {batch.batch_id} of {what}",
+                                              lambda: self._stage(source, batch), lambda: [])
+                    staged = rows
+                    counts = self.locks.run(f"merging batch {batch.batch_id} of {what}",
+                                            lambda: self._merge(batch, staged), lambda: self._merge_relations())
             except Exception as exc:
                 with suppress(Exception):
                     self.merge.rollback()
@@ -244,14 +250,44 @@ class StreamRun:
         killpoint("after_ingest")
         return rows
 
+    def _first_load(self) -> bool:
+        """No dataset's merge table has current rows (the stream's first batch, or one after empty snapshots)."""
+        return all(self.ledger.last_total(self.store.name, lay.dataset.name) == 0
+                   and no_current_rows(self.merge, lay) for lay in self.lays)
+
+    def _lock_merge_tables(self) -> None:
+        """Every lock the apply needs, first: a wait (bounded, retried) then happens before the batch's work."""
+        with self.merge.cursor() as cur:
+            cur.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(sql.SQL(r) for r in self._merge_relations())))
+
+    def _load(self, source: SourceSession, batch: Batch) -> dict[str, Counts]:
+        """A first load from a source that can (`loads_directly`): the snapshot is copied straight into the
+        merge tables, in the transaction that commits the batch; nothing is staged. A run killed on the way
+        leaves the batch `ingesting`, like one killed while staging: the next run loads it again (exit 10)."""
+        self._lock_merge_tables()
+        rows, per_dataset = {}, {}
+        try:
+            snapshot_at = source.begin_snapshot()
+            for lay in self.lays:
+                killpoint(f"ingest:{lay.dataset.name}:start")
+                rows[lay.dataset.name] = source.copy_dataset(self.merge, lay, batch.batch_id)
+                per_dataset[lay.dataset.name] = loaded(self.merge, lay, rows[lay.dataset.name])
+                killpoint(f"merge:{lay.dataset.name}:applied")
+        finally:
+            source.end_snapshot()  # read-only: nothing to keep
+        self.ledger.mark_staged(batch, rows, snapshot_at)  # the snapshot's time and counts, as a staged batch's
+        self.ledger.commit(batch, per_dataset)
+        killpoint("ledger:before_commit")
+        self.merge.commit()
+        killpoint("ledger:committed")
+        return per_dataset
+
     def _merge(self, batch: Batch, rows: dict[str, int]) -> dict[str, Counts]:
         """All datasets' changes and the ledger entry: one transaction."""
         per_dataset = {}
         strategy = LiveMerge if self.mode == layout.LIVE else ForensicMerge
-        # every lock the apply needs, first: a wait (bounded, retried) then happens before the diff's work
-        with self.merge.cursor() as cur:
-            cur.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(
-                sql.SQL(", ").join(sql.SQL(r) for r in self._merge_relations())))
+        self._lock_merge_tables()
         for lay in self.lays:
             name = lay.dataset.name
             per_dataset[name] = strategy(self.merge, lay).apply(

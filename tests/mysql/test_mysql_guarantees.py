@@ -45,10 +45,18 @@ def _batches(mrg: Any, schema: str) -> list[tuple[Any, ...]]:
     return rows
 
 
-@pytest.mark.parametrize("point", ["ingest:alltypes:reading", "ingest:pairs:reading", "ingest:pairs:copied",
-                                   "after_ingest"])
+# a first load goes straight into the merge tables in the batch's one transaction (a kill anywhere leaves the
+# batch `ingesting`); a later batch is staged first (a kill after that leaves it `staged`)
+KILLS = [("ingest:alltypes:reading", 1, "ingesting"), ("ingest:pairs:reading", 1, "ingesting"),
+         ("ingest:pairs:copied", 1, "ingesting"), ("merge:pairs:applied", 1, "ingesting"),
+         ("ledger:before_commit", 1, "ingesting"),
+         ("ingest:alltypes:reading", 2, "ingesting"), ("ingest:pairs:copied", 2, "ingesting"),
+         ("after_ingest", 2, "staged"), ("merge:pairs:applied", 2, "staged")]
+
+
+@pytest.mark.parametrize(("point", "batch", "left"), KILLS)
 def test_sigkill_during_the_read_leaves_the_batch_open_and_the_next_run_recovers(
-        point: str, mdbs: Any, tmp_path: Path) -> None:
+        point: str, batch: int, left: str, mdbs: Any, tmp_path: Path) -> None:
     src = mdbs.connect_source()
     create_mysql_tables(src)
     rng = random.Random(11)
@@ -59,14 +67,24 @@ def test_sigkill_during_the_read_leaves_the_batch_open_and_the_next_run_recovers
     load_mysql_snapshot(src, {"pairs": snap["pairs"]})
     model = write_model(tmp_path / "model", mysql_model(mdbs.host, mdbs.source))
     args = merge_args(model, "Crash", "forensic", mdbs)
+    mrg = mdbs.connect_merge()
+    committed = []
+    if batch == 2:
+        assert run_job(args, mdbs.env).returncode == 0
+        committed = [(1, "committed")]
+        snap = rfc4122(next_snapshot(rng, snap, defaultdict(set)))
+        load_mysql_snapshot(src, {"pairs": snap["pairs"]})
     killed = run_job(args, mdbs.env, {"DATASURFACE_TEST_KILL_AT": point})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    mrg = mdbs.connect_merge()
-    assert _batches(mrg, "crash") == [(1, "ingesting" if "reading" in point or "copied" in point else "staged")]
+    assert _batches(mrg, "crash") == [*committed, (batch, left)]
+    with mrg.cursor() as cur:  # nothing of the killed batch is visible
+        cur.execute("SELECT count(*) FROM crash.store1_alltypes_current")
+        assert cur.fetchone()[0] == (0 if batch == 1 else 12000)
+    mrg.rollback()
     recovered = run_job(args, mdbs.env)
     assert recovered.returncode == 10, recovered.stderr
     assert recovered.stdout.strip().splitlines()[-1] == "DATASURFACE_RESULT_CODE=10"
-    assert _batches(mrg, "crash") == [(1, "committed")]
+    assert _batches(mrg, "crash") == [*committed, (batch, "committed")]
     with mrg.cursor() as cur:
         cur.execute("SELECT count(*) FROM crash.store1_alltypes_current")
         assert cur.fetchone()[0] == 12000
@@ -74,7 +92,7 @@ def test_sigkill_during_the_read_leaves_the_batch_open_and_the_next_run_recovers
     assert fetch(mrg, "crash.store1_pairs_current", "pairs") == expected_rows("pairs", snap["pairs"])
     again = run_job(args, mdbs.env)
     assert again.returncode == 0, again.stderr
-    assert _batches(mrg, "crash") == [(1, "committed"), (2, "committed")]
+    assert _batches(mrg, "crash") == [*committed, (batch, "committed"), (batch + 1, "committed")]
     mrg.close()
     src.close()
 
@@ -194,15 +212,19 @@ def test_myisam_table_is_refused(world: Any) -> None:
     ([("north", 1), ("north", 1)], "has duplicate primary keys: Key (region, code)=(north, 1)"),
     ([("north", 1), (None, 2)], "has a NULL in column 'region', a primary key column"),
 ])
-def test_duplicate_or_null_keys(mdbs: Any, tmp_path: Path, values: list[Any], fragment: str) -> None:
+@pytest.mark.parametrize("mode", ["live", "forensic"])
+def test_duplicate_or_null_keys(mdbs: Any, tmp_path: Path, values: list[Any], fragment: str, mode: str) -> None:
+    """Refused with the model's key named, also by a first load straight into the merge table (whose forensic
+    primary key has the version's batch too)."""
     src = mdbs.connect_source()
     create_mysql_tables(src, SMALL, primary_key=False)  # a table without a primary key can hold both
     with src.cursor() as cur:
         cur.executemany("INSERT INTO pairs (region, code) VALUES (%s, %s)", values)
     src.commit()
     model = write_model(tmp_path / "model", mysql_model(mdbs.host, mdbs.source, datasets=SMALL))
-    proc = run_job(merge_args(model, "Keys", "live", mdbs), mdbs.env)
+    proc = run_job(merge_args(model, "Keys", mode, mdbs), mdbs.env)
     assert_one_line_error(proc, fragment)
+    assert "ds_batch_in" not in proc.stderr.strip().splitlines()[-1]
     mrg = mdbs.connect_merge()
     assert _batches(mrg, "keys") == []  # nothing half-written
     mrg.close()
@@ -243,3 +265,45 @@ def test_the_source_session_is_bounded_and_named_like_the_job_s_others(world: An
         time.sleep(2.5)  # the server has ended the silent session by now
         with pytest.raises(Exception, match=r"(?i)lost|gone away|closed"):
             src.conn.exec_driver_sql("SELECT 1").one()
+
+
+def _merge_session_locks(mrg: Any, schema: str) -> set[tuple[str, str]]:
+    """(relation, lock mode) of the relations the job's merge session holds locks on (a relation created in its
+    open transaction shows as its oid only)."""
+    with mrg.cursor() as cur:
+        cur.execute("""SELECT coalesce(c.relname, l.relation::text), l.mode
+                         FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                         LEFT JOIN pg_class c ON c.oid = l.relation
+                        WHERE l.locktype = 'relation' AND a.application_name LIKE 'datasurface-job merge %%'
+                          AND (c.oid IS NULL OR c.relnamespace = to_regnamespace(%s))""", (schema,))
+        found = {(str(r), str(m)) for r, m in cur.fetchall()}
+    mrg.rollback()
+    return found
+
+
+def test_a_first_load_goes_straight_into_the_merge_table(world: Any) -> None:
+    """The first batch's COPY writes the merge table itself, under the apply's ROW EXCLUSIVE lock, and creates
+    no staging table; a later batch stages its snapshot (a table of its own, created in the COPY's
+    transaction) and takes the merge tables' locks only to apply it."""
+    mdbs, model = world["mdbs"], world["model"]
+    mrg = mdbs.connect_merge()
+    args = [sys.executable, "-m", "datasurface.cli", *merge_args(model, "Direct", "forensic", mdbs)]
+    seen = []
+    for _ in range(2):
+        env = {**os.environ, **mdbs.env, "DATASURFACE_TEST_PAUSE_AT": "ingest:pairs:copied=2"}
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        locks: set[tuple[str, str]] = set()
+        while not locks and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            locks = _merge_session_locks(mrg, "direct")
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        seen.append(locks)
+    first, second = seen
+    assert ("store1_pairs", "RowExclusiveLock") in first
+    assert not any(mode == "AccessExclusiveLock" for _, mode in first), first
+    assert ("store1_pairs", "RowExclusiveLock") not in second
+    assert any(mode == "AccessExclusiveLock" for _, mode in second), second  # the staging table, being created
+    assert _batches(mrg, "direct") == [(1, "committed"), (2, "committed")]
+    mrg.close()

@@ -103,14 +103,30 @@ def copy_dataset(source: PgConnection, merge: PgConnection, lay: DatasetLayout, 
     return rows
 
 
-def staging_error(lay: DatasetLayout, exc: BaseException) -> SnapshotError:
-    """The error for a snapshot the merge side's COPY refused (a NULL key, a value out of range)."""
+def staging_error(lay: DatasetLayout, exc: BaseException, load_batch: int | None = None) -> SnapshotError:
+    """The error for a snapshot the merge side's COPY refused (a NULL key, a value out of range; a repeated
+    key, for a first load copied straight into the merge table as batch `load_batch`)."""
     if isinstance(exc, psycopg2.errors.NotNullViolation):
         column = getattr(exc.diag, "column_name", None) or "?"
         why = "a primary key column" if column in lay.key else "declared `nullable: false` in the model"
         return SnapshotError(f"snapshot of {lay.dataset.table} (dataset {lay.dataset.name}) has a NULL in column "
                              f"{column!r}, {why}")
-    return SnapshotError(f"staging {lay.dataset.name}: {first_line(exc)}")
+    if isinstance(exc, psycopg2.errors.UniqueViolation) and load_batch is not None:
+        detail = getattr(exc.diag, "message_detail", None) or first_line(exc)
+        return SnapshotError(f"snapshot of {lay.dataset.table} (dataset {lay.dataset.name}) has duplicate "
+                             f"primary keys: {_model_key(detail, lay, load_batch)}")
+    return SnapshotError(f"{'staging' if load_batch is None else 'loading'} {lay.dataset.name}: {first_line(exc)}")
+
+
+def _model_key(detail: str, lay: DatasetLayout, batch_id: int) -> str:
+    """`Key (a, b)=(1, 2) already exists.` for a forensic primary key's `Key (a, b, ds_batch_in)=(1, 2, 7) …`:
+    the repeated key of the model, without the version's batch (which every row of the load shares)."""
+    names, sep, rest = detail.partition(")=(")
+    values, close, tail = rest.rpartition(")")
+    suffix = f", {batch_id}"
+    if sep and close and names.endswith(", ds_batch_in") and values.endswith(suffix):
+        return f"{names.removesuffix(', ds_batch_in')})=({values.removesuffix(suffix)}){tail}"
+    return detail
 
 
 def _source_error(lay: DatasetLayout, exc: BaseException) -> SnapshotError:

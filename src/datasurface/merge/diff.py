@@ -151,6 +151,20 @@ def refresh_stats(conn: PgConnection, lay: DatasetLayout, counts: Counts) -> Non
             cur.execute(sql.SQL("ANALYZE {}").format(lay.qualified(lay.table)))
 
 
+def no_current_rows(conn: PgConnection, lay: DatasetLayout) -> bool:
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM {} t)").format(current_rows(lay)))
+        return bool(cur.fetchone()[0])  # type: ignore[index]
+
+
+def loaded(conn: PgConnection, lay: DatasetLayout, rows: int) -> Counts:
+    """The counts of a batch that inserted its whole snapshot of `rows` into a table without current rows
+    (its statistics refreshed: the table grew from nothing)."""
+    counts = Counts(total=rows, inserted=rows, updated=0, deleted=0)
+    refresh_stats(conn, lay, counts)
+    return counts
+
+
 class DiffMerge:
     """Diff the staged snapshot against the current rows, then write the changes: first what the diff
     retires (deleted keys, old values), then what it adds (new keys, new values). Each mode says how."""
@@ -161,7 +175,7 @@ class DiffMerge:
         self.target = lay.qualified(lay.table)
 
     def apply(self, batch_id: int, snapshot_rows: int, current_hint: int | None = None) -> Counts:
-        if current_hint == 0 and self._no_current_rows():
+        if current_hint == 0 and no_current_rows(self.conn, self.lay):
             return self.load(batch_id, snapshot_rows)
         counts = compute_diff(self.conn, self.lay, snapshot_rows, current_hint)
         killpoint(f"merge:{self.lay.dataset.name}:diffed")
@@ -173,11 +187,6 @@ class DiffMerge:
         refresh_stats(self.conn, self.lay, counts)
         drop_diff(self.conn)
         return counts
-
-    def _no_current_rows(self) -> bool:
-        with self.conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM {} t)").format(current_rows(self.lay)))
-            return bool(cur.fetchone()[0])  # type: ignore[index]
 
     def load(self, batch_id: int, snapshot_rows: int) -> Counts:
         """No current rows (the first batch, or one after an empty snapshot): every staged row is new, so the
@@ -196,9 +205,7 @@ class DiffMerge:
             cur.execute("RELEASE SAVEPOINT ds_load")
         if inserted != snapshot_rows:  # the staged count is the ledger's; the two can only differ by a bug
             raise SnapshotError(f"loading {self.lay.dataset.table}: {inserted} rows inserted, {snapshot_rows} staged")
-        counts = Counts(total=snapshot_rows, inserted=snapshot_rows, updated=0, deleted=0)
-        refresh_stats(self.conn, self.lay, counts)
-        return counts
+        return loaded(self.conn, self.lay, snapshot_rows)
 
     def add_all(self, cur: cursor, batch_id: int) -> None:
         """Insert every staged row as of `batch_id`."""

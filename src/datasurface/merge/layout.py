@@ -89,6 +89,12 @@ class DatasetLayout(NamedTuple):
         """The non-key columns: a change in any of them is an update."""
         return tuple(c.name for c in self.dataset.non_key_columns)
 
+    def batch_values(self, batch_id: int) -> tuple[tuple[str, int], ...]:
+        """The mode's batch columns and their values for a row that `batch_id` adds."""
+        if self.mode == LIVE:
+            return (("ds_batch_id", batch_id),)
+        return (("ds_batch_in", batch_id), ("ds_batch_out", OPEN_END))
+
     def qualified(self, name: str) -> sql.Composable:
         return sql.Identifier(self.schema, name)
 

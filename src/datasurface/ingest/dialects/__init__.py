@@ -26,6 +26,9 @@ SOURCE_TYPES = ("postgres", "mysql")
 class SourceSession(Protocol):
     """One open connection to a store's source."""
 
+    loads_directly: bool
+    """Whether `copy_dataset` can write a first load straight into the merge table (`load_batch`)."""
+
     def check(self, datasets: Sequence[Dataset]) -> None:
         """Refuse (SourceMismatchError) a missing table or column or a type that does not match the model."""
 
@@ -35,8 +38,10 @@ class SourceSession(Protocol):
     def begin_snapshot(self) -> datetime.datetime:
         """Start the one consistent snapshot every dataset of the batch is read in; its time (§5)."""
 
-    def copy_dataset(self, merge: PgConnection, lay: DatasetLayout) -> int:
-        """Stream one dataset of the snapshot into its fresh staging table; the number of rows."""
+    def copy_dataset(self, merge: PgConnection, lay: DatasetLayout, load_batch: int | None = None) -> int:
+        """Stream one dataset of the snapshot into its fresh staging table, or, with `load_batch`, straight
+        into its merge table as that batch's rows (a first load: the table has no current rows); the number
+        of rows."""
 
     def end_snapshot(self) -> None:
         """End the (read-only) snapshot; never raises."""

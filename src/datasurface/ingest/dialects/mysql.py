@@ -203,13 +203,22 @@ class MySqlSource:
     def lost_error(self, exc: Any) -> DatabaseError | None:
         return None  # MySQL errors are already one line naming this source (SnapshotError, DatabaseError)
 
-    def copy_dataset(self, merge: PgConnection, lay: DatasetLayout) -> int:
-        """Stream one source table into its (fresh) staging table; returns the number of rows.
+    loads_directly = True
+
+    def copy_dataset(self, merge: PgConnection, lay: DatasetLayout, load_batch: int | None = None) -> int:
+        """Stream one source table into its (fresh) staging table or, for a first load (`load_batch`), into
+        the merge table with the batch's columns; returns the number of rows. The rows are read and written
+        once either way: a load straight into the merge table saves copying them from staging.
 
         Values PostgreSQL cannot hold (a zero date, a tinyint(1) of 2, a time of 100:00:00) make its COPY
         fail, and `_diagnose` then names the first such row by its key."""
         started = time.monotonic()
-        create_staging(merge, lay)
+        into = lay.staging
+        extra: tuple[tuple[str, int], ...] = ()  # a first load's batch columns and their values
+        if load_batch is None:
+            create_staging(merge, lay)
+        else:
+            into, extra = lay.table, lay.batch_values(load_batch)
         table = f"{quote(self.store.source.database)}.{quote(lay.dataset.table)}"
         kinds = self._column_kinds(lay.dataset)
         # a float column is read as the double it converts to exactly (MySQL prints a float's text rounded)
@@ -219,11 +228,11 @@ class MySqlSource:
         # NULL: the unquoted empty field, which the writer gives every None (as NULL_TEXT); every string,
         # the empty one too, is quoted
         copy_in = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
-            lay.qualified(lay.staging), idents(lay.columns)).as_string(merge)
+            lay.qualified(into), idents((*lay.columns, *(name for name, _ in extra)))).as_string(merge)
         try:
             cursor = self._read(select, lay)
             reader = _CsvRows(self._batches(cursor, lay), _transforms(kinds),
-                              any(desc[6] for desc in cursor.description))
+                              any(desc[6] for desc in cursor.description), tuple(value for _, value in extra))
             with merge.cursor() as cur:
                 # `timestamp` columns are read in the session time zone +00:00: UTC, for timestamptz
                 cur.execute("SET LOCAL TimeZone = 'UTC'")
@@ -236,7 +245,7 @@ class MySqlSource:
                 self.conn.invalidate()
             if isinstance(exc, DataSurfaceError) or not isinstance(exc, Exception):  # the source's read failed
                 raise
-            raise (self._diagnose(lay, kinds) or staging_error(lay, exc)) from exc
+            raise (self._diagnose(lay, kinds) or staging_error(lay, exc, load_batch)) from exc
         killpoint(f"ingest:{lay.dataset.name}:copied")
         log.info("snapshot %s: %s rows in %.1fs", lay.dataset.name, f"{reader.rows:,}", time.monotonic() - started)
         return reader.rows
@@ -381,11 +390,12 @@ class _CsvRows(io.RawIOBase):
     row` is a scan in C: this costs about half of transforming every nullable column)."""
 
     def __init__(self, batches: Iterator[Sequence[Any]], transforms: list[tuple[int, Callable[..., Any]]],
-                 nullable: bool):
+                 nullable: bool, extra: tuple[int, ...] = ()):
         super().__init__()
         self.batches = batches
         self.transforms = transforms
         self.nullable = nullable
+        self.extra = extra  # values appended to every row (a first load's batch columns)
         self.text = io.StringIO()
         self.writer = csv.writer(self.text, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
         self.buffer = b""  # CSV bytes not yet read, from `self.pos`
@@ -421,6 +431,9 @@ class _CsvRows(io.RawIOBase):
             batch = list(zip(*columns, strict=True))
         if self.nullable:
             batch = [row if None not in row else tuple([NULL_TEXT if v is None else v for v in row]) for row in batch]
+        if self.extra:
+            extra = self.extra
+            batch = [tuple(row) + extra for row in batch]
         self.writer.writerows(batch)
 
 

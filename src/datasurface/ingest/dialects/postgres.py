@@ -32,6 +32,8 @@ def describe(store: Store) -> str:
 
 
 class PostgresSource:
+    loads_directly = False  # the binary COPY is passed through unread: it cannot add the batch's columns
+
     def __init__(self, store: Store, conn: PgConnection):
         self.store = store
         self.conn = conn
@@ -47,7 +49,9 @@ class PostgresSource:
     def begin_snapshot(self) -> datetime.datetime:
         return snapshot.begin_snapshot(self.conn)
 
-    def copy_dataset(self, merge: PgConnection, lay: DatasetLayout) -> int:
+    def copy_dataset(self, merge: PgConnection, lay: DatasetLayout, load_batch: int | None = None) -> int:
+        if load_batch is not None:
+            raise ValueError("a PostgreSQL source always stages (loads_directly is False)")
         return snapshot.copy_dataset(self.conn, merge, lay, self.store.source.schema)
 
     def end_snapshot(self) -> None:
