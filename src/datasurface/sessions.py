@@ -173,7 +173,8 @@ def alive(conn: PgConnection) -> bool:
     return not conn.closed
 
 
-SessionKey = tuple[str, Endpoint, str]  # (role, where, credential name): which session an opening is
+# which session an opening is: (role, where, credential name, run id, limits; None for the history's own)
+SessionKey = tuple[str, Endpoint, str, str, SessionLimits | None]
 
 
 class _Opening:
@@ -271,14 +272,14 @@ def _session(endpoint: Endpoint, credential_name: str, role: str, run_id: str,
              limits: SessionLimits) -> tuple[SessionKey, Callable[[], PgConnection]]:
     def opener() -> PgConnection:
         return open_session(endpoint, credentials.resolve(credential_name), role, run_id, limits)
-    return (role, endpoint, credential_name), opener
+    return (role, endpoint, credential_name, run_id, limits), opener
 
 
 def history_session(endpoint: Endpoint, credential_name: str,
                     run_id: str) -> tuple[SessionKey, Callable[[], PgConnection]]:
     def opener() -> PgConnection:
         return open_history_session(endpoint, credentials.resolve(credential_name), run_id)
-    return ("history", endpoint, credential_name), opener
+    return ("history", endpoint, credential_name, run_id, None), opener
 
 
 def merge_run_ahead(endpoint: Endpoint, credential_name: str, run_id: str, limits: SessionLimits) -> Ahead:
