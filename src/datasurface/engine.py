@@ -2,8 +2,10 @@
 
 One data path: model -> source check -> snapshot -> staging -> diff -> apply -> ledger.
 A batch is opened (committed as `ingesting`), staged (one transaction with all its staging tables),
-then merged and committed (one transaction for every dataset's changes and the ledger). A run killed
-anywhere leaves the stream in one of those states; the next run finishes that batch and exits 10.
+then merged and committed (one transaction for every dataset's changes and the ledger). A first load
+from a source that can write the merge tables itself (MySQL: `loads_directly`) skips staging: its snapshot
+goes into the merge tables in the transaction that commits the batch. A run killed anywhere leaves the
+stream in one of those states; the next run finishes that batch and exits 10.
 """
 
 from __future__ import annotations
