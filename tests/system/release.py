@@ -239,13 +239,15 @@ class AirflowApi:
 
     def wait_for_dag(self, dag_id: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        last: BaseException | None = None
         while time.monotonic() < deadline:
             try:
                 self.call("GET", f"/api/v2/dags/{dag_id}")
                 return
-            except AssertionError:
+            except (AssertionError, ConnectionError, TimeoutError, urllib.error.URLError) as exc:
+                last = exc  # not parsed yet (404), or the api-server did not answer: asked again until the deadline
                 time.sleep(1)
-        raise AssertionError(f"DAG {dag_id} not parsed after {timeout} s")
+        raise AssertionError(f"DAG {dag_id} not parsed after {timeout} s (last answer: {last!r})")
 
     def trigger(self, dag_id: str) -> str:
         run = self.call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None})
@@ -255,7 +257,10 @@ class AirflowApi:
         deadline = time.monotonic() + timeout
         state = "?"
         while time.monotonic() < deadline:
-            state = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            try:
+                state = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            except (ConnectionError, TimeoutError, urllib.error.URLError) as exc:  # asked again until the deadline
+                state = f"? ({exc!r})"
             if state in ("success", "failed"):
                 return str(state)
             time.sleep(1)
