@@ -172,3 +172,30 @@ def test_fault_inside_a_statement_on_pg15(big15: BigWorld, sig: signal.Signals, 
                                                         (signal.SIGSTOP, "copy", "live")])
 def test_fault_inside_a_statement_on_pg18(big18: BigWorld, sig: signal.Signals, statement: str, mode: str) -> None:
     fault_then_merge(big18, mode, sig, statement)
+
+
+@pytest.mark.parametrize("mode", list(PLATFORMS))
+def test_ctrl_c_inside_the_copy_is_an_interruption(big15: BigWorld, mode: str) -> None:
+    """Ctrl-C (SIGINT) while the merge side's COPY runs lands inside one of its reads of the snapshot's pipe,
+    which psycopg2 turns into the server's "COPY from stdin failed": the run still stops as interrupted (exit
+    130, one line), nothing is applied, and the next merge goes on."""
+    big15.flip()
+    before = big15.ledger(mode)
+    job = subprocess.Popen([sys.executable, "-m", "datasurface.cli", *big15.args(mode)],
+                           env={**os.environ, **big15.dbs.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        big15.wait_inside(job, STATEMENTS["copy"])
+        os.kill(job.pid, signal.SIGINT)
+        out, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    assert job.returncode == 130, out + err
+    assert err.strip().splitlines()[-1] == "datasurface-job: interrupted", err
+    assert out.strip().splitlines()[-1] == "DATASURFACE_RESULT_CODE=130"
+    assert [b for b in big15.ledger(mode) if b[1] == "committed"] == before
+    nxt = run_job(big15.args(mode), big15.dbs.env, timeout=120)
+    assert nxt.returncode in (0, 10), nxt.stdout + nxt.stderr
+    big15.assert_merged_equals_source(mode)

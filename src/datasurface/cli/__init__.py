@@ -21,7 +21,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: list[str]) -> tuple[int, bool]:
     """The exit status, and whether the command was a plain `merge` (run without typer)."""
+    from datasurface import interrupts
     from datasurface.cli.fast import parse_merge
+
+    interrupts.watch()  # a Ctrl-C that a driver swallows is still an interruption (interrupts.py)
 
     plain = parse_merge(args)
     if plain is None:

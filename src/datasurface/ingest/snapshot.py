@@ -18,6 +18,7 @@ import time
 import psycopg2
 from psycopg2 import sql
 
+from datasurface import interrupts
 from datasurface.db import PgConnection, first_line, idents
 from datasurface.errors import DataSurfaceError
 from datasurface.faults import killpoint
@@ -80,6 +81,7 @@ def copy_dataset(source: PgConnection, merge: PgConnection, lay: DatasetLayout, 
     thread.start()
     consumer_error: psycopg2.Error | None = None
     reader = os.fdopen(read_fd, "rb", buffering=PIPE_CHUNK)
+    interrupted_before = interrupts.count()
     try:
         with merge.cursor() as cur:
             cur.copy_expert(in_sql, reader, size=PIPE_CHUNK)
@@ -90,6 +92,8 @@ def copy_dataset(source: PgConnection, merge: PgConnection, lay: DatasetLayout, 
     finally:
         reader.close()  # unblocks a producer waiting on a full pipe
         thread.join()
+    if consumer_error is not None:
+        interrupts.raise_if_interrupted(interrupted_before)  # Ctrl-C inside a read of the pipe
     # a producer error we caused (cancel, closed pipe) is not the cause: report the consumer's
     if producer_error and not (
         consumer_error is not None

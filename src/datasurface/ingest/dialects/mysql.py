@@ -32,7 +32,7 @@ from psycopg2 import sql
 from pymysql.constants import FIELD_TYPE
 from pymysql.cursors import SSCursor
 
-from datasurface import credentials
+from datasurface import credentials, interrupts
 from datasurface.db import Endpoint, PgConnection, idents
 from datasurface.errors import DatabaseError, DataSurfaceError
 from datasurface.faults import killpoint
@@ -233,10 +233,15 @@ class MySqlSource:
             cursor = self._read(select, lay)
             reader = _CsvRows(self._batches(cursor, lay), _transforms(kinds),
                               any(desc[6] for desc in cursor.description), tuple(value for _, value in extra))
+            interrupted_before = interrupts.count()
             with merge.cursor() as cur:
                 # `timestamp` columns are read in the session time zone +00:00: UTC, for timestamptz
                 cur.execute("SET LOCAL TimeZone = 'UTC'")
-                cur.copy_expert(copy_in, reader, size=CHUNK)
+                try:
+                    cur.copy_expert(copy_in, reader, size=CHUNK)
+                except Exception:
+                    interrupts.raise_if_interrupted(interrupted_before)  # Ctrl-C inside a read
+                    raise
             cursor.close()
         except BaseException as exc:
             # the unread rest of the result would be drained on close: drop the connection instead (also when
