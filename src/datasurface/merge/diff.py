@@ -209,7 +209,14 @@ class DiffMerge:
 
     def add_all(self, cur: cursor, batch_id: int) -> None:
         """Insert every staged row as of `batch_id`."""
-        raise NotImplementedError
+        self._insert(cur, batch_id, self.lay.qualified(self.lay.staging))
+
+    def _insert(self, cur: cursor, batch_id: int, rows: sql.Composable) -> None:
+        """Insert `rows` (the model's columns) as rows `batch_id` adds: with the mode's batch columns."""
+        cols = idents(self.lay.columns)
+        names, values = zip(*self.lay.batch_values(batch_id), strict=True)
+        cur.execute(sql.SQL("INSERT INTO {} ({}, {}) SELECT {}, {} FROM {}").format(
+            self.target, cols, idents(names), cols, sql.SQL(", ").join(sql.Literal(v) for v in values), rows))
 
     def retire(self, cur: cursor, counts: Counts, batch_id: int) -> None:
         raise NotImplementedError

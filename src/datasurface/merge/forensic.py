@@ -8,7 +8,6 @@ from __future__ import annotations
 from psycopg2 import sql
 from psycopg2.extensions import cursor
 
-from datasurface.db import idents
 from datasurface.merge.diff import DiffMerge, diff_rows, key_match
 from datasurface.merge.layout import OPEN_END
 from datasurface.merge.ledger import Counts
@@ -25,10 +24,3 @@ class ForensicMerge(DiffMerge):
         if counts.updated or counts.inserted:
             self._insert(cur, batch_id, diff_rows(("I", "U")))
 
-    def add_all(self, cur: cursor, batch_id: int) -> None:
-        self._insert(cur, batch_id, self.lay.qualified(self.lay.staging))
-
-    def _insert(self, cur: cursor, batch_id: int, rows: sql.Composable) -> None:
-        cols = idents(self.lay.columns)
-        cur.execute(sql.SQL("INSERT INTO {} ({}, ds_batch_in, ds_batch_out) SELECT {}, {}, {} FROM {}").format(
-            self.target, cols, cols, sql.Literal(batch_id), sql.Literal(OPEN_END), rows))

@@ -6,7 +6,6 @@ from __future__ import annotations
 from psycopg2 import sql
 from psycopg2.extensions import cursor
 
-from datasurface.db import idents
 from datasurface.merge.diff import DiffMerge, diff_rows, key_match
 from datasurface.merge.ledger import Counts
 
@@ -27,10 +26,3 @@ class LiveMerge(DiffMerge):
         if counts.inserted:
             self._insert(cur, batch_id, diff_rows(("I",)))
 
-    def add_all(self, cur: cursor, batch_id: int) -> None:
-        self._insert(cur, batch_id, self.lay.qualified(self.lay.staging))
-
-    def _insert(self, cur: cursor, batch_id: int, rows: sql.Composable) -> None:
-        cols = idents(self.lay.columns)
-        cur.execute(sql.SQL("INSERT INTO {} ({}, ds_batch_id) SELECT {}, {} FROM {}").format(
-            self.target, cols, cols, sql.Literal(batch_id), rows))
