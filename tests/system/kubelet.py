@@ -279,6 +279,10 @@ class Container:
     image: Image
     proc: subprocess.Popen[bytes] | None = None
     ns: str | None = None  # its mount namespace: all of its processes
+    # An open reference to that namespace, held until the pod is deleted: a namespace's number is reused as
+    # soon as its last process is gone (the next one created gets it), and then `processes()` and the kill
+    # would reach another container's processes, e.g. those of a container started after an init container.
+    ns_fd: int | None = None
 
     @property
     def running(self) -> bool:
@@ -301,6 +305,27 @@ class Container:
 
     def processes(self) -> list[int]:
         return _pids_in_ns(self.ns) if self.ns else []
+
+    def hold_namespace(self) -> bool:
+        """Take a reference to the mount namespace the process is in once it is not the machine's (unshare
+        has run); False until then."""
+        assert self.proc is not None
+        try:
+            fd = os.open(f"/proc/{self.proc.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # exited already: nothing of it to find later
+            return self.proc.poll() is not None
+        ns = os.readlink(f"/proc/self/fd/{fd}")
+        if ns == _mnt_ns(os.getpid()):
+            os.close(fd)
+            return False
+        self.ns, self.ns_fd = ns, fd
+        return True
+
+    def release(self) -> None:
+        """The pod is deleted: its namespace's number may be used again."""
+        if self.ns_fd is not None:
+            os.close(self.ns_fd)
+            self.ns_fd = None
 
     def signal(self, sig: int) -> None:
         """SIGTERM as the image's init delivers it; SIGKILL to every process of the container (its cgroup)."""
@@ -538,13 +563,9 @@ class Pod:
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
         log.close()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # the mount namespace is the container's once unshare has run
-            ns = _mnt_ns(container.proc.pid)
-            if ns and ns != _mnt_ns(os.getpid()):
-                container.ns = ns
-                break
-            if container.proc.poll() is not None:
-                break
+        while not container.hold_namespace():  # the mount namespace is the container's once unshare has run
+            if time.monotonic() > deadline:
+                raise KubeletError(f"{self.name}/{container.name}: no mount namespace of its own after 10 s")
             time.sleep(0.01)
 
     def start(self, init_timeout: float = 600) -> Pod:
@@ -660,8 +681,14 @@ class Pod:
             c.signal(signal.SIGKILL)
             if c.proc is not None:
                 c.proc.wait(10)
-        self.cluster.pods.pop(self.name, None)
+        self.release()
         return took
+
+    def release(self) -> None:
+        """Gone from the node: its containers' namespaces are let go."""
+        for c in [*self.init_containers.values(), *self.containers.values()]:
+            c.release()
+        self.cluster.pods.pop(self.name, None)
 
 
 # --- the node --------------------------------------------------------------------------------------------
@@ -843,7 +870,7 @@ class Cluster:
         containers exit 0."""
         pod = self.start_pod("Job", name, init_timeout=timeout)
         codes = pod.wait(timeout)
-        self.pods.pop(pod.name, None)
+        pod.release()
         if any(codes.values()):
             raise KubeletError(f"Job {name} failed: {codes}:\n{pod.all_logs()[-4000:]}")
         return pod

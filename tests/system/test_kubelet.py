@@ -121,3 +121,25 @@ def test_stop_sends_sigterm_then_kills_every_process_after_the_grace(cluster: Cl
     took = pod.stop()
     assert 0.9 < took < 5, took  # ignored SIGTERM: killed at the grace period
     assert container.processes() == [], "the child that left the group is gone too"
+
+
+def test_deleting_a_pod_never_reaches_another_pods_processes(cluster: Cluster) -> None:
+    """A finished container's mount namespace number is the kernel's to give again (the lowest free one, to
+    the next namespace made): the kubelet holds each until its pod is deleted, so that deleting a pod whose
+    container (or init container) has exited kills its own processes only, not those of a pod started
+    since. Before, an upgrade's scheduler stop killed the api-server this way."""
+    done = {**pod_doc({"args": ["-c", "pass"]}), "metadata": {"name": "done"}}
+    running = {**pod_doc({"args": ["-c", "import time; print('up', flush=True); time.sleep(600)"]}),
+               "metadata": {"name": "running"}}
+    cluster.manifests.add(done, running)
+    finished = cluster.start_pod("Pod", "done")
+    assert finished.wait(60) == {"main": 0}
+    other = cluster.start_pod("Pod", "running")
+    for _ in range(200):
+        if "up" in other.logs():
+            break
+        __import__("time").sleep(0.05)
+    finished.stop()
+    __import__("time").sleep(0.3)
+    assert other.container().running, "deleting the finished pod killed the other pod's container"
+    other.stop(grace=1)
