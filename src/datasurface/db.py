@@ -83,6 +83,11 @@ def driver_error(exc: psycopg2.Error, where: str, conn: PgConnection | None = No
     return DatabaseError(f"{where}: {detail}")
 
 
+def ended_by_server(exc: psycopg2.Error) -> bool:
+    """The error says the session was lost (the server ended it, the connection broke), not refused."""
+    return isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError) and _looks_lost(first_line(exc))
+
+
 def _looks_lost(detail: str) -> bool:
     text = detail.lower()
     return any(s in text for s in ("server closed the connection", "terminating connection", "connection already "

@@ -37,7 +37,7 @@ import psycopg2
 
 from datasurface import credentials
 from datasurface.credentials import Credential
-from datasurface.db import Endpoint, PgConnection, connect, driver_error
+from datasurface.db import Endpoint, PgConnection, connect, driver_error, ended_by_server
 
 log = logging.getLogger(__name__)
 
@@ -247,11 +247,17 @@ class Ahead:
 
     def take(self, key: SessionKey, opener: Callable[[], PgConnection]) -> PgConnection:
         """The session opened ahead, if it is still alive (a slow model, e.g. a large git clone, may have kept
-        it idle past the server's idle_session_timeout), else one opened now."""
+        it idle past the server's idle_session_timeout; the server may have ended it while it was opening),
+        else one opened now."""
         opening = self._pending.pop(key, None)
         if opening is None:
             return opener()
-        conn = opening.result()
+        try:
+            conn = opening.result()
+        except psycopg2.Error as exc:
+            if not ended_by_server(exc):
+                raise
+            return opener()  # ended by the server while it was being opened (its settings): as if ended idle
         if alive(conn):
             return conn
         _close_quietly(conn)

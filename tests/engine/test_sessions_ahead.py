@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 
 from datasurface.db import Endpoint
 from datasurface.engine import run_merge
 from datasurface.errors import DatabaseError
-from datasurface.sessions import Ahead, SessionLimits, connection
+from datasurface.sessions import Ahead, SessionLimits, _session, connection
 from tests.engine.conftest import PLATFORM, SCHEMA
 from tests.engine.support import merge_args
 
@@ -130,6 +131,14 @@ def test_an_error_opening_ahead_is_raised_where_the_session_is_taken(dbs: Any,
     ahead.close()
 
 
+def _idle_after_settings(conn: Any, pid: int) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT state = 'idle' AND query LIKE 'SELECT set_config(%%' FROM pg_stat_activity WHERE pid = %s",
+                    (pid,))
+        row = cur.fetchone()
+    return bool(row and row[0])
+
+
 @pytest.fixture
 def opening(dbs: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Ahead, Endpoint, Any]]:
     """A merge session of run 0000000a opening ahead, and a connection of the same role to watch it."""
@@ -165,6 +174,7 @@ def test_a_session_the_server_ended_while_it_waited_is_opened_again(opening: tup
     ahead, endpoint, watcher = opening
     opened = _wait_for("the session opened ahead", lambda: _sessions(watcher, "0000000a"))
     pid = opened["datasurface-job merge 0000000a"]
+    _wait_for("its settings done", lambda: _idle_after_settings(watcher, pid))
     with watcher.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
     _wait_for("the session to end", lambda: not _sessions(watcher, "0000000a"))
@@ -173,3 +183,41 @@ def test_a_session_the_server_ended_while_it_waited_is_opened_again(opening: tup
         with conn.cursor() as cur:
             cur.execute("SELECT 1")
             assert cur.fetchone() == (1,)
+
+
+def test_a_session_the_server_ended_while_it_was_opening_is_opened_again(dbs: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connected, then ended by the server before its settings statement ran (a terminated backend, a
+    restart): the run gets a fresh session, as for one ended while idle; a refused one stays an error."""
+    for k, v in dbs.env.items():
+        monkeypatch.setenv(k, v)
+    endpoint = Endpoint(dbs.host, dbs.port, dbs.merge)
+    key, opener = _session(endpoint, "merge", "merge", "0000000b", SessionLimits())
+    ended: list[int] = []
+
+    def ended_while_opening() -> Any:
+        conn = dbs.connect(dbs.merge)
+        ended.append(conn.info.backend_pid)
+        with dbs.connect(dbs.merge) as killer, killer.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        killer.close()
+        conn.cursor().execute("SELECT 1")  # what the settings statement meets: the server closed the connection
+        raise AssertionError("the terminated session still answered")
+
+    ahead = Ahead()
+    ahead.open(key, ended_while_opening)
+    conn = ahead.take(key, opener)
+    try:
+        assert ended and conn.info.backend_pid != ended[0]
+        with conn.cursor() as cur:
+            cur.execute("SHOW lock_timeout")
+            assert cur.fetchone()[0] == "500ms"
+    finally:
+        conn.close()
+
+    def refused() -> Any:
+        raise psycopg2.OperationalError('FATAL:  password authentication failed for user "x"')
+
+    ahead.open(key, refused)
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        ahead.take(key, opener)
