@@ -8,12 +8,12 @@
   is not committed).
 
 A version is valid for batches N with ds_batch_in <= N < ds_batch_out, so "as of B" reads the versions with
-ds_batch_out > B and ds_batch_in <= B: the index `<table>_by_batch` on (ds_batch_out, ds_batch_in) finds
-them without reading the versions that ended before B, and a filter on the key reaches the primary key
-(key..., ds_batch_in) because the functions are inlined (objects.py). They read the platform's tables with
-the caller's rights (SECURITY INVOKER), so who may call them is who may read the tables: EXECUTE stays
-PostgreSQL's default (PUBLIC), and the platform schema itself grants nobody anything. Workspaces read
-through their own views instead (workspaces.py).
+ds_batch_out > B and ds_batch_in <= B: the index `<table>_by_batch` on (ds_batch_out, ds_batch_in) (one of the
+table's secondary indexes, merge/layout.py) finds them without reading the versions that ended before B, and a
+filter on the key reaches the primary key (key..., ds_batch_in) because the functions are inlined (objects.py).
+They read the platform's tables with the caller's rights (SECURITY INVOKER), so who may call them is who may
+read the tables: EXECUTE stays PostgreSQL's default (PUBLIC), and the platform schema itself grants nobody
+anything. Workspaces read through their own views instead (workspaces.py).
 """
 
 from __future__ import annotations
@@ -95,15 +95,14 @@ def _select(columns: list[str], alias: str) -> sql.Composable:
 
 
 def ensure(conn: PgConnection, lay: DatasetLayout, store: Store) -> bool:
-    """Create or evolve the dataset's index, history view and as-of functions (the caller's transaction;
+    """Create or evolve the dataset's history view and as-of functions (the caller's transaction;
     after its `_current` view). True if anything changed."""
     if lay.mode != layout.FORENSIC:
         return False
     check_names(lay)
     stream = stream_key(store, lay.dataset.name)
-    changed = _ensure_index(conn, lay)
     columns, rest = history_columns(lay, stream)
-    changed |= objects.ensure_view(conn, lay.schema, history_view(lay), columns, rest)
+    changed = objects.ensure_view(conn, lay.schema, history_view(lay), columns, rest)
     cols = objects.view_columns(conn, lay.schema, lay.view)  # the result's columns: the _current view's order
     returns = lay.qualified(lay.view)
     t, ledger = lay.qualified(lay.table), lay.qualified("ds_batches")
@@ -119,15 +118,3 @@ def ensure(conn: PgConnection, lay: DatasetLayout, store: Store) -> bool:
     changed |= objects.ensure_function(conn, lay.schema, as_of_function(lay), ("at", "timestamptz"), returns, body,
                                        public=True)
     return changed
-
-
-def _ensure_index(conn: PgConnection, lay: DatasetLayout) -> bool:
-    name = lay.names.batch_index
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_catalog.to_regclass(%s) IS NULL",
-                    (sql.Identifier(lay.schema, name).as_string(conn),))
-        if not cur.fetchone()[0]:  # type: ignore[index]
-            return False
-        cur.execute(sql.SQL("CREATE INDEX {} ON {} (ds_batch_out, ds_batch_in)").format(
-            sql.Identifier(name), lay.qualified(lay.table)))
-    return True

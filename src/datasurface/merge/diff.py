@@ -23,7 +23,7 @@ from psycopg2.extensions import cursor
 from datasurface.db import PgConnection, first_line, idents
 from datasurface.faults import killpoint
 from datasurface.ingest.snapshot import SnapshotError, duplicate_keys
-from datasurface.merge.layout import LIVE, OPEN_END, DatasetLayout
+from datasurface.merge.layout import LIVE, OPEN_END, DatasetLayout, complete_indexes
 from datasurface.merge.ledger import Counts
 
 # Always schema-qualified: an unqualified name would reach any `ds_diff` on the search path (a user's
@@ -159,7 +159,8 @@ def no_current_rows(conn: PgConnection, lay: DatasetLayout) -> bool:
 
 def loaded(conn: PgConnection, lay: DatasetLayout, rows: int) -> Counts:
     """The counts of a batch that inserted its whole snapshot of `rows` into a table without current rows
-    (its statistics refreshed: the table grew from nothing)."""
+    (its secondary indexes built if it had none yet, its statistics refreshed: the table grew from nothing)."""
+    complete_indexes(conn, lay, loaded=True)
     counts = Counts(total=rows, inserted=rows, updated=0, deleted=0)
     refresh_stats(conn, lay, counts)
     return counts

@@ -139,12 +139,48 @@ def create_table(cur: cursor, lay: DatasetLayout) -> None:
             sql.Identifier(lay.names.primary_key_index), idents(lay.key)))
         defs.append(sql.SQL("CHECK (ds_batch_in < ds_batch_out)"))
         cur.execute(sql.SQL("CREATE TABLE {} ({})").format(t, sql.SQL(", ").join(defs)))
-        # the database itself guarantees at most one current version per key
-        cur.execute(
-            sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) WHERE ds_batch_out = {}").format(
-                sql.Identifier(lay.names.current_index), t, idents(lay.key), sql.Literal(OPEN_END)
-            )
-        )
+        # its secondary indexes come with its first rows (complete_indexes)
+
+
+def secondary_indexes(lay: DatasetLayout) -> list[tuple[str, sql.Composable]]:
+    """A table's indexes besides its primary key, by name. Forensic: the unique index of current versions
+    (the database itself guarantees at most one current version per key) and the as-of index on
+    (ds_batch_out, ds_batch_in) (consumers/history.py reads through it)."""
+    if lay.mode != FORENSIC:
+        return []
+    t = lay.qualified(lay.table)
+    current, batch = lay.names.current_index, lay.names.batch_index
+    return [(current, sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) WHERE ds_batch_out = {}").format(
+                sql.Identifier(current), t, idents(lay.key), sql.Literal(OPEN_END))),
+            (batch, sql.SQL("CREATE INDEX {} ON {} (ds_batch_out, ds_batch_in)").format(sql.Identifier(batch), t))]
+
+
+def complete_indexes(conn: PgConnection, lay: DatasetLayout, *, loaded: bool) -> bool:
+    """Create the secondary indexes the table lacks (in the caller's transaction); True if it made any.
+
+    A new table has its primary key only: its other indexes are built by the batch that loads its first rows,
+    after them and in the same transaction (`loaded=True`), once over the loaded rows, which costs a
+    fraction of keeping them up row by row through a first load (an index's every entry written to the WAL
+    on its own). They need no DDL lock: the store's stream lock keeps every other run off the table, and
+    building them locks out writers (none) but never readers. Before a batch (`loaded=False`) they are made
+    only for a table that has rows and lacks one (it was dropped, or the table is older than the index)."""
+    wanted = secondary_indexes(lay)
+    if not wanted:
+        return False
+    with conn.cursor() as cur:
+        cur.execute("SELECT n FROM unnest(%s::text[]) AS n WHERE pg_catalog.to_regclass(n) IS NULL",
+                    ([sql.Identifier(lay.schema, name).as_string(conn) for name, _ in wanted],))
+        missing = {row[0] for row in cur.fetchall()}
+        if not missing:
+            return False
+        if not loaded:
+            cur.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(lay.qualified(lay.table)))
+            if cur.fetchone()[0]:  # type: ignore[index]
+                return False  # no rows yet: the batch that loads them makes the indexes
+        for name, create in wanted:
+            if sql.Identifier(lay.schema, name).as_string(conn) in missing:
+                cur.execute(create)
+    return True
 
 
 def ensure_view(conn: PgConnection, schema: str, view: str, columns: Sequence[tuple[str, sql.Composable]],
@@ -275,8 +311,9 @@ def ensure_dataset(conn: PgConnection, lay: DatasetLayout) -> bool:
                 )
             )
     nullability = added is not None and ensure_nullability(conn, lay)
+    indexed = added is not None and complete_indexes(conn, lay, loaded=False)
     viewed = ensure_current_view(conn, lay)
-    return added is None or bool(added) or nullability or viewed
+    return added is None or bool(added) or nullability or indexed or viewed
 
 
 def _not_null_check(column: str) -> str:
