@@ -199,3 +199,46 @@ def test_ctrl_c_inside_the_copy_is_an_interruption(big15: BigWorld, mode: str) -
     nxt = run_job(big15.args(mode), big15.dbs.env, timeout=120)
     assert nxt.returncode in (0, 10), nxt.stdout + nxt.stderr
     big15.assert_merged_equals_source(mode)
+
+
+def test_killed_inside_a_first_loads_index_build(big15: BigWorld) -> None:
+    """A first load builds a forensic table's secondary indexes after its rows, in the batch's transaction.
+    SIGKILL inside that CREATE INDEX (held there by a session with a writer's lock on the new table): nothing
+    of the load stays, and the next merge loads the batch again (exit 10) with every index in place."""
+    args = big15.args("forensic")
+    args[args.index("--platform") + 1] = "BigFresh"  # a new platform: its first batch is a first load
+    setup = ["setup", *args[1:args.index("--store")], *big15.dbs.merge_args()]
+    assert run_job(setup, big15.dbs.env).returncode == 0
+    holder = big15.dbs.connect(big15.dbs.merge)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE bigfresh.store1_big IN ROW EXCLUSIVE MODE")  # kept until the rollback
+        job = subprocess.Popen([sys.executable, "-m", "datasurface.cli", *args], env={**os.environ, **big15.dbs.env},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            big15.wait_inside(job, "CREATE UNIQUE INDEX %")
+            os.kill(job.pid, signal.SIGKILL)
+            job.wait(timeout=10)
+        finally:
+            if job.poll() is None:
+                job.kill()
+                job.wait()
+    finally:
+        holder.rollback()
+        holder.close()
+    mrg = big15.dbs.connect(big15.dbs.merge)
+    try:
+        with mrg.cursor() as cur:
+            cur.execute("SELECT count(*) FROM bigfresh.store1_big")
+            assert cur.fetchone()[0] == 0, "the killed load left rows"
+        mrg.rollback()
+        nxt = run_job(args, big15.dbs.env, timeout=120)
+        assert nxt.returncode == 10, nxt.stdout + nxt.stderr
+        with mrg.cursor() as cur:
+            cur.execute("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                        "WHERE i.indrelid = 'bigfresh.store1_big'::regclass ORDER BY 1")
+            assert cur.fetchall() == [("store1_big_by_batch", True), ("store1_big_one_current", True),
+                                      ("store1_big_pkey", True)]
+        assert big15.checksum(mrg, "bigfresh.store1_big_current") == big15.checksum(big15.src, "big")
+    finally:
+        mrg.close()
