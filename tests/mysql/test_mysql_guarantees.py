@@ -268,13 +268,16 @@ def test_the_source_session_is_bounded_and_named_like_the_job_s_others(world: An
 
 
 def _merge_session_locks(mrg: Any, schema: str) -> set[tuple[str, str]]:
-    """(relation, lock mode) of the relations the job's merge session holds locks on (a relation created in its
-    open transaction shows as its oid only)."""
+    """(relation, lock mode) of the relations the job's merge session holds locks on while it is paused (idle in
+    its transaction for a moment: not between two statements of another one, e.g. the layout's DDL); a
+    relation created in its open transaction shows as its oid only."""
     with mrg.cursor() as cur:
         cur.execute("""SELECT coalesce(c.relname, l.relation::text), l.mode
                          FROM pg_locks l JOIN pg_stat_activity a USING (pid)
                          LEFT JOIN pg_class c ON c.oid = l.relation
                         WHERE l.locktype = 'relation' AND a.application_name LIKE 'datasurface-job merge %%'
+                          AND a.state = 'idle in transaction'
+                          AND clock_timestamp() - a.state_change > interval '300 milliseconds'
                           AND (c.oid IS NULL OR c.relnamespace = to_regnamespace(%s))""", (schema,))
         found = {(str(r), str(m)) for r, m in cur.fetchall()}
     mrg.rollback()
