@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from datasurface import interrupts
 from datasurface.credentials import Credential
 from datasurface.db import Endpoint, connect, sql
 from datasurface.errors import EXIT_RECOVERED, UsageError
@@ -404,10 +405,14 @@ def _say_kept(out: Console, server: LocalPostgres, root: Path, model_dir: Path, 
 def _rounds(out: Console, sim: Simulator, model_dir: Path, merge: Endpoint, rounds: int, changes: int,
             result: DemoResult, my_sim: Simulator | None = None) -> None:
     stores = [(STORE, result.merge_codes)] + ([(MYSQL_STORE, result.mariadb_merge_codes)] if my_sim else [])
+    # a Ctrl-C stops the rounds even where a library caught the KeyboardInterrupt it raised (interrupts.py):
+    # each step checks that none came since the rounds began
+    seen = interrupts.count()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=out, transient=False) as progress:
         task = progress.add_task("rounds", total=rounds * (1 + len(PLATFORMS) * len(stores)))
         for n in range(1, rounds + 1):
+            interrupts.raise_if_interrupted(seen)
             progress.update(task, description=f"round {n}/{rounds}: simulating {changes} changes")
             counts = sim.run(changes)
             result.simulated += counts
@@ -422,6 +427,7 @@ def _rounds(out: Console, sim: Simulator, model_dir: Path, merge: Endpoint, roun
             for store, codes in stores:
                 for platform, mode in PLATFORMS:
                     progress.update(task, description=f"round {n}/{rounds}: {mode} merge of {store} ({platform})")
+                    interrupts.raise_if_interrupted(seen)
                     code = _merge(model_dir, platform, mode, merge, store)
                     codes.append((platform, code))
                     progress.advance(task)

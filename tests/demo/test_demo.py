@@ -259,3 +259,36 @@ def test_demo_script_is_the_quick_start(repo_root: Path) -> None:
     # the MariaDB store beside the PostgreSQL one, or a loud line saying why not
     assert ("Batches of store Store2" in proc.stdout) != ("MARIADB NOT INSTALLED" in proc.stdout), proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == "DATASURFACE_RESULT_CODE=0"
+
+
+def test_a_ctrl_c_that_a_library_swallowed_still_stops_the_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C whose KeyboardInterrupt some library caught (inside the simulator here) still ends the demo at
+    its next step (interrupts.py counts every Ctrl-C); before, the rounds went on, and a CI run saw the demo
+    keep merging for a minute after its Ctrl-C."""
+    from datasurface import interrupts
+    from datasurface.simulator import Simulator
+
+    real_run = Simulator.run
+    calls = {"n": 0}
+
+    def run_then_swallow_a_ctrl_c(self: Simulator, changes: int) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)  # the handler raises here
+            except KeyboardInterrupt:
+                pass  # what a library that catches everything does
+        return real_run(self, changes)
+
+    monkeypatch.setattr(Simulator, "run", run_then_swallow_a_ctrl_c)
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupts.watch()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            execute_demo(rounds=50, changes=5, keep=None, seed=3, console=Console(file=io.StringIO(), width=140),
+                         mariadb=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert calls["n"] == 2, "the rounds went on after the Ctrl-C"
