@@ -164,22 +164,20 @@ def complete_indexes(conn: PgConnection, lay: DatasetLayout, *, loaded: bool) ->
     on its own). They need no DDL lock: the store's stream lock keeps every other run off the table, and
     building them locks out writers (none) but never readers. Before a batch (`loaded=False`) they are made
     only for a table that has rows and lacks one (it was dropped, or the table is older than the index)."""
-    wanted = secondary_indexes(lay)
+    wanted = {sql.Identifier(lay.schema, name).as_string(conn): create for name, create in secondary_indexes(lay)}
     if not wanted:
         return False
     with conn.cursor() as cur:
-        cur.execute("SELECT n FROM unnest(%s::text[]) AS n WHERE pg_catalog.to_regclass(n) IS NULL",
-                    ([sql.Identifier(lay.schema, name).as_string(conn) for name, _ in wanted],))
-        missing = {row[0] for row in cur.fetchall()}
+        cur.execute("SELECT n FROM unnest(%s::text[]) AS n WHERE pg_catalog.to_regclass(n) IS NULL", (list(wanted),))
+        missing = [row[0] for row in cur.fetchall()]
         if not missing:
             return False
         if not loaded:
             cur.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(lay.qualified(lay.table)))
             if cur.fetchone()[0]:  # type: ignore[index]
                 return False  # no rows yet: the batch that loads them makes the indexes
-        for name, create in wanted:
-            if sql.Identifier(lay.schema, name).as_string(conn) in missing:
-                cur.execute(create)
+        for name in missing:
+            cur.execute(wanted[name])
     return True
 
 
