@@ -231,6 +231,16 @@ class Bench:
         finally:
             c.close()
 
+    def settle(self) -> None:
+        """Before each timed step: write the server's dirty buffers out (CHECKPOINT) and the kernel's dirty
+        pages to disk (sync), so that no step pays for the writes of the one before it (a 1M-row floor leaves
+        ~100 MB of its table dirty in the 128 MB of shared buffers, which the next step would evict)."""
+        conn = self.server.admin_connect()
+        with conn.cursor() as cur:
+            cur.execute("CHECKPOINT")
+        conn.close()
+        os.sync()
+
     # ---- source data -----------------------------------------------------------------------
 
     def generate(self, shape: str, size: int, table: str | None = None) -> None:
@@ -363,6 +373,7 @@ class Bench:
             with mrg.cursor() as cur:
                 cur.execute("DROP TABLE IF EXISTS floor_stage")
                 mrg.commit()
+            self.settle()
             started = time.monotonic()
             src.set_session(isolation_level="REPEATABLE READ", readonly=True)
             with mrg.cursor() as cur:
@@ -424,6 +435,7 @@ class Bench:
             cur.execute(f"INSERT INTO floor_target SELECT * FROM {target}")
             cur.execute("ANALYZE floor_target")
             mrg.commit()
+            self.settle()
             started = time.monotonic()
             op = "CASE WHEN c.id IS NULL THEN 'I' WHEN s.id IS NULL THEN 'D' ELSE 'U' END"
             cur.execute("CREATE TEMP TABLE floor_diff ON COMMIT DROP AS "
@@ -537,10 +549,10 @@ class MySqlBench(Bench):
     """The same scenario with the source table in a throwaway MariaDB; the merge side stays PostgreSQL.
 
     Floor: the fastest plain read of the table through the same driver (PyMySQL, an unbuffered cursor,
-    5,000-row fetches, every value left as the server's text: no conversion, no per-value work, the C csv
-    writer) into a PostgreSQL COPY, plus, for a churn batch, the same one FULL JOIN diff as the PostgreSQL
-    floor. The load batch has a second floor too (`load_writes`): that read plus the one INSERT of its rows
-    into a table like the merge table (same columns and indexes)."""
+    5,000-row fetches, every value left as the server's text: no conversion, no per-value work, each batch
+    tab-joined into COPY text without escaping) into a PostgreSQL COPY, plus, for a churn batch, the same
+    one FULL JOIN diff as the PostgreSQL floor. The load batch has a second floor too (`load_writes`): that
+    read plus the one INSERT of its rows into a table like the merge table (same columns and indexes)."""
 
     floor_on_load = True
     writes_floor = False  # a churn batch's writes floor is the PostgreSQL rows'; the load's is `load_writes`
@@ -616,7 +628,6 @@ class MySqlBench(Bench):
         return folder
 
     def floor(self, shape: str, mode: str) -> tuple[float, int]:
-        import csv
         import io
 
         import pymysql.converters
@@ -634,6 +645,7 @@ class MySqlBench(Bench):
                 cur.execute("SELECT to_regclass(%s)", (f'"bench_{mode}"."{STORE.lower()}_{shape}"',))
                 has_target = cur.fetchone()[0] is not None
                 mrg.commit()
+            self.settle()
             started = time.monotonic()
             with mrg.cursor() as cur:
                 cur.execute(f"CREATE UNLOGGED TABLE floor_stage ({defs})")
@@ -642,9 +654,10 @@ class MySqlBench(Bench):
             scur.execute(f"SELECT {', '.join(f'`{n}`' for n, _, _ in cols)} FROM `{shape}`")
 
             class Rows(io.RawIOBase):
+                """The rows as COPY text as they came: tab-joined server text, no escaping, no NULLs (the
+                generated table has none), no Python code per row."""
+
                 def __init__(self) -> None:
-                    self.buf = io.StringIO()
-                    self.writer = csv.writer(self.buf, lineterminator="\n")
                     self.pending = b""
 
                 def readable(self) -> bool:
@@ -655,15 +668,12 @@ class MySqlBench(Bench):
                         batch = scur.fetchmany(5000)
                         if not batch:
                             break
-                        self.writer.writerows(batch)
-                        self.pending += self.buf.getvalue().encode()
-                        self.buf.seek(0)
-                        self.buf.truncate()
+                        self.pending += ("\n".join(map("\t".join, batch)) + "\n").encode()
                     out, self.pending = self.pending[:size], self.pending[size:]
                     return out
 
             with mrg.cursor() as cur:
-                cur.copy_expert(f"COPY floor_stage ({names}) FROM STDIN (FORMAT csv)", Rows(), size=PIPE_CHUNK)
+                cur.copy_expert(f"COPY floor_stage ({names}) FROM STDIN", Rows(), size=PIPE_CHUNK)
                 copied = cur.rowcount
             src.rollback()
             src.close()
@@ -692,6 +702,7 @@ class MySqlBench(Bench):
             cur.execute("DROP TABLE IF EXISTS floor_target")
             cur.execute(f"CREATE TABLE floor_target (LIKE {target} INCLUDING ALL)")
             mrg.commit()
+            self.settle()
             started = time.monotonic()
             cur.execute(f"INSERT INTO floor_target ({cols}, {batch_cols}) SELECT {cols}, {batch_vals} FROM floor_stage")
             mrg.commit()
@@ -763,6 +774,7 @@ def run_scenario(bench: Bench, shape: str, size: int, modes: list[str], churns: 
                 floor_w = float("nan")
                 if fraction is not None and shown and bench.writes_floor:  # a copy of the merge table: shown rows
                     floor_w = bench.copy_s + bench.floor_writes(shape, mode)
+                bench.settle()
                 job_s, rss = bench.run_job(model, mode)
                 if fraction is None and isinstance(bench, MySqlBench):  # the load's second floor
                     floor_w = floor_s + bench.load_writes(shape, mode)

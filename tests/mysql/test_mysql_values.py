@@ -92,11 +92,12 @@ def _table(mdbs: Any, tmp_path: Path, columns: list[tuple[str, str, str]] = COLU
 
 
 def test_values_are_exact(mdbs: Any, tmp_path: Path) -> None:
-    text = "emoji 😀 𝄞 ünï \"q\" 'a',\n\t\\ NULL"
+    text = "emoji 😀 𝄞 ünï \"q\" 'a',\n\t\\ NULL\r\n\\N \\."
     full = (1, 1, 255, 18446744073709551615, decimal.Decimal("-123456789.125"), 0.1, 0.1, 0.1, "ab", text, "",
             dt.date(2024, 2, 29), dt.datetime(2021, 3, 28, 2, 30, 0, 123456),
             dt.datetime(2038, 1, 19, 3, 14, 7, 999999),
-            dt.timedelta(hours=23, minutes=59, seconds=59, milliseconds=999), '{"b": [1, 2.5, null], "a": "😀"}',
+            dt.timedelta(hours=23, minutes=59, seconds=59, milliseconds=999),
+            '{"b": [1, 2.5, null], "a": "😀", "c": "tab\\t line\\n back\\\\"}',
             b"\x00\xff", b"\x00\x01\\\n,", "6ccd780c-baba-1026-9564-5b8c656024db")
     model = _table(mdbs, tmp_path, rows=[full, (2, 0), (3,)], tz="+05:00")
     mdbs.server.admin_connect().cursor().execute("SET GLOBAL time_zone = '+05:00'")  # the job must not use it
@@ -123,7 +124,7 @@ def test_values_are_exact(mdbs: Any, tmp_path: Path) -> None:
     # timestamp: an instant; written at +05:00, it is 22:14:07 UTC the day before
     assert row[13] == dt.datetime(2038, 1, 18, 22, 14, 7, 999999, tzinfo=UTC)
     assert row[14] == dt.time(23, 59, 59, 999000)
-    assert row[15] == {"a": "😀", "b": [1, 2.5, None]}
+    assert row[15] == {"a": "😀", "b": [1, 2.5, None], "c": "tab\t line\n back\\"}
     assert (bytes(row[16]), bytes(row[17])) == (b"\x00\xff\x00\x00", b"\x00\x01\\\n,")  # binary(4) pads with 0x00
     assert row[18] == "6ccd780c-baba-1026-9564-5b8c656024db"
     assert got[1][:2] == (2, False) and all(v is None for v in got[1][2:])
@@ -135,6 +136,7 @@ def test_values_are_exact(mdbs: Any, tmp_path: Path) -> None:
     (("local", "datetime", "timestamp"), "2020-00-10 00:00:00", "a zero or invalid datetime"),
     (("flag", "tinyint(1)", "boolean"), 2, "column 'flag' holds '2', a tinyint(1) that is neither 0 nor 1"),
     (("clock", "time", "time"), "-01:00:00", "holds '-01:00:00', a time outside 00:00:00..23:59:59.999999"),
+    (("note", "varchar(20)", "text"), "a\x00b", "column 'note' holds 'a\\x00b', a NUL character, which PostgreSQL"),
 ])
 def test_values_postgresql_cannot_hold_are_refused_naming_the_key(mdbs: Any, tmp_path: Path, column: Any, value: Any,
                                                                  fragment: str) -> None:

@@ -9,17 +9,16 @@
   of a batch is read in that one InnoDB read view. `snapshot_at` is the server's UTC clock right after it.
 - Reads: PyMySQL's unbuffered cursor (`SSCursor`) on the session's own DBAPI connection (under
   SQLAlchemy's, inside the snapshot's transaction), `fetchmany` in bounded batches, written straight into
-  the merge side's `COPY ... FROM STDIN (FORMAT csv)`: MySQL has no COPY, and the C `csv` writer feeds
-  PostgreSQL faster than Python code could build its binary format. Integers, decimals, doubles, dates
-  and date-times are not converted at all: the server's own text of each value is what PostgreSQL parses
-  into exactly the value PyMySQL would have built (a zero date stays the text PostgreSQL refuses). Only
-  nullable text columns (NULL vs ''), bytea and time columns get per-value work, column-wise. Memory is
-  one batch, whatever the table size.
+  the merge side's `COPY ... FROM STDIN` in its text format (MySQL has no COPY), encoded a column at a
+  time with `str` methods in C (`_CopyRows`): no Python code runs per row, only per column of a batch.
+  Integers, decimals, doubles, dates and date-times are not converted at all: the server's own text of
+  each value is what PostgreSQL parses into exactly the value PyMySQL would have built (a zero date stays
+  the text PostgreSQL refuses). Only bytea and time columns get per-value work. Memory is one batch,
+  whatever the table size.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime
 import io
 import logging
@@ -225,14 +224,15 @@ class MySqlSource:
         exprs = [f"({quote(c)} + 0e0)" if kind == "float" else quote(c)
                  for c, kind in zip(lay.columns, kinds, strict=True)]
         select = f"SELECT {', '.join(exprs)} FROM {table}"  # noqa: S608 - quoted identifiers of the model
-        # NULL: the unquoted empty field, which the writer gives every None (as NULL_TEXT); every string,
-        # the empty one too, is quoted
-        copy_in = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+        copy_in = sql.SQL("COPY {} ({}) FROM STDIN").format(  # the text format: tab-separated, NULL is \\N
             lay.qualified(into), idents((*lay.columns, *(name for name, _ in extra)))).as_string(merge)
         try:
             cursor = self._read(select, lay)
-            reader = _CsvRows(self._batches(cursor, lay), _transforms(kinds),
-                              any(desc[6] for desc in cursor.description), tuple(value for _, value in extra))
+            # the server's number and date text needs no escaping; bytea and time are made COPY text
+            escaped = [i for i, (desc, kind) in enumerate(zip(cursor.description, kinds, strict=True))
+                       if desc[1] not in AS_TEXT and kind not in _TRANSFORMS]
+            reader = _CopyRows(self._batches(cursor, lay), _transforms(kinds), escaped,
+                               tuple(value for _, value in extra))
             interrupted_before = interrupts.count()
             with merge.cursor() as cur:
                 # `timestamp` columns are read in the session time zone +00:00: UTC, for timestamptz
@@ -349,6 +349,7 @@ _INVALID = {
     "boolean": ("{c} NOT IN (0, 1)", "a tinyint(1) that is neither 0 nor 1, so not a boolean"),
     "time": ("{c} < '00:00:00' OR {c} >= '24:00:00'",
              "a time outside 00:00:00..23:59:59.999999 (MySQL's time is also a duration)"),
+    "text": ("INSTR({c}, CHAR(0)) > 0", "a NUL character, which PostgreSQL text cannot hold"),
 }
 DAY = datetime.timedelta(days=1)
 
@@ -361,23 +362,13 @@ def _time(v: datetime.timedelta) -> str:
     return f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{micros:06d}"
 
 
-class _NullText:
-    """Written by the csv writer as an UNQUOTED empty field (it counts as a number), i.e. NULL."""
-
-    def __float__(self) -> float:
-        return 0.0
-
-    def __str__(self) -> str:
-        return ""
-
-
-NULL_TEXT = _NullText()
-
 # kind -> what a batch's column of values becomes (None stays None)
 _TRANSFORMS: dict[str, Callable[[Sequence[Any]], list[Any]]] = {
-    "bytea": lambda col: [None if v is None else "\\x" + bytes(v).hex() for v in col],
+    "bytea": lambda col: [None if v is None else "\\\\x" + bytes(v).hex() for v in col],  # COPY text: \\x
     "time": lambda col: [None if v is None else _time(v) for v in col],
 }
+NULL = "\\N"  # COPY text's NULL
+SEP = "\x00"  # joins a column's values to escape them at once: PostgreSQL text cannot hold it either
 
 
 def _transforms(kinds: list[str]) -> list[tuple[int, Callable[..., Any]]]:
@@ -385,25 +376,51 @@ def _transforms(kinds: list[str]) -> list[tuple[int, Callable[..., Any]]]:
     return [(i, _TRANSFORMS[kind]) for i, kind in enumerate(kinds) if kind in _TRANSFORMS]
 
 
-class _CsvRows(io.RawIOBase):
-    """A readable file of the rows as PostgreSQL CSV, for psycopg2's copy_expert (which pulls from it).
+def _escaped(values: Sequence[Any]) -> list[str]:
+    """Strings as COPY text fields: backslash, tab, newline and carriage return escaped. The column is
+    joined into one string, escaped by `str.replace` and split again (in C, not a call per value); a value
+    holding SEP itself (which PostgreSQL then refuses) is escaped on its own, so no value is ever split."""
+    try:
+        text = SEP.join(values)
+    except TypeError:  # not only strings (no accepted type reads so; still written as their text)
+        return [_escape(str(v)) for v in values]
+    if text.count(SEP) != len(values) - 1:
+        return [_escape(v) for v in values]
+    return _escape(text).split(SEP)
 
-    Every string is quoted (QUOTE_NONNUMERIC), so '' stays ''; a NULL is the unquoted empty field
-    (NULL_TEXT). A batch's columns that need a change are transformed column-wise (`_TRANSFORMS`); when the
-    result can hold NULLs (its columns' flags, `null_ok`: the snapshot's own view of the table), each row
-    that has one is rebuilt with NULL_TEXT for its Nones, the others are written as they came (`None in
-    row` is a scan in C: this costs about half of transforming every nullable column)."""
+
+def _escape(text: str) -> str:
+    for raw, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
+        if raw in text:
+            text = text.replace(raw, escaped)
+    return text
+
+
+def _escape_column(col: Sequence[Any]) -> list[Any]:
+    """A text column's values escaped, its NULLs kept as None."""
+    if None not in col:
+        return _escaped(col)
+    done = iter(_escaped([v for v in col if v is not None]))
+    return [None if v is None else next(done) for v in col]
+
+
+class _CopyRows(io.RawIOBase):
+    """A readable file of the rows as PostgreSQL's COPY text format, for psycopg2's copy_expert (which pulls
+    from it).
+
+    Each batch is encoded column by column: the columns that need a change are transformed (`_TRANSFORMS`),
+    the text ones escaped (`_escaped`), a column's NULLs become `\\N` (only in a column that holds one,
+    found by a scan in C), and the rows are joined by `"\\t".join` mapped over them: no Python code runs
+    per row. The values of the server's own number and date text (AS_TEXT) need no escaping."""
 
     def __init__(self, batches: Iterator[Sequence[Any]], transforms: list[tuple[int, Callable[..., Any]]],
-                 nullable: bool, extra: tuple[int, ...] = ()):
+                 escaped: list[int], extra: tuple[int, ...] = ()):
         super().__init__()
         self.batches = batches
         self.transforms = transforms
-        self.nullable = nullable
-        self.extra = extra  # values appended to every row (a first load's batch columns)
-        self.text = io.StringIO()
-        self.writer = csv.writer(self.text, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
-        self.buffer = b""  # CSV bytes not yet read, from `self.pos`
+        self.escaped = escaped  # the text columns (by position)
+        self.extra = tuple(str(int(v)) for v in extra)  # values appended to every row (a first load's batch columns)
+        self.buffer = b""  # COPY bytes not yet read, from `self.pos`
         self.pos = 0
         self.rows = 0
         self.done = False
@@ -417,29 +434,26 @@ class _CsvRows(io.RawIOBase):
             if batch is None:
                 self.done = True
                 break
-            self._write(batch)
-            self.buffer = self.buffer[self.pos:] + self.text.getvalue().encode()
+            self.buffer = self.buffer[self.pos:] + self._encode(batch)
             self.pos = 0
-            self.text.seek(0)
-            self.text.truncate()
         end = len(self.buffer) if size < 0 else min(len(self.buffer), self.pos + size)
         out = self.buffer[self.pos:end]
         self.pos = end
         return out
 
-    def _write(self, batch: Sequence[Any]) -> None:
-        self.rows += len(batch)
-        if self.transforms:
-            columns: list[Any] = list(zip(*batch, strict=True))
-            for i, transform in self.transforms:
-                columns[i] = transform(columns[i])
-            batch = list(zip(*columns, strict=True))
-        if self.nullable:
-            batch = [row if None not in row else tuple([NULL_TEXT if v is None else v for v in row]) for row in batch]
-        if self.extra:
-            extra = self.extra
-            batch = [tuple(row) + extra for row in batch]
-        self.writer.writerows(batch)
+    def _encode(self, batch: Sequence[Any]) -> bytes:
+        n = len(batch)
+        self.rows += n
+        columns: list[Sequence[Any]] = list(zip(*batch, strict=True))
+        for i, transform in self.transforms:
+            columns[i] = transform(columns[i])
+        for i in self.escaped:
+            columns[i] = _escape_column(columns[i])
+        for i, col in enumerate(columns):
+            if None in col:
+                columns[i] = [NULL if v is None else v for v in col]
+        columns += [(value,) * n for value in self.extra]
+        return ("\n".join(map("\t".join, zip(*columns, strict=True))) + "\n").encode()
 
 
 @contextmanager
