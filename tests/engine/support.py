@@ -8,9 +8,11 @@ import decimal
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +261,19 @@ def merge_both_and_check(mrg: Any, model: Path, endpoint: Any, expected: dict[st
                 got = dict(zip(("total", "inserted", "updated", "deleted"), cur.fetchone(), strict=True))
             mrg.rollback()
             assert got == oracle, f"{schema} counts of {name}, batch {n}"
+
+
+def ctrl_c_when(job: subprocess.Popen[str], reached: Callable[[], None], timeout: float = 60) -> None:
+    """Ctrl-C (SIGINT) to a running job once `reached` returns: it stops as interrupted (exit 130, one line,
+    the result line) within `timeout`. The job is killed whatever happens."""
+    try:
+        reached()
+        os.kill(job.pid, signal.SIGINT)
+        out, err = job.communicate(timeout=timeout)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    assert job.returncode == 130, out + err
+    assert err.strip().splitlines()[-1] == "datasurface-job: interrupted", err
+    assert out.strip().splitlines()[-1] == "DATASURFACE_RESULT_CODE=130"

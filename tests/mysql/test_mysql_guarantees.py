@@ -18,10 +18,11 @@ import pytest
 import yaml
 
 from tests.engine.conftest import assert_one_line_error
-from tests.engine.support import DATASETS, fetch, merge_args, next_snapshot, run_job, write_model
+from tests.engine.support import DATASETS, ctrl_c_when, fetch, merge_args, next_snapshot, run_job, write_model
 from tests.mysql.support import create_mysql_tables, expected_rows, load_mysql_snapshot, mysql_model, rfc4122
 
 SMALL = {"pairs": DATASETS["pairs"]}
+ONE = {"alltypes": DATASETS["alltypes"]}
 
 
 @pytest.fixture
@@ -310,3 +311,78 @@ def test_a_first_load_goes_straight_into_the_merge_table(world: Any) -> None:
     assert any(mode == "AccessExclusiveLock" for _, mode in second), second  # the staging table, being created
     assert _batches(mrg, "direct") == [(1, "committed"), (2, "committed")]
     mrg.close()
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_ctrl_c_inside_the_read_is_an_interruption(batch: int, mdbs: Any, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) while the merge side's COPY waits for rows that the reading thread has not read yet
+    (it is held after its first fetch): the run stops as interrupted (exit 130, one line) without waiting
+    for that thread, nothing of the batch is visible, and the next merge goes on. Batch 1 is a first load
+    (straight into the merge table), batch 2 a staged one."""
+    src = mdbs.connect_source()
+    create_mysql_tables(src, ONE)
+    with src.cursor() as cur:  # several fetch batches
+        cur.execute("INSERT INTO alltypes (id, c_text) SELECT seq, 'bulk' FROM seq_1_to_12000")
+    src.commit()
+    model = write_model(tmp_path / "model", mysql_model(mdbs.host, mdbs.source, datasets=ONE))
+    args = merge_args(model, "Intr", "forensic", mdbs)
+    mrg = mdbs.connect_merge()
+    before = []
+    if batch == 2:
+        assert run_job(args, mdbs.env).returncode == 0
+        before = _batches(mrg, "intr")
+    env = {**os.environ, **mdbs.env, "DATASURFACE_TEST_PAUSE_AT": "ingest:alltypes:reading=120"}
+    job = subprocess.Popen([sys.executable, "-m", "datasurface.cli", *args], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def copying() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and job.poll() is None:
+            with mrg.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %%' AND state = 'active'")
+                found = cur.fetchone()[0] > 0
+            mrg.rollback()
+            if found:
+                return
+            time.sleep(0.1)
+        raise AssertionError("the job never reached its COPY")
+
+    ctrl_c_when(job, copying)  # within 60 s, not the 120 s the reading thread is held for
+    assert [b for b in _batches(mrg, "intr") if b[1] == "committed"] == [b for b in before if b[1] == "committed"]
+    nxt = run_job(args, mdbs.env)
+    assert nxt.returncode in (0, 10), nxt.stdout + nxt.stderr
+    with mrg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM intr.store1_alltypes_current")
+        assert cur.fetchone()[0] == 12000
+    mrg.close()
+    src.close()
+
+
+def test_a_staged_snapshot_is_written_frozen(mdbs: Any, tmp_path: Path) -> None:
+    """A later batch's staging table is created in the COPY's transaction and copied with FREEZE, as a
+    PostgreSQL source's is: its pages are all-frozen in the visibility map, so the diff's first read of it
+    sets no hint bits (which would dirty, and write back, every page of the snapshot)."""
+    src = mdbs.connect_source()
+    create_mysql_tables(src, ONE)
+    with src.cursor() as cur:
+        cur.execute("INSERT INTO alltypes (id, c_text) SELECT seq, 'bulk' FROM seq_1_to_12000")
+    src.commit()
+    model = write_model(tmp_path / "model", mysql_model(mdbs.host, mdbs.source, datasets=ONE))
+    args = merge_args(model, "Frozen", "live", mdbs)
+    assert run_job(args, mdbs.env).returncode == 0
+    staged = run_job(args, mdbs.env, {"DATASURFACE_TEST_KILL_AT": "after_ingest"})
+    assert staged.returncode == -signal.SIGKILL, staged.stderr
+    admin = mdbs.pg.server.admin_connect(mdbs.pg.merge)
+    try:
+        with admin.cursor() as cur:
+            cur.execute("CREATE EXTENSION IF NOT EXISTS pg_visibility")
+            cur.execute("SELECT staging_tables[1] FROM frozen.ds_batches WHERE status = 'staged'")
+            table = cur.fetchone()[0]
+            cur.execute("SELECT count(*), bool_and(all_frozen) FROM pg_visibility_map(%s::regclass)",
+                        (f'frozen."{table}"',))
+            pages, frozen = cur.fetchone()
+    finally:
+        admin.close()
+    assert pages > 10 and frozen, (pages, frozen)
+    assert run_job(args, mdbs.env).returncode == 10

@@ -22,6 +22,8 @@ from __future__ import annotations
 import datetime
 import io
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -53,6 +55,8 @@ AS_TEXT = frozenset({FIELD_TYPE.TINY, FIELD_TYPE.SHORT, FIELD_TYPE.INT24, FIELD_
 CONNECT_TIMEOUT = 10
 IO_TIMEOUT = 600  # seconds a read or write on the source socket may wait (a dead server, not a slow query)
 CHUNK = 1 << 16
+AHEAD = 4  # encoded batches the reading thread may be ahead of the COPY: memory is a few batches
+FINISH_WAIT = 5.0  # seconds a failed COPY waits for the reading thread before it drops the source's connection
 
 
 def quote(name: str) -> str:
@@ -224,30 +228,38 @@ class MySqlSource:
         exprs = [f"({quote(c)} + 0e0)" if kind == "float" else quote(c)
                  for c, kind in zip(lay.columns, kinds, strict=True)]
         select = f"SELECT {', '.join(exprs)} FROM {table}"  # noqa: S608 - quoted identifiers of the model
-        copy_in = sql.SQL("COPY {} ({}) FROM STDIN").format(  # the text format: tab-separated, NULL is \\N
-            lay.qualified(into), idents((*lay.columns, *(name for name, _ in extra)))).as_string(merge)
+        # the text format (tab-separated, NULL is \\N); staging, created in this transaction, with FREEZE (as
+        # snapshot.copy_dataset: the diff's first read would otherwise dirty and write back all of its pages)
+        copy_in = sql.SQL("COPY {} ({}) FROM STDIN{}").format(
+            lay.qualified(into), idents((*lay.columns, *(name for name, _ in extra))),
+            sql.SQL(" (FREEZE)" if load_batch is None else "")).as_string(merge)
+        cursor = None
         try:
             cursor = self._read(select, lay)
             # the server's number and date text needs no escaping; bytea and time are made COPY text
             escaped = [i for i, (desc, kind) in enumerate(zip(cursor.description, kinds, strict=True))
                        if desc[1] not in AS_TEXT and kind not in _TRANSFORMS]
-            reader = _CopyRows(self._batches(cursor, lay), _transforms(kinds), escaped,
-                               tuple(value for _, value in extra))
-            interrupted_before = interrupts.count()
             with merge.cursor() as cur:
                 # `timestamp` columns are read in the session time zone +00:00: UTC, for timestamptz
                 cur.execute("SET LOCAL TimeZone = 'UTC'")
+                interrupted_before = interrupts.count()
+                reader = _CopyRows(self._batches(cursor, lay), _transforms(kinds), escaped,
+                                   tuple(value for _, value in extra))
                 try:
                     cur.copy_expert(copy_in, reader, size=CHUNK)
                 except Exception:
                     interrupts.raise_if_interrupted(interrupted_before)  # Ctrl-C inside a read
                     raise
+                finally:
+                    reader.finish(FINISH_WAIT)
             cursor.close()
         except BaseException as exc:
             # the unread rest of the result would be drained on close: drop the connection instead (also when
             # the run is interrupted: Ctrl-C, SIGTERM's KeyboardInterrupt-like exits)
             with suppress(Exception):
                 self.conn.invalidate()
+            if cursor is not None:  # its result went with the connection: nothing to drain when it is collected
+                cursor.connection = None
             if isinstance(exc, DataSurfaceError) or not isinstance(exc, Exception):  # the source's read failed
                 raise
             raise (self._diagnose(lay, kinds) or staging_error(lay, exc, load_batch)) from exc
@@ -406,7 +418,12 @@ def _escape_column(col: Sequence[Any]) -> list[Any]:
 
 class _CopyRows(io.RawIOBase):
     """A readable file of the rows as PostgreSQL's COPY text format, for psycopg2's copy_expert (which pulls
-    from it).
+    from it), read and encoded by a thread of its own up to AHEAD batches ahead of the COPY.
+
+    The thread keeps reading from the source while the merge server is busy with the rows it has (psycopg2
+    sends them without the GIL), and the COPY keeps sending while the thread waits for the source: on a
+    merge server that writes a logged, indexed table the two sides take turns otherwise. Whatever the
+    thread raises is raised by `read`, in the COPY; `finish` stops it and waits for it.
 
     Each batch is encoded column by column: the columns that need a change are transformed (`_TRANSFORMS`),
     the text ones escaped (`_escaped`), a column's NULLs become `\\N` (only in a column that holds one,
@@ -424,22 +441,51 @@ class _CopyRows(io.RawIOBase):
         self.pos = 0
         self.rows = 0
         self.done = False
+        self.chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(AHEAD)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, name="mysql-read", daemon=True)
+        self.thread.start()
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
         while not self.done and (size < 0 or len(self.buffer) - self.pos < size):
-            batch = next(self.batches, None)
-            if batch is None:
+            chunk = self.chunks.get()
+            if chunk is None or isinstance(chunk, BaseException):
                 self.done = True
+                if chunk is not None:
+                    raise chunk
                 break
-            self.buffer = self.buffer[self.pos:] + self._encode(batch)
+            self.buffer = self.buffer[self.pos:] + chunk
             self.pos = 0
         end = len(self.buffer) if size < 0 else min(len(self.buffer), self.pos + size)
         out = self.buffer[self.pos:end]
         self.pos = end
         return out
+
+    def finish(self, wait: float | None = None) -> None:
+        """Stop the thread (it is done already when the COPY read everything) and wait for it; `wait`: at
+        most that many seconds (a thread blocked on a silent source ends with its connection)."""
+        self.stop.set()
+        self.thread.join(wait)
+
+    def _produce(self) -> None:
+        try:
+            for batch in self.batches:
+                if not self._put(self._encode(batch)):
+                    return
+            self._put(None)
+        except BaseException as exc:  # raised again by `read`, in the COPY
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException | None) -> bool:
+        """Queue `item` unless the reader stopped (the COPY failed or was interrupted): False then."""
+        while not self.stop.is_set():
+            with suppress(queue.Full):
+                self.chunks.put(item, timeout=0.1)
+                return True
+        return False
 
     def _encode(self, batch: Sequence[Any]) -> bytes:
         n = len(batch)
