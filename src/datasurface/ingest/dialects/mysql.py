@@ -19,10 +19,10 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
 import io
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -55,7 +55,7 @@ AS_TEXT = frozenset({FIELD_TYPE.TINY, FIELD_TYPE.SHORT, FIELD_TYPE.INT24, FIELD_
 CONNECT_TIMEOUT = 10
 IO_TIMEOUT = 600  # seconds a read or write on the source socket may wait (a dead server, not a slow query)
 CHUNK = 1 << 16
-AHEAD = 4  # encoded batches the reading thread may be ahead of the COPY: memory is a few batches
+AHEAD_BYTES = 2 << 20  # encoded bytes the reading thread may be ahead of the COPY (at least one batch)
 FINISH_WAIT = 5.0  # seconds a failed COPY waits for the reading thread before it drops the source's connection
 
 
@@ -418,7 +418,8 @@ def _escape_column(col: Sequence[Any]) -> list[Any]:
 
 class _CopyRows(io.RawIOBase):
     """A readable file of the rows as PostgreSQL's COPY text format, for psycopg2's copy_expert (which pulls
-    from it), read and encoded by a thread of its own up to AHEAD batches ahead of the COPY.
+    from it), read and encoded by a thread of its own up to AHEAD_BYTES ahead of the COPY (or one batch, if
+    a batch is larger: memory stays a few batches, whatever the rows' width).
 
     The thread keeps reading from the source while the merge server is busy with the rows it has (psycopg2
     sends them without the GIL), and the COPY keeps sending while the thread waits for the source: on a
@@ -441,7 +442,9 @@ class _CopyRows(io.RawIOBase):
         self.pos = 0
         self.rows = 0
         self.done = False
-        self.chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(AHEAD)
+        self.ahead: collections.deque[bytes | BaseException | None] = collections.deque()  # made, not yet read
+        self.ahead_bytes = 0
+        self.turn = threading.Condition()  # a chunk was made or taken
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._produce, name="mysql-read", daemon=True)
         self.thread.start()
@@ -451,7 +454,13 @@ class _CopyRows(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         while not self.done and (size < 0 or len(self.buffer) - self.pos < size):
-            chunk = self.chunks.get()
+            with self.turn:
+                while not self.ahead:
+                    self.turn.wait()
+                chunk = self.ahead.popleft()
+                if isinstance(chunk, bytes):
+                    self.ahead_bytes -= len(chunk)
+                self.turn.notify()
             if chunk is None or isinstance(chunk, BaseException):
                 self.done = True
                 if chunk is not None:
@@ -468,6 +477,8 @@ class _CopyRows(io.RawIOBase):
         """Stop the thread (it is done already when the COPY read everything) and wait for it; `wait`: at
         most that many seconds (a thread blocked on a silent source ends with its connection)."""
         self.stop.set()
+        with self.turn:
+            self.turn.notify_all()
         self.thread.join(wait)
 
     def _produce(self) -> None:
@@ -480,12 +491,18 @@ class _CopyRows(io.RawIOBase):
             self._put(exc)
 
     def _put(self, item: bytes | BaseException | None) -> bool:
-        """Queue `item` unless the reader stopped (the COPY failed or was interrupted): False then."""
-        while not self.stop.is_set():
-            with suppress(queue.Full):
-                self.chunks.put(item, timeout=0.1)
-                return True
-        return False
+        """Queue `item` once it fits into AHEAD_BYTES (or nothing else is queued), unless the reader stopped
+        (the COPY failed or was interrupted): False then."""
+        size = len(item) if isinstance(item, bytes) else 0
+        with self.turn:
+            while self.ahead and self.ahead_bytes + size > AHEAD_BYTES and not self.stop.is_set():
+                self.turn.wait(0.1)
+            if self.stop.is_set():
+                return False
+            self.ahead.append(item)
+            self.ahead_bytes += size
+            self.turn.notify()
+        return True
 
     def _encode(self, batch: Sequence[Any]) -> bytes:
         n = len(batch)
