@@ -13,8 +13,8 @@
   time with `str` methods in C (`_CopyRows`): no Python code runs per row, only per column of a batch.
   Integers, decimals, doubles, dates and date-times are not converted at all: the server's own text of
   each value is what PostgreSQL parses into exactly the value PyMySQL would have built (a zero date stays
-  the text PostgreSQL refuses). Only bytea and time columns get per-value work. Memory is one batch,
-  whatever the table size.
+  the text PostgreSQL refuses). Only bytea and time columns get per-value work. A thread reads and
+  encodes ahead of the COPY, by at most AHEAD_BYTES: memory is a few batches, whatever the table size.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ class MySqlSource:
         exprs = [f"({quote(c)} + 0e0)" if kind == "float" else quote(c)
                  for c, kind in zip(lay.columns, kinds, strict=True)]
         select = f"SELECT {', '.join(exprs)} FROM {table}"  # noqa: S608 - quoted identifiers of the model
-        # the text format (tab-separated, NULL is \\N); staging, created in this transaction, with FREEZE (as
+        # the text format (tab-separated, NULL is \N); staging, created in this transaction, with FREEZE (as
         # snapshot.copy_dataset: the diff's first read would otherwise dirty and write back all of its pages)
         copy_in = sql.SQL("COPY {} ({}) FROM STDIN{}").format(
             lay.qualified(into), idents((*lay.columns, *(name for name, _ in extra))),
@@ -461,10 +461,11 @@ class _CopyRows(io.RawIOBase):
                 if isinstance(chunk, bytes):
                     self.ahead_bytes -= len(chunk)
                 self.turn.notify()
-            if chunk is None or isinstance(chunk, BaseException):
+            if isinstance(chunk, BaseException):
                 self.done = True
-                if chunk is not None:
-                    raise chunk
+                raise chunk
+            if chunk is None:
+                self.done = True
                 break
             self.buffer = self.buffer[self.pos:] + chunk
             self.pos = 0
