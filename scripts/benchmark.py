@@ -1001,16 +1001,19 @@ def run_streams(bench: Bench, stores: int, rows: int, jobs: list[int], modes: li
                         for d in ("a", "b"):
                             bench.churn("narrow", 0.01, seed, f"s{i:03d}_{d}")
                 log.new_lines()
-                def one(store: str, mode: str = mode, platform: str = platform) -> tuple[float, float]:
-                    return replace(bench).run_job(model, mode, store, platform)  # its own copy: spawned_at
+                def one(store: str, mode: str = mode, platform: str = platform) -> tuple[float, float, float]:
+                    mine = replace(bench)  # its own copy: spawned_at, cpu_s
+                    return (*mine.run_job(model, mode, store, platform), mine.cpu_s)
 
                 started, busy_before = time.monotonic(), cpu_busy()
                 with ThreadPoolExecutor(max_workers=k) as pool:
                     done = list(pool.map(one, store_names))
                 wall = time.monotonic() - started
-                cores = (cpu_busy() - busy_before) / wall  # the machine's cores kept busy, on average
-                times = [t for t, _ in done]
-                rss = [r for _, r in done]
+                busy = cpu_busy() - busy_before
+                cores = busy / wall  # the machine's cores kept busy, on average
+                times = [t for t, _, _ in done]
+                rss = [r for _, r, _ in done]
+                job_cpu = sum(c for _, _, c in done)  # the jobs' processes (user + system); the rest: the server
                 waits, longest = lock_waits(log.new_lines())
                 for i in range(stores):
                     for d in ("a", "b"):
@@ -1021,6 +1024,7 @@ def run_streams(bench: Bench, stores: int, rows: int, jobs: list[int], modes: li
                 times.sort()
                 row = {"mode": mode, "jobs": k, "batches": stores, "wall_s": wall,
                        "per_min": stores / wall * 60, "p50_s": statistics.median(times), "cores": cores,
+                       "job_cpu_ms": job_cpu / stores * 1000, "other_cpu_ms": (busy - job_cpu) / stores * 1000,
                        "p95_s": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
                        "lock_waits": len(waits), "longest_wait_ms": longest, "rss_mb": max(rss),
                        "wait_lines": waits[:5],
@@ -1030,7 +1034,10 @@ def run_streams(bench: Bench, stores: int, rows: int, jobs: list[int], modes: li
                 speed = row["per_min"] / base["per_min"] if base and not row["load"] else float("nan")
                 print(f"# streams {mode} {'load' if row['load'] else '1%  '} K={k}: {stores} batches in {wall:.1f}s "
                       f"= {row['per_min']:.0f}/min, p50 {row['p50_s']:.2f}s, p95 {row['p95_s']:.2f}s, "
-                      f"{_num(speed)}x K={jobs[0]}, {cores:.2f} of {os.cpu_count()} cores busy, "
+                      f"{_num(speed)}x K={jobs[0]}, {cores:.2f} of {os.cpu_count()} cores busy "
+                      f"(CPU per batch: jobs {row['job_cpu_ms']:.0f} ms, server and the rest "
+                      f"{row['other_cpu_ms']:.0f} ms; at most {(os.cpu_count() or 1) / cores:.2f}x this round "
+                      f"with every core busy), "
                       f"lock waits > 100 ms: {len(waits)} (longest {longest:.0f} ms), "
                       f"peak RSS {row['rss_mb']:.0f} MB",
                       flush=True)
