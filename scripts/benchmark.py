@@ -1036,8 +1036,7 @@ def run_streams(bench: Bench, stores: int, rows: int, jobs: list[int], modes: li
                       f"= {row['per_min']:.0f}/min, p50 {row['p50_s']:.2f}s, p95 {row['p95_s']:.2f}s, "
                       f"{_num(speed)}x K={jobs[0]}, {cores:.2f} of {os.cpu_count()} cores busy "
                       f"(CPU per batch: jobs {row['job_cpu_ms']:.0f} ms, server and the rest "
-                      f"{row['other_cpu_ms']:.0f} ms; at most {(os.cpu_count() or 1) / cores:.2f}x this round "
-                      f"with every core busy), "
+                      f"{row['other_cpu_ms']:.0f} ms), "
                       f"lock waits > 100 ms: {len(waits)} (longest {longest:.0f} ms), "
                       f"peak RSS {row['rss_mb']:.0f} MB",
                       flush=True)
