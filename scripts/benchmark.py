@@ -241,6 +241,17 @@ class Bench:
         conn.close()
         os.sync()
 
+    def vacuum(self) -> None:
+        """`VACUUM (ANALYZE)` of the source and the merge database: after a bulk load, the maintenance that
+        autovacuum would otherwise do a minute or so later (`autovacuum_naptime`), inside whichever timed step
+        happened to run then."""
+        for database in (self.source_db, self.merge_db):
+            conn = self.server.admin_connect(database)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("VACUUM (ANALYZE)")
+            conn.close()
+
     # ---- source data -----------------------------------------------------------------------
 
     def generate(self, shape: str, size: int, table: str | None = None) -> None:
@@ -834,11 +845,12 @@ LOG_LINE = re.compile(r"^(\d+\.\d{3}) \[\d+\] (.*?): (LOG|ERROR|FATAL|WARNING): 
 
 def configure_server_log(server: LocalPostgres) -> None:
     """Every lock wait longer than 100 ms is logged (log_lock_waits reports a wait once it passes
-    deadlock_timeout), and log lines carry a millisecond timestamp and the application name."""
+    deadlock_timeout), so is every run of autovacuum, and log lines carry a millisecond timestamp and the
+    application name."""
     conn = server.admin_connect()
     with conn.cursor() as cur:
         for name, value in (("log_line_prefix", LOG_PREFIX), ("log_lock_waits", "on"),
-                            ("deadlock_timeout", "100ms")):
+                            ("deadlock_timeout", "100ms"), ("log_autovacuum_min_duration", "0")):
             cur.execute(sql.SQL("ALTER SYSTEM SET {} = %s").format(sql.Identifier(name)), (value,))
         cur.execute("SELECT pg_reload_conf()")
     conn.close()
@@ -975,9 +987,16 @@ def cpu_busy() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def run_streams(bench: Bench, stores: int, rows: int, jobs: list[int], modes: list[str]) -> list[dict[str, Any]]:
+def run_streams(bench: Bench, stores: int, rows: int, jobs: list[int], modes: list[str],
+                rounds: int = 1) -> list[dict[str, Any]]:
     """N stores x 2 datasets x `rows` rows, one merge server; per K in `jobs`: 1% churn on every table,
-    then every store's merge by K concurrent jobs. Batches per minute, p50/p95 batch time, lock waits."""
+    then every store's merge by K concurrent jobs. Batches per minute, p50/p95 batch time, lock waits, the
+    CPU per batch, autovacuum's runs. Every round starts after a CHECKPOINT; the rounds after the first (the
+    initial load, at the largest K) start from vacuumed and analyzed databases (`Bench.vacuum`).
+
+    `rounds` > 1 repeats the K rounds, in turn forwards and backwards (1, 2, 4, 4, 2, 1, ...), so that a drift
+    of the machine's speed falls on every K alike; a summary row per K (`"round": "median"`) then gives the
+    median batches per minute and its speed-up against the first K's median."""
     bench.create_databases(f"streams_{os.getpid()}")
     report: list[dict[str, Any]] = []
     names = ", ".join(f'"{n}"' for n, _, _ in NARROW)
@@ -994,12 +1013,14 @@ def run_streams(bench: Bench, stores: int, rows: int, jobs: list[int], modes: li
         seed = 0
         for mode in modes:
             platform = f"bench_streams_{mode}"
-            for k in [max(jobs), *jobs]:  # the first round is the initial load
+            order = [max(jobs)] + [k for r in range(rounds) for k in (jobs if r % 2 == 0 else jobs[::-1])]
+            for n, k in enumerate(order):  # the first round is the initial load
                 seed += 1
                 if seed > 1:
                     for i in range(stores):
                         for d in ("a", "b"):
                             bench.churn("narrow", 0.01, seed, f"s{i:03d}_{d}")
+                bench.settle()
                 log.new_lines()
                 def one(store: str, mode: str = mode, platform: str = platform) -> tuple[float, float, float]:
                     mine = replace(bench)  # its own copy: spawned_at, cpu_s
@@ -1014,7 +1035,9 @@ def run_streams(bench: Bench, stores: int, rows: int, jobs: list[int], modes: li
                 times = [t for t, _, _ in done]
                 rss = [r for _, r, _ in done]
                 job_cpu = sum(c for _, _, c in done)  # the jobs' processes (user + system); the rest: the server
-                waits, longest = lock_waits(log.new_lines())
+                lines = log.new_lines()
+                waits, longest = lock_waits(lines)
+                autovacuum = sum(1 for *_, msg in lines if msg.startswith(("automatic vacuum", "automatic analyze")))
                 for i in range(stores):
                     for d in ("a", "b"):
                         view = f'"{platform}"."s{i:03d}_{d}_current"'
@@ -1027,10 +1050,13 @@ def run_streams(bench: Bench, stores: int, rows: int, jobs: list[int], modes: li
                        "job_cpu_ms": job_cpu / stores * 1000, "other_cpu_ms": (busy - job_cpu) / stores * 1000,
                        "p95_s": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
                        "lock_waits": len(waits), "longest_wait_ms": longest, "rss_mb": max(rss),
-                       "wait_lines": waits[:5],
-                       "load": not any(r["mode"] == mode for r in report)}
+                       "wait_lines": waits[:5], "autovacuum": autovacuum, "round": (n - 1) // len(jobs) + 1,
+                       "load": n == 0}
                 report.append(row)
-                base = next((r for r in report if r["mode"] == mode and not r["load"] and r["jobs"] == jobs[0]), None)
+                if row["load"]:  # the rounds compared start from a settled server, not from the load's debt
+                    bench.vacuum()
+                base = next((r for r in report[::-1] if r["mode"] == mode and not r["load"]
+                             and r["jobs"] == jobs[0]), None)  # the latest round of the first K
                 speed = row["per_min"] / base["per_min"] if base and not row["load"] else float("nan")
                 print(f"# streams {mode} {'load' if row['load'] else '1%  '} K={k}: {stores} batches in {wall:.1f}s "
                       f"= {row['per_min']:.0f}/min, p50 {row['p50_s']:.2f}s, p95 {row['p95_s']:.2f}s, "
@@ -1038,13 +1064,40 @@ def run_streams(bench: Bench, stores: int, rows: int, jobs: list[int], modes: li
                       f"(CPU per batch: jobs {row['job_cpu_ms']:.0f} ms, server and the rest "
                       f"{row['other_cpu_ms']:.0f} ms), "
                       f"lock waits > 100 ms: {len(waits)} (longest {longest:.0f} ms), "
+                      f"autovacuum runs: {autovacuum}, "
                       f"peak RSS {row['rss_mb']:.0f} MB",
                       flush=True)
                 for w in waits[:5]:
                     print(f"#   {w}")
+            if rounds > 1:
+                report += streams_medians([r for r in report if r["mode"] == mode and not r["load"]], jobs)
     finally:
         bench.drop_databases()
     return report
+
+
+def streams_medians(rows: list[dict[str, Any]], jobs: list[int]) -> list[dict[str, Any]]:
+    """Per K: the median of its rounds (batches per minute, p50, p95, cores, CPU per batch), the speed-up of
+    the medians against the first K's, and the worst of the lock waits and the peak RSS."""
+    out: list[dict[str, Any]] = []
+    for k in jobs:
+        mine = [r for r in rows if r["jobs"] == k]
+        med = {key: statistics.median(r[key] for r in mine)
+               for key in ("per_min", "p50_s", "p95_s", "cores", "job_cpu_ms", "other_cpu_ms")}
+        out.append({"mode": mine[0]["mode"], "jobs": k, "batches": sum(r["batches"] for r in mine), **med,
+                    "lock_waits": sum(r["lock_waits"] for r in mine),
+                    "longest_wait_ms": max(r["longest_wait_ms"] for r in mine),
+                    "autovacuum": sum(r["autovacuum"] for r in mine), "rss_mb": max(r["rss_mb"] for r in mine),
+                    "round": "median", "load": False, "rounds": [round(r["per_min"]) for r in mine]})
+    for row in out:
+        row["speed_up"] = row["per_min"] / out[0]["per_min"]
+        print(f"# streams {row['mode']} median of {len(row['rounds'])} rounds K={row['jobs']}: "
+              f"{row['per_min']:.0f}/min (rounds: {', '.join(map(str, row['rounds']))}), "
+              f"{row['speed_up']:.2f}x K={jobs[0]}, p50 {row['p50_s']:.2f}s, p95 {row['p95_s']:.2f}s, "
+              f"{row['cores']:.2f} cores busy (CPU per batch: jobs {row['job_cpu_ms']:.0f} ms, server and the "
+              f"rest {row['other_cpu_ms']:.0f} ms), lock waits > 100 ms: {row['lock_waits']} (longest "
+              f"{row['longest_wait_ms']:.0f} ms), autovacuum runs: {row['autovacuum']}", flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1072,6 +1125,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="many-streams mode: N stores x 2 datasets, merged by K concurrent jobs (see --jobs)")
     p.add_argument("--jobs", default="1,2,4", help="K values for --streams, comma-separated")
     p.add_argument("--stream-rows", default="20k", help="rows per dataset for --streams")
+    p.add_argument("--stream-rounds", type=int, default=1, metavar="R",
+                   help="--streams: R rounds per K, in turn forwards and backwards (1,2,4,4,2,1,...), then the "
+                        "median per K and the speed-up of the medians (e.g. 3)")
     p.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     args = p.parse_args(argv)
@@ -1122,7 +1178,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.streams:
             try:
                 streams = run_streams(bench, args.streams, parse_size(args.stream_rows),
-                                      [int(k) for k in args.jobs.split(",") if k], modes)
+                                      [int(k) for k in args.jobs.split(",") if k], modes, args.stream_rounds)
             except CheckFailed as exc:
                 print(f"CORRECTNESS CHECK FAILED: {exc}", file=sys.stderr)
                 failed = True

@@ -4,6 +4,7 @@ table has its columns. No timing assertions: the numbers themselves are for the 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedP
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--sizes", "2k", "--wide-sizes", "1k",
          "--churn", "10,0", "--as-of", "--fixed-cost", "2", "--streams", "2", "--stream-rows", "500",
-         "--jobs", "1,2", "--markdown", str(md), "--json", str(js)],
+         "--jobs", "1,2", "--stream-rounds", "2", "--markdown", str(md), "--json", str(js)],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     return proc, md, js
@@ -52,11 +53,21 @@ def test_benchmark_runs_and_checks_pass(run: tuple[subprocess.CompletedProcess[s
         if r["churn"] != "load":
             assert r["floor_s"] > 0
             assert r["floor_w_s"] > r["floor_s"] * 0.5  # COPY + diff + the minimal writes
-    # many streams: per mode, the load round and one 1% round per K, every store merged and checked
-    assert [(s["mode"], s["jobs"], s["load"]) for s in streams] == [
-        (m, k, load) for m in ("live", "forensic") for k, load in ((2, True), (1, False), (2, False))]
-    assert all(s["batches"] == 2 and s["per_min"] > 0 and s["p95_s"] >= s["p50_s"] > 0 for s in streams)
-    assert all(isinstance(s["lock_waits"], int) for s in streams)
+    # many streams: per mode, the load round, then two 1% rounds per K (forwards, then backwards), every
+    # store merged and checked; then the median per K
+    rounds = [s for s in streams if s["round"] != "median"]
+    assert [(s["mode"], s["jobs"], s["load"]) for s in rounds] == [
+        (m, k, load) for m in ("live", "forensic")
+        for k, load in ((2, True), (1, False), (2, False), (2, False), (1, False))]
+    assert all(s["batches"] == 2 and s["per_min"] > 0 and s["p95_s"] >= s["p50_s"] > 0 for s in rounds)
+    medians = [s for s in streams if s["round"] == "median"]
+    assert [(s["mode"], s["jobs"]) for s in medians] == [(m, k) for m in ("live", "forensic") for k in (1, 2)]
+    for s in medians:
+        mine = [r["per_min"] for r in rounds if (r["mode"], r["jobs"], r["load"]) == (s["mode"], s["jobs"], False)]
+        assert s["per_min"] == pytest.approx(statistics.median(mine)) and s["batches"] == 4
+    assert [s["speed_up"] for s in medians if s["jobs"] == 1] == [1.0, 1.0]
+    assert all(isinstance(s["lock_waits"], int) and isinstance(s["autovacuum"], int) for s in streams)
+    assert all(s["job_cpu_ms"] > 0 and s["other_cpu_ms"] > -50 for s in streams)  # /proc/stat ticks: 10 ms
 
 
 def test_benchmark_prints_the_table(run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
