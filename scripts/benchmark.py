@@ -18,6 +18,7 @@ equal the churn applied, and the floor's diff found the same number of changes.
     scripts/benchmark.sh --sizes 10m --shapes narrow --churn 1,0    # 10M rows
     scripts/benchmark.sh --sizes 1m --shapes narrow --modes forensic --churn 1 --history 50
     scripts/benchmark.sh --sizes 1m --shapes narrow --modes forensic --churn 1 --history 50 --as-of
+    scripts/benchmark.sh --fixed-cost 0 --sizes 1k --shapes narrow --churn 0 --streams 50 --stream-rounds 3
 
 `--as-of` (forensic): after the last batch, the consumer queries of contract §5 on that history, each with
 its plan (EXPLAIN ANALYZE) and time: as_of(timestamptz) of the middle batch's snapshot (all rows, and one
