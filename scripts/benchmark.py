@@ -817,6 +817,21 @@ def run_scenario(bench: Bench, shape: str, size: int, modes: list[str], churns: 
     return results
 
 
+def print_medians(results: list[Result]) -> None:
+    """`--repeat`: per shape, size, churn level and mode, the medians of its batches (one batch's ratio swings
+    by 10-20% on a shared machine; the small tables' most)."""
+    groups: dict[tuple[str, int, str, str], list[Result]] = {}
+    for r in results:
+        if r.churn != "load" and r.shape != "fixed":
+            groups.setdefault((r.shape, r.nominal, r.churn, r.mode), []).append(r)
+    for (shape, size, churn, mode), rs in groups.items():
+        ratios, ratios_w = [r.ratio for r in rs], [r.ratio_w for r in rs]
+        print(f"# median of {len(rs)} batches: {shape} {human(size)} {churn} {mode}: floor "
+              f"{statistics.median(r.floor_s for r in rs):.3f}s, job {statistics.median(r.job_s for r in rs):.3f}s, "
+              f"ratio {statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}), ratio w "
+              f"{statistics.median(ratios_w):.2f} (range {min(ratios_w):.2f}-{max(ratios_w):.2f})", flush=True)
+
+
 def run_mysql(server: LocalPostgres, workdir: Path, sizes: list[int], modes: list[str], churns: list[float],
               emit: Any, results: list[Result]) -> bool:
     """The MariaDB-source scenarios; True when a correctness check failed."""
@@ -1109,6 +1124,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="sizes for the wide shape (default 100k only; e.g. 100k,1m)")
     p.add_argument("--modes", default="live,forensic", help="live and/or forensic")
     p.add_argument("--churn", default="1,0", help="churn per batch in percent, comma-separated; e.g. 1,0,10")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run each churn level's batch N times in a row (fresh churn before each, the floor "
+                        "measured before each), then print the median ratios of each level (e.g. 5)")
     p.add_argument("--history", type=int, default=0,
                    help="forensic-after-N-batches: run N batches in total at 1%% churn and report batch N "
                         "next to the first 1%% batch (e.g. 50)")
@@ -1138,7 +1156,7 @@ def main(argv: list[str] | None = None) -> int:
     wide_sizes = [parse_size(s) for s in args.wide_sizes.split(",") if s and not args.no_postgres]
     shapes = [s for s in args.shapes.split(",") if s]
     modes = [m for m in args.modes.split(",") if m]
-    churns = [float(c) / 100 for c in args.churn.split(",") if c]
+    churns = [float(c) / 100 for c in args.churn.split(",") if c for _ in range(args.repeat)]
     for s in shapes:
         if s not in SHAPES:
             p.error(f"unknown shape {s!r}")
@@ -1209,6 +1227,8 @@ def main(argv: list[str] | None = None) -> int:
                               f"({t['autovacuums']:.0f} autovacuums, {t['autoanalyzes']:.0f} autoanalyzes); as of "
                               f"batch {t['batch'] // 2:.0f}: one key {t['asof_key_ms']:.1f} ms, all rows "
                               f"{t['asof_all_ms']:.0f} ms")
+    if args.repeat > 1:
+        print_medians(results)
     if args.markdown:
         args.markdown.write_text(markdown_table([r for r in results if r.shown]) + "\n")
     if args.json:

@@ -110,3 +110,23 @@ def test_benchmark_fails_on_a_wrong_answer(pg_server: object, tmp_path: Path) ->
                         + expected["deleted"], versions=None)
     finally:
         bench.drop_databases()
+
+
+def test_repeat_gives_each_churn_level_its_medians(tmp_path: Path) -> None:
+    """`--repeat 3`: three batches of each churn level in a row, each after fresh churn and checked, then
+    one line per level and mode with the medians of its three batches."""
+    js = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--sizes", "1k", "--shapes", "narrow",
+         "--churn", "10", "--repeat", "3", "--fixed-cost", "0", "--json", str(js)],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = [r for r in json.loads(js.read_text()) if r.get("churn") == "10%"]
+    for mode in ("live", "forensic"):
+        mine = [r for r in results if r["mode"] == mode]
+        assert [r["batch"] for r in mine] == [2, 3, 4] and all(r["check"] == "ok" for r in mine)
+        assert all(r["changes"] > 0 for r in mine)  # each batch merged fresh churn
+        head = f"# median of 3 batches: narrow 1k 10% {mode}:"
+        line = next(x for x in proc.stdout.splitlines() if x.startswith(head))
+        ratios = sorted(r["ratio"] for r in mine)
+        assert f"ratio {statistics.median(ratios):.2f} (range {ratios[0]:.2f}-{ratios[-1]:.2f})" in line, line
