@@ -188,6 +188,10 @@ class LocalPostgres:
             "max_connections": "100",
             "shared_buffers": "'128MB'",
             "timezone": "'UTC'",
+            # change data capture reads logical replication slots
+            "wal_level": "logical",
+            "max_replication_slots": "32",
+            "max_wal_senders": "16",
         }
         if self.fast:
             settings.update({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
