@@ -21,18 +21,21 @@ import psycopg2
 from psycopg2 import sql
 
 from datasurface import credentials
+from datasurface.cdc import capture as cdc_capture
+from datasurface.cdc import pgoutput
+from datasurface.cdc import plan as cdc_plan
 from datasurface.consumers import history as consumers_history
 from datasurface.consumers import workspaces
-from datasurface.db import Endpoint, PgConnection, driver_error, is_lost
+from datasurface.db import Endpoint, PgConnection, driver_error, first_line, is_lost
 from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfaceError
 from datasurface.faults import killpoint
 from datasurface.ingest import dialects, snapshot
 from datasurface.ingest.dialects import SourceSession
-from datasurface.merge import ddl, layout
-from datasurface.merge.diff import loaded, no_current_rows
+from datasurface.merge import changes, ddl, layout
+from datasurface.merge.diff import current_rows, loaded, no_current_rows
 from datasurface.merge.forensic import ForensicMerge
 from datasurface.merge.layout import DatasetLayout
-from datasurface.merge.ledger import COMMITTED, INGESTING, Batch, BatchLedger, Counts, Stream
+from datasurface.merge.ledger import COMMITTED, INGESTING, STAGED, Batch, BatchLedger, Counts, Stream
 from datasurface.merge.live import LiveMerge
 from datasurface.merge.locks import LockRetry, StreamLock
 from datasurface.model import Model, Store, load_model
@@ -156,6 +159,9 @@ class StreamRun:
             if self.taken_over:  # the dead or frozen run's snapshot would hold back the source's vacuum
                 source.end_run_sessions(self.taken_over)
             source.check(tuple(lay.dataset for lay in self.lays))
+            if self.store.source.ingestion == "cdc":  # before the batch opens: a refusal changes nothing
+                cdc_capture.Capture(source.conn, self.store, self.schema).check(  # type: ignore[attr-defined]
+                    [lay.dataset for lay in self.lays])
             killpoint("source:checked")
             batch = self.locks.run(f"preparing the merge tables of {what}", lambda: self._open(open_batch),
                                    lambda: layout_relations(self.schema, self.lays), exclusive=True)
@@ -165,8 +171,10 @@ class StreamRun:
                 log.warning("%s: finishing batch %s left %s by an interrupted run", self.stream.describe(),
                             batch.batch_id, batch.status)
             try:
-                rows = self._staged_rows(batch)
-                if rows is None and source.loads_directly and self._first_load():
+                rows = None if self.store.source.ingestion == "cdc" else self._staged_rows(batch)
+                if self.store.source.ingestion == "cdc":
+                    counts = self._capture_batch(source, batch, what)
+                elif rows is None and source.loads_directly and self._first_load():
                     counts = self.locks.run(f"loading batch {batch.batch_id} of {what}",
                                             lambda: self._load(source, batch), lambda: self._merge_relations())
                 else:
@@ -199,7 +207,7 @@ class StreamRun:
         if evolved:
             log.info("workspace views of %s evolved", self.stream.describe())
         batch = open_batch or self.ledger.open_batch(self.stream, self.mode, self.fingerprint,
-                                                     [lay.staging for lay in self.lays])
+                                                     [lay.staging for lay in self.lays] + self._changes_tables())
         self.batch_id = batch.batch_id
         killpoint("batch:opening")
         self.merge.commit()
@@ -236,7 +244,95 @@ class StreamRun:
             rows[lay.dataset.name] = n
         return rows
 
-    def _stage(self, source: SourceSession, batch: Batch) -> dict[str, int]:
+    def _changes_tables(self) -> list[str]:
+        return [changes.table_name(self.schema, self.store.name)] if self.store.source.ingestion == "cdc" else []
+
+    def _capture_batch(self, source: SourceSession, batch: Batch, what: str) -> dict[str, Counts]:
+        """A batch of a store that reads changes (cdc/): the slot's changes since the last batch, or a full
+        snapshot where the changes cannot say the whole truth (cdc/plan.py). The slot is advanced only after the
+        batch committed; a run stopped before that leaves it behind the ledger, and the next run catches up."""
+        capture = cdc_capture.Capture(source.conn, self.store, self.schema)  # type: ignore[attr-defined]
+        table = changes.table_name(self.schema, self.store.name)
+        if batch.status == STAGED and batch.source_lsn is not None \
+                and changes.staged_rows(self.merge, self.schema, table, self.lays) == batch.staged_rows:
+            staged = batch
+        elif batch.status == STAGED and batch.source_lsn is None and self._staged_rows(batch) is not None:
+            return self.locks.run(f"merging batch {batch.batch_id} of {what}",
+                                  lambda: self._merge(batch, batch.staged_rows), lambda: self._merge_relations())
+        else:
+            state = capture.state()
+            decided = cdc_plan.plan(capture.slot, state, self.ledger.last_committed(self.stream), self.fingerprint)
+            if decided.snapshot:
+                return self._capture_snapshot(source, capture, state, batch, what, decided.reason)
+            if decided.catch_up is not None:
+                capture.advance(decided.catch_up)
+            staged = self.locks.run(f"staging changes of batch {batch.batch_id} of {what}",
+                                    lambda: self._stage_changes(capture, batch, table), lambda: [])
+        try:
+            counts = self.locks.run(f"merging batch {batch.batch_id} of {what}",
+                                    lambda: self._merge_changes(staged, table), lambda: self._merge_relations())
+        except changes.UnresolvedValues as exc:
+            self.merge.rollback()
+            return self._capture_snapshot(source, capture, capture.state(), batch, what, str(exc))
+        killpoint("cdc:before_advance")
+        try:
+            capture.advance(pgoutput.parse_lsn(staged.slot_lsn or ""))
+        except psycopg2.Error as exc:  # the batch is merged; the next run advances the slot
+            log.warning("%s: batch %s is merged but replication slot %s was not advanced (%s); the next run "
+                        "advances it", self.stream.describe(), staged.batch_id, capture.slot, first_line(exc))
+            with suppress(psycopg2.Error):
+                source.conn.rollback()  # type: ignore[attr-defined]
+        return counts
+
+    def _capture_snapshot(self, source: SourceSession, capture: cdc_capture.Capture,
+                          state: cdc_capture.SlotState | None, batch: Batch, what: str,
+                          reason: str | None) -> dict[str, Counts]:
+        if reason is not None:
+            log.warning("%s: %s; this batch is a full snapshot", self.stream.describe(), reason)
+        if state is not None and (state.lost or state.confirmed is None):
+            capture.drop()
+            state = None
+        start = capture.create(self.limits.lock_timeout) if state is None else state.confirmed
+        assert start is not None
+        slot_lsn = pgoutput.format_lsn(start)
+        rows = self.locks.run(f"staging batch {batch.batch_id} of {what}",
+                              lambda: self._stage(source, batch, slot_lsn), lambda: [])
+        return self.locks.run(f"merging batch {batch.batch_id} of {what}",
+                              lambda: self._merge(batch, rows), lambda: self._merge_relations())
+
+    def _stage_changes(self, capture: cdc_capture.Capture, batch: Batch, table: str) -> Batch:
+        upto, fixed_at = capture.position()
+        changes.create(self.merge, self.schema, table)
+        rows, end = capture.copy_changes(self.merge, sql.Identifier(self.schema, table),
+                                         [lay.dataset for lay in self.lays], upto)
+        lsn = pgoutput.format_lsn(end)
+        staged = self.ledger.mark_staged(batch, rows, fixed_at, source_lsn=lsn, slot_lsn=lsn)
+        killpoint("ingest:before_commit")
+        self.merge.commit()
+        killpoint("after_ingest")
+        return staged
+
+    def _merge_changes(self, batch: Batch, table: str) -> dict[str, Counts]:
+        """Every dataset's net changes and the ledger entry: one transaction."""
+        per_dataset = {}
+        strategy = LiveMerge if self.mode == layout.LIVE else ForensicMerge
+        target = sql.Identifier(self.schema, table)
+        self._lock_merge_tables()
+        for index, lay in enumerate(self.lays):
+            name = lay.dataset.name
+            truncated = changes.build_net(self.merge, lay, target, index, current_rows(lay))
+            per_dataset[name] = strategy(self.merge, lay).apply_changes(
+                batch.batch_id, truncated, self.ledger.last_total(self.store.name, name))
+            killpoint(f"merge:{name}:applied")
+        self.ledger.commit(batch, per_dataset)
+        killpoint("ledger:updated")
+        changes.drop(self.merge, self.schema, table)
+        killpoint("ledger:before_commit")
+        self.merge.commit()
+        killpoint("ledger:committed")
+        return per_dataset
+
+    def _stage(self, source: SourceSession, batch: Batch, slot_lsn: str | None = None) -> dict[str, int]:
         try:
             snapshot_at = source.begin_snapshot()
             rows = {}
@@ -246,7 +342,7 @@ class StreamRun:
                 killpoint(f"ingest:{lay.dataset.name}:staged")
         finally:
             source.end_snapshot()  # read-only: nothing to keep
-        self.ledger.mark_staged(batch, rows, snapshot_at)
+        self.ledger.mark_staged(batch, rows, snapshot_at, slot_lsn=slot_lsn)
         killpoint("ingest:before_commit")
         self.merge.commit()
         killpoint("after_ingest")
@@ -308,6 +404,8 @@ class StreamRun:
         with suppress(Exception):
             for lay in self.lays:
                 snapshot.drop_staging(self.merge, lay)
+            for table in self._changes_tables():
+                changes.drop(self.merge, self.schema, table)
             self.ledger.discard(batch)
             self.merge.commit()
 

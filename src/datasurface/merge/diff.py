@@ -108,6 +108,44 @@ def compute_diff(conn: PgConnection, lay: DatasetLayout, snapshot_rows: int, cur
     return counts
 
 
+def compute_change_diff(conn: PgConnection, lay: DatasetLayout, truncated: bool, current_hint: int | None) -> Counts:
+    """The diff of a change batch: `pg_temp.ds_net` (merge/changes.py: the last change of each changed key)
+    against the current rows, compared as a snapshot's rows are; keys without a change keep their rows, unless
+    the batch truncated the table. The total follows from the last one: current - deleted + inserted."""
+    first_key = sql.Identifier("t", lay.key[0])
+    net = sql.Identifier("pg_temp", "ds_net")
+    present = sql.SQL("s._ds_op <> 'D'")
+    changed: sql.Composable = sql.SQL("{} IS NULL").format(first_key)
+    if lay.values:
+        changed = changed + sql.SQL(" OR ROW({}) IS DISTINCT FROM ROW({})").format(
+            compared(lay, "s"), compared(lay, "t"))
+    values = sql.SQL(", ") + idents(lay.values, "s") if lay.values else sql.SQL("")
+    query = sql.SQL(
+        "CREATE TEMP TABLE {diff} ON COMMIT DROP AS "
+        "SELECT CASE WHEN NOT ({present}) THEN 'D' WHEN {tk} IS NULL THEN 'I' ELSE 'U' END AS _ds_op, {keys}{values} "
+        "FROM {net} s LEFT JOIN {current} t ON {match} "
+        "WHERE CASE WHEN {present} THEN {changed} ELSE {tk} IS NOT NULL END"
+    ).format(diff=DIFF_TABLE, present=present, tk=first_key, keys=idents(lay.key, "s"), values=values, net=net,
+             current=current_rows(lay), match=key_match(lay, "s", "t"), changed=changed)
+    if truncated:  # every current key the batch did not write again is gone
+        nulls = sql.SQL("").join(sql.SQL(", NULL") for _ in lay.values)
+        query = query + sql.SQL(" UNION ALL SELECT 'D', {keys}{nulls} FROM {current} t WHERE NOT EXISTS "
+                                "(SELECT FROM {net} s WHERE {match})").format(
+            keys=idents(lay.key, "t"), nulls=nulls, current=current_rows(lay), net=net, match=key_match(lay, "s", "t"))
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(DIFF_TABLE))
+        cur.execute(query)
+        cur.execute(sql.SQL("ANALYZE {}").format(DIFF_TABLE))
+        cur.execute(sql.SQL("SELECT _ds_op, count(*) FROM {} GROUP BY _ds_op").format(DIFF_TABLE))
+        by_op = {row[0]: int(row[1]) for row in cur.fetchall()}
+        if current_hint is None:
+            cur.execute(sql.SQL("SELECT count(*) FROM {} t").format(current_rows(lay)))
+            current_hint = int(cur.fetchone()[0])  # type: ignore[index]
+    inserted, deleted = by_op.get("I", 0), by_op.get("D", 0)
+    return Counts(total=current_hint - deleted + inserted, inserted=inserted, updated=by_op.get("U", 0),
+                  deleted=deleted)
+
+
 @contextmanager
 def duplicates_refused(lay: DatasetLayout) -> Iterator[None]:
     """Around the INSERT of new keys: a unique violation there means the snapshot repeats a new key."""
@@ -185,6 +223,18 @@ class DiffMerge:
             killpoint(f"merge:{self.lay.dataset.name}:changed")
             with duplicates_refused(self.lay):
                 self.add(cur, counts, batch_id)
+        refresh_stats(self.conn, self.lay, counts)
+        drop_diff(self.conn)
+        return counts
+
+    def apply_changes(self, batch_id: int, truncated: bool, current_hint: int | None) -> Counts:
+        """A change batch's net changes (`pg_temp.ds_net`), through the same diff and writes as a snapshot."""
+        counts = compute_change_diff(self.conn, self.lay, truncated, current_hint)
+        killpoint(f"merge:{self.lay.dataset.name}:diffed")
+        with keyed_apply(self.conn), self.conn.cursor() as cur:
+            self.retire(cur, counts, batch_id)
+            killpoint(f"merge:{self.lay.dataset.name}:changed")
+            self.add(cur, counts, batch_id)
         refresh_stats(self.conn, self.lay, counts)
         drop_diff(self.conn)
         return counts

@@ -42,6 +42,8 @@ class Batch(NamedTuple):
     fingerprint: str
     staged_rows: dict[str, int]
     staging_tables: tuple[str, ...] = ()
+    source_lsn: str | None = None  # a change batch: every source commit up to this LSN (a snapshot batch: None)
+    slot_lsn: str | None = None  # change capture: where the slot's next read starts once this batch committed
 
 
 class Counts(NamedTuple):
@@ -74,14 +76,21 @@ class BatchLedger:
                                   to_regclass(format('%%I.ds_batch_datasets', %s::text)) IS NOT NULL,
                                   EXISTS (SELECT FROM pg_catalog.pg_attribute
                                            WHERE attrelid = to_regclass(format('%%I.ds_batches', %s::text))
-                                             AND attname = 'snapshot_at' AND NOT attisdropped)""",
-                        (self.schema,) * 3)
-            has_batches, has_datasets, has_snapshot_at = cur.fetchone()  # type: ignore[misc]
+                                             AND attname = 'snapshot_at' AND NOT attisdropped),
+                                  EXISTS (SELECT FROM pg_catalog.pg_attribute
+                                           WHERE attrelid = to_regclass(format('%%I.ds_batches', %s::text))
+                                             AND attname = 'slot_lsn' AND NOT attisdropped)""",
+                        (self.schema,) * 4)
+            has_batches, has_datasets, has_snapshot_at, has_lsn = cur.fetchone()  # type: ignore[misc]
             if not has_batches:
                 self._create_batches(cur)
-            elif not has_snapshot_at:  # ledgers created before contract §5: their earlier batches keep it NULL
-                cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN snapshot_at timestamptz").format(
-                    self._t("ds_batches")))
+            else:  # a ledger from an earlier version: its earlier batches keep the new columns NULL
+                if not has_snapshot_at:
+                    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN snapshot_at timestamptz").format(
+                        self._t("ds_batches")))
+                if not has_lsn:
+                    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS source_lsn pg_lsn, "
+                                        "ADD COLUMN IF NOT EXISTS slot_lsn pg_lsn").format(self._t("ds_batches")))
             if not has_datasets:
                 self._create_batch_datasets(cur)
 
@@ -104,6 +113,8 @@ class BatchLedger:
                     rows_updated bigint,
                     rows_deleted bigint,
                     snapshot_at timestamptz,
+                    source_lsn pg_lsn,
+                    slot_lsn pg_lsn,
                     PRIMARY KEY (stream, batch_id))""").format(self._t("ds_batches")))
 
     def _create_batch_datasets(self, cur: Any) -> None:
@@ -126,7 +137,8 @@ class BatchLedger:
     def latest(self, stream: Stream) -> Batch | None:
         with self.conn.cursor() as cur:
             cur.execute(
-                sql.SQL("""SELECT batch_id, status, mode, model_fingerprint, staged_rows, staging_tables FROM {}
+                sql.SQL("""SELECT batch_id, status, mode, model_fingerprint, staged_rows, staging_tables,
+                                  source_lsn::text, slot_lsn::text FROM {}
                             WHERE stream = %s ORDER BY batch_id DESC LIMIT 1""").format(self._t("ds_batches")),
                 (stream.key,),
             )
@@ -147,10 +159,23 @@ class BatchLedger:
             )
         return Batch(stream, batch_id, INGESTING, mode, fingerprint, {}, tuple(staging_tables))
 
-    def mark_staged(self, batch: Batch, staged_rows: dict[str, int], snapshot_at: datetime.datetime) -> None:
-        """The staged snapshot, with the source's clock at the snapshot (kept when the batch is recovered)."""
-        self._set(batch, "status = %s, staged_rows = %s, snapshot_at = %s",
-                  (STAGED, json.dumps(staged_rows), snapshot_at))
+    def mark_staged(self, batch: Batch, staged_rows: dict[str, int], snapshot_at: datetime.datetime,
+                    source_lsn: str | None = None, slot_lsn: str | None = None) -> Batch:
+        """The staged snapshot or changes, with the source's clock when they were fixed (kept when the batch is
+        recovered) and, for change capture, the LSNs the batch reaches."""
+        self._set(batch, "status = %s, staged_rows = %s, snapshot_at = %s, source_lsn = %s, slot_lsn = %s",
+                  (STAGED, json.dumps(staged_rows), snapshot_at, source_lsn, slot_lsn))
+        return batch._replace(status=STAGED, staged_rows=staged_rows, source_lsn=source_lsn, slot_lsn=slot_lsn)
+
+    def last_committed(self, stream: Stream) -> Batch | None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("""SELECT batch_id, status, mode, model_fingerprint, staged_rows, staging_tables,
+                                  source_lsn::text, slot_lsn::text FROM {}
+                            WHERE stream = %s AND status = %s ORDER BY batch_id DESC LIMIT 1""").format(
+                    self._t("ds_batches")), (stream.key, COMMITTED))
+            row = cur.fetchone()
+        return None if row is None else _batch(stream, row)
 
     def commit(self, batch: Batch, per_dataset: dict[str, Counts]) -> Counts:
         total = Counts.of_all(per_dataset.values())
@@ -204,7 +229,8 @@ class BatchLedger:
     def get(self, stream: Stream, batch_id: int) -> Batch | None:
         with self.conn.cursor() as cur:
             cur.execute(
-                sql.SQL("""SELECT batch_id, status, mode, model_fingerprint, staged_rows, staging_tables FROM {}
+                sql.SQL("""SELECT batch_id, status, mode, model_fingerprint, staged_rows, staging_tables,
+                                  source_lsn::text, slot_lsn::text FROM {}
                             WHERE stream = %s AND batch_id = %s""").format(self._t("ds_batches")),
                 (stream.key, batch_id),
             )
@@ -235,4 +261,4 @@ class BatchLedger:
 
 
 def _batch(stream: Stream, row: tuple[Any, ...]) -> Batch:
-    return Batch(stream, row[0], row[1], row[2], row[3], dict(row[4] or {}), tuple(row[5] or ()))
+    return Batch(stream, row[0], row[1], row[2], row[3], dict(row[4] or {}), tuple(row[5] or ()), row[6], row[7])

@@ -38,6 +38,8 @@ class Source(NamedTuple):
     schema: str
     credential: str
     type: str = "postgres"  # "postgres" | "mysql" (contract §7)
+    ingestion: str = "snapshot"  # "snapshot" | "cdc": whole snapshots, or changes from a replication slot
+    publication: str = ""  # cdc: the publication the slot decodes (default ds_<store lower>)
 
 
 class Store(NamedTuple):

@@ -62,7 +62,8 @@ _WORKSPACE_DATASET_KEYS = ("store", "dataset")
 WORKSPACE_NAME_MAX = 40
 PLATFORM_NAME_MAX = 63
 _STORE_KEYS = ("name", "consistency", "source", "datasets")
-_SOURCE_KEYS = ("type", "host", "port", "database", "schema", "credential")
+_SOURCE_KEYS = ("type", "host", "port", "database", "schema", "credential", "ingestion", "publication")
+INGESTIONS = ("snapshot", "cdc")
 _DATASET_KEYS = ("name", "table", "primaryKey", "columns")
 _COLUMN_KEYS = ("name", "type", "nullable")
 
@@ -456,8 +457,14 @@ class _Validator:
                 continue
             first_seen[key] = (*dpath, "name")
             datasets.append(dataset)
+        if source is not None and source.ingestion == "cdc" and consistency != "multi_dataset":
+            self.add((*path, "consistency"), "`ingestion: cdc` needs consistency: multi_dataset (one replication "
+                     "slot carries all of a store's tables, committed together)")
+            return None
         if name is None or source is None or items is None or len(datasets) != len(items):
             return None
+        if source.ingestion == "cdc" and not source.publication:
+            source = source._replace(publication=f"ds_{name.lower()}")
         return Store(name=name, consistency=consistency, source=source, datasets=tuple(datasets))
 
     def source(self, value: object, path: Path) -> Source | None:
@@ -505,9 +512,30 @@ class _Validator:
             self.add((*path, "credential"), f"{shown(credential)} is not a credential name: use letters, digits, "
                      "_ - and ., starting with a letter (it names env X_USER and X_PASSWORD)")
             credential = None
+        ingestion = "snapshot"
+        if "ingestion" in data:
+            if data["ingestion"] not in INGESTIONS:
+                self.add((*path, "ingestion"), f"expected {' or '.join(INGESTIONS)}, got {_kind_of(data['ingestion'])}")
+                ok = False
+            elif data["ingestion"] == "cdc" and kind != "postgres":
+                self.add((*path, "ingestion"), f"`ingestion: cdc` reads PostgreSQL logical replication; a {kind} "
+                         "source is read as snapshots (remove `ingestion`)")
+                ok = False
+            else:
+                ingestion = data["ingestion"]
+        publication = ""
+        if "publication" in data:
+            if ingestion != "cdc":
+                self.add((*path, "publication"), "`publication` is only for `ingestion: cdc`")
+                ok = False
+            else:
+                pub = self.name(data["publication"], (*path, "publication"), IDENTIFIER_MAX)
+                ok = ok and pub is not None
+                publication = pub or ""
         if not ok or host is None or database is None or credential is None:
             return None
-        return Source(host=host, port=port, database=database, schema=schema, credential=credential, type=kind)
+        return Source(host=host, port=port, database=database, schema=schema, credential=credential, type=kind,
+                      ingestion=ingestion, publication=publication)
 
     def dataset(self, value: object, path: Path) -> Dataset | None:
         data = self.mapping(value, path, _DATASET_KEYS, ("name", "primaryKey", "columns"))
