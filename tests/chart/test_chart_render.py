@@ -473,9 +473,9 @@ def test_without_an_existing_secret_renders_differ(leave_out: str) -> None:
 
 
 def test_readme_gitops_commands_create_the_secrets_the_chart_reads(defaults: Docs) -> None:
-    """README "GitOps install": one `kubectl create secret generic` per Secret, with exactly the keys the
+    """docs/install.md "GitOps install": one `kubectl create secret generic` per Secret, with exactly the keys the
     chart's generated Secret of the same role has."""
-    readme = (REPO_ROOT / "README.md").read_text()
+    readme = (REPO_ROOT / "docs" / "install.md").read_text()
     section = readme.split("### GitOps install", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
     commands = {m.group(1): set(re.findall(r"--from-literal=([a-z-]+)=", m.group(0)))
                 for m in re.finditer(r"kubectl (?:-n \S+ )?create secret generic (\S+)[^\n]*", section)}

@@ -219,7 +219,7 @@ def test_the_cli_refuses_the_bomb_with_one_line_quickly_and_in_little_memory(tmp
 
 
 def test_bounds_are_documented(repo_root: Path) -> None:
-    readme = (repo_root / "README.md").read_text()
+    readme = (repo_root / "docs" / "model.md").read_text()
     for words in (f"{safeyaml.MAX_NODES:,}", "aliases", f"{safeyaml.MAX_DEPTH} levels"):
         assert words in readme, words
     assert yaml.safe_load(bomb(3))["stores"][2]["name"] == "S"  # the bomb is valid YAML, only large
