@@ -158,8 +158,7 @@ class Bench:
             "apiVersion": "datasurface/v1", "kind": "Model",
             "stores": [{
                 "name": STORE, "consistency": "multi_dataset",
-                "source": {"host": self.server.socket_dir, "port": self.server.port, "database": self.source_db,
-                           "credential": "source"},
+                "source": self.source_block(),
                 "datasets": [{
                     "name": shape, "primaryKey": ["id"],
                     "columns": [{"name": n, "type": t, **({"nullable": False} if n == "id" else {})}
@@ -169,6 +168,11 @@ class Bench:
         }
         (folder / "datasurface.yaml").write_text(yaml.safe_dump(model, sort_keys=False))
         return folder
+
+    def source_block(self) -> dict[str, Any]:
+        """The model's `source` of the benchmark's stores (a subclass's source type and options go here)."""
+        return {"host": self.server.socket_dir, "port": self.server.port, "database": self.source_db,
+                "credential": "source"}
 
     def run_job(self, model: Path, mode: str, store: str = STORE, platform: str | None = None) -> tuple[float, float]:
         """Wall seconds and peak RSS (MB) of one `datasurface-job merge` process."""

@@ -98,10 +98,10 @@ def measure(env: dict[str, str], merge_args: list[str], platform: str, scrapes: 
         times, size = [], 0
         rss_first = 0.0
         for i in range(scrapes):
-            t0 = time.perf_counter()
+            started = time.perf_counter()
             with urllib.request.urlopen(url, timeout=30) as resp:
                 body = resp.read()
-            times.append(time.perf_counter() - t0)
+            times.append(time.perf_counter() - started)
             assert b"datasurface_up" in body and b" 1.0" in body.split(b"datasurface_up{")[1][:80], body[:500]
             size = len(body)
             if i == 0:
@@ -134,13 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         server.create_database("merge", owner=user)
         conn = psycopg2.connect(host=server.socket_dir, port=server.port, dbname="merge", user=user,
                                 password=password)
-        t0 = time.monotonic()
+        started = time.monotonic()
         fill(conn, "floor", 1, 1)
         fill(conn, "short", args.streams, 1)
         fill(conn, "large", args.streams, args.batches)
         conn.close()
-        print(f"ledgers filled in {time.monotonic() - t0:.1f}s: floor 1 x 1, large {args.streams} x {args.batches} "
-              f"({args.streams * args.batches:,} batches and runs)", flush=True)
+        print(f"ledgers filled in {time.monotonic() - started:.1f}s: floor 1 x 1, "
+              f"large {args.streams} x {args.batches} ({args.streams * args.batches:,} batches and runs)", flush=True)
         env = {**os.environ, "BENCH_USER": user, "BENCH_PASSWORD": password,
                "PYTHONPATH": str(REPO / "src")}
         merge_args = ["--merge-host", server.socket_dir, "--merge-port", str(server.port),

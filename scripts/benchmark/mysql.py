@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from datasurface.localpg import LocalPostgres
 
 from .bench import PIPE_CHUNK, Bench, CheckFailed
@@ -107,13 +105,8 @@ class MySqlBench(Bench):
             conn.close()
         return {"total": count + inserted - deleted, "inserted": inserted, "updated": updated, "deleted": deleted}
 
-    def write_model(self, shape: str) -> Path:
-        folder = super().write_model(shape)
-        document = yaml.safe_load((folder / "datasurface.yaml").read_text())
-        document["stores"][0]["source"] = {"type": "mysql", "host": self.mysql.socket,
-                                           "database": self.mysql_database, "credential": "source"}
-        (folder / "datasurface.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
-        return folder
+    def source_block(self) -> dict[str, Any]:
+        return {"type": "mysql", "host": self.mysql.socket, "database": self.mysql_database, "credential": "source"}
 
     def floor(self, shape: str, mode: str) -> tuple[float, int]:
         import pymysql.converters

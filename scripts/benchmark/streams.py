@@ -32,8 +32,7 @@ def streams_model(bench: Bench, stores: int) -> Path:
     columns = [{"name": n, "type": t, **({"nullable": False} if n == "id" else {})} for n, t, _ in NARROW]
     model = {"apiVersion": "datasurface/v1", "kind": "Model", "stores": [{
         "name": f"S{i:03d}", "consistency": "multi_dataset",
-        "source": {"host": bench.server.socket_dir, "port": bench.server.port, "database": bench.source_db,
-                   "credential": "source"},
+        "source": bench.source_block(),
         "datasets": [{"name": d, "table": table_name(i, d), "primaryKey": ["id"], "columns": columns}
                      for d in DATASETS],
     } for i in range(stores)]}
