@@ -107,9 +107,9 @@ def model_document(socket_dir: str, mysql_socket: str | None = None) -> dict[str
     """The example model, with the source pointing at the demo's server; with `mysql_socket`, also Store2:
     the same datasets from the MariaDB server behind that socket file."""
     if EXAMPLE_MODEL.exists():
-        doc: dict[str, Any] = yaml.safe_load(EXAMPLE_MODEL.read_text())
+        document: dict[str, Any] = yaml.safe_load(EXAMPLE_MODEL.read_text())
     else:  # installed without the repository: the same model, built from the simulator's tables
-        doc = {"apiVersion": "datasurface/v1", "kind": "Model", "stores": [{
+        document = {"apiVersion": "datasurface/v1", "kind": "Model", "stores": [{
             "name": STORE, "consistency": "multi_dataset",
             "source": {"host": "", "port": 5432, "database": SOURCE_DB, "schema": "public",
                        "credential": "source"},
@@ -117,14 +117,14 @@ def model_document(socket_dir: str, mysql_socket: str | None = None) -> dict[str
                 {"name": c.name, "type": c.type, **({} if c.nullable else {"nullable": False})}
                 for c in t.columns]} for t in TABLES],
         }]}
-    source = doc["stores"][0]["source"]
+    source = document["stores"][0]["source"]
     source.update({"host": socket_dir, "port": 5432, "database": SOURCE_DB, "credential": "source"})
     if mysql_socket is not None:
-        doc["stores"].append({**doc["stores"][0], "name": MYSQL_STORE, "source": {
+        document["stores"].append({**document["stores"][0], "name": MYSQL_STORE, "source": {
             "type": "mysql", "host": mysql_socket, "database": SOURCE_DB, "credential": MYSQL_CREDENTIAL}})
-    doc["workspaces"] = [{"name": WORKSPACE, "platform": "YellowForensic", "role": WORKSPACE_ROLE,
+    document["workspaces"] = [{"name": WORKSPACE, "platform": "YellowForensic", "role": WORKSPACE_ROLE,
                           "datasets": [{"store": STORE, "dataset": t.name} for t in TABLES]}]
-    return doc
+    return document
 
 
 @contextmanager
@@ -162,8 +162,8 @@ def _check_keep(keep: Path | None) -> None:
     if os.geteuid() == 0:  # the server then runs as user postgres, which must reach the folder
         postgres_uid = pwd.getpwnam("postgres").pw_uid
         for parent in keep.resolve().parents:
-            st = parent.stat() if parent.exists() else None
-            if st is not None and not st.st_mode & 0o001 and st.st_uid != postgres_uid:
+            status = parent.stat() if parent.exists() else None
+            if status is not None and not status.st_mode & 0o001 and status.st_uid != postgres_uid:
                 raise UsageError(f"--keep {keep}: the server runs as user postgres, which cannot enter "
                                  f"{parent}; choose a folder it can reach (e.g. under /tmp or /var/tmp)")
 
@@ -206,32 +206,33 @@ def _count(conn: PgConnection, *name: str) -> int:
 def _as_of(conn: PgConnection) -> dict[str, Any]:
     """Read as the workspace's role: a customer whose email changed since an instant between the first
     two snapshots, as of that instant (`_as_of(timestamptz)`) and now, and its versions (`_history`)."""
-    ws = WORKSPACE_SCHEMA
-    snaps = _query(conn, sql.SQL("SELECT snapshot_at FROM {} WHERE store = %s ORDER BY batch_id LIMIT 2").format(
-        sql.Identifier(ws, "batches")), [STORE])
-    if not snaps:
+    schema = WORKSPACE_SCHEMA
+    snapshots = _query(conn, sql.SQL("SELECT snapshot_at FROM {} WHERE store = %s ORDER BY batch_id LIMIT 2").format(
+        sql.Identifier(schema, "batches")), [STORE])
+    if not snapshots:
         return {}
-    at = snaps[0][0] + (snaps[1][0] - snaps[0][0]) / 2 if len(snaps) > 1 else snaps[0][0]
-    cols = [c.name for c in TABLES[0].columns]
-    collist = sql.SQL(", ").join(sql.Identifier("o", c) for c in cols)
+    at = snapshots[0][0] + (snapshots[1][0] - snapshots[0][0]) / 2 if len(snapshots) > 1 else snapshots[0][0]
+    columns = [c.name for c in TABLES[0].columns]
+    column_list = sql.SQL(", ").join(sql.Identifier("o", c) for c in columns)
     found = _query(conn, sql.SQL(
-        "SELECT {cols} FROM {as_of}(%s) o LEFT JOIN {cur} c ON c.id = o.id "
+        "SELECT {columns} FROM {as_of}(%s) o LEFT JOIN {cur} c ON c.id = o.id "
         "ORDER BY (o.email IS DISTINCT FROM c.email) DESC, o.id LIMIT 1").format(
-            cols=collist, as_of=sql.Identifier(ws, "store1_customers_as_of"),
-            cur=sql.Identifier(ws, "store1_customers")), [at])
+            columns=column_list, as_of=sql.Identifier(schema, "store1_customers_as_of"),
+            cur=sql.Identifier(schema, "store1_customers")), [at])
     if not found:
         return {}
-    then = dict(zip(cols, found[0], strict=True))
+    then = dict(zip(columns, found[0], strict=True))
     now_rows = _query(conn, sql.SQL("SELECT {} FROM {} c WHERE c.id = %s").format(
-        sql.SQL(", ").join(sql.Identifier("c", c) for c in cols), sql.Identifier(ws, "store1_customers")),
+        sql.SQL(", ").join(sql.Identifier("c", c) for c in columns), sql.Identifier(schema, "store1_customers")),
         [then["id"]])
     history = _query(conn, sql.SQL(
         "SELECT valid_from, valid_to, ended_by, email, phone FROM {} WHERE id = %s ORDER BY ds_batch_in").format(
-            sql.Identifier(ws, "store1_customers_history")), [then["id"]])
+            sql.Identifier(schema, "store1_customers_history")), [then["id"]])
     rows_then = _query(conn, sql.SQL("SELECT count(*) FROM {}(%s)").format(
-        sql.Identifier(ws, "store1_customers_as_of")), [at])
-    return {"at": at, "between": len(snaps) > 1, "columns": cols, "then": then, "rows_then": int(rows_then[0][0]),
-            "now": dict(zip(cols, now_rows[0], strict=True)) if now_rows else None, "history": history}
+        sql.Identifier(schema, "store1_customers_as_of")), [at])
+    return {"at": at, "between": len(snapshots) > 1, "columns": columns, "then": then,
+            "rows_then": int(rows_then[0][0]),
+            "now": dict(zip(columns, now_rows[0], strict=True)) if now_rows else None, "history": history}
 
 
 def _setup(model_dir: Path, merge: Endpoint, out: Console) -> None:
@@ -260,8 +261,40 @@ def _merge(model_dir: Path, platform: str, mode: str, merge: Endpoint, store: st
     return code
 
 
-def _counts_text(batch: list[BatchCounts]) -> str:
-    return ", ".join(f"{b.dataset} +{b.inserted} ~{b.updated} -{b.deleted}" for b in batch)
+@dataclass(frozen=True)
+class _Logins:
+    """The demo's roles, each with a fresh random password (in os.environ only while the demo runs)."""
+
+    source: Credential
+    merge: Credential
+    workspace: Credential
+    mariadb: Credential  # Store2's source user, in MariaDB
+
+    @classmethod
+    def fresh(cls) -> _Logins:
+        return cls(Credential("source", SOURCE_ROLE, secrets.token_urlsafe(18)),
+                   Credential("merge", MERGE_ROLE, secrets.token_urlsafe(18)),
+                   Credential("workspace", WORKSPACE_ROLE, secrets.token_urlsafe(18)),
+                   Credential(MYSQL_CREDENTIAL, SOURCE_ROLE, secrets.token_urlsafe(18)))
+
+    def env(self) -> dict[str, str]:
+        """The variables the engine reads the job's credentials from."""
+        return {f"{credential.name.upper()}_{part}": value
+                for credential in (self.source, self.merge, self.mariadb)
+                for part, value in (("USER", credential.user), ("PASSWORD", credential.password))}
+
+
+@dataclass
+class _Running:
+    """What the demo has started so far: the steps add to it, and `_stop` ends all of it whatever happens."""
+
+    out: Console
+    server: LocalPostgres
+    model_dir: Path
+    keep: Path | None
+    owner: str = ""  # a kept server's OS user, once it started: it may log in without a password
+    mariadb: LocalMariaDB | None = None
+    simulators: list[Simulator] = field(default_factory=list)
 
 
 def execute_demo(*, rounds: int, changes: int, keep: Path | None, seed: int,
@@ -273,95 +306,127 @@ def execute_demo(*, rounds: int, changes: int, keep: Path | None, seed: int,
     if rounds < 1 or changes < 0:
         raise UsageError("--rounds must be at least 1 and --changes not negative")
     _check_keep(keep)
-    out = console or Console()
     bin_dir = find_bin_dir("any")
-    kind = "embedded" if bin_dir == embedded_bin_dir() else "system"
-    server = LocalPostgres(bin_dir, base_dir=keep.resolve() if keep else None)
+    running = _Running(console or Console(), LocalPostgres(bin_dir, base_dir=keep.resolve() if keep else None),
+                       Path(tempfile.mkdtemp(prefix="ds-demo-model-")) if keep is None else keep.resolve() / "model",
+                       keep)
     result = DemoResult()
-    model_dir = Path(tempfile.mkdtemp(prefix="ds-demo-model-")) if keep is None else keep.resolve() / "model"
-    sim: Simulator | None = None
-    my_sim: Simulator | None = None
-    my_server: LocalMariaDB | None = None
-    os_user = ""
+    logins = _Logins.fresh()
     try:
-        with out.status(f"starting PostgreSQL ({kind} binaries in {bin_dir})"):
-            server.start()
-        if keep is not None:
-            os_user = _allow_owner_without_password(server)
-        out.print(f"[bold]PostgreSQL {server.version}[/] ({kind}) on socket {server.socket_dir}, no TCP port")
-        source_cred = Credential("source", SOURCE_ROLE, secrets.token_urlsafe(18))
-        merge_cred = Credential("merge", MERGE_ROLE, secrets.token_urlsafe(18))
-        server.create_role(SOURCE_ROLE, source_cred.password)
-        server.create_role(MERGE_ROLE, merge_cred.password)
-        workspace_cred = Credential("workspace", WORKSPACE_ROLE, secrets.token_urlsafe(18))
-        server.create_role(WORKSPACE_ROLE, workspace_cred.password)  # an existing role: the job never creates one
-        server.create_database(SOURCE_DB, owner=SOURCE_ROLE)
-        server.create_database(MERGE_DB, owner=MERGE_ROLE)
-        source = Endpoint(server.socket_dir, server.port, SOURCE_DB)
-        merge = Endpoint(server.socket_dir, server.port, MERGE_DB)
-        my_server = _start_mariadb(out, mariadb)
-        my_cred = Credential(MYSQL_CREDENTIAL, SOURCE_ROLE, secrets.token_urlsafe(18))
-        if my_server is not None:
-            my_server.create_database(SOURCE_DB, my_cred.user, my_cred.password)
-            result.mariadb_version = _mariadb_version(my_server)
-            out.print(f"[bold]MariaDB {result.mariadb_version}[/] on socket {my_server.socket}, no TCP port: "
-                      f"source [cyan]{SOURCE_DB}[/] (user {my_cred.user}) of store {MYSQL_STORE}")
-        model_dir.mkdir(parents=True, exist_ok=True)
-        (model_dir / "datasurface.yaml").write_text(yaml.safe_dump(
-            model_document(server.socket_dir, my_server.socket if my_server else None), sort_keys=False))
-        out.print(f"source [cyan]{SOURCE_DB}[/] (role {SOURCE_ROLE}), merge [cyan]{MERGE_DB}[/] "
-                  f"(role {MERGE_ROLE}), model {model_dir / 'datasurface.yaml'}")
-
-        env = {"SOURCE_USER": source_cred.user, "SOURCE_PASSWORD": source_cred.password,
-               "MERGE_USER": merge_cred.user, "MERGE_PASSWORD": merge_cred.password,
-               f"{MYSQL_CREDENTIAL.upper()}_USER": my_cred.user,
-               f"{MYSQL_CREDENTIAL.upper()}_PASSWORD": my_cred.password}
-        with _env(env), _quiet_logs():
-            sim = Simulator(source, source_cred, seed=seed, max_disconnected=10.0)
-            sim.create_tables()
-            if my_server is not None:
-                my_sim = Simulator(Endpoint(my_server.socket, 3306, SOURCE_DB), my_cred, seed=seed,
-                                   max_disconnected=10.0, backend=backend_for("mysql"))
-                my_sim.create_tables()
-            _setup(model_dir, merge, out)
-            _rounds(out, sim, model_dir, merge, rounds, changes, result, my_sim)
-            sim.close()
-            conn: PgConnection = connect(merge, merge_cred, application_name="datasurface-demo")
-            try:
-                _collect(conn, source, source_cred, result)
-                if my_server is not None:
-                    my_sim.close()  # type: ignore[union-attr]
-                    _collect_mariadb(conn, my_server, my_cred, result)
-            finally:
-                conn.close()
-            reader: PgConnection = connect(merge, workspace_cred, application_name="datasurface-demo")
-            try:  # a real login as the workspace's role: it sees only its schema
-                result.as_of = _as_of(reader)
-            finally:
-                reader.close()
-            _report(out, result)
+        _start_postgres(running, bin_dir)
+        source, merge = _create_databases(running.server, logins)
+        running.mariadb = _start_mariadb(running.out, mariadb)
+        if running.mariadb is not None:
+            result.mariadb_version = _create_mariadb_source(running.out, running.mariadb, logins.mariadb)
+        _write_model(running)
+        with _env(logins.env()), _quiet_logs():
+            simulator, mariadb_simulator = _create_source_tables(running, source, logins, seed)
+            _setup(running.model_dir, merge, running.out)
+            _rounds(running.out, simulator, running.model_dir, merge, rounds, changes, result, mariadb_simulator)
+            for each in running.simulators:
+                each.close()
+            _collect_all(merge, source, logins, running.mariadb, result)
+            _report(running.out, result)
             if inspect is not None:
-                inspect(DemoServer(server, source, merge, source_cred, merge_cred, model_dir, my_server,
-                                   my_cred if my_server else None), result)
+                inspect(DemoServer(running.server, source, merge, logins.source, logins.merge, running.model_dir,
+                                   running.mariadb, logins.mariadb if running.mariadb else None), result)
     finally:
-        for simulator in (sim, my_sim):
-            if simulator is not None:
-                simulator.close()
-        if my_server is not None:
-            my_server.stop()  # its throwaway folder too, --keep or not
-        server.stop()
-        if keep is None:
-            shutil.rmtree(model_dir, ignore_errors=True)
-        elif os_user:
-            _say_kept(out, server, keep.resolve(), model_dir, os_user)
-        else:
-            out.print(f"The server did not start; its folder {keep.resolve()} is kept.")
-    if keep is None:
-        servers = "servers are" if my_server is not None else "server is"
-        out.print(f"\nThe {servers} stopped and their data removed (use --keep DIR to keep PostgreSQL's).")
-    elif my_server is not None:
-        out.print("The MariaDB server is stopped and its data removed (--keep keeps PostgreSQL's only).")
+        _stop(running)
+    _say_stopped(running)
     return result
+
+
+def _start_postgres(running: _Running, bin_dir: Path) -> None:
+    kind = "embedded" if bin_dir == embedded_bin_dir() else "system"
+    with running.out.status(f"starting PostgreSQL ({kind} binaries in {bin_dir})"):
+        running.server.start()
+    if running.keep is not None:
+        running.owner = _allow_owner_without_password(running.server)
+    running.out.print(f"[bold]PostgreSQL {running.server.version}[/] ({kind}) on socket "
+                      f"{running.server.socket_dir}, no TCP port")
+
+
+def _create_databases(server: LocalPostgres, logins: _Logins) -> tuple[Endpoint, Endpoint]:
+    """The roles, and the source and merge databases each owned by its role; their endpoints."""
+    server.create_role(SOURCE_ROLE, logins.source.password)
+    server.create_role(MERGE_ROLE, logins.merge.password)
+    server.create_role(WORKSPACE_ROLE, logins.workspace.password)  # an existing role: the job never creates one
+    server.create_database(SOURCE_DB, owner=SOURCE_ROLE)
+    server.create_database(MERGE_DB, owner=MERGE_ROLE)
+    return (Endpoint(server.socket_dir, server.port, SOURCE_DB), Endpoint(server.socket_dir, server.port, MERGE_DB))
+
+
+def _create_mariadb_source(out: Console, server: LocalMariaDB, credential: Credential) -> str:
+    """Store2's source database and its user; the server's version."""
+    server.create_database(SOURCE_DB, credential.user, credential.password)
+    version = _mariadb_version(server)
+    out.print(f"[bold]MariaDB {version}[/] on socket {server.socket}, no TCP port: "
+              f"source [cyan]{SOURCE_DB}[/] (user {credential.user}) of store {MYSQL_STORE}")
+    return version
+
+
+def _write_model(running: _Running) -> None:
+    running.model_dir.mkdir(parents=True, exist_ok=True)
+    model_file = running.model_dir / "datasurface.yaml"
+    model_file.write_text(yaml.safe_dump(model_document(
+        running.server.socket_dir, running.mariadb.socket if running.mariadb else None), sort_keys=False))
+    running.out.print(f"source [cyan]{SOURCE_DB}[/] (role {SOURCE_ROLE}), merge [cyan]{MERGE_DB}[/] "
+                      f"(role {MERGE_ROLE}), model {model_file}")
+
+
+def _create_source_tables(running: _Running, source: Endpoint, logins: _Logins,
+                          seed: int) -> tuple[Simulator, Simulator | None]:
+    """The simulators of the PostgreSQL source and (with MariaDB) of Store2's, with their tables."""
+    simulator = Simulator(source, logins.source, seed=seed, max_disconnected=10.0)
+    running.simulators.append(simulator)
+    simulator.create_tables()
+    if running.mariadb is None:
+        return simulator, None
+    mariadb_simulator = Simulator(Endpoint(running.mariadb.socket, 3306, SOURCE_DB), logins.mariadb, seed=seed,
+                                  max_disconnected=10.0, backend=backend_for("mysql"))
+    running.simulators.append(mariadb_simulator)
+    mariadb_simulator.create_tables()
+    return simulator, mariadb_simulator
+
+
+def _collect_all(merge: Endpoint, source: Endpoint, logins: _Logins, mariadb: LocalMariaDB | None,
+                 result: DemoResult) -> None:
+    """The batches and row counts as the merge role sees them, then the history as the workspace's role."""
+    conn: PgConnection = connect(merge, logins.merge, application_name="datasurface-demo")
+    try:
+        _collect(conn, source, logins.source, result)
+        if mariadb is not None:
+            _collect_mariadb(conn, mariadb, logins.mariadb, result)
+    finally:
+        conn.close()
+    reader: PgConnection = connect(merge, logins.workspace, application_name="datasurface-demo")
+    try:  # a real login as the workspace's role: it sees only its schema
+        result.as_of = _as_of(reader)
+    finally:
+        reader.close()
+
+
+def _stop(running: _Running) -> None:
+    """Every simulator and server stopped; the model folder removed, or (--keep) what was kept said."""
+    for simulator in running.simulators:
+        simulator.close()
+    if running.mariadb is not None:
+        running.mariadb.stop()  # its throwaway folder too, --keep or not
+    running.server.stop()
+    if running.keep is None:
+        shutil.rmtree(running.model_dir, ignore_errors=True)
+    elif running.owner:
+        _say_kept(running.out, running.server, running.keep.resolve(), running.model_dir, running.owner)
+    else:
+        running.out.print(f"The server did not start; its folder {running.keep.resolve()} is kept.")
+
+
+def _say_stopped(running: _Running) -> None:
+    if running.keep is None:
+        servers = "servers are" if running.mariadb is not None else "server is"
+        running.out.print(f"\nThe {servers} stopped and their data removed (use --keep DIR to keep PostgreSQL's).")
+    elif running.mariadb is not None:
+        running.out.print("The MariaDB server is stopped and its data removed (--keep keeps PostgreSQL's only).")
 
 
 def _start_mariadb(out: Console, wanted: bool | None) -> LocalMariaDB | None:
@@ -402,9 +467,11 @@ def _say_kept(out: Console, server: LocalPostgres, root: Path, model_dir: Path, 
               f"\n  {run_as}{pg_ctl} -D {root / 'data'} stop", soft_wrap=True)
 
 
-def _rounds(out: Console, sim: Simulator, model_dir: Path, merge: Endpoint, rounds: int, changes: int,
-            result: DemoResult, my_sim: Simulator | None = None) -> None:
-    stores = [(STORE, result.merge_codes)] + ([(MYSQL_STORE, result.mariadb_merge_codes)] if my_sim else [])
+def _rounds(out: Console, simulator: Simulator, model_dir: Path, merge: Endpoint, rounds: int, changes: int,
+            result: DemoResult, mariadb_simulator: Simulator | None = None) -> None:
+    stores = [(STORE, result.merge_codes)]
+    if mariadb_simulator is not None:
+        stores.append((MYSQL_STORE, result.mariadb_merge_codes))
     # a Ctrl-C stops the rounds even where a library caught the KeyboardInterrupt it raised (interrupts.py):
     # each step checks that none came since the rounds began
     seen = interrupts.count()
@@ -414,15 +481,13 @@ def _rounds(out: Console, sim: Simulator, model_dir: Path, merge: Endpoint, roun
         for n in range(1, rounds + 1):
             interrupts.raise_if_interrupted(seen)
             progress.update(task, description=f"round {n}/{rounds}: simulating {changes} changes")
-            counts = sim.run(changes)
+            counts = simulator.run(changes)
             result.simulated += counts
-            progress.console.print(f"round {n}: simulated " + (", ".join(
-                f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"))
-            if my_sim is not None:
-                my_counts = my_sim.run(changes)
-                result.mariadb_simulated += my_counts
-                progress.console.print(f"round {n}: simulated in MariaDB " + (", ".join(
-                    f"{k} {v}" for k, v in sorted(my_counts.items())) or "nothing"))
+            progress.console.print(f"round {n}: simulated {_changes_text(counts)}")
+            if mariadb_simulator is not None:
+                mariadb_counts = mariadb_simulator.run(changes)
+                result.mariadb_simulated += mariadb_counts
+                progress.console.print(f"round {n}: simulated in MariaDB {_changes_text(mariadb_counts)}")
             progress.advance(task)
             for store, codes in stores:
                 for platform, mode in PLATFORMS:
@@ -434,22 +499,26 @@ def _rounds(out: Console, sim: Simulator, model_dir: Path, merge: Endpoint, roun
         progress.update(task, description="done")
 
 
-def _collect(conn: PgConnection, source: Endpoint, cred: Credential,
+def _changes_text(counts: Counter[str]) -> str:
+    return ", ".join(f"{kind} {count}" for kind, count in sorted(counts.items())) or "nothing"
+
+
+def _collect(conn: PgConnection, source: Endpoint, credential: Credential,
              result: DemoResult) -> None:
     for platform, _mode in PLATFORMS:
         result.batches += _batches(conn, platform)
         for table in TABLES:
             result.current_rows[(platform, table.name)] = _count(
                 conn, platform.lower(), f"{STORE.lower()}_{table.name}_current")
-    src: PgConnection = connect(source, cred, application_name="datasurface-demo")
+    source_conn: PgConnection = connect(source, credential, application_name="datasurface-demo")
     try:
         for table in TABLES:
-            result.source_rows[table.name] = _count(src, "public", table.name)
+            result.source_rows[table.name] = _count(source_conn, "public", table.name)
     finally:
-        src.close()
+        source_conn.close()
 
 
-def _collect_mariadb(conn: PgConnection, server: LocalMariaDB, cred: Credential, result: DemoResult) -> None:
+def _collect_mariadb(conn: PgConnection, server: LocalMariaDB, credential: Credential, result: DemoResult) -> None:
     import pymysql
 
     for platform, _mode in PLATFORMS:
@@ -457,21 +526,22 @@ def _collect_mariadb(conn: PgConnection, server: LocalMariaDB, cred: Credential,
         for table in TABLES:
             result.mariadb_current_rows[(platform, table.name)] = _count(
                 conn, platform.lower(), f"{MYSQL_STORE.lower()}_{table.name}_current")
-    src = pymysql.connect(unix_socket=server.socket, user=cred.user, password=cred.password, database=SOURCE_DB)
+    source_conn = pymysql.connect(unix_socket=server.socket, user=credential.user, password=credential.password,
+                                  database=SOURCE_DB)
     try:
-        with src.cursor() as cur:
+        with source_conn.cursor() as cur:
             for table in TABLES:
                 cur.execute(f"SELECT count(*) FROM `{table.name}`")  # noqa: S608 - the simulator's table names
                 result.mariadb_source_rows[table.name] = int(cur.fetchone()[0])
     finally:
-        src.close()
+        source_conn.close()
 
 
 def _batch_table(out: Console, title: str, batches: list[BatchCounts], source_rows: dict[str, int],
                  current_rows: dict[tuple[str, str], int]) -> None:
     table = Table(title=title)
-    for col in ("platform", "batch", "dataset", "rows", "inserted", "updated", "deleted"):
-        table.add_column(col, justify="left" if col in ("platform", "dataset") else "right")
+    for column in ("platform", "batch", "dataset", "rows", "inserted", "updated", "deleted"):
+        table.add_column(column, justify="left" if column in ("platform", "dataset") else "right")
     for b in batches:
         table.add_row(b.platform, str(b.batch_id), b.dataset, f"{b.total:,}", f"{b.inserted:,}",
                       f"{b.updated:,}", f"{b.deleted:,}")
@@ -497,25 +567,25 @@ def _report(out: Console, result: DemoResult) -> None:
     when = "between the first two snapshots" if as_of["between"] else "at the first snapshot"
     out.print(f"as of {at:%Y-%m-%d} {_clock(at)}, {when}: {as_of['rows_then']:,} customers "
               f"({WORKSPACE_SCHEMA}.store1_customers_as_of)", soft_wrap=True, markup=False)
-    cmp = Table(title=f"Customer {then['id']}: then vs now")
-    cmp.add_column("column")
-    cmp.add_column("as of then")
-    cmp.add_column("now")
-    for col in as_of["columns"]:
-        old, new = then[col], (now or {}).get(col)
+    comparison = Table(title=f"Customer {then['id']}: then vs now")
+    comparison.add_column("column")
+    comparison.add_column("as of then")
+    comparison.add_column("now")
+    for column in as_of["columns"]:
+        old, new = then[column], (now or {}).get(column)
         style = "bold yellow" if old != new else ""
-        cmp.add_row(col, str(old), "(deleted)" if now is None else str(new), style=style)
-    out.print(cmp)
+        comparison.add_row(column, str(old), "(deleted)" if now is None else str(new), style=style)
+    out.print(comparison)
     shown = (f"SELECT * FROM {WORKSPACE_SCHEMA}.store1_customers_as_of('{at.isoformat()}') "  # noqa: S608 - shown
              f"WHERE id = '{then['id']}';")
     out.print(shown, style="dim", markup=False)
-    hist = Table(title=f"Every version of customer {then['id']} ({WORKSPACE_SCHEMA}.store1_customers_history)")
-    for col in ("valid_from", "valid_to", "ended_by", "email", "phone"):
-        hist.add_column(col)
+    history = Table(title=f"Every version of customer {then['id']} ({WORKSPACE_SCHEMA}.store1_customers_history)")
+    for column in ("valid_from", "valid_to", "ended_by", "email", "phone"):
+        history.add_column(column)
     for valid_from, valid_to, ended_by, email, phone in as_of["history"]:
-        hist.add_row(_clock(valid_from), "current" if valid_to is None else _clock(valid_to), ended_by or "",
+        history.add_row(_clock(valid_from), "current" if valid_to is None else _clock(valid_to), ended_by or "",
                      str(email), str(phone))
-    out.print(hist)
+    out.print(history)
 
 
 def _clock(at: Any) -> str:

@@ -1,9 +1,13 @@
-"""Smoke test of scripts/benchmark.py: a tiny run finishes, every correctness check passes and the
-table has its columns. No timing assertions: the numbers themselves are for the README, not CI."""
+"""Smoke test of the benchmark (scripts/benchmark/, run by scripts/benchmark.sh): a tiny run finishes,
+every correctness check passes and the table has its columns. No timing assertions: the numbers themselves
+are for the docs, not CI."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -12,6 +16,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# the package as scripts/benchmark.sh runs it: `python -m benchmark` with scripts/ on the path
+BENCHMARK = [sys.executable, "-m", "benchmark"]
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "scripts")}
 COLUMNS = ["shape", "rows", "churn", "mode", "batch", "floor s", "job s", "ratio", "floor+w s", "ratio w",
            "rows/s", "peak RSS MB", "changes", "check"]
 
@@ -21,10 +28,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedP
     out = tmp_path_factory.mktemp("bench")
     md, js = out / "table.md", out / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--sizes", "2k", "--wide-sizes", "1k",
+        [*BENCHMARK, "--sizes", "2k", "--wide-sizes", "1k",
          "--churn", "10,0", "--as-of", "--fixed-cost", "2", "--streams", "2", "--stream-rows", "500",
          "--jobs", "1,2", "--stream-rounds", "2", "--markdown", str(md), "--json", str(js)],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV,
     )
     return proc, md, js
 
@@ -91,12 +98,13 @@ def test_benchmark_shows_the_as_of_plans(run: tuple[subprocess.CompletedProcess[
     assert "Index Scan using bench_narrow_pkey" in key_query and "Execution Time" in key_query, key_query
 
 
-def test_benchmark_fails_on_a_wrong_answer(pg_server: object, tmp_path: Path) -> None:
+def test_benchmark_fails_on_a_wrong_answer(pg_server: object, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The correctness check can fail: a job that commits nothing must not pass as fast."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import benchmark
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    bench_module = importlib.import_module("benchmark.bench")
 
-    bench = benchmark.Bench(pg_server, tmp_path)  # type: ignore[arg-type]
+    bench = bench_module.Bench(pg_server, tmp_path)
     bench.create_databases("wrong")
     try:
         bench.generate("narrow", 500)
@@ -105,7 +113,7 @@ def test_benchmark_fails_on_a_wrong_answer(pg_server: object, tmp_path: Path) ->
         bench.check("narrow", "live", {"total": 500, "inserted": 500, "updated": 0, "deleted": 0}, 500, None)
         expected = bench.churn("narrow", 0.3, seed=1)
         # the churn is not merged: the current view still shows the old rows
-        with pytest.raises(benchmark.CheckFailed, match="current view != source"):
+        with pytest.raises(bench_module.CheckFailed, match="current view != source"):
             bench.check("narrow", "live", expected, floor_changes=expected["inserted"] + expected["updated"]
                         + expected["deleted"], versions=None)
     finally:
@@ -117,9 +125,9 @@ def test_repeat_gives_each_churn_level_its_medians(tmp_path: Path) -> None:
     one line per level and mode with the medians of its three batches."""
     js = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--sizes", "1k", "--shapes", "narrow",
+        [*BENCHMARK, "--sizes", "1k", "--shapes", "narrow",
          "--churn", "10", "--repeat", "3", "--fixed-cost", "0", "--json", str(js)],
-        capture_output=True, text=True, timeout=300, cwd=REPO)
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = [r for r in json.loads(js.read_text()) if r.get("churn") == "10%"]
     for mode in ("live", "forensic"):
@@ -130,3 +138,27 @@ def test_repeat_gives_each_churn_level_its_medians(tmp_path: Path) -> None:
         line = next(x for x in proc.stdout.splitlines() if x.startswith(head))
         ratios = sorted(r["ratio"] for r in mine)
         assert f"ratio {statistics.median(ratios):.2f} (range {ratios[0]:.2f}-{ratios[-1]:.2f})" in line, line
+
+
+@pytest.mark.parametrize("module", ["benchmark.cli", "benchmark.exporter"])
+def test_every_option_is_explained(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--help` of the benchmark and of `--exporter` says what every option does."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    parser = importlib.import_module(module).build_parser()
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert options
+    unexplained = [a.option_strings[0] for a in options if not a.help or a.help == argparse.SUPPRESS]
+    assert unexplained == []
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--exporter", "--help"]])
+def test_the_wrapper_runs_the_package(args: list[str]) -> None:
+    """scripts/benchmark.sh reaches the package: its usage line, and an unknown option refused."""
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "benchmark.sh"), *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    prog = "scripts/benchmark.sh --exporter" if args[0] == "--exporter" else "scripts/benchmark.sh"
+    assert proc.stdout.startswith(f"usage: {prog} [-h]"), proc.stdout
+    wrong = subprocess.run(["bash", str(REPO / "scripts" / "benchmark.sh"), *args[:-1], "--no-such-option"],
+                           capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "unrecognized arguments: --no-such-option" in wrong.stderr, wrong.stderr

@@ -1,5 +1,5 @@
-#!/usr/bin/env python3
-"""Benchmark `datasurface-job exporter` (issue 14): per-scrape time and memory with large ledgers.
+"""`scripts/benchmark.sh --exporter`: per-scrape time and memory of `datasurface-job exporter` with large
+ledgers.
 
 On a throwaway PostgreSQL it starts itself, it fills three platform schemas with synthetic ledgers of
 the job's own layout (`ds_batches`, `ds_runs`, `ds_run_totals`, created by the job's code): 1 stream x
@@ -27,21 +27,23 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+import psycopg2
 
-from datasurface.localpg import LocalPostgres, find_bin_dir  # noqa: E402
-from datasurface.merge.ledger import BatchLedger  # noqa: E402
-from datasurface.observe import runs  # noqa: E402
+from datasurface.localpg import LocalPostgres, find_bin_dir
+from datasurface.merge.ledger import BatchLedger
+from datasurface.observe import runs
+
+REPO = Path(__file__).resolve().parents[2]
 
 
-def fill(conn: object, schema: str, streams: int, batches: int) -> None:
+def fill(conn: Any, schema: str, streams: int, batches: int) -> None:
     """STREAMS x BATCHES committed batches (the last one of every tenth stream open) and as many runs."""
-    with conn.cursor() as cur:  # type: ignore[attr-defined]
+    with conn.cursor() as cur:
         cur.execute(f'CREATE SCHEMA "{schema}"')
-        BatchLedger(conn, schema).ensure()  # type: ignore[arg-type]
-        runs.ensure(conn, schema)  # type: ignore[arg-type]
+        BatchLedger(conn, schema).ensure()
+        runs.ensure(conn, schema)
         cur.execute(f"""
             INSERT INTO "{schema}".ds_batches (stream, store, dataset, batch_id, status, mode, model_fingerprint,
                    started_at, finished_at, snapshot_at, rows_total, rows_inserted, rows_updated, rows_deleted)
@@ -70,12 +72,15 @@ def fill(conn: object, schema: str, streams: int, batches: int) -> None:
               FROM "{schema}".ds_runs GROUP BY store""")
         cur.execute(f'ANALYZE "{schema}".ds_batches')
         cur.execute(f'ANALYZE "{schema}".ds_runs')
-    conn.commit()  # type: ignore[attr-defined]
+    conn.commit()
 
 
 def rss_mb(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1)) / 1024  # type: ignore[union-attr]
+    match = re.search(r"VmRSS:\s+(\d+) kB", text)
+    if match is None:
+        raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+    return int(match.group(1)) / 1024
 
 
 def measure(env: dict[str, str], merge_args: list[str], platform: str, scrapes: int) -> dict[str, float]:
@@ -84,15 +89,19 @@ def measure(env: dict[str, str], merge_args: list[str], platform: str, scrapes: 
                             env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
-        port = int(re.search(r":(\d+)/metrics", proc.stdout.readline()).group(1))  # type: ignore[union-attr]
+        first_line = proc.stdout.readline()
+        match = re.search(r":(\d+)/metrics", first_line)
+        if match is None:
+            raise RuntimeError(f"the exporter did not say where it listens: {first_line!r}")
+        port = int(match.group(1))
         url = f"http://127.0.0.1:{port}/metrics"
         times, size = [], 0
         rss_first = 0.0
         for i in range(scrapes):
-            t0 = time.perf_counter()
+            started = time.perf_counter()
             with urllib.request.urlopen(url, timeout=30) as resp:
                 body = resp.read()
-            times.append(time.perf_counter() - t0)
+            times.append(time.perf_counter() - started)
             assert b"datasurface_up" in body and b" 1.0" in body.split(b"datasurface_up{")[1][:80], body[:500]
             size = len(body)
             if i == 0:
@@ -106,40 +115,45 @@ def measure(env: dict[str, str], merge_args: list[str], platform: str, scrapes: 
         proc.wait(10)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scripts/benchmark.sh --exporter", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, default=100, metavar="N",
+                        help="streams in the large ledger (and in the one without history)")
+    parser.add_argument("--batches", type=int, default=1000, metavar="N", help="batches (and runs) per stream")
+    parser.add_argument("--scrapes", type=int, default=200, metavar="N",
+                        help="scrapes of each exporter; the first (it opens the connection) is left out")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--streams", type=int, default=100)
-    p.add_argument("--batches", type=int, default=1000, help="batches (and runs) per stream")
-    p.add_argument("--scrapes", type=int, default=200)
-    a = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     with LocalPostgres(find_bin_dir("any")) as server:
         user, password = "bench", secrets.token_hex(8)
         server.create_role(user, password)
         server.create_database("merge", owner=user)
-        import psycopg2
-
         conn = psycopg2.connect(host=server.socket_dir, port=server.port, dbname="merge", user=user,
                                 password=password)
-        t0 = time.monotonic()
+        started = time.monotonic()
         fill(conn, "floor", 1, 1)
-        fill(conn, "short", a.streams, 1)
-        fill(conn, "large", a.streams, a.batches)
+        fill(conn, "short", args.streams, 1)
+        fill(conn, "large", args.streams, args.batches)
         conn.close()
-        print(f"ledgers filled in {time.monotonic() - t0:.1f}s: floor 1 x 1, large {a.streams} x {a.batches} "
-              f"({a.streams * a.batches:,} batches and runs)", flush=True)
+        print(f"ledgers filled in {time.monotonic() - started:.1f}s: floor 1 x 1, "
+              f"large {args.streams} x {args.batches} ({args.streams * args.batches:,} batches and runs)", flush=True)
         env = {**os.environ, "BENCH_USER": user, "BENCH_PASSWORD": password,
                "PYTHONPATH": str(REPO / "src")}
         merge_args = ["--merge-host", server.socket_dir, "--merge-port", str(server.port),
                       "--merge-database", "merge", "--merge-credential", "bench"]
-        floor = measure(env, merge_args, "Floor", a.scrapes)
-        short = measure(env, merge_args, "Short", a.scrapes)
-        large = measure(env, merge_args, "Large", a.scrapes)
+        floor = measure(env, merge_args, "Floor", args.scrapes)
+        short = measure(env, merge_args, "Short", args.scrapes)
+        large = measure(env, merge_args, "Large", args.scrapes)
     print("| streams x batches | scrapes | median ms | p95 ms | ratio to 1 x 1 | ratio to same streams x 1 "
           "| RSS first MB | RSS last MB | body KB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in (("1 x 1", floor), (f"{a.streams} x 1", short), (f"{a.streams} x {a.batches}", large)):
+    for name, r in (("1 x 1", floor), (f"{args.streams} x 1", short), (f"{args.streams} x {args.batches}", large)):
         same = "" if r is floor else f"{r['median_ms'] / short['median_ms']:.2f}"
-        print(f"| {name} | {a.scrapes} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} | "
+        print(f"| {name} | {args.scrapes} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} | "
               f"{r['median_ms'] / floor['median_ms']:.2f} | {same} | {r['rss_first_mb']:.1f} | "
               f"{r['rss_last_mb']:.1f} | {r['bytes'] / 1024:.0f} |")
     return 0
