@@ -378,7 +378,7 @@ class _Encoder:
         unchanged = []
         for i, value in enumerate(values):
             if value is UNCHANGED:
-                before = old[columns[i]] if old is not None else UNCHANGED
+                before = old[columns[i]] if old is not None and change.old_full else UNCHANGED
                 if before is UNCHANGED:  # the merge side takes it from the row's last known version
                     unchanged.append(i + 1)
                     values[i] = None

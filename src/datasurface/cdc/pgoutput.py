@@ -38,13 +38,15 @@ class Relation(NamedTuple):
 
 
 class Change(NamedTuple):
-    """One row change: `op` I, U or D. `old`: the replica identity's columns of the row before an UPDATE
-    (only when they changed, or all of them under REPLICA IDENTITY FULL) or of a deleted row."""
+    """One row change: `op` I, U or D. `old`: the row before an UPDATE (only when its replica identity
+    changed, or always under REPLICA IDENTITY FULL) or the deleted row: all its columns when `old_full`
+    (REPLICA IDENTITY FULL), else its replica identity's columns, the others NULL."""
 
     relation: Relation
     op: str
     new: tuple[Value, ...] | None
     old: tuple[Value, ...] | None
+    old_full: bool = False
 
 
 class Truncate(NamedTuple):
@@ -110,13 +112,14 @@ class Decoder:
         relation = self._known(relid)
         pos = 5
         old = new = None
+        old_full = data[pos:pos + 1] == b"O"
         if data[pos:pos + 1] in (b"K", b"O"):
             old, pos = _tuple(data, pos + 1)
         if op != "D":
             if data[pos:pos + 1] != b"N":
                 raise DecodeError(f"pgoutput {op} message of {relation.table} without its new tuple")
             new, pos = _tuple(data, pos + 1)
-        return Change(relation, op, new, old)
+        return Change(relation, op, new, old, old_full)
 
 
 def _string(data: bytes, pos: int) -> tuple[str, int]:
