@@ -218,8 +218,9 @@ class Capture:
         in_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
             target, sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS))).as_string(merge)
         with self.conn.cursor() as cur:  # the decoder prints values with this session's settings
-            for setting, value in _TEXT_SETTINGS:
-                cur.execute("SELECT set_config(%s, %s, false)", (setting, value))
+            settings = (sql.SQL("set_config({}, {}, false)").format(sql.Literal(k), sql.Literal(v))
+                        for k, v in _TEXT_SETTINGS)
+            cur.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(settings)))
         read_fd, write_fd = os.pipe()
         producer_error: list[BaseException] = []
 
