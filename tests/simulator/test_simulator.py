@@ -325,7 +325,7 @@ def test_the_source_of_a_model_store_then_merge_ingests_it(dbs, repo_root: Path,
 def test_model_store_errors_are_one_line(dbs, repo_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     model = _example_model(repo_root, tmp_path / "model", host=dbs.host, port=dbs.port, database=dbs.source)
     cases = [
-        (["--model", str(model), "--store", "Nope"], 1, "unknown store 'Nope' (the model has: Store1)"),
+        (["--model", str(model), "--store", "Nope"], 1, "unknown store 'Nope' (the model has: Store1, Store3)"),
         (["--model", str(model)], 2, "--model needs --store"),
         (["--store", "Store1", "--host", dbs.host], 2, "give --model too"),
         (["--model", str(model), "--store", "Store1", "--db-type", "mysql"], 2,
