@@ -581,6 +581,8 @@ def run_check(*, model: str, model_ref: str | None, model_path: str, merge: Endp
         try:
             with dialects.open_source(st, "check") as source:
                 source.check(st.datasets)
+                if st.source.ingestion == "cdc":  # what a merge would refuse; the publication it may create
+                    cdc_capture.Capture(source.conn, st, "").requirements(st.datasets)  # type: ignore[attr-defined]
             print(f"ok   source of store {st.name}: {dialects.describe(st)}")
         except DataSurfaceError as exc:
             print(f"FAIL source of store {st.name}: {exc}")

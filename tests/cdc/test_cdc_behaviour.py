@@ -302,3 +302,14 @@ def test_cdc_needs_one_consistent_postgresql_stream(dbs: Any, tmp_path: Path, ch
                     *dbs.merge_args()], dbs.env)
     assert_one_line_error(proc, path)
     assert yaml.safe_load((model / "datasurface.yaml").read_text())  # the model itself is well-formed YAML
+
+
+def test_check_reports_what_a_merge_would_refuse(make: Any) -> None:
+    s = make(replication=False)
+    proc = run_job(["check", "--model", str(s.model), *s.dbs.merge_args()], s.dbs.env)
+    assert proc.returncode == 1
+    assert f'FAIL source of store Store1: store Store1 (ingestion: cdc): role {s.dbs.env["SOURCE_USER"]} may not ' \
+           "read replication slots" in proc.stdout
+    allow_replication(s.dbs)
+    proc = run_job(["check", "--model", str(s.model), *s.dbs.merge_args()], s.dbs.env)
+    assert proc.returncode == 0, proc.stdout

@@ -69,6 +69,12 @@ class Capture:
     def check(self, datasets: Sequence[Dataset]) -> None:
         """Refuse, in one line saying what to change, a source that cannot serve this store's changes; create
         or complete the publication where the role may."""
+        self.requirements(datasets)
+        self._ensure_publication(datasets, f"store {self.store.name} (ingestion: cdc)")
+        self.conn.commit()
+
+    def requirements(self, datasets: Sequence[Dataset]) -> None:
+        """The checks that change nothing: wal_level, the REPLICATION attribute, each table's replica identity."""
         with self.conn.cursor() as cur:
             cur.execute("""SELECT current_setting('wal_level'), current_user, r.rolreplication OR r.rolsuper
                              FROM pg_roles r WHERE r.rolname = current_user""")
@@ -82,8 +88,7 @@ class Capture:
                                f"`ALTER ROLE {self._quoted(role)} REPLICATION`")
         for dataset in datasets:
             self._check_identity(dataset, where)
-        self._ensure_publication(datasets, where)
-        self.conn.commit()
+        self.conn.rollback()
 
     def _quoted(self, *names: str) -> str:
         return sql.Identifier(*names).as_string(self.conn)
