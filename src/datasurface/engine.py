@@ -301,10 +301,10 @@ class StreamRun:
                               lambda: self._merge(batch, rows), lambda: self._merge_relations())
 
     def _stage_changes(self, capture: cdc_capture.Capture, batch: Batch, table: str) -> Batch:
-        upto, fixed_at = capture.position()
+        fixed_at = capture.mark()
         changes.create(self.merge, self.schema, table)
         rows, end = capture.copy_changes(self.merge, sql.Identifier(self.schema, table),
-                                         [lay.dataset for lay in self.lays], upto)
+                                         [lay.dataset for lay in self.lays])
         lsn = pgoutput.format_lsn(end)
         staged = self.ledger.mark_staged(batch, rows, fixed_at, source_lsn=lsn, slot_lsn=lsn)
         killpoint("ingest:before_commit")

@@ -192,40 +192,37 @@ class Capture:
             cur.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, format_lsn(lsn)))
         self.conn.commit()
 
-    def position(self) -> tuple[int, datetime.datetime]:
+    def mark(self) -> datetime.datetime:
         """Fix where the batch ends: a marker transaction, committed and flushed now, whose commit the batch's
         read reaches. Decoding reads flushed WAL only, and a server with asynchronous commits flushes a commit
         later than it acknowledges it; the marker's flushed commit is a record boundary every earlier commit
-        precedes. Returns the flushed position to read up to, and the source's clock at the marker."""
+        precedes. The session's text settings for the decoder are set on the way. Returns the source's clock
+        at the marker."""
+        settings = (sql.SQL("set_config({}, {}, false)").format(sql.Literal(k), sql.Literal(v))
+                    for k, v in _TEXT_SETTINGS)
         with self.conn.cursor() as cur:
-            cur.execute("SET LOCAL synchronous_commit = local")
-            cur.execute("SELECT pg_logical_emit_message(true, %s, %s), clock_timestamp()", (MARKER, self.slot))
-            at = cur.fetchone()[1]  # type: ignore[index]
+            cur.execute(sql.SQL("SET LOCAL synchronous_commit = local; SELECT {}, "
+                                "pg_logical_emit_message(true, {}, {}), clock_timestamp()").format(
+                sql.SQL(", ").join(settings), sql.Literal(MARKER), sql.Literal(self.slot)))
+            at: datetime.datetime = cur.fetchone()[-1]  # type: ignore[index]
         self.conn.commit()
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_current_wal_flush_lsn()::text")
-            upto = parse_lsn(cur.fetchone()[0])  # type: ignore[index]
-        self.conn.commit()
-        return upto, at
+        return at
 
     # --- the changes --------------------------------------------------------------------------------
 
-    def copy_changes(self, merge: PgConnection, target: sql.Composable, datasets: Sequence[Dataset],
-                     upto: int) -> tuple[dict[str, int], int]:
-        """Stream every change committed up to `upto` into `target` (the batch's change table); the change rows
-        per dataset and the batch's end: the end of the last commit read (the marker's, or a later one)."""
+    def copy_changes(self, merge: PgConnection, target: sql.Composable,
+                     datasets: Sequence[Dataset]) -> tuple[dict[str, int], int]:
+        """Stream every change flushed by now (the marker's commit included) into `target` (the batch's change
+        table); the change rows per dataset and the batch's end: the end of the last commit read (the
+        marker's, or a later one)."""
         encoder = _Encoder(self.store.source.schema, datasets)
         out_sql = sql.SQL(
-            "COPY (SELECT lsn, data FROM pg_logical_slot_peek_binary_changes({}, {}::pg_lsn, NULL, "
+            "COPY (SELECT lsn, data FROM pg_logical_slot_peek_binary_changes({}, pg_current_wal_flush_lsn(), NULL, "
             "'proto_version', '1', 'publication_names', {}, 'messages', 'true')) TO STDOUT (FORMAT binary)").format(
-            sql.Literal(self.slot), sql.Literal(format_lsn(upto)),
+            sql.Literal(self.slot),
             sql.Literal(sql.Identifier(self.publication).as_string(self.conn))).as_string(self.conn)
         in_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
             target, sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS))).as_string(merge)
-        with self.conn.cursor() as cur:  # the decoder prints values with this session's settings
-            settings = (sql.SQL("set_config({}, {}, false)").format(sql.Literal(k), sql.Literal(v))
-                        for k, v in _TEXT_SETTINGS)
-            cur.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(settings)))
         read_fd, write_fd = os.pipe()
         producer_error: list[BaseException] = []
 
@@ -267,15 +264,15 @@ class Capture:
                 from consumer_error
         self.conn.commit()
         if not encoder.last_commit:
-            raise CaptureError(f"the changes of slot {self.slot} up to {format_lsn(upto)} lack the batch's own "
-                               "marker transaction")
+            raise CaptureError(f"the changes of slot {self.slot} lack the batch's own marker transaction")
         killpoint("cdc:copied")
         log.info("changes of store %s up to %s: %s", self.store.name, format_lsn(encoder.last_commit),
                  ", ".join(f"{name} {n:,}" for name, n in encoder.rows.items()))
         return encoder.rows, encoder.last_commit
 
 
-# the text a snapshot's binary COPY would give: instants in UTC, ISO dates, round-tripping floats and intervals
+# the decoder prints values with the session's settings: the text of a snapshot's values (instants in
+# UTC, ISO dates, round-tripping floats and intervals)
 _TEXT_SETTINGS = (("TimeZone", "UTC"), ("DateStyle", "ISO, YMD"), ("IntervalStyle", "postgres"),
                   ("extra_float_digits", "1"), ("bytea_output", "hex"))
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\0" + struct.pack(">ii", 0, 0)
