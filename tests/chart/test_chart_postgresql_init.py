@@ -59,6 +59,19 @@ def test_each_role_owns_its_database(server: Any, role: str, database: str) -> N
     conn.close()
 
 
+@pytest.mark.parametrize(("role", "database", "replication"), [("source", "customer_db", True),
+                                                               ("merge", "merge_db", False),
+                                                               ("airflow", "airflow_db", False)])
+def test_only_the_source_role_may_read_replication_slots(server: Any, role: str, database: str,
+                                                         replication: bool) -> None:
+    """Change data capture reads the source's changes from a replication slot: REPLICATION, nothing more."""
+    conn = connect(server, role, database)
+    with conn.cursor() as cur:
+        cur.execute("SELECT rolreplication FROM pg_roles WHERE rolname = current_user")
+        assert cur.fetchone() == (replication,)
+    conn.close()
+
+
 @pytest.mark.parametrize(("role", "database"), [("source", "merge_db"), ("merge", "airflow_db"),
                                                 ("airflow", "customer_db")])
 def test_roles_cannot_connect_to_other_databases(server: Any, role: str, database: str) -> None:
