@@ -13,6 +13,7 @@ import pytest
 from tests.cdc.support import allow_replication, cdc_model, drop_slots
 from tests.engine.conftest import SMALL
 from tests.engine.support import create_source_tables, merge_args, model_dict, run_job, write_model
+from tests.observe.conftest import wait_for
 
 
 def slots(dbs: Any) -> set[str]:
@@ -100,6 +101,15 @@ def test_status_shows_the_wal_each_cdc_stream_retains(cdc_world: dict[str, Any])
         cur.execute("INSERT INTO pairs (region, code, note) SELECT 'r', g, repeat('x', 500) "
                     "FROM generate_series(1, 4000) g")
     src.commit()
+    with src.cursor() as cur:  # the test servers commit asynchronously: wait for the WAL to be written
+        cur.execute("SELECT pg_current_wal_insert_lsn()")
+        inserted = cur.fetchone()[0]
+
+        def written() -> bool:
+            cur.execute("SELECT pg_current_wal_lsn() >= %s::pg_lsn", (inserted,))
+            return bool(cur.fetchone()[0])
+
+        assert wait_for(written, timeout=10)
     src.close()
     proc = run_job(["status", "--platform", "Yellow", "--model", str(cdc_world["model"]), *dbs.merge_args()],
                    dbs.env, {"COLUMNS": "80", "TERM": "dumb"})

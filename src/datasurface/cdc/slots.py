@@ -8,6 +8,7 @@ platform's ledger or the model knows: slot names are the server's, and matching 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -43,7 +44,7 @@ def open_source(source: Source, timeout: float, application: str) -> PgConnectio
     """A read-mostly session on a source whose every wait is bounded by `timeout` seconds."""
     ms = max(1, int(timeout * 1000))
     return connect(source.endpoint, credentials.resolve(source.credential), application_name=application,
-                   connect_timeout=max(2, int(timeout + 0.999)),
+                   connect_timeout=max(2, math.ceil(timeout)),
                    extra={"options": f"-c statement_timeout={ms} -c lock_timeout={ms}",
                           "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 2})
 
