@@ -187,7 +187,7 @@ def by_hand(slot: str) -> str:
     return f"SELECT pg_drop_replication_slot('{slot}')"
 
 
-def drop_stale(merge: PgConnection, model: Model, platform_schema: str, timeout: float = 30.0) -> list[str]:
+def drop_stale(merge: PgConnection, model: Model, platform_schema: str, timeout: float = 10.0) -> list[str]:
     """Drop, on every PostgreSQL source the model names, the platform's slots of stores that are not cdc stores
     of the model any more; one line per slot dropped or left for a person. Nothing else is dropped, and a
     source that cannot be reached or refuses is reported, not fatal: the slot's retained WAL stays visible
