@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg2 import sql
 
 from tests.cdc.support import allow_replication, cdc_model, drop_slots
 from tests.engine.conftest import SMALL
@@ -121,3 +122,23 @@ def test_status_shows_the_wal_each_cdc_stream_retains(cdc_world: dict[str, Any])
     assert size[1] == "MiB" and float(size[0]) >= 1.0, line
     without = run_job(["status", "--platform", "Yellow", *dbs.merge_args()], dbs.env)
     assert without.returncode == 0 and "ds_yellow_store1" not in without.stdout
+
+
+def test_a_slot_setup_may_not_drop_or_a_source_it_cannot_reach_is_reported_and_setup_succeeds(
+        cdc_world: dict[str, Any]) -> None:
+    dbs, doc, tmp = cdc_world["dbs"], cdc_world["doc"], cdc_world["tmp"]
+    conn = dbs.server.admin_connect()
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("ALTER ROLE {} NOREPLICATION").format(sql.Identifier(dbs.env["SOURCE_USER"])))
+    conn.close()
+    unreachable = snapshot_store(doc, "Elsewhere")
+    unreachable["source"].update({"database": "nowhere", "credential": "nobody"})
+    model = write_model(tmp / "refused", {**doc, "stores": [snapshot_store(doc, "Store1"), unreachable]})
+    out = " ".join(setup(model, "Yellow", dbs).split())
+    print(out)
+    assert slots(dbs) == {"ds_yellow_store1", "ds_yellow_eu_store1"}
+    assert ("WARNING: replication slot ds_yellow_store1 on source database" in out
+            and "could not be dropped (" in out
+            and "drop it by hand: SELECT pg_drop_replication_slot('ds_yellow_store1')" in out)
+    assert ("WARNING: source database 'nowhere'" in out and "not checked for stale replication slots: "
+            "credential 'nobody': environment variable(s) NOBODY_USER, NOBODY_PASSWORD not set" in out)
