@@ -122,6 +122,10 @@ def test_status_shows_the_wal_each_cdc_stream_retains(cdc_world: dict[str, Any])
     assert size[1] == "MiB" and float(size[0]) >= 1.0, line
     without = run_job(["status", "--platform", "Yellow", *dbs.merge_args()], dbs.env)
     assert without.returncode == 0 and "ds_yellow_store1" not in without.stdout
+    broken = run_job(["status", "--platform", "Yellow", "--model", str(cdc_world["tmp"] / "none"),
+                      *dbs.merge_args()], dbs.env, {"COLUMNS": "200"})
+    assert broken.returncode == 0, broken.stderr
+    assert "Store1" in broken.stdout and "the WAL that cdc streams' slots retain is not shown" in broken.stdout
 
 
 def test_a_slot_setup_may_not_drop_or_a_source_it_cannot_reach_is_reported_and_setup_succeeds(

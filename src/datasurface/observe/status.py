@@ -133,7 +133,11 @@ def run_status(*, platform: str, store: str | None, limit: int, merge: Endpoint,
     """`model`: where the cdc stores' sources are, to show the WAL their slots retain (none without it)."""
     schema = layout.platform_schema(platform)
     out = console or Console()
-    mdl = load_model(model, model_ref, model_path) if model else None
+    mdl, model_error = None, None
+    try:  # the ledgers are shown whatever the model's repository says
+        mdl = load_model(model, model_ref, model_path) if model else None
+    except DataSurfaceError as exc:
+        model_error = f"model: {exc}; the WAL that cdc streams' slots retain is not shown"
     with closing(connect(merge, credentials.resolve(merge_credential),
                          application_name="datasurface-job status")) as conn:
         state = read_platform(conn, schema)
@@ -145,6 +149,8 @@ def run_status(*, platform: str, store: str | None, limit: int, merge: Endpoint,
         out.print(streams_table(platform, state))
         for line in failures(state):
             out.print(line)
+        if model_error is not None:
+            out.print(f"[yellow]{escape(model_error)}[/yellow]")
         if mdl is not None:
             mine = {k[0] for k in state.streams}
             wal = slots.retained_by_store(mdl, schema, source_timeout, "datasurface-job status")
