@@ -24,6 +24,7 @@ from datasurface import credentials
 from datasurface.cdc import capture as cdc_capture
 from datasurface.cdc import pgoutput
 from datasurface.cdc import plan as cdc_plan
+from datasurface.cdc import slots as cdc_slots
 from datasurface.consumers import history as consumers_history
 from datasurface.consumers import workspaces
 from datasurface.db import Endpoint, PgConnection, driver_error, first_line, is_lost
@@ -563,6 +564,7 @@ def run_setup(*, model: str, model_ref: str | None, model_path: str, platform: s
             LockRetry(conn, limits).run(f"setting up platform {schema}", step,
                                         lambda: layout_relations(schema, lays) + workspaces.relations(spaces),
                                         exclusive=True)
+            lines += cdc_slots.drop_stale(conn, mdl, schema)
     print(f"{schema}: {len(lays)} dataset(s) of {len(chosen)} store(s) ready ({mode})")
     for line in lines:
         print(line)

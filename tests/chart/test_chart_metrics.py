@@ -69,17 +69,40 @@ def test_the_exporter_pod_is_locked_down_and_probed(render: Render) -> None:
     assert "helm.sh/chart" not in svc["spec"]["selector"]
 
 
-def test_the_exporter_gets_only_the_merge_credential_via_secret_key_ref(render: Render) -> None:
-    env = {e["name"]: e for e in exporter_container(render(ON))["env"]}
-    assert env["MERGE_USER"]["valueFrom"]["secretKeyRef"] == {"name": "mvp-datasurface-postgresql",
-                                                              "key": "merge-username"}
-    assert env["MERGE_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mvp-datasurface-postgresql",
-                                                                  "key": "merge-password"}
-    assert env["DATASURFACE_MERGE_HOST"]["value"] == "mvp-datasurface-postgresql"
-    assert env["DATASURFACE_MERGE_DATABASE"]["value"] == "merge_db"
-    assert env["DATASURFACE_MERGE_CREDENTIAL"]["value"] == "merge"
-    assert not [n for n in env if n.startswith("SOURCE_") or n == "DATASURFACE_GIT_TOKEN"]
-    assert all("value" not in e for n, e in env.items() if n.endswith(("_USER", "_PASSWORD")))
+def platform_settings(docs: Docs) -> dict[str, Any]:
+    return json.loads(find(docs, "ConfigMap", "mvp-datasurface-dags-yellowlive")["data"]["platform.json"])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("model", [{}, {"repo": "https://git.example/model.git", "ref": "v2", "path": "m/ds.yaml",
+                                        "token": "t0ken"}], ids=["built-in", "git"])
+def test_the_exporter_gets_the_job_pods_model_and_credentials_via_secret_key_ref(render: Render,
+                                                                                model: dict[str, Any]) -> None:
+    """The model says which stores are cdc stores and where their sources are; the sources' credentials read
+    the WAL their slots retain: the same settings and secrets as the job pods (platform.json)."""
+    docs = render({**ON, "model": model})
+    c = exporter_container(docs)
+    env = {e["name"]: e for e in c["env"]}
+    settings = platform_settings(docs)
+    assert {s["name"]: s for s in settings["secretEnv"]}.keys() == {n for n in env if "valueFrom" in env[n]}
+    for secret in settings["secretEnv"]:
+        ref = {"name": secret["secret"], "key": secret["key"], **({"optional": True} if secret.get("optional") else {})}
+        assert env[secret["name"]]["valueFrom"]["secretKeyRef"] == ref
+    assert {"SOURCE_USER", "SOURCE_PASSWORD", "MERGE_USER", "MERGE_PASSWORD"} <= env.keys()
+    assert ("DATASURFACE_GIT_TOKEN" in env) == bool(model)
+    assert all("value" not in e for n, e in env.items() if n.endswith(("_USER", "_PASSWORD", "_TOKEN")))
+    assert env["DATASURFACE_MODEL"]["value"] == settings["model"]["repo"]
+    assert env["DATASURFACE_MODEL_PATH"]["value"] == settings["model"]["path"]
+    assert env.get("DATASURFACE_MODEL_REF", {}).get("value") == settings["model"]["ref"]
+    assert env["DATASURFACE_MERGE_HOST"]["value"] == settings["merge"]["host"] == "mvp-datasurface-postgresql"
+    assert env["DATASURFACE_MERGE_DATABASE"]["value"] == settings["merge"]["database"] == "merge_db"
+    assert env["DATASURFACE_MERGE_CREDENTIAL"]["value"] == settings["merge"]["credential"] == "merge"
+    pod = find(docs, "Deployment", "mvp-datasurface-exporter")["spec"]["template"]["spec"]
+    mounted = {m["name"]: m for m in c["volumeMounts"]}
+    if model:
+        assert "model" not in mounted and all(v["name"] != "model" for v in pod["volumes"])
+    else:
+        assert mounted["model"] == {"name": "model", "mountPath": "/model", "readOnly": True}
+        assert {"name": "model", "configMap": {"name": settings["kubernetes"]["modelConfigMap"]}} in pod["volumes"]
 
 
 def test_the_exporter_follows_an_external_database_and_its_own_merge_secret(render: Render) -> None:
@@ -167,7 +190,19 @@ def test_the_stale_allowance_is_the_schedules_gap_plus_a_run_plus_grace() -> Non
 def test_a_schedule_that_never_repeats_has_no_stale_alert() -> None:
     rules = rules_of([{"name": "Once", "schedule": "@once"}, {"name": "Never", "schedule": "None"}])
     assert [r["alert"] for r in rules] == ["DataSurfaceStreamFailing", "DataSurfaceExporterDown",
-                                           "DataSurfaceMergeDatabaseUnreachable"]
+                                           "DataSurfaceMergeDatabaseUnreachable", "DataSurfaceSlotRetainingWAL"]
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(None, 1073741824), (50 * 2**30, 53687091200)])
+def test_the_slot_alert_fires_above_metrics_slot_retained_bytes_alert(limit: int | None, expected: int) -> None:
+    metrics: dict[str, Any] = {**CRDS, "prometheusRule": {"enabled": True}}
+    if limit is not None:
+        metrics["slotRetainedBytesAlert"] = limit
+    values = {"platforms": [{"name": "P", "mode": "live", "stores": ["Store1"], "schedule": "@hourly"}],
+              "metrics": metrics}
+    rules = find(render_chart(values), "PrometheusRule", "mvp-datasurface-exporter")["spec"]["groups"][0]["rules"]
+    rule = next(r for r in rules if r["alert"] == "DataSurfaceSlotRetainingWAL")
+    assert rule["expr"] == f'datasurface_source_slot_retained_bytes{{job="mvp-datasurface-exporter"}} > {expected}'
 
 
 def test_an_allowance_that_cannot_be_derived_fails_unless_given() -> None:

@@ -59,6 +59,19 @@ def test_each_role_owns_its_database(server: Any, role: str, database: str) -> N
     conn.close()
 
 
+@pytest.mark.parametrize(("role", "database", "replication"), [("source", "customer_db", True),
+                                                               ("merge", "merge_db", False),
+                                                               ("airflow", "airflow_db", False)])
+def test_only_the_source_role_may_read_replication_slots(server: Any, role: str, database: str,
+                                                         replication: bool) -> None:
+    """Change data capture reads the source's changes from a replication slot: REPLICATION, nothing more."""
+    conn = connect(server, role, database)
+    with conn.cursor() as cur:
+        cur.execute("SELECT rolreplication FROM pg_roles WHERE rolname = current_user")
+        assert cur.fetchone() == (replication,)
+    conn.close()
+
+
 @pytest.mark.parametrize(("role", "database"), [("source", "merge_db"), ("merge", "airflow_db"),
                                                 ("airflow", "customer_db")])
 def test_roles_cannot_connect_to_other_databases(server: Any, role: str, database: str) -> None:
@@ -71,3 +84,52 @@ def test_no_password_in_the_output_or_the_server_log(server: Any) -> None:
     for password in PASSWORDS.values():
         assert password not in server.init_output
         assert password not in log
+
+
+def server_args(values: dict[str, Any] | None = None) -> list[str]:
+    sts = find(render_chart(values, show_only="templates/postgresql/statefulset.yaml"), "StatefulSet",
+               "mvp-datasurface-postgresql")
+    return sts["spec"]["template"]["spec"]["containers"][0]["args"]  # type: ignore[no-any-return]
+
+
+def settings_of(args: list[str]) -> dict[str, str]:
+    assert args[::2] == ["-c"] * (len(args) // 2)  # the image's entrypoint passes them to postgres
+    return dict(a.split("=", 1) for a in args[1::2])
+
+
+def test_the_server_has_room_for_a_slot_per_platform_store() -> None:
+    """Change data capture: wal_level=logical and a replication slot per platform and store (any store may
+    become a cdc store), plus room for a few more; or the number given."""
+    assert settings_of(server_args()) == {"wal_level": "logical", "max_replication_slots": "12",
+                                          "max_wal_senders": "12", "max_slot_wal_keep_size": "-1"}
+    platforms = [{"name": "A", "mode": "live", "stores": ["S1", "S2", "S3"], "schedule": "@hourly"},
+                 {"name": "B", "mode": "live", "stores": ["S1", "S2"], "schedule": "@hourly"}]
+    assert settings_of(server_args({"platforms": platforms}))["max_replication_slots"] == "15"
+    given = settings_of(server_args({"platforms": platforms,
+                                     "postgresql": {"replication": {"maxSlots": 64, "maxSlotWalKeepSize": "20GB"}}}))
+    assert (given["max_replication_slots"], given["max_wal_senders"], given["max_slot_wal_keep_size"]) == \
+        ("64", "64", "20GB")
+
+
+def test_a_real_server_takes_the_settings_and_serves_change_data_capture() -> None:
+    """The rendered arguments on a real server: they take effect (over the configuration files) and a
+    logical replication slot can be created."""
+    args = server_args({"postgresql": {"replication": {"maxSlots": 7, "maxSlotWalKeepSize": "3GB"}}})
+    pg = LocalPostgres(find_bin_dir("any")).start()
+    try:
+        pg.stop_server_only()
+        pg._run([str(pg._bin() / "pg_ctl"), "-D", str(pg.data_dir), "-l", str(Path(pg._root, "server.log")),
+                 "-o", " ".join(args), "-w", "-t", "60", "start"])
+        conn = pg.admin_connect()
+        with conn.cursor() as cur:
+            shown = {}
+            for name in ("wal_level", "max_replication_slots", "max_wal_senders", "max_slot_wal_keep_size"):
+                cur.execute(f"SHOW {name}")
+                shown[name] = cur.fetchone()[0]
+            assert shown == {"wal_level": "logical", "max_replication_slots": "7", "max_wal_senders": "7",
+                             "max_slot_wal_keep_size": "3GB"}
+            cur.execute("SELECT pg_create_logical_replication_slot('ds_probe', 'pgoutput')")
+            cur.execute("SELECT pg_drop_replication_slot('ds_probe')")
+        conn.close()
+    finally:
+        pg.stop()

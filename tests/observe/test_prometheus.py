@@ -78,7 +78,8 @@ def test_promtool_checks_the_rendered_rules(rules_file: Path) -> None:
     proc = subprocess.run([PROMTOOL, "check", "rules", str(rules_file)], capture_output=True, text=True)  # type: ignore[list-item]
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout + proc.stderr
-    assert "SUCCESS: 6 rules found" in out and "Might cause" not in out, out  # 3 stale (not @once), failing, 2 down
+    # 3 stale (not @once), failing, 2 down, slot retaining WAL
+    assert "SUCCESS: 7 rules found" in out and "Might cause" not in out, out
 
 
 def _alert(name: str, at: str, *expected: dict[str, str]) -> dict[str, Any]:
@@ -98,7 +99,8 @@ def _series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
 
 def test_promtool_unit_tests_each_alert(rules_file: Path, tmp_path: Path) -> None:
     """Stale after the allowance and not before (per schedule), failing after N failed runs in a row,
-    the exporter down (no target, or a target that does not answer), the database unreachable."""
+    the exporter down (no target, or a target that does not answer), the database unreachable, a slot
+    retaining more WAL than allowed."""
     # annotations are checked by promtool check rules and in the live Prometheus below; promtool's unit
     # tests compare them verbatim, so this copy of the rules goes without them
     spec = yaml.safe_load(rules_file.read_text())
@@ -143,6 +145,13 @@ def test_promtool_unit_tests_each_alert(rules_file: Path, tmp_path: Path) -> Non
                  _alert("DataSurfaceMergeDatabaseUnreachable", "6m",
                         {"job": JOB, "instance": "exporter:9108", "platform": PLATFORM}),
              ]},
+            {"interval": "1m",  # a slot keeping more than metrics.slotRetainedBytesAlert (1 GiB) of WAL
+             "input_series": [_series("datasurface_source_slot_retained_bytes", _stream(PLATFORM),
+                                      f"0 {2**30} {2**30 + 1} {5 * 2**30} 1000"), up],
+             "alert_rule_test": [_alert("DataSurfaceSlotRetainingWAL", "1m"),  # exactly 1 GiB: not yet
+                                 _alert("DataSurfaceSlotRetainingWAL", "2m", _stream(PLATFORM)),
+                                 _alert("DataSurfaceSlotRetainingWAL", "3m", _stream(PLATFORM)),
+                                 _alert("DataSurfaceSlotRetainingWAL", "4m")]},  # a batch read the changes
             {"interval": "1m",  # no target at all (the Deployment is gone): absent(up)
              "input_series": [_series("datasurface_up", {"job": "other"}, "1x20")],
              "alert_rule_test": [_alert("DataSurfaceExporterDown", "4m"),
@@ -257,7 +266,7 @@ def test_prometheus_stores_what_the_merges_did(stack: dict[str, Any]) -> None:
     # the chart's rules load and evaluate in a real Prometheus; nothing fires for a healthy stream
     groups = prom.api("rules")["groups"]
     rules = [r for g in groups for r in g["rules"]]
-    assert len(rules) == 6 and all(r["health"] == "ok" for r in rules), rules
+    assert len(rules) == 7 and all(r["health"] == "ok" for r in rules), rules
     assert prom.query('ALERTS{alertstate="firing"}') == []
 
 

@@ -40,6 +40,9 @@ ModelRef = Annotated[str | None, typer.Option("--model-ref", envvar="DATASURFACE
     help="Branch, tag or commit of the model repository (default: the remote's default branch).")]
 ModelPath = Annotated[str, typer.Option("--model-path", envvar="DATASURFACE_MODEL_PATH", show_envvar=True,
     help="The model file inside the repository.")]
+OptionalModel = Annotated[str | None, typer.Option("--model", envvar="DATASURFACE_MODEL", show_envvar=True,
+    help="Model repository (a git URL or a local directory): where its cdc stores' sources are, to read the WAL "
+    "their replication slots retain. Without it, no slot figures.")]
 Platform = Annotated[str, typer.Option("--platform", envvar="DATASURFACE_PLATFORM", show_envvar=True,
     help="Platform name; its merge schema is the name in lower case.")]
 Mode = Annotated[str, typer.Option("--mode", envvar="DATASURFACE_MODE", show_envvar=True,
@@ -195,13 +198,18 @@ def status(
         help="Only this store.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="How many recent batches to list (0: none).")] = 10,
     merge_port: MergePort = 5432,
+    model: OptionalModel = None,
+    model_ref: ModelRef = None,
+    model_path: ModelPath = "datasurface.yaml",
 ) -> None:
     """Per stream: how old its data is, the last batch's counts and duration, an open batch and the last
-    failure (when, why); then the recent batches."""
+    failure (when, why); with the model, the WAL each cdc stream's replication slot keeps on its source
+    (read with the source credentials); then the recent batches."""
     from datasurface.observe.status import run_status
 
     endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
-    run_status(platform=platform, store=store, limit=limit, merge=endpoint, merge_credential=cred)
+    run_status(platform=platform, store=store, limit=limit, merge=endpoint, merge_credential=cred, model=model,
+               model_ref=model_ref, model_path=model_path)
 
 
 @app.command()
@@ -218,17 +226,25 @@ def exporter(
         help="Address to listen on.")] = "0.0.0.0",
     scrape_timeout: Annotated[float, typer.Option("--scrape-timeout", envvar="DATASURFACE_SCRAPE_TIMEOUT",
         show_envvar=True, min=0.5,
-        help="Seconds a scrape waits for the merge database before answering datasurface_up 0.")] = 5.0,
+        help="Seconds a scrape waits for the merge database (and the sources) before answering without them.")] = 5.0,
+    model: OptionalModel = None,
+    model_ref: ModelRef = None,
+    model_path: ModelPath = "datasurface.yaml",
+    model_refresh: Annotated[float, typer.Option("--model-refresh", envvar="DATASURFACE_MODEL_REFRESH",
+        show_envvar=True, min=1.0, help="Seconds between two loads of the model (with --model).")] = 300.0,
 ) -> None:
     """Serve Prometheus metrics read from the platforms' ledgers at each scrape (GET /metrics, GET /healthz).
 
+    With --model, also the WAL each cdc store's replication slot retains on its source
+    (datasurface_source_slot_retained_bytes), read with the source credentials from env.
     Runs until SIGTERM or Ctrl-C.
     """
-    from datasurface.observe.exporter import run_exporter
+    from datasurface.observe.exporter import ModelSpec, run_exporter
 
     endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
     run_exporter(platforms=platform, merge=endpoint, merge_credential=cred, address=address, port=port,
-                 scrape_timeout=scrape_timeout)
+                 scrape_timeout=scrape_timeout, model=ModelSpec(model, model_ref, model_path) if model else None,
+                 model_refresh=model_refresh)
 
 
 @app.command()

@@ -7,6 +7,10 @@ and TCP keepalives). A database that does not answer in time gives `datasurface_
 series; while a stuck read is still pending, later scrapes answer `datasurface_up 0` at once instead
 of piling up threads. `/healthz` answers 200 whenever the process serves (the database's state is a
 metric, not a reason to restart the exporter). SIGTERM stops the server at once.
+
+Given the model, a scrape also reads from each cdc store's source the WAL the store's replication slot
+retains, in parallel with the ledgers and within the same bound; a source that does not answer is logged
+and its series left out.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, NamedTuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import psycopg2
@@ -28,9 +32,11 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from datasurface import credentials
+from datasurface.cdc import slots
 from datasurface.db import Endpoint, PgConnection, first_line
 from datasurface.errors import DataSurfaceError
 from datasurface.merge import layout
+from datasurface.model import Model, load_model
 from datasurface.observe.ledgers import PlatformState, read_platform
 
 log = logging.getLogger("datasurface.observe")
@@ -75,11 +81,97 @@ def stream_metrics(states: dict[str, PlatformState]) -> list[Metric]:
     return [commit, age, duration, rows, batch, runs, in_a_row, open_age]
 
 
+class ModelSpec(NamedTuple):
+    model: str
+    ref: str | None
+    path: str
+
+
+class SlotWatch:
+    """The WAL each cdc store's replication slot retains on its source, read at scrape time. The model (where
+    the cdc stores' sources are) is loaded in the background at start and every `refresh` seconds: a model that
+    cannot be loaded is logged and the last one loaded kept; before the first, there are no slot figures."""
+
+    def __init__(self, spec: ModelSpec, platforms: dict[str, str], refresh: float):
+        self.spec = spec
+        self.platforms = platforms  # label as given -> platform schema
+        self.refresh = refresh
+        self.model: Model | None = None
+        self._busy: dict[slots.Source, threading.Thread] = {}
+        self._errors: dict[slots.Source, str] = {}
+        self._stop = threading.Event()
+        self._loader = threading.Thread(target=self._load_loop, name="model-load", daemon=True)
+
+    def start(self) -> SlotWatch:
+        self._loader.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _load_loop(self) -> None:
+        last_error = ""
+        while not self._stop.is_set():
+            try:
+                self.model = load_model(self.spec.model, self.spec.ref, self.spec.path)
+                if last_error:
+                    log.info("model loads again")
+                last_error = ""
+            except Exception as exc:  # the ledger metrics go on without slot figures
+                reason = str(exc) if isinstance(exc, DataSurfaceError) else f"{type(exc).__name__}: {exc}"
+                if reason != last_error:
+                    log.warning("model %s: %s; slot metrics use the last model loaded (if any)", self.spec.model,
+                                reason)
+                last_error = reason
+            self._stop.wait(self.refresh)
+
+    def read(self, timeout: float) -> dict[tuple[str, str], int]:
+        """(platform label, store) -> bytes retained, for the slots that answered within `timeout` seconds."""
+        model = self.model
+        if model is None:
+            return {}
+        per_platform = {p: slots.platform_slots(model, schema) for p, schema in self.platforms.items()}
+        wanted: dict[slots.Source, set[str]] = {}
+        for names in per_platform.values():
+            for source, by_slot in names.items():
+                wanted.setdefault(source, set()).update(by_slot)
+        readings = slots.read_retained(wanted, timeout, "datasurface-job exporter", self._busy)
+        out = {}
+        for platform, names in per_platform.items():
+            for source, by_slot in names.items():
+                reading = readings[source]
+                for slot, store in by_slot.items():
+                    kept = reading.retained.get(slot)
+                    if kept is not None:
+                        out[(platform, store)] = kept
+        for source, reading in readings.items():
+            self._note(source, reading.error or "")
+        return out
+
+    def _note(self, source: slots.Source, error: str) -> None:
+        if error and error != self._errors.get(source, ""):
+            log.warning("scrape: source %s: %s; its slot metrics are left out", source.endpoint.describe(), error)
+        elif not error and self._errors.get(source):
+            log.info("source %s answers again", source.endpoint.describe())
+        self._errors[source] = error
+
+
+def slot_metric(retained: dict[tuple[str, str], int]) -> Metric:
+    gauge = GaugeMetricFamily("datasurface_source_slot_retained_bytes",
+                              "WAL the stream's replication slot keeps on its source (change data capture).",
+                              labels=STREAM_LABELS)
+    for (platform, store), n in sorted(retained.items()):
+        gauge.add_metric([platform, store, ""], n)
+    return gauge
+
+
 class LedgerCollector(Collector):
     """Reads the ledgers of the given platforms at each collect(), within `scrape_timeout` seconds."""
 
-    def __init__(self, platforms: list[str], endpoint: Endpoint, credential_name: str, scrape_timeout: float):
+    def __init__(self, platforms: list[str], endpoint: Endpoint, credential_name: str, scrape_timeout: float,
+                 slot_watch: SlotWatch | None = None):
         self.platforms = {p: layout.platform_schema(p) for p in platforms}
+        self.slot_watch = slot_watch
         self.endpoint = endpoint
         self.credential_name = credential_name
         self.scrape_timeout = scrape_timeout
@@ -151,7 +243,16 @@ class LedgerCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         started = time.monotonic()
+        retained: dict[tuple[str, str], int] = {}
+        slot_read = None
+        if self.slot_watch is not None:  # the sources are read while the ledgers are
+            watch = self.slot_watch
+            slot_read = threading.Thread(target=lambda: retained.update(watch.read(self.scrape_timeout)),
+                                         name="slot-scrape", daemon=True)
+            slot_read.start()
         states = self.read()
+        if slot_read is not None:
+            slot_read.join(max(0.0, started + self.scrape_timeout + 0.5 - time.monotonic()))
         up = GaugeMetricFamily("datasurface_up", "1 when the merge database answered this scrape.",
                                labels=["platform"])
         for platform in self.platforms:
@@ -159,6 +260,8 @@ class LedgerCollector(Collector):
         yield up
         if states is not None:
             yield from stream_metrics(states)
+        if slot_read is not None and not slot_read.is_alive():
+            yield slot_metric(retained)
         took = GaugeMetricFamily("datasurface_scrape_duration_seconds",
                                  "Seconds this scrape spent reading the ledgers.")
         took.add_metric([], time.monotonic() - started)
@@ -204,11 +307,14 @@ def registry_for(collector: LedgerCollector) -> CollectorRegistry:
 
 
 def run_exporter(*, platforms: list[str], merge: Endpoint, merge_credential: str, address: str, port: int,
-                 scrape_timeout: float) -> None:
+                 scrape_timeout: float, model: ModelSpec | None = None, model_refresh: float = 300.0) -> None:
+    """`model`: where the cdc stores' sources are, for datasurface_source_slot_retained_bytes (none without)."""
     if not platforms:
         raise DataSurfaceError("exporter: name at least one --platform")
     credentials.resolve(merge_credential)  # fail at start, not at the first scrape
-    collector = LedgerCollector(platforms, merge, merge_credential, scrape_timeout)
+    watch = None if model is None else SlotWatch(model, {p: layout.platform_schema(p) for p in platforms},
+                                                 model_refresh).start()
+    collector = LedgerCollector(platforms, merge, merge_credential, scrape_timeout, watch)
     server = make_server(address, port, wsgi_app(registry_for(collector)), server_class=_Server,
                          handler_class=_QuietHandler)
 
@@ -226,4 +332,6 @@ def run_exporter(*, platforms: list[str], merge: Endpoint, merge_credential: str
     finally:
         signal.signal(signal.SIGTERM, previous)
         server.server_close()
+        if watch is not None:
+            watch.stop()
 

@@ -12,13 +12,17 @@ from contextlib import closing
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from datasurface import credentials
+from datasurface.cdc import slots
+from datasurface.cdc.capture import slot_name
 from datasurface.db import Endpoint, PgConnection, connect
 from datasurface.errors import DataSurfaceError
 from datasurface.merge import layout
 from datasurface.merge.ledger import BatchLedger
+from datasurface.model import load_model
 from datasurface.observe.ledgers import PlatformState, StreamState, read_platform
 
 
@@ -85,6 +89,30 @@ def failures(state: PlatformState) -> list[str]:
     return lines
 
 
+def size(n: int) -> str:
+    """`512 B`, `3.4 MiB`, `1.2 GiB`."""
+    value, unit = float(n), "B"
+    for next_unit in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, next_unit
+    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def slot_lines(schema: str, wal: dict[str, int | str | None]) -> list[str]:
+    """One line per cdc stream: the WAL its replication slot keeps on the source."""
+    lines = []
+    for store, kept in sorted(wal.items()):
+        head = f"[bold]{escape(store)}[/bold] replication slot {slot_name(schema, store)}"
+        if isinstance(kept, str):
+            lines.append(f"{head}: [yellow]{escape(kept)}[/yellow]")
+        elif kept is None:
+            lines.append(f"{head}: [red]lost the WAL it needed[/red] (the next batch is a full snapshot)")
+        else:
+            lines.append(f"{head} retains {size(kept)} of WAL on its source")
+    return lines
+
+
 def batches_table(conn: PgConnection, schema: str, store: str | None, limit: int) -> Table:
     table = Table(title=f"last {limit} batches (times in UTC)", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True, title_justify="left")
@@ -100,9 +128,16 @@ def batches_table(conn: PgConnection, schema: str, store: str | None, limit: int
 
 
 def run_status(*, platform: str, store: str | None, limit: int, merge: Endpoint, merge_credential: str,
-               console: Console | None = None) -> None:
+               console: Console | None = None, model: str | None = None, model_ref: str | None = None,
+               model_path: str = "datasurface.yaml", source_timeout: float = 10.0) -> None:
+    """`model`: where the cdc stores' sources are, to show the WAL their slots retain (none without it)."""
     schema = layout.platform_schema(platform)
     out = console or Console()
+    mdl, model_error = None, None
+    try:  # the ledgers are shown whatever the model's repository says
+        mdl = load_model(model, model_ref, model_path) if model else None
+    except DataSurfaceError as exc:
+        model_error = f"model: {exc}; the WAL that cdc streams' slots retain is not shown"
     with closing(connect(merge, credentials.resolve(merge_credential),
                          application_name="datasurface-job status")) as conn:
         state = read_platform(conn, schema)
@@ -114,6 +149,13 @@ def run_status(*, platform: str, store: str | None, limit: int, merge: Endpoint,
         out.print(streams_table(platform, state))
         for line in failures(state):
             out.print(line)
+        if model_error is not None:
+            out.print(f"[yellow]{escape(model_error)}[/yellow]")
+        if mdl is not None:
+            mine = {k[0] for k in state.streams}
+            wal = slots.retained_by_store(mdl, schema, source_timeout, "datasurface-job status")
+            for line in slot_lines(schema, {k: v for k, v in wal.items() if k in mine}):
+                out.print(line)
         if limit > 0 and state.has_ledger:
             out.print()
             out.print(batches_table(conn, schema, store, limit))
