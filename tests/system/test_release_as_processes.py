@@ -30,7 +30,10 @@ YELLOW = [{"name": "YellowLive", "mode": "live", "stores": ["Store1"], "schedule
            "runner": "local", "retryDelaySeconds": 1}]
 BLUE = {"name": "BlueLive", "mode": "live", "stores": ["Store1"], "schedule": "@daily", "runner": "local",
         "retryDelaySeconds": 1}
-VALUES: dict[str, Any] = {"platforms": YELLOW, "postgresql": {"persistence": {"enabled": False}}}
+# Store3 of the example model reads Store1's tables as changes (ingestion: cdc), on a platform of its own
+CDC = {"name": "CdcLive", "mode": "live", "stores": ["Store3"], "schedule": "@daily", "runner": "local",
+       "retryDelaySeconds": 1}
+VALUES: dict[str, Any] = {"platforms": [*YELLOW, CDC], "postgresql": {"persistence": {"enabled": False}}}
 # Customers added to the source before the kill, so that the merge's COPY into staging runs long enough
 # (well over a second here) to be caught in the act.
 BULK_CUSTOMERS = 200_000
@@ -177,6 +180,43 @@ def test_a_job_killed_inside_its_merge_recovers_and_reruns(release: Release, api
     assert runs == [(None, None, False), (10, killed, True), (0, after[1][0], True)], runs
     with release.connect("merge_db", "merge") as mrg, release.connect("customer_db", "source") as src:
         assert table_digest(mrg, f'"{schema}"."store1_customers_current"') == table_digest(src, "public.customers")
+
+
+def test_a_cdc_job_killed_inside_its_changes_recovers_and_reruns(release: Release, api: AirflowApi) -> None:
+    """Store3 reads its changes from a replication slot on the chart's own PostgreSQL: its first batch is a
+    snapshot; the job of the next batch is SIGKILLed while the changes it read are copied into the merge
+    database; the retry finishes that batch (exit 10), the re-triggered run takes a fresh one, and
+    `_current` equals the source, row for row."""
+    schema, dag_id = "cdclive", "cdclive__Store3_ingestion"
+    api.wait_for_dag(dag_id, 120)
+    api.wait_until_idle(dag_id, 300)
+    if not release.batches(schema):
+        first = api.trigger(dag_id)
+        assert api.wait_for_run(dag_id, first, 300) == "success", release.pods["scheduler"].logs()[-4000:]
+    with release.connect("customer_db", "source") as conn, conn.cursor() as cur:  # 100,000 changes to read
+        cur.execute(f"""INSERT INTO public.customers ({CUSTOMER_COLUMNS})
+                        SELECT 'cdc' || n, 'First' || n, 'Last' || n, date '1960-01-01' + n %% 20000,
+                               'd' || n || '@example.invalid', '+1-556-' || n, NULL, NULL
+                          FROM generate_series(1, 100000) AS n""")
+    before = release.batches(schema)
+    runs_before = {r["dag_run_id"] for r in api.runs(dag_id)}
+    run_id = api.trigger(dag_id)
+    kill_job_inside(release, "CdcLive", f'COPY "{schema}"."ds_changes_', 180)
+    opened = release.batches(schema)
+    assert len(opened) == len(before) + 1 and opened[-1][1] != "committed", opened
+    killed = opened[-1][0]
+    assert api.wait_for_run(dag_id, run_id, 300) == "success", release.pods["scheduler"].logs()[-4000:]
+    assert api.task_instances(dag_id, run_id)["merge"]["state"] == "skipped"  # the retry exited 10
+    after = release.wait_for_recovery(schema, killed, 300)
+    assert len(after) == 2 and all(status == "committed" for _, status in after), after
+    retriggered = [r for r in api.runs(dag_id) if r["dag_run_id"] not in runs_before | {run_id}]
+    assert len(retriggered) == 1 and api.wait_for_run(dag_id, retriggered[0]["dag_run_id"], 300) == "success"
+    with release.connect("merge_db", "merge") as mrg, release.connect("customer_db", "source") as src:
+        assert table_digest(mrg, f'"{schema}"."store3_customers_current"') == table_digest(src, "public.customers")
+        with mrg.cursor() as cur:
+            cur.execute(f'SELECT count(*) FROM "{schema}"."ds_batches" WHERE source_lsn IS NOT NULL '
+                        "AND batch_id >= %s", [killed])
+            assert cur.fetchone()[0] == 2  # both read from the slot
 
 
 def test_the_helm_test_pod_passes(release: Release) -> None:
