@@ -296,6 +296,8 @@ class StreamRun:
         start = capture.create(self.limits.lock_timeout) if state is None else state.confirmed
         assert start is not None
         slot_lsn = pgoutput.format_lsn(start)
+        for table in self._changes_tables():  # changes staged before the snapshot was called for
+            changes.drop(self.merge, self.schema, table)
         rows = self.locks.run(f"staging batch {batch.batch_id} of {what}",
                               lambda: self._stage(source, batch, slot_lsn), lambda: [])
         return self.locks.run(f"merging batch {batch.batch_id} of {what}",

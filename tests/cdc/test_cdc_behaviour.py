@@ -125,6 +125,11 @@ def test_a_changed_primary_key_is_a_delete_and_an_insert(make: Any, identity: st
     assert s.counts() == (2, 2, 0, 2)
     # under DEFAULT the new key's unchanged TOASTed value has no earlier version: the batch is a snapshot
     assert ("this batch is a full snapshot" in proc.stderr) == (identity == "DEFAULT")
+    with s.mrg.cursor() as cur:  # the changes staged before the snapshot was called for are gone
+        cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename LIKE 'ds\\_changes%%'",
+                    (SCHEMA,))
+        assert cur.fetchone()[0] == 0
+    s.mrg.rollback()
 
 
 def test_counts_are_net_per_key(make: Any) -> None:

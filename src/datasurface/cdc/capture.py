@@ -23,7 +23,17 @@ import psycopg2
 from psycopg2 import sql
 
 from datasurface import interrupts
-from datasurface.cdc.pgoutput import UNCHANGED, Change, Commit, Decoder, Truncate, Value, format_lsn, parse_lsn
+from datasurface.cdc.pgoutput import (
+    UNCHANGED,
+    Change,
+    Commit,
+    Decoder,
+    Relation,
+    Truncate,
+    Value,
+    format_lsn,
+    parse_lsn,
+)
 from datasurface.db import PgConnection, first_line
 from datasurface.errors import DataSurfaceError
 from datasurface.faults import killpoint
@@ -296,7 +306,7 @@ class _Encoder:
         self.buffer = bytearray()
         self.header_read = False
         self.out: object = None
-        self._positions: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
+        self._positions: dict[tuple[Relation, int], tuple[list[int], list[int]]] = {}
 
     # psycopg2 writes the COPY's data here
     def write(self, data: bytes) -> int:
@@ -351,7 +361,7 @@ class _Encoder:
 
     def _columns(self, change: Change, index: int, dataset: Dataset) -> tuple[list[int], list[int]]:
         """Where each model column (and each key column) stands in the relation's tuples."""
-        cached = self._positions.get((id(change.relation), index))
+        cached = self._positions.get((change.relation, index))  # a relation is its name and columns
         if cached is not None:
             return cached
         where = {name: i for i, name in enumerate(change.relation.columns)}
@@ -360,7 +370,7 @@ class _Encoder:
             raise CaptureError(f"changes of {self.schema}.{dataset.table} lack column(s) {', '.join(missing)} of "
                                f"the model (the table changed on the source)")
         positions = ([where[c.name] for c in dataset.columns], [where[k] for k in dataset.primary_key])
-        self._positions[(id(change.relation), index)] = positions
+        self._positions[(change.relation, index)] = positions
         return positions
 
     def _change(self, change: Change) -> None:
