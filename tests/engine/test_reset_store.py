@@ -6,8 +6,12 @@ on a live and a forensic platform, with workspaces on both."""
 from __future__ import annotations
 
 import copy
+import os
 import re
 import secrets
+import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -293,6 +297,39 @@ def test_a_held_stream_lock_is_waited_for_then_one_line(world: World) -> None:
     assert world.state("live", "Store2") == before
 
 
+def test_a_running_merge_is_never_raced(world: World) -> None:
+    """A merge that holds the store's stream (paused right after taking it) is waited for, then named."""
+    merge = subprocess.Popen(
+        [sys.executable, "-m", "datasurface.cli", "merge", "--platform", "Hist", "--mode", "forensic", "--store",
+         "Store1", "--model", str(world.model), *world.dbs.merge_args()],
+        env={**os.environ, **world.dbs.env, "DATASURFACE_TEST_PAUSE_AT": "stream:locked=60"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not world.sql("""SELECT EXISTS (SELECT FROM pg_locks l, (SELECT hashtextextended(%s, 0) AS h) k
+                                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                                   AND l.classid = ((k.h >> 32) & 4294967295)::oid
+                                   AND l.objid = (k.h & 4294967295)::oid)""", "datasurface/hist/Store1")[0][0]:
+            assert merge.poll() is None and time.monotonic() < deadline, "the merge never took its stream"
+            time.sleep(0.1)
+        before = world.state("hist", "Store1")
+        proc = world.reset("Hist", "Store1", "--yes", "--lock-wait", "1")
+        assert_one_line_error(proc, "another session holds store Store1", "application 'datasurface-job merge")
+        assert world.state("hist", "Store1") == before
+    finally:
+        merge.kill()
+        merge.wait()
+
+
+def test_killed_after_dropping_before_commit_drops_nothing(world: World) -> None:
+    """One transaction: a run killed after every DROP and DELETE ran, before the commit, leaves all of it."""
+    before = world.state("hist", "Store1")
+    proc = world.job("reset-store", "--platform", "Hist", "--store", "Store1", "--yes",
+                     extra_env={"DATASURFACE_TEST_KILL_AT": "reset-store:dropped"})
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert world.state("hist", "Store1") == before
+
+
 def test_a_held_ddl_lock_is_waited_for_then_one_line(world: World) -> None:
     before = world.state("hist", "Store1")
     holder = world.hold("datasurface-ddl/hist")
@@ -337,10 +374,12 @@ def test_an_open_batch_loses_its_staging_tables_too(world: World) -> None:
 def test_an_object_of_someone_elses_on_the_store_refuses_naming_it(world: World) -> None:
     world.sql("CREATE VIEW public.my_report AS SELECT region FROM ws_wshist.store1_pairs")
     before = world.state("hist", "Store1")
-    for flags in (["--yes"], ["--dry-run"]):
+    for flags in (["--yes"], ["--dry-run"], []):
         proc = world.reset("Hist", "Store1", *flags)
         assert_one_line_error(proc, "view public.my_report (on view ws_wshist.store1_pairs)", "CASCADE")
         assert world.state("hist", "Store1") == before
+        if flags != ["--yes"]:  # the listing shows what the reset would drop, and the refusal why it does not
+            assert listed(proc.stdout) == expected_drops("hist", "Store1")
 
 
 @pytest.mark.parametrize(("platform", "store", "fragments"), [

@@ -23,6 +23,7 @@ from datasurface.consumers import objects, workspaces
 from datasurface.db import Endpoint, PgConnection
 from datasurface.engine import heartbeat
 from datasurface.errors import DataSurfaceError, UsageError
+from datasurface.faults import killpoint
 from datasurface.merge import ddl, layout
 from datasurface.merge.ledger import COMMITTED, Stream
 from datasurface.merge.locks import LockRetry, StreamLock
@@ -80,10 +81,20 @@ class Plan(NamedTuple):
     rows: tuple[tuple[str, int], ...]  # (ledger or run-history table, the store's rows in it)
     streams: frozenset[Stream]
     committed: int  # the store's committed batches here
+    blockers: tuple[tuple[str, str], ...] = ()  # (an object the job did not create, what of the plan it uses)
 
     @property
     def empty(self) -> bool:
         return not self.items and not any(n for _, n in self.rows)
+
+    def refuse(self) -> None:
+        """Objects the job did not create depend on the plan's: never dropped along, so nothing is dropped."""
+        if self.blockers:
+            named = "; ".join(f"{what} (on {on})" for what, on in self.blockers)
+            raise DataSurfaceError(
+                f"store {self.store} on platform {self.schema}: objects the job did not create depend on what "
+                f"reset-store would drop: {named}; drop or change them first (reset-store never drops what the "
+                f"job did not create, and never drops with CASCADE)")
 
     def relations(self) -> list[str]:
         return [f'"{i.schema}"."{i.name}"' for i in self.items if not i.is_function]
@@ -250,7 +261,8 @@ def _owned_items(conn: PgConnection, schema: str, wanted: dict[tuple[str, str], 
 
 
 def discover(conn: PgConnection, schema: str, store: str, model: Model) -> Plan:
-    """The store's objects and rows on the platform; refuses what it must not drop (read-only)."""
+    """The store's objects and rows on the platform, and what depends on them (read-only); refuses a name
+    another store claims or a relation under the store's table name that is not a merge table."""
     with conn.cursor() as cur:
         cur.execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = %s)", (schema,))
         if not cur.fetchone()[0]:  # type: ignore[index]
@@ -314,14 +326,13 @@ def discover(conn: PgConnection, schema: str, store: str, model: Model) -> Plan:
         known = ", ".join(s.name for s in model.stores) or "none"
         raise DataSurfaceError(f"unknown store {store!r}: it is not in the model (which has: {known}) and platform "
                                f"{schema} has nothing of it")
-    _refuse_dependents(conn, plan)
-    return plan
+    return plan._replace(blockers=_dependents(conn, plan))
 
 
-def _refuse_dependents(conn: PgConnection, plan: Plan) -> None:
+def _dependents(conn: PgConnection, plan: Plan) -> tuple[tuple[str, str], ...]:
     """Objects outside the plan that depend on something in it (a view, a function, a foreign key, a column of
-    its row type): never dropped along, so the reset is refused, naming them. A part of one of the plan's
-    relations (its constraints, triggers, defaults, policies, indexes) goes with it, as in any DROP TABLE."""
+    its row type), with what they depend on. A part of one of the plan's relations (its constraints, triggers,
+    defaults, policies, indexes) is not one: it goes with its relation, as in any DROP TABLE."""
     rels = [i.oid for i in plan.items if not i.is_function]
     procs = [i.oid for i in plan.items if i.is_function]
     with conn.cursor() as cur:
@@ -367,13 +378,7 @@ def _refuse_dependents(conn: PgConnection, plan: Plan) -> None:
              WHERE rel IS DISTINCT FROM 0 AND NOT coalesce(rel IN (SELECT oid FROM rels), false)
                AND NOT (classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND objid IN (SELECT oid FROM procs))
              GROUP BY 1 ORDER BY 1""", {"rels": rels, "procs": procs})
-        found = cur.fetchall()
-    if found:
-        named = "; ".join(f"{what} (on {on})" for what, on in found)
-        raise DataSurfaceError(
-            f"store {plan.store} on platform {plan.schema}: objects the job did not create depend on what "
-            f"reset-store would drop: {named}; drop or change them first (reset-store never drops what the job "
-            f"did not create, and never drops with CASCADE)")
+        return tuple((what, on) for what, on in cur.fetchall())
 
 
 # --- dropping -------------------------------------------------------------------------------------
@@ -419,11 +424,13 @@ def run_reset_store(*, model: str, model_ref: str | None, model_path: str, platf
         if dry_run or not yes:
             for line in first.lines(platform, drop_source_state(model_store, schema, dry_run=True)):
                 print(line)
+            first.refuse()
             if dry_run:
                 print("dry run: nothing was changed")
                 return
             raise UsageError("reset-store drops what is listed above, for good: run it again with --yes to drop it "
                              "(--dry-run only lists it)")
+        first.refuse()
         plan, source = _reset(conn, first, model_store, mdl, limits)
     for line in plan.lines(platform, source):
         print(line)
@@ -447,6 +454,7 @@ def _reset(conn: PgConnection, first: Plan, model_store: Store | None, model: Mo
             if not plan.streams <= first.streams:
                 raise DataSurfaceError(f"store {first.store} on platform {first.schema} gained a stream while "
                                        f"reset-store was starting; run it again")
+            plan.refuse()
             _lock(conn, plan)
             return plan
 
@@ -454,6 +462,7 @@ def _reset(conn: PgConnection, first: Plan, model_store: Store | None, model: Mo
                                            first.relations, exclusive=True)
         source = drop_source_state(model_store, first.schema, dry_run=False)
         _drop(conn, plan)
+        killpoint("reset-store:dropped")
         conn.commit()
         return plan, source
     finally:
