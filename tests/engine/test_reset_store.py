@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,20 @@ class World:
 
 
 @pytest.fixture
-def world(dbs: Any, tmp_path: Path) -> Any:
+def world(dbs: Any, tmp_path: Path) -> Iterator[World]:
+    yield from _world(dbs, tmp_path)
+
+
+@pytest.fixture(params=[15, 18], ids=["pg15", "pg18"])
+def world_each(request: pytest.FixtureRequest, pg_servers: dict[int, Any], databases_on: Any,
+               tmp_path: Path) -> Iterator[World]:
+    """`world` on PostgreSQL 15 and on 18 (what reset-store reads of the catalog differs between versions)."""
+    if request.param not in pg_servers:
+        pytest.skip(f"PostgreSQL {request.param} is not available here")
+    yield from _world(databases_on(pg_servers[request.param]), tmp_path)
+
+
+def _world(dbs: Any, tmp_path: Path) -> Iterator[World]:
     w = World(dbs, tmp_path)
     yield w
     w.src.close()
@@ -208,8 +222,9 @@ def assert_only_dropped(before: Any, after: Any, lines: set[str]) -> None:
 
 @pytest.mark.parametrize(("platform", "store", "streams"), [("Hist", "Store1", ["Store1"]),
                                                             ("Live", "Store2", ["Store2.alltypes", "Store2.pairs"])])
-def test_reset_drops_exactly_one_store_of_one_platform(world: World, platform: str, store: str,
+def test_reset_drops_exactly_one_store_of_one_platform(world_each: World, platform: str, store: str,
                                                        streams: list[str]) -> None:
+    world = world_each
     schema = platform.lower()
     before = world.state(schema, store)
     other = "Live" if platform == "Hist" else "Hist"
@@ -371,12 +386,22 @@ def test_an_open_batch_loses_its_staging_tables_too(world: World) -> None:
     assert "batch 1:" in again.stdout and world.batches("hist", "Store1") == [("Store1", 1, "committed")]
 
 
-def test_an_object_of_someone_elses_on_the_store_refuses_naming_it(world: World) -> None:
+def test_an_object_of_someone_elses_on_the_store_refuses_naming_it(world_each: World) -> None:
+    world = world_each
     world.sql("CREATE VIEW public.my_report AS SELECT region FROM ws_wshist.store1_pairs")
+    world.sql("CREATE FUNCTION public.versions() RETURNS bigint LANGUAGE sql BEGIN ATOMIC "
+              "SELECT count(*) FROM hist.store1_alltypes; END")
+    world.sql("CREATE TABLE public.keep (id integer PRIMARY KEY, last hist.store1_pairs_current)")
+    # the store's own tables may carry a user's index and trigger: parts of the table, they go with it
+    world.sql("CREATE INDEX user_index ON hist.store1_pairs (note)")
     before = world.state("hist", "Store1")
     for flags in (["--yes"], ["--dry-run"], []):
         proc = world.reset("Hist", "Store1", *flags)
-        assert_one_line_error(proc, "view public.my_report (on view ws_wshist.store1_pairs)", "CASCADE")
+        assert_one_line_error(proc, "view public.my_report (on view ws_wshist.store1_pairs)",
+                              "function public.versions() (on table hist.store1_alltypes)",
+                              "table public.keep (on view hist.store1_pairs_current)",
+                              "CASCADE")
+        assert "user_index" not in proc.stderr
         assert world.state("hist", "Store1") == before
         if flags != ["--yes"]:  # the listing shows what the reset would drop, and the refusal why it does not
             assert listed(proc.stdout) == expected_drops("hist", "Store1")
