@@ -392,8 +392,9 @@ def test_an_object_of_someone_elses_on_the_store_refuses_naming_it(world_each: W
     world.sql("CREATE FUNCTION public.versions() RETURNS bigint LANGUAGE sql BEGIN ATOMIC "
               "SELECT count(*) FROM hist.store1_alltypes; END")
     world.sql("CREATE TABLE public.keep (id integer PRIMARY KEY, last hist.store1_pairs_current)")
-    # the store's own tables may carry a user's index and trigger: parts of the table, they go with it
+    # a user's index on the store's own table is a part of it: it goes with the table, and the listing says so
     world.sql("CREATE INDEX user_index ON hist.store1_pairs (note)")
+    index_line = "  with it: index user_index on table hist.store1_pairs (not the job's)"
     before = world.state("hist", "Store1")
     for flags in (["--yes"], ["--dry-run"], []):
         proc = world.reset("Hist", "Store1", *flags)
@@ -405,6 +406,13 @@ def test_an_object_of_someone_elses_on_the_store_refuses_naming_it(world_each: W
         assert world.state("hist", "Store1") == before
         if flags != ["--yes"]:  # the listing shows what the reset would drop, and the refusal why it does not
             assert listed(proc.stdout) == expected_drops("hist", "Store1")
+            assert index_line in proc.stdout.splitlines()
+
+    world.sql("DROP VIEW public.my_report; DROP FUNCTION public.versions(); DROP TABLE public.keep")
+    proc = world.reset("Hist", "Store1", "--yes")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert index_line in proc.stdout.splitlines()
+    assert world.sql("SELECT to_regclass('hist.user_index')") == [(None,)]
 
 
 @pytest.mark.parametrize(("platform", "store", "fragments"), [

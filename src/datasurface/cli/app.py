@@ -182,7 +182,8 @@ def reset_store(
     """Drop one store's objects on one platform, so that its next merge starts again at batch 1 from a full
     snapshot.
 
-    Drops the store's merge tables (with their indexes and grants), their _current views and, on a forensic
+    Drops the store's merge tables (with their indexes, triggers and grants: an index someone added to one is
+    listed as going with it), their _current views and, on a forensic
     platform, their _history views and as-of functions; its staging tables; its views and functions in the
     platform's workspaces (the next setup creates them again); its rows of ds_batches, ds_batch_datasets,
     ds_runs and ds_run_totals; and, for a change-data-capture store, its replication slot on the source. On a

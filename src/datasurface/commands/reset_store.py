@@ -82,6 +82,7 @@ class Plan(NamedTuple):
     streams: frozenset[Stream]
     committed: int  # the store's committed batches here
     blockers: tuple[tuple[str, str], ...] = ()  # (an object the job did not create, what of the plan it uses)
+    parts: tuple[str, ...] = ()  # indexes, triggers and policies someone added to the store's tables
 
     @property
     def empty(self) -> bool:
@@ -105,6 +106,7 @@ class Plan(NamedTuple):
             where += ", a store no longer in the model (found from the platform's ledger and catalog)"
         out = [f"reset-store: {where}:"]
         out += [f"  drop {i.label}" for i in self.items]
+        out += [f"  with it: {part}" for part in self.parts]
         out += [f"  delete {n} row(s) of {self.schema}.{t}" for t, n in self.rows if n]
         out += [f"  {line}" for line in source]
         if self.mode == layout.FORENSIC:
@@ -326,7 +328,27 @@ def discover(conn: PgConnection, schema: str, store: str, model: Model) -> Plan:
         known = ", ".join(s.name for s in model.stores) or "none"
         raise DataSurfaceError(f"unknown store {store!r}: it is not in the model (which has: {known}) and platform "
                                f"{schema} has nothing of it")
-    return plan._replace(blockers=_dependents(conn, plan))
+    return plan._replace(blockers=_dependents(conn, plan), parts=_parts(conn, plan))
+
+
+def _parts(conn: PgConnection, plan: Plan) -> tuple[str, ...]:
+    """What someone else added to the store's tables (an index, a trigger, a policy): a part of a table goes
+    with it, as in any DROP TABLE, and the listing says so."""
+    tables = {i.oid: i for i in plan.items if i.kind == "table"}
+    with conn.cursor() as cur:
+        cur.execute("""
+            SELECT x.indrelid, 'index', i.relname FROM pg_catalog.pg_index x
+              JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = ANY(%(t)s::oid[])
+            UNION ALL
+            SELECT tgrelid, 'trigger', tgname FROM pg_catalog.pg_trigger
+             WHERE tgrelid = ANY(%(t)s::oid[]) AND NOT tgisinternal
+            UNION ALL
+            SELECT polrelid, 'policy', polname FROM pg_catalog.pg_policy WHERE polrelid = ANY(%(t)s::oid[])
+            ORDER BY 1, 2, 3""", {"t": list(tables)})
+        found = cur.fetchall()
+    return tuple(f"{kind} {name} on table {tables[oid].schema}.{tables[oid].name} (not the job's)"
+                 for oid, kind, name in found
+                 if not (kind == "index" and name in DatasetNames(tables[oid].name).owned()))
 
 
 def _dependents(conn: PgConnection, plan: Plan) -> tuple[tuple[str, str], ...]:
