@@ -336,6 +336,36 @@ def test_a_running_merge_is_never_raced(world: World) -> None:
         merge.wait()
 
 
+def test_a_consumer_reading_the_store_is_waited_for_then_named(world: World) -> None:
+    before = world.state("hist", "Store1")
+    reader = world.dbs.connect(world.dbs.merge)  # a transaction left open after reading a workspace view
+    with reader.cursor() as cur:
+        cur.execute("SET application_name = 'report-tool'")
+        cur.execute("SELECT count(*) FROM ws_wshist.store1_pairs")
+    try:
+        proc = world.reset("Hist", "Store1", "--yes", "--lock-timeout", "2")
+        assert_one_line_error(proc, "resetting store Store1 on platform hist", "gave up after waiting",
+                              "application 'report-tool'")
+        assert world.state("hist", "Store1") == before
+    finally:
+        reader.close()
+
+
+def test_a_consumer_of_the_ledger_and_other_stores_does_not_hold_the_reset(world: World) -> None:
+    """Only the store's own relations are locked: not the ledger its history views read, nor anything else."""
+    reader = world.dbs.connect(world.dbs.merge)
+    with reader.cursor() as cur:
+        cur.execute("SELECT count(*) FROM hist.ds_batches")
+        cur.execute("SELECT count(*) FROM ws_wshist.batches")
+        cur.execute("SELECT count(*) FROM hist.store2_pairs_history")
+    try:
+        proc = world.reset("Hist", "Store1", "--yes", "--lock-timeout", "2")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    finally:
+        reader.close()
+    assert world.batches("hist", "Store1") == []
+
+
 def test_killed_after_dropping_before_commit_drops_nothing(world: World) -> None:
     """One transaction: a run killed after every DROP and DELETE ran, before the commit, leaves all of it."""
     before = world.state("hist", "Store1")

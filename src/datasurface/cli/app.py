@@ -182,13 +182,12 @@ def reset_store(
     """Drop one store's objects on one platform, so that its next merge starts again at batch 1 from a full
     snapshot.
 
-    Drops the store's merge tables (with their indexes, triggers and grants: an index someone added to one is
-    listed as going with it), their _current views and, on a forensic
-    platform, their _history views and as-of functions; its staging tables; its views and functions in the
-    platform's workspaces (the next setup creates them again); its rows of ds_batches, ds_batch_datasets,
-    ds_runs and ds_run_totals; and, for a change-data-capture store, its replication slot on the source. On a
-    forensic platform the store's history is lost for good: every version of its rows, and what its as-of
-    queries showed.
+    Drops the store's merge tables (with their indexes, triggers and grants: an index someone added to one
+    is listed as going with it), their _current views and, on a forensic platform, their _history views and
+    as-of functions; its staging tables; its views and functions in the platform's workspaces (the next setup
+    creates them again); its rows of ds_batches, ds_batch_datasets, ds_runs and ds_run_totals; and, for a
+    change-data-capture store, its replication slot on the source. On a forensic platform the store's history
+    is lost for good: every version of its rows, and what its as-of queries showed.
 
     This is how to apply a model change that merge refuses: a column's type, the primary key, a removed
     column. Change the model, reset the store on each platform, merge again.

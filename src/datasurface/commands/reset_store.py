@@ -11,7 +11,6 @@ with a line naming it, since dropping it along would destroy someone else's work
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from contextlib import suppress
 from typing import Any, NamedTuple
@@ -30,8 +29,6 @@ from datasurface.merge.locks import LockRetry, StreamLock
 from datasurface.model import Model, Store, load_model
 from datasurface.model.names import DatasetNames, dataset_names
 from datasurface.sessions import SessionLimits, connection, new_run_id
-
-log = logging.getLogger("datasurface")
 
 LEDGER = ("ds_batch_datasets", "ds_batches")
 RUN_HISTORY = ("ds_runs", "ds_run_totals")
@@ -126,9 +123,9 @@ def drop_source_state(store: Store | None, platform_schema: str, *, dry_run: boo
 
     A change-data-capture store (`source.ingestion: cdc`) keeps a logical replication slot
     `ds_<platform lower>_<store lower>` on its source; the change-data-capture ingestion wires that slot's drop
-    in here. It is called with the merge side locked and checked, just before its objects are dropped: a
-    failure here changes nothing on the merge side, and a slot dropped by a reset that then fails is, to the
-    next merge, a missing slot (a full snapshot, as for any lost slot). Snapshot ingestion keeps nothing on the
+    in here. It is called once the merge side's objects are dropped in the reset's transaction, before that
+    commits: a failure here rolls all of it back, and a slot dropped by a reset whose commit then fails is, to
+    the next merge, a missing slot (a full snapshot, as for any lost slot). Snapshot ingestion keeps nothing on the
     source, so for it there is nothing to drop. A store no longer in the model (None) names no source here: the
     platform's `setup` drops the slots of stores that are no longer change-data-capture stores."""
     return []
@@ -406,8 +403,10 @@ def _dependents(conn: PgConnection, plan: Plan) -> tuple[tuple[str, str], ...]:
 # --- dropping -------------------------------------------------------------------------------------
 
 def _lock(conn: PgConnection, plan: Plan) -> None:
-    """Every relation to drop, first: a wait (bounded, retried) happens before anything is dropped."""
-    relations = [sql.Identifier(i.schema, i.name) for i in plan.items if not i.is_function]
+    """The tables to drop, first: every session reading them (through any view) is waited for here, before
+    anything is dropped. Views are not locked here: locking a view locks what it reads too, the ledger of every
+    store among them; each view's own lock comes with its DROP."""
+    relations = [sql.Identifier(i.schema, i.name) for i in plan.items if i.kind.endswith("table")]
     if relations:
         with conn.cursor() as cur:
             cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(relations)))
@@ -462,7 +461,8 @@ def run_reset_store(*, model: str, model_ref: str | None, model_path: str, platf
 def _reset(conn: PgConnection, first: Plan, model_store: Store | None, model: Model,
            limits: SessionLimits) -> tuple[Plan, list[str]]:
     """Under the store's stream locks (no run of it merges meanwhile) and the platform's DDL lock (no run
-    creates or evolves objects meanwhile): check again, lock, drop the source's state, drop, commit."""
+    creates or evolves objects meanwhile): check again, drop, drop the source's state, commit. The step that
+    drops is retried as a whole when a lock wait times out (merge/locks.py): it commits nothing itself."""
     held: list[StreamLock] = []
     try:
         for stream in sorted(first.streams, key=lambda s: s.key):
@@ -478,12 +478,12 @@ def _reset(conn: PgConnection, first: Plan, model_store: Store | None, model: Mo
                                        f"reset-store was starting; run it again")
             plan.refuse()
             _lock(conn, plan)
+            _drop(conn, plan)
             return plan
 
         plan = LockRetry(conn, limits).run(f"resetting store {first.store} on platform {first.schema}", step,
                                            first.relations, exclusive=True)
         source = drop_source_state(model_store, first.schema, dry_run=False)
-        _drop(conn, plan)
         killpoint("reset-store:dropped")
         conn.commit()
         return plan, source
