@@ -399,6 +399,18 @@ def test_a_store_no_longer_in_the_model(world: World) -> None:
     assert world.batches("hist", "Store1") == []
 
 
+def test_a_dataset_no_longer_in_the_model_goes_too(world: World) -> None:
+    """Store1 without alltypes in the model: its table, left by the merges before, is still the store's."""
+    doc = copy.deepcopy(world.doc)
+    doc["stores"][0]["datasets"] = [d for d in doc["stores"][0]["datasets"] if d["name"] != "alltypes"]
+    model = write_model(world.tmp / "without_alltypes", doc)
+    before = world.state("hist", "Store1")
+    proc = world.reset("Hist", "Store1", "--yes", model=model)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert listed(proc.stdout) == expected_drops("hist", "Store1")
+    assert_only_dropped(before, world.state("hist", "Store1"), listed(proc.stdout))
+
+
 def test_an_open_batch_loses_its_staging_tables_too(world: World) -> None:
     world.snap = next_snapshot(world.rng, world.snap, world.removed)
     load_snapshot(world.src, world.snap)
