@@ -318,3 +318,34 @@ def test_check_reports_what_a_merge_would_refuse(make: Any) -> None:
     allow_replication(s.dbs)
     proc = run_job(["check", "--model", str(s.model), *s.dbs.merge_args()], s.dbs.env)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_reset_store_drops_the_slot_and_the_next_merge_starts_again(make: Any) -> None:
+    s = make()
+    s.sql("INSERT INTO docs VALUES (1, 'a', 'x', 0)")
+    s.merge()
+    s.sql("UPDATE docs SET n = 1")
+    s.merge()
+    reset = ["reset-store", "--model", str(s.model), "--platform", PLATFORM, "--store", "Store1", *s.dbs.merge_args()]
+    dry = run_job([*reset, "--dry-run"], s.dbs.env)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "drop replication slot ds_cdc_store1" in dry.stdout
+
+    def slots() -> list[tuple[str]]:
+        with s.src.cursor() as cur:
+            cur.execute("SELECT slot_name FROM pg_replication_slots WHERE database = current_database()")
+            rows = cur.fetchall()
+        s.src.rollback()
+        return rows
+
+    assert slots() == [("ds_cdc_store1",)]
+    done = run_job([*reset, "--yes"], s.dbs.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert slots() == []
+    proc = s.merge()
+    assert "full snapshot" not in proc.stderr  # a first batch again, not a lost slot
+    assert s.same("docs") and slots() == [("ds_cdc_store1",)]
+    with s.mrg.cursor() as cur:
+        cur.execute(f"SELECT batch_id, source_lsn IS NULL FROM {SCHEMA}.ds_batches")
+        assert cur.fetchall() == [(1, True)]
+    s.mrg.rollback()

@@ -223,7 +223,7 @@ def test_additive_change_evolves_table_and_view(world: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("change,fragments", [
     (_set_column_type("amount", "numeric(12,2)"), ["'amount' changed type", "numeric(10,2)", "numeric(12,2)",
-                                                   "drop the table"]),
+                                                   "reset-store --platform yellow --store Store1"]),
     (lambda d: d["stores"][0]["datasets"][0]["columns"].pop(3), ["'amount' was removed"]),
     (lambda d: d["stores"][0]["datasets"][0].update(primaryKey=["region"]), ["primary key changed"]),
 ])
@@ -430,7 +430,7 @@ def test_a_platform_keeps_its_mode(world: dict[str, Any]) -> None:
 
 
 def test_dropping_a_merge_table_rebuilds_it_from_the_next_snapshot(world: dict[str, Any]) -> None:
-    """The documented way to apply a non-additive change: drop the table and its view."""
+    """A merge table dropped by hand (with its view) is rebuilt from the next snapshot."""
     dbs, src, mrg = world["dbs"], world["src"], world["mrg"]
     with mrg.cursor() as cur:
         cur.execute(f"DROP VIEW {SCHEMA}.store1_pairs_current")

@@ -161,6 +161,56 @@ def reset_batch(
                     batch_id=batch, limits=_limits(lock_wait, lock_timeout, session_timeout, orphan_timeout))
 
 
+@app.command("reset-store")
+def reset_store(
+    platform: Platform,
+    store: Annotated[str, typer.Option("--store", envvar="DATASURFACE_STORE", show_envvar=True,
+        help="The store to reset; also one that is no longer in the model (found from the platform's ledger).")],
+    merge_host: MergeHost,
+    merge_database: MergeDatabase,
+    merge_credential: MergeCredential,
+    model: Model,
+    model_ref: ModelRef = None,
+    model_path: ModelPath = "datasurface.yaml",
+    merge_port: MergePort = 5432,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be dropped; change nothing.")]
+        = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Drop it. Without --yes (or --dry-run) the list is printed "
+        "and nothing is dropped (exit 2).")] = False,
+    lock_wait: LockWait = 60.0,
+    lock_timeout: LockTimeout = 300.0,
+    session_timeout: SessionTimeout = 60.0,
+    orphan_timeout: OrphanTimeout = 15.0,
+) -> None:
+    """Drop one store's objects on one platform, so that its next merge starts again at batch 1 from a full
+    snapshot.
+
+    Drops the store's merge tables (with their indexes, triggers and grants: an index someone added to one
+    is listed as going with it), their _current views and, on a forensic platform, their _history views and
+    as-of functions; its staging tables; its views and functions in the platform's workspaces (the next setup
+    creates them again); its rows of ds_batches, ds_batch_datasets, ds_runs and ds_run_totals; and, for a
+    change-data-capture store, its replication slot on the source. On a forensic platform the store's history
+    is lost for good: every version of its rows, and what its as-of queries showed.
+
+    This is how to apply a model change that merge refuses: a column's type, the primary key, a removed
+    column. Change the model, reset the store on each platform, merge again.
+
+    Nothing else is touched: other stores, other platforms, objects the job did not create. An object of
+    someone else's that depends on one of the store's (a view on its merge table) stops the reset with a line
+    naming it; nothing is ever dropped with CASCADE. Everything goes in one transaction, under the store's
+    stream locks and the platform's DDL lock (a running merge is waited for, up to --lock-wait).
+
+    Exit 0: reset, listed (--dry-run), or nothing to reset. Exit 2: without --yes. Exit 1: failure, nothing
+    dropped.
+    """
+    from datasurface.commands.reset_store import run_reset_store
+
+    endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
+    run_reset_store(model=model, model_ref=model_ref, model_path=model_path, platform=platform, store=store,
+                    merge=endpoint, merge_credential=cred, dry_run=dry_run, yes=yes,
+                    limits=_limits(lock_wait, lock_timeout, session_timeout, orphan_timeout))
+
+
 @app.command()
 def setup(
     platform: Platform,

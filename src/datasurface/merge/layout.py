@@ -50,6 +50,12 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def staging_name(table: str) -> str:
+    """The staging table of merge table `table` (a `ds_` name: never a dataset's, model/names.py)."""
+    digest = hashlib.sha1(table.encode()).hexdigest()[:8]
+    return f"ds_stage_{table[:40]}_{digest}"
+
+
 class DatasetLayout(NamedTuple):
     """Where one dataset lives in the platform schema."""
 
@@ -73,8 +79,7 @@ class DatasetLayout(NamedTuple):
 
     @property
     def staging(self) -> str:
-        digest = hashlib.sha1(self.table.encode()).hexdigest()[:8]
-        return f"ds_stage_{self.table[:40]}_{digest}"
+        return staging_name(self.table)
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -289,8 +294,9 @@ def plan_evolution(conn: PgConnection, lay: DatasetLayout) -> list[str] | None:
         raise SchemaChangeError(
             f"{where}: the model changed in a way that cannot be applied to existing data: "
             f"{'; '.join(problems)}. Only new nullable columns are applied automatically; to apply this "
-            f"change, drop the table {where} and its view (the next merge rebuilds it from a fresh "
-            f"snapshot, losing its history) or ingest into a new platform"
+            f"change, run `datasurface-job reset-store --platform {lay.schema} --store {lay.store}` (it lists what "
+            f"it drops; with --yes the store starts again at batch 1 from a fresh snapshot, and a forensic "
+            f"platform loses the store's history) or ingest into a new platform"
         )
     return [c.name for c in added]
 
