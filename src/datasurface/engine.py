@@ -26,28 +26,21 @@ from datasurface.consumers import workspaces
 from datasurface.db import Endpoint, PgConnection, driver_error, is_lost
 from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfaceError
 from datasurface.faults import killpoint
-from datasurface.ingest import dialects, snapshot
+from datasurface.ingest import dialects
 from datasurface.ingest.dialects import SourceSession
 from datasurface.merge import ddl, layout
+from datasurface.merge import staging as snapshot  # the name StreamRun calls the staging helpers by
 from datasurface.merge.diff import loaded, no_current_rows
 from datasurface.merge.forensic import ForensicMerge
 from datasurface.merge.layout import DatasetLayout
 from datasurface.merge.ledger import COMMITTED, INGESTING, Batch, BatchLedger, Counts, Stream
 from datasurface.merge.live import LiveMerge
 from datasurface.merge.locks import LockRetry, StreamLock
-from datasurface.model import Model, Store, load_model
+from datasurface.model import Model, Store, find_store, load_model
 from datasurface.observe import runs
 from datasurface.sessions import Ahead, Heartbeat, SessionLimits, connection, merge_run_ahead, new_run_id
 
 log = logging.getLogger("datasurface")
-
-
-def find_store(model: Model, name: str) -> Store:
-    try:
-        return model.store(name)
-    except KeyError:
-        known = ", ".join(s.name for s in model.stores)
-        raise DataSurfaceError(f"unknown store {name!r} (the model has: {known})") from None
 
 
 def fingerprint(store: Store, datasets: tuple[str, ...]) -> str:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from datasurface.errors import SnapshotError
 from datasurface.ingest.dialects.mysql import AHEAD_BYTES, CHUNK, _CopyRows, _transforms
-from datasurface.ingest.snapshot import SnapshotError
 
 
 def _read_all(rows: _CopyRows) -> bytes:

@@ -63,8 +63,7 @@ def resolve_target(*, model: ModelRef | None, db_type: str | None, host: str | N
 
 
 def _store(ref: ModelRef) -> Store:
-    from datasurface.engine import find_store
-    from datasurface.model import load_model
+    from datasurface.model import find_store, load_model
 
     if not ref.store:
         raise UsageError("--model needs --store: the store whose source the simulator changes")

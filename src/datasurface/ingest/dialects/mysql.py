@@ -35,13 +35,14 @@ from pymysql.cursors import SSCursor
 
 from datasurface import credentials, interrupts
 from datasurface.db import Endpoint, PgConnection, idents
-from datasurface.errors import DatabaseError, DataSurfaceError
+from datasurface.errors import DatabaseError, DataSurfaceError, SnapshotError
 from datasurface.faults import killpoint
 from datasurface.ingest.dialects import mysqltypes
-from datasurface.ingest.snapshot import SnapshotError, create_staging, staging_error
 from datasurface.ingest.source import SourceMismatchError
 from datasurface.merge.layout import DatasetLayout
+from datasurface.merge.staging import create_staging, staging_error
 from datasurface.model import Dataset, Store
+from datasurface.mysqldb import driver_message, quote
 from datasurface.sessions import SessionLimits, application_name, new_run_id
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,6 @@ IO_TIMEOUT = 600  # seconds a read or write on the source socket may wait (a dea
 CHUNK = 1 << 16
 AHEAD_BYTES = 2 << 20  # encoded bytes the reading thread may be ahead of the COPY (at least one batch)
 FINISH_WAIT = 5.0  # seconds a failed COPY waits for the reading thread before it drops the source's connection
-
-
-def quote(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
 
 
 def session_settings(limits: SessionLimits) -> str:
@@ -92,18 +89,6 @@ def engine_for(store: Store, cred: credentials.Credential, limits: SessionLimits
     return create_engine(url, poolclass=NullPool, hide_parameters=True, connect_args={
         "connect_timeout": CONNECT_TIMEOUT, "read_timeout": IO_TIMEOUT, "write_timeout": IO_TIMEOUT,
         "program_name": program, "init_command": session_settings(limits or SessionLimits())})
-
-
-def driver_message(exc: BaseException) -> str:
-    """`(1045) Access denied for user ...`: the driver's own code and text, never SQLAlchemy's wrapper
-    (which would add the statement and a link)."""
-    orig = getattr(exc, "orig", None) or exc
-    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
-    if len(args) >= 2 and isinstance(args[0], int):
-        lines = str(args[1]).strip().splitlines()
-        return f"({args[0]}) {lines[0] if lines else ''}".strip()
-    text = str(orig).strip()
-    return text.splitlines()[0] if text else type(orig).__name__
 
 
 def describe(store: Store) -> str:
