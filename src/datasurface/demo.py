@@ -46,7 +46,7 @@ from datasurface.localmysql import LocalMariaDB, find_server
 from datasurface.localpg import LocalPostgres, embedded_bin_dir, find_bin_dir
 from datasurface.simulator import Simulator
 from datasurface.simulator.backends import backend_for
-from datasurface.simulator.schema import TABLES
+from datasurface.simulator.tables import TABLES
 
 SOURCE_DB, MERGE_DB = "customer_db", "merge_db"
 SOURCE_ROLE, MERGE_ROLE, WORKSPACE_ROLE = "demo_source", "demo_merge", "demo_marketing"

@@ -25,7 +25,7 @@ from datasurface.db import Endpoint
 from datasurface.errors import DatabaseError, DataSurfaceError, UsageError
 from datasurface.simulator.backends import DB_TYPES, Backend, backend_for
 from datasurface.simulator.operations import OPERATIONS, Outcome, Tx, choose
-from datasurface.simulator.schema import ensure_tables
+from datasurface.simulator.tables import ensure_tables
 from datasurface.simulator.target import ModelRef, resolve_target
 
 log = logging.getLogger("datasurface.simulator")

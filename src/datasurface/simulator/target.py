@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datasurface.errors import UsageError
 from datasurface.model import Store
 from datasurface.simulator.backends import DB_TYPES
-from datasurface.simulator.schema import TABLES
+from datasurface.simulator.tables import TABLES
 
 DEFAULT_SCHEMA = "public"
 

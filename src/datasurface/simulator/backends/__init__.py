@@ -12,7 +12,7 @@ from datasurface.errors import UsageError
 if TYPE_CHECKING:
     from datasurface.credentials import Credential
     from datasurface.db import Endpoint
-    from datasurface.simulator.schema import Table
+    from datasurface.simulator.tables import Table
 
 # what a failed statement means for the loop: reconnect, retry the transaction, the tables are missing
 Failure = Literal["lost", "retry", "missing", "other"]

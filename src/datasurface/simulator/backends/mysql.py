@@ -21,7 +21,7 @@ from datasurface.db import Endpoint
 from datasurface.errors import DatabaseError
 from datasurface.mysqldb import driver_message, error_code, quote
 from datasurface.simulator.backends import Failure
-from datasurface.simulator.schema import ID_SEQUENCE, Table
+from datasurface.simulator.tables import ID_SEQUENCE, Table
 
 _RETRY_CODES = {1213, 1205}  # deadlock, lock wait timeout: the statement or transaction was rolled back
 _MISSING_CODES = {1146, 1054}  # no such table, unknown column
