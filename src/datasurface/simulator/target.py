@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from datasurface.errors import UsageError
 from datasurface.model import Store
-from datasurface.simulator.backends import DB_TYPES
+from datasurface.simulator.backends.base import DB_TYPES
 from datasurface.simulator.tables import TABLES
 
 DEFAULT_SCHEMA = "public"

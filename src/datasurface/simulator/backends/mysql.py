@@ -20,7 +20,7 @@ from datasurface.credentials import Credential
 from datasurface.db import Endpoint
 from datasurface.errors import DatabaseError
 from datasurface.mysqldb import driver_message, error_code, quote
-from datasurface.simulator.backends import Failure
+from datasurface.simulator.backends.base import Failure
 from datasurface.simulator.tables import ID_SEQUENCE, Table
 
 _RETRY_CODES = {1213, 1205}  # deadlock, lock wait timeout: the statement or transaction was rolled back

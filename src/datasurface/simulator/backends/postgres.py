@@ -11,7 +11,7 @@ from psycopg2.extensions import connection as PgConnection
 
 from datasurface.credentials import Credential
 from datasurface.db import Endpoint, connect, first_line, ident, sql
-from datasurface.simulator.backends import Failure
+from datasurface.simulator.backends.base import Failure
 from datasurface.simulator.tables import ID_SEQUENCE, Table
 
 # serialization failure, deadlock, lock timeout: the transaction was rolled back, try it again
