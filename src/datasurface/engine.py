@@ -26,8 +26,8 @@ from datasurface.consumers import workspaces
 from datasurface.db import Endpoint, PgConnection, driver_error, is_lost
 from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfaceError
 from datasurface.faults import killpoint
-from datasurface.ingest import dialects
-from datasurface.ingest.dialects import SourceSession
+from datasurface.ingest import sources as dialects  # the name StreamRun calls the registry by
+from datasurface.ingest.sources import SourceSession
 from datasurface.merge import ddl, layout
 from datasurface.merge import staging as snapshot  # the name StreamRun calls the staging helpers by
 from datasurface.merge.diff import loaded, no_current_rows

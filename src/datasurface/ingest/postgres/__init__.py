@@ -15,8 +15,8 @@ import psycopg2
 
 from datasurface.db import Endpoint, PgConnection, driver_error, is_lost
 from datasurface.errors import DatabaseError
-from datasurface.ingest import snapshot
-from datasurface.ingest.source import check_store
+from datasurface.ingest.postgres import snapshot
+from datasurface.ingest.postgres.check import check_store
 from datasurface.merge.layout import DatasetLayout
 from datasurface.merge.locks import end_run_sessions
 from datasurface.model import Dataset, Store

@@ -55,10 +55,10 @@ def open_source(store: Store, role: str, run_id: str | None = None, limits: Sess
     """A session on the store's source; `role` names the connection (e.g. its application_name). `ahead`:
     where `open_ahead` may have started opening it."""
     if store.source.type == "mysql":
-        from datasurface.ingest.dialects import mysql
+        from datasurface.ingest.mysql import snapshot as mysql
 
         return mysql.open_source(store, role, run_id, limits)
-    from datasurface.ingest.dialects import postgres
+    from datasurface.ingest import postgres
 
     return postgres.open_source(store, role, run_id, limits, ahead)
 
@@ -67,17 +67,17 @@ def open_ahead(store: Store, role: str, run_id: str, limits: SessionLimits, ahea
     """Start opening the session `open_source` will open, while the run does other work: a PostgreSQL
     source's (a MySQL source's engine connects when `open_source` needs it)."""
     if store.source.type == "postgres":
-        from datasurface.ingest.dialects import postgres
+        from datasurface.ingest import postgres
 
         postgres.open_ahead(store, role, run_id, limits, ahead)
 
 
 def describe(store: Store) -> str:
     if store.source.type == "mysql":
-        from datasurface.ingest.dialects import mysql
+        from datasurface.ingest.mysql import snapshot as mysql
 
         return mysql.describe(store)
-    from datasurface.ingest.dialects import postgres
+    from datasurface.ingest import postgres
 
     return postgres.describe(store)
 

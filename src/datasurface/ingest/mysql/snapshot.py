@@ -37,8 +37,8 @@ from datasurface import credentials, interrupts
 from datasurface.db import Endpoint, PgConnection, idents
 from datasurface.errors import DatabaseError, DataSurfaceError, SnapshotError
 from datasurface.faults import killpoint
-from datasurface.ingest.dialects import mysqltypes
-from datasurface.ingest.source import SourceMismatchError
+from datasurface.ingest.mysql import types
+from datasurface.ingest.postgres.check import SourceMismatchError
 from datasurface.merge.layout import DatasetLayout
 from datasurface.merge.staging import create_staging, staging_error
 from datasurface.model import Dataset, Store
@@ -103,7 +103,7 @@ class MySqlSource:
         self.engine = engine
         self.conn = conn  # an SQLAlchemy Connection in AUTOCOMMIT: transactions are ours, explicit
         self.mariadb = bool(conn.dialect.is_mariadb)
-        self.types: dict[str, dict[str, mysqltypes.MySqlType]] = {}  # dataset -> column -> source type
+        self.types: dict[str, dict[str, types.MySqlType]] = {}  # dataset -> column -> source type
 
     # ---- the source check ----------------------------------------------------------------------
 
@@ -125,7 +125,7 @@ class MySqlSource:
             if not insp.has_table(dataset.table, schema=db):
                 raise SourceMismatchError(f"{where} does not exist in database {db!r}")
             json_cols = self._mariadb_json_columns(dataset.table)
-            reflected = {c["name"]: mysqltypes.from_sqlalchemy(c["type"], json=c["name"] in json_cols)
+            reflected = {c["name"]: types.from_sqlalchemy(c["type"], json=c["name"] in json_cols)
                          for c in insp.get_columns(dataset.table, schema=db)}
             engine = self.conn.execute(text(
                 "SELECT engine FROM information_schema.tables WHERE table_schema = :db AND table_name = :t"),
@@ -143,10 +143,10 @@ class MySqlSource:
             if actual is None:
                 problems.append(f"column {col.name!r} (model type {col.type}) is missing from the source")
                 continue
-            if not mysqltypes.accepts(col.type, actual):
+            if not types.accepts(col.type, actual):
                 problems.append(f"column {col.name!r} is {actual} in the source but {col.type} in the model, and "
                                 f"{actual} does not hold exactly the values of {col.type} (a {col.type} column "
-                                f"reads {mysqltypes.accepted_for(col.type)})")
+                                f"reads {types.accepted_for(col.type)})")
         if problems:
             raise SourceMismatchError(f"{where}: {'; '.join(problems)}")
         self.types[dataset.name] = reflected
@@ -266,7 +266,7 @@ class MySqlSource:
                 kinds.append(src.name)
             elif col.type == "bytea":
                 kinds.append("bytea")
-            elif src.name in ("char", "varchar", *mysqltypes.TEXT_TYPES):
+            elif src.name in ("char", "varchar", *types.TEXT_TYPES):
                 kinds.append("text")
             else:
                 kinds.append("plain")
