@@ -236,7 +236,7 @@ def _as_of(conn: PgConnection) -> dict[str, Any]:
 
 def _setup(model_dir: Path, merge: Endpoint, out: Console) -> None:
     """The platform and its workspace, as the infrastructure DAG's `setup` would."""
-    from datasurface.engine import run_setup
+    from datasurface.commands.setup import run_setup
 
     printed = io.StringIO()
     with redirect_stdout(printed):

@@ -1,0 +1,1 @@
+"""The job's commands beside the batch pipeline (engine.py): reset-batch, setup, check."""
