@@ -47,7 +47,7 @@ from datasurface.localmysql import LocalMariaDB, find_server
 from datasurface.localpg import LocalPostgres, embedded_bin_dir, find_bin_dir
 from datasurface.simulator import Simulator
 from datasurface.simulator.backends import backend_for
-from datasurface.simulator.schema import TABLES
+from datasurface.simulator.tables import TABLES
 
 SOURCE_DB, MERGE_DB = "customer_db", "merge_db"
 SOURCE_ROLE, MERGE_ROLE, WORKSPACE_ROLE = "demo_source", "demo_merge", "demo_marketing"
@@ -246,7 +246,7 @@ def _as_of(conn: PgConnection) -> dict[str, Any]:
 
 def _setup(model_dir: Path, merge: Endpoint, out: Console) -> None:
     """The platform and its workspace, as the infrastructure DAG's `setup` would."""
-    from datasurface.engine import run_setup
+    from datasurface.commands.setup import run_setup
 
     printed = io.StringIO()
     with redirect_stdout(printed):

@@ -1,4 +1,4 @@
-"""The job's commands: merge, reset-batch, setup, status, check.
+"""The batch pipeline: `merge` brings each stream of a store forward by one committed batch.
 
 One data path: model -> source check -> snapshot -> staging -> diff -> apply -> ledger.
 A batch is opened (committed as `ingesting`), staged (one transaction with all its staging tables),
@@ -24,34 +24,26 @@ from datasurface import credentials
 from datasurface.cdc import capture as cdc_capture
 from datasurface.cdc import pgoutput
 from datasurface.cdc import plan as cdc_plan
-from datasurface.cdc import slots as cdc_slots
 from datasurface.consumers import history as consumers_history
 from datasurface.consumers import workspaces
 from datasurface.db import Endpoint, PgConnection, driver_error, first_line, is_lost
 from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfaceError
 from datasurface.faults import killpoint
-from datasurface.ingest import dialects, snapshot
-from datasurface.ingest.dialects import SourceSession
+from datasurface.ingest import sources as dialects  # the name StreamRun calls the registry by
+from datasurface.ingest.sources import SourceSession
 from datasurface.merge import changes, ddl, layout
+from datasurface.merge import staging as snapshot  # the name StreamRun calls the staging helpers by
 from datasurface.merge.diff import current_rows, loaded, no_current_rows
 from datasurface.merge.forensic import ForensicMerge
 from datasurface.merge.layout import DatasetLayout
 from datasurface.merge.ledger import COMMITTED, INGESTING, STAGED, Batch, BatchLedger, Counts, Stream
 from datasurface.merge.live import LiveMerge
 from datasurface.merge.locks import LockRetry, StreamLock
-from datasurface.model import Model, Store, load_model
+from datasurface.model import Model, Store, find_store, load_model
 from datasurface.observe import runs
 from datasurface.sessions import Ahead, Heartbeat, SessionLimits, connection, merge_run_ahead, new_run_id
 
 log = logging.getLogger("datasurface")
-
-
-def find_store(model: Model, name: str) -> Store:
-    try:
-        return model.store(name)
-    except KeyError:
-        known = ", ".join(s.name for s in model.stores)
-        raise DataSurfaceError(f"unknown store {name!r} (the model has: {known})") from None
 
 
 def fingerprint(store: Store, datasets: tuple[str, ...]) -> str:
@@ -486,117 +478,3 @@ def heartbeat(endpoint: Endpoint, credential_name: str, run_id: str, limits: Ses
         yield
     finally:
         beat.stop()
-
-
-def run_reset_batch(*, platform: str, store: str, dataset: str | None, merge: Endpoint, merge_credential: str,
-                    batch_id: int | None = None, limits: SessionLimits | None = None) -> None:
-    limits = limits or SessionLimits()
-    schema = layout.platform_schema(platform)
-    stream = Stream(store, dataset)
-    run_id = new_run_id()
-    with heartbeat(merge, merge_credential, run_id, limits), \
-            connection(merge, merge_credential, "merge", run_id, limits) as conn:
-        ledger = BatchLedger(conn, schema)
-        if not ledger.exists():
-            print(f"{schema}: no batches yet; nothing to reset")
-            return
-        check_stream_form(ledger, stream, platform)
-        lock = StreamLock(conn, schema, stream, limits)
-        lock.acquire()
-        try:
-            batch = ledger.get(stream, batch_id) if batch_id is not None else ledger.latest(stream)
-            if batch_id is not None and batch is None:
-                raise DataSurfaceError(f"{stream.describe()} has no batch {batch_id}")
-            if batch is None or (batch_id is None and batch.status == COMMITTED):
-                print(f"{stream.describe()}: no open batch; nothing to reset")
-                return
-            ledger.discard(batch)  # refuses a committed batch
-            for name in batch.staging_tables:
-                with conn.cursor() as cur:
-                    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, name)))
-            conn.commit()
-            print(f"{stream.describe()}: discarded open batch {batch.batch_id} ({batch.status})")
-        finally:
-            conn.rollback()
-            lock.release()
-
-
-def check_stream_form(ledger: BatchLedger, stream: Stream, platform: str) -> None:
-    """A multi_dataset store has one stream (no --dataset), a single_dataset store one per dataset: the wrong
-    form would find nothing to reset while a batch stays open."""
-    shapes = ledger.stream_shapes(stream.store)
-    base = f"datasurface-job reset-batch --platform {platform} --store {stream.store}"
-    if stream.dataset is not None and shapes == {None}:
-        raise DataSurfaceError(f"store {stream.store} is ingested as one multi_dataset stream on platform "
-                               f"{platform}: its datasets have no batches of their own; run `{base}` (no --dataset)")
-    if stream.dataset is None and shapes and None not in shapes:
-        hint = ", ".join(sorted(str(d) for d in shapes))
-        raise DataSurfaceError(f"store {stream.store} is single_dataset on platform {platform}: each dataset is "
-                               f"its own stream ({hint}); run `{base} --dataset <dataset>`")
-
-
-def run_setup(*, model: str, model_ref: str | None, model_path: str, platform: str, mode: str,
-              stores: list[str] | None, merge: Endpoint, merge_credential: str,
-              limits: SessionLimits | None = None) -> None:
-    limits = limits or SessionLimits()
-    schema = layout.platform_schema(platform)
-    history = runs.RunHistory(merge, merge_credential, schema, runs.SETUP)
-    lines: list[str] = []
-    with history.run(stores[0] if stores and len(stores) == 1 else None):
-        layout.check_mode(mode)
-        mdl = load_model(model, model_ref, model_path)
-        chosen = [find_store(mdl, s) for s in stores] if stores else list(mdl.stores)
-        lays = [lay for st in chosen for lay in layout.layouts(schema, st, mode)]
-        for lay in lays:
-            if mode == layout.FORENSIC:
-                consumers_history.check_names(lay)
-        spaces = workspaces.targets(mdl, schema, lays, chosen)
-        with connection(merge, merge_credential, "merge", limits=limits) as conn:
-            for lay in lays:
-                layout.plan_evolution(conn, lay)  # refuse before changing anything
-            workspaces.check_roles(conn, spaces)
-            conn.rollback()
-
-            def step() -> None:
-                ddl.lock(conn, schema)  # setup reconciles grants and workspaces too: always under the lock
-                ensure_layout(conn, schema, lays, chosen)
-                lines[:] = workspaces.reconcile(conn, mdl, schema, spaces)
-                conn.commit()
-
-            LockRetry(conn, limits).run(f"setting up platform {schema}", step,
-                                        lambda: layout_relations(schema, lays) + workspaces.relations(spaces),
-                                        exclusive=True)
-            lines += cdc_slots.drop_stale(conn, mdl, schema)
-    print(f"{schema}: {len(lays)} dataset(s) of {len(chosen)} store(s) ready ({mode})")
-    for line in lines:
-        print(line)
-
-
-def run_check(*, model: str, model_ref: str | None, model_path: str, merge: Endpoint,
-              merge_credential: str) -> None:
-    """Connectivity to model, every source and the merge database; one line each; fails if any fails."""
-    failures = []
-    try:
-        mdl = load_model(model, model_ref, model_path)
-        print(f"ok   model {mdl.origin or model}: {len(mdl.stores)} store(s)")
-    except DataSurfaceError as exc:
-        raise DataSurfaceError(f"model: {exc}") from exc
-    for st in mdl.stores:
-        try:
-            with dialects.open_source(st, "check") as source:
-                source.check(st.datasets)
-                if st.source.ingestion == "cdc":  # what a merge would refuse; the publication it may create
-                    cdc_capture.Capture(source.conn, st, "").requirements(st.datasets)  # type: ignore[attr-defined]
-            print(f"ok   source of store {st.name}: {dialects.describe(st)}")
-        except DataSurfaceError as exc:
-            print(f"FAIL source of store {st.name}: {exc}")
-            failures.append(f"store {st.name}")
-    try:
-        with connection(merge, merge_credential, "check") as conn, conn.cursor() as cur:
-            cur.execute("SELECT 1")
-        print(f"ok   merge {merge.describe()}")
-    except DataSurfaceError as exc:
-        print(f"FAIL merge: {exc}")
-        failures.append("merge database")
-    if failures:
-        raise DataSurfaceError(f"check failed for: {', '.join(failures)}")

@@ -36,6 +36,10 @@ class StreamBusyError(DataSurfaceError):
     """Another run holds the stream's lock."""
 
 
+class SnapshotError(DataSurfaceError):
+    """The snapshot could not be read or violates the model (duplicate or NULL keys)."""
+
+
 def failure_line(exc: BaseException) -> tuple[int, str]:
     """The exit status and the one line on stderr for an exception that ends a command.
 

@@ -1,4 +1,4 @@
-"""The MySQL read's COPY text encoder and its reading thread (ingest/dialects/mysql.py `_CopyRows`), without
+"""The MySQL read's COPY text encoder and its reading thread (ingest/mysql/snapshot.py `_CopyRows`), without
 servers: what the merge side's COPY reads from it, and how the thread ends when the COPY stops early."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from datasurface.ingest.dialects.mysql import AHEAD_BYTES, CHUNK, _CopyRows, _transforms
-from datasurface.ingest.snapshot import SnapshotError
+from datasurface.errors import SnapshotError
+from datasurface.ingest.mysql.snapshot import AHEAD_BYTES, CHUNK, _CopyRows, _transforms
 
 
 def _read_all(rows: _CopyRows) -> bytes:

@@ -250,7 +250,7 @@ def test_the_source_session_is_bounded_and_named_like_the_job_s_others(world: An
     """A frozen or vanished job cannot hold a MySQL read view (and the metadata locks of its reads) for
     hours: the server ends its session after --session-timeout, and a read waits for a metadata lock at
     most the run's lock budget. The session carries the run's name, as on PostgreSQL."""
-    from datasurface.ingest.dialects.mysql import open_source
+    from datasurface.ingest.mysql import open_source
     from datasurface.model.validate import parse_model
     from datasurface.sessions import SessionLimits
 

@@ -22,7 +22,7 @@ from datasurface.db import Endpoint
 from datasurface.simulator import Simulator, ensure_tables, invariant_violations
 from datasurface.simulator.backends import backend_for
 from datasurface.simulator.operations import OPERATIONS
-from datasurface.simulator.schema import SEED_CUSTOMERS, TABLES
+from datasurface.simulator.tables import SEED_CUSTOMERS, TABLES
 from tests.engine.support import merge_args, run_job, write_model
 from tests.simulator.support import (
     OP_LINE,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from datasurface.ingest.dialects.mysqltypes import MySqlType, accepts
+from datasurface.ingest.mysql.types import MySqlType, accepts
 from tests.engine.conftest import assert_one_line_error
 from tests.engine.support import merge_args, run_job, write_model
 from tests.mysql.support import mysql_model

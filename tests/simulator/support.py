@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from datasurface.simulator import invariant_violations
-from datasurface.simulator.schema import SEED_CUSTOMERS
+from datasurface.simulator.tables import SEED_CUSTOMERS
 
 SUMMARY = re.compile(r"summary: (\d+) operations in [\d.]+s: (.*?);")
 OP_LINE = re.compile(r": (op \d+ \w+: .*)$", re.M)  # the message, without timestamp and logger

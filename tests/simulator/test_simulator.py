@@ -18,7 +18,7 @@ from datasurface.credentials import resolve
 from datasurface.db import Endpoint
 from datasurface.simulator import Simulator, ensure_tables, invariant_violations
 from datasurface.simulator.operations import OPERATIONS
-from datasurface.simulator.schema import SEED_CUSTOMERS, TABLES
+from datasurface.simulator.tables import SEED_CUSTOMERS, TABLES
 from tests.simulator.support import (
     OP_LINE,
     assert_consistent,

@@ -154,7 +154,7 @@ def reset_batch(
 
     Refuses a committed batch (exit 1). Exit 0 when it reset something or nothing was open.
     """
-    from datasurface.engine import run_reset_batch
+    from datasurface.commands.reset_batch import run_reset_batch
 
     endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
     run_reset_batch(platform=platform, store=store, dataset=dataset, merge=endpoint, merge_credential=cred,
@@ -230,7 +230,7 @@ def setup(
     """Validate the model and create or evolve the platform's schema, tables and views (forensic: also the
     history views and as-of functions), and reconcile the platform's workspaces: their ws_<name> schemas,
     views, functions and grants to their existing roles (no ingestion)."""
-    from datasurface.engine import run_setup
+    from datasurface.commands.setup import run_setup
 
     endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
     run_setup(model=model, model_ref=model_ref, model_path=model_path, platform=platform, mode=mode,
@@ -308,7 +308,7 @@ def check(
     merge_port: MergePort = 5432,
 ) -> None:
     """Check connectivity: the model loads and validates, every store's source and the merge database answer."""
-    from datasurface.engine import run_check
+    from datasurface.commands.check import run_check
 
     endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
     run_check(model=model, model_ref=model_ref, model_path=model_path, merge=endpoint, merge_credential=cred)

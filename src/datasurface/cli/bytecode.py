@@ -21,7 +21,7 @@ import sys
 # model from git needs (model/loader.py) when the model is a repository, as it is in a cluster.
 # tests/engine/test_cli_fast.py checks that a real merge imports nothing outside these modules' imports.
 MERGE_MODULES = ("datasurface.cli", "datasurface.cli.fast", "datasurface.cli.outcome", "datasurface.engine",
-                 "datasurface.ingest.dialects.postgres", "encodings.utf_8_sig", "base64", "shutil", "subprocess",
+                 "datasurface.ingest.postgres", "encodings.utf_8_sig", "base64", "shutil", "subprocess",
                  "tempfile")
 
 

@@ -1,1 +1,1 @@
-"""The job's commands that are not the merge itself, one module each."""
+"""The job's commands beside the batch pipeline (engine.py): reset-batch, reset-store, setup, check."""

@@ -24,7 +24,7 @@ from datasurface.db import Endpoint, PgConnection
 from datasurface.engine import heartbeat
 from datasurface.errors import DataSurfaceError, UsageError
 from datasurface.faults import killpoint
-from datasurface.ingest import dialects
+from datasurface.ingest import sources
 from datasurface.merge import ddl, layout
 from datasurface.merge.ledger import COMMITTED, Stream
 from datasurface.merge.locks import LockRetry, StreamLock
@@ -131,13 +131,13 @@ def drop_source_state(store: Store | None, platform_schema: str, *, dry_run: boo
     slots of stores that are no longer change-data-capture stores."""
     if store is None or store.source.ingestion != "cdc":
         return []
-    with dialects.open_source(store, "reset-store") as source:
+    with sources.open_source(store, "reset-store") as source:
         capture = Capture(source.conn, store, platform_schema)  # type: ignore[attr-defined]
         if capture.state() is None:
             return []
         if not dry_run:
             capture.drop()
-    return [f"  drop replication slot {capture.slot} on {dialects.describe(store)}"]
+    return [f"  drop replication slot {capture.slot} on {sources.describe(store)}"]
 
 
 # --- finding the store's objects ------------------------------------------------------------------

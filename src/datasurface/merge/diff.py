@@ -21,10 +21,11 @@ from psycopg2 import sql
 from psycopg2.extensions import cursor
 
 from datasurface.db import PgConnection, first_line, idents
+from datasurface.errors import SnapshotError
 from datasurface.faults import killpoint
-from datasurface.ingest.snapshot import SnapshotError, duplicate_keys
 from datasurface.merge.layout import LIVE, OPEN_END, DatasetLayout, complete_indexes
 from datasurface.merge.ledger import Counts
+from datasurface.merge.staging import duplicate_keys
 
 # Always schema-qualified: an unqualified name would reach any `ds_diff` on the search path (a user's
 # `public.ds_diff` was dropped by every merge). pg_temp is the session's own temporary schema.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from datasurface.errors import DataSurfaceError
 from datasurface.model.names import workspace_schema
 
 
@@ -83,3 +84,12 @@ class Model(NamedTuple):
             if s.name == name:
                 return s
         raise KeyError(name)
+
+
+def find_store(model: Model, name: str) -> Store:
+    """The store a command names; one line listing the model's stores when there is none of that name."""
+    try:
+        return model.store(name)
+    except KeyError:
+        known = ", ".join(s.name for s in model.stores)
+        raise DataSurfaceError(f"unknown store {name!r} (the model has: {known})") from None

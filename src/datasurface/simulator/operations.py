@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from datasurface.simulator.backends import Backend
+    from datasurface.simulator.backends.base import Backend
 
 CUSTOMER_PREFIX = "C"
 ADDRESS_PREFIX = "A"
@@ -236,3 +236,23 @@ OPERATIONS: dict[str, tuple[int, Operation]] = {
 def choose(rng: random.Random) -> str:
     kinds = list(OPERATIONS)
     return rng.choices(kinds, weights=[OPERATIONS[k][0] for k in kinds])[0]
+
+
+def invariant_violations(conn: Any) -> list[tuple[str, str, str | None]]:
+    """(customer id, which reference, address id) for every primary/billing address id that is
+    missing, or points at no address of that customer. Empty when the data is consistent."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            SELECT r.id, r.kind, r.address_id
+            FROM (SELECT id, 'primary' AS kind, primaryaddressid AS address_id FROM customers
+                  UNION ALL
+                  SELECT id, 'billing', billingaddressid FROM customers) AS r
+            WHERE r.address_id IS NULL
+               OR NOT EXISTS (SELECT 1 FROM addresses a WHERE a.id = r.address_id AND a.customerid = r.id)
+            ORDER BY 1, 2
+            """
+        )
+        rows = [(str(i), str(k), None if a is None else str(a)) for i, k, a in cur.fetchall()]
+    conn.rollback()
+    return rows

@@ -16,16 +16,17 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import FrameType
 from typing import Any
 
 from datasurface.credentials import Credential, resolve
 from datasurface.db import Endpoint
 from datasurface.errors import DatabaseError, DataSurfaceError, UsageError
-from datasurface.simulator.backends import DB_TYPES, Backend, backend_for
-from datasurface.simulator.operations import OPERATIONS, Outcome, Tx, choose
-from datasurface.simulator.schema import ensure_tables
+from datasurface.simulator.backends import backend_for
+from datasurface.simulator.backends.base import DB_TYPES, Backend
+from datasurface.simulator.operations import OPERATIONS, Outcome, Tx, choose, create_customer
+from datasurface.simulator.tables import SEED_CUSTOMERS, SEED_RNG, TABLES
 from datasurface.simulator.target import ModelRef, resolve_target
 
 log = logging.getLogger("datasurface.simulator")
@@ -46,6 +47,30 @@ def _setup_logging() -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s simulate: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+
+
+def ensure_tables(conn: Any, backend: Backend | None = None) -> int:
+    """Create the tables and the id sequence if missing; seed a few customers if empty.
+
+    Idempotent and safe when several simulators start at once (they serialise on the backend's lock).
+    Returns the number of customers seeded (0 when there were rows already).
+    """
+    backend = backend or backend_for("postgres")
+    try:
+        with conn.cursor() as cur, backend.create_lock(cur):
+            backend.create_tables(cur, TABLES)
+            cur.execute("SELECT EXISTS (SELECT 1 FROM customers)")
+            row = cur.fetchone()
+            seeded = 0 if row is not None and row[0] else SEED_CUSTOMERS
+            rng = random.Random(SEED_RNG)
+            for _ in range(seeded):
+                create_customer(Tx(cur, backend), rng)
+            conn.commit()
+    except BaseException:
+        with suppress(Exception):
+            conn.rollback()
+        raise
+    return seeded
 
 
 class Simulator:

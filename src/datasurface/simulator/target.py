@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from datasurface.errors import UsageError
 from datasurface.model import Store
-from datasurface.simulator.backends import DB_TYPES
-from datasurface.simulator.schema import TABLES
+from datasurface.simulator.backends.base import DB_TYPES
+from datasurface.simulator.tables import TABLES
 
 DEFAULT_SCHEMA = "public"
 
@@ -63,8 +63,7 @@ def resolve_target(*, model: ModelRef | None, db_type: str | None, host: str | N
 
 
 def _store(ref: ModelRef) -> Store:
-    from datasurface.engine import find_store
-    from datasurface.model import load_model
+    from datasurface.model import find_store, load_model
 
     if not ref.store:
         raise UsageError("--model needs --store: the store whose source the simulator changes")

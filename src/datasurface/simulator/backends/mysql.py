@@ -19,9 +19,9 @@ import pymysql
 from datasurface.credentials import Credential
 from datasurface.db import Endpoint
 from datasurface.errors import DatabaseError
-from datasurface.ingest.dialects.mysql import quote
-from datasurface.simulator.backends import Failure
-from datasurface.simulator.schema import ID_SEQUENCE, Table
+from datasurface.mysqldb import driver_message, error_code, quote
+from datasurface.simulator.backends.base import Failure
+from datasurface.simulator.tables import ID_SEQUENCE, Table
 
 _RETRY_CODES = {1213, 1205}  # deadlock, lock wait timeout: the statement or transaction was rolled back
 _MISSING_CODES = {1146, 1054}  # no such table, unknown column
@@ -33,18 +33,6 @@ _TRANSIENT_CONNECT = _LOST_CODES | {1040, 1203, 1080}
 _CODE = re.compile(r": \((\d+)\) ")
 _CREATE_LOCK = "datasurface-simulator-create"
 _CREATE_LOCK_WAIT = 10  # seconds
-
-
-def _code(exc: BaseException) -> int | None:
-    args = getattr(exc, "args", ())
-    return args[0] if args and isinstance(args[0], int) else None
-
-
-def _message(exc: BaseException) -> str:
-    code = _code(exc)
-    text = str(exc.args[1] if code is not None and len(exc.args) > 1 else exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return f"({code}) {line}" if code is not None else line
 
 
 class MySql:
@@ -68,20 +56,20 @@ class MySql:
             conn.commit()
             return conn
         except pymysql.Error as exc:
-            raise DatabaseError(f"cannot connect to MySQL {endpoint.describe()}: {_message(exc)}") from None
+            raise DatabaseError(f"cannot connect to MySQL {endpoint.describe()}: {driver_message(exc)}") from None
 
     def fatal_connect(self, reason: str) -> bool:
         match = _CODE.search(reason)
         return match is not None and int(match.group(1)) not in _TRANSIENT_CONNECT
 
     def message(self, exc: BaseException) -> str:
-        return _message(exc)
+        return driver_message(exc)
 
     def is_closed(self, conn: Any) -> bool:
         return not conn.open
 
     def classify(self, exc: Exception, conn: Any) -> Failure:
-        code = _code(exc)
+        code = error_code(exc)
         if not conn.open or isinstance(exc, pymysql.InterfaceError) or code in _LOST_CODES:
             return "lost"
         if code in _RETRY_CODES:

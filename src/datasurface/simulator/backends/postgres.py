@@ -11,8 +11,8 @@ from psycopg2.extensions import connection as PgConnection
 
 from datasurface.credentials import Credential
 from datasurface.db import Endpoint, connect, first_line, ident, sql
-from datasurface.simulator.backends import Failure
-from datasurface.simulator.schema import ID_SEQUENCE, Table
+from datasurface.simulator.backends.base import Failure
+from datasurface.simulator.tables import ID_SEQUENCE, Table
 
 # serialization failure, deadlock, lock timeout: the transaction was rolled back, try it again
 _RETRY_CODES = {"40001", "40P01", "55P03"}

@@ -1,10 +1,5 @@
-"""MySQL 8 / MariaDB 10.6+ sources, through SQLAlchemy 2 and PyMySQL.
+"""The snapshot of a MySQL / MariaDB source, and each dataset's read into the merge side's COPY.
 
-- Connection: an SQLAlchemy `URL.create(...)` (the password is a URL attribute, never text in a URL
-  string; SQLAlchemy renders it as `***`), no pool, bounded connect/read/write timeouts, the session's
-  `time_zone` set to `+00:00` so `timestamp` columns are read in UTC.
-- Source check: SQLAlchemy reflection (tables, columns, types, nullability) against the model, with the
-  type mapping of `mysqltypes`; a table must be InnoDB (the only engine with a consistent snapshot).
 - Snapshot: `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY` under REPEATABLE READ: every dataset
   of a batch is read in that one InnoDB read view. `snapshot_at` is the server's UTC clock right after it.
 - Reads: PyMySQL's unbuffered cursor (`SSCursor`) on the session's own DBAPI connection (under
@@ -26,161 +21,46 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import Any
 
 from psycopg2 import sql
 from pymysql.constants import FIELD_TYPE
 from pymysql.cursors import SSCursor
 
-from datasurface import credentials, interrupts
-from datasurface.db import Endpoint, PgConnection, idents
-from datasurface.errors import DatabaseError, DataSurfaceError
+from datasurface import interrupts
+from datasurface.db import PgConnection, idents
+from datasurface.errors import DatabaseError, DataSurfaceError, SnapshotError
 from datasurface.faults import killpoint
-from datasurface.ingest.dialects import mysqltypes
-from datasurface.ingest.snapshot import SnapshotError, create_staging, staging_error
-from datasurface.ingest.source import SourceMismatchError
+from datasurface.ingest.mysql import types
 from datasurface.merge.layout import DatasetLayout
+from datasurface.merge.staging import create_staging, staging_error
 from datasurface.model import Dataset, Store
-from datasurface.sessions import SessionLimits, application_name, new_run_id
+from datasurface.mysqldb import driver_message, quote
 
 log = logging.getLogger(__name__)
 
-DRIVER = "mysql+pymysql"
 BATCH_ROWS = 5000  # rows per fetch from the server-side cursor: memory is one batch
 # result types read as the server's text, unconverted (see `_read`); `time` keeps PyMySQL's timedelta
 AS_TEXT = frozenset({FIELD_TYPE.TINY, FIELD_TYPE.SHORT, FIELD_TYPE.INT24, FIELD_TYPE.LONG, FIELD_TYPE.LONGLONG,
                      FIELD_TYPE.DECIMAL, FIELD_TYPE.NEWDECIMAL, FIELD_TYPE.FLOAT, FIELD_TYPE.DOUBLE,
                      FIELD_TYPE.DATE, FIELD_TYPE.NEWDATE, FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP})
-CONNECT_TIMEOUT = 10
-IO_TIMEOUT = 600  # seconds a read or write on the source socket may wait (a dead server, not a slow query)
 CHUNK = 1 << 16
 AHEAD_BYTES = 2 << 20  # encoded bytes the reading thread may be ahead of the COPY (at least one batch)
 FINISH_WAIT = 5.0  # seconds a failed COPY waits for the reading thread before it drops the source's connection
 
 
-def quote(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
+class MySqlSnapshot:
+    """The snapshot side of a MySQL source's session (`MySqlSource`): begin, copy datasets, end."""
 
+    loads_directly = True
 
-def session_settings(limits: SessionLimits) -> str:
-    """The MySQL counterparts of the job's PostgreSQL session limits (sessions.py), as one SET: the server
-    ends a session whose client went silent (`wait_timeout` between statements, `net_read_timeout` /
-    `net_write_timeout` while a result streams to a frozen or vanished client), and a read waits for a
-    metadata lock (a source DDL in progress) at most the run's lock budget instead of a year."""
-    idle = max(1, int(limits.idle_timeout))
-    return (f"SET time_zone = '+00:00', wait_timeout = {idle}, net_write_timeout = {idle}, "
-            f"net_read_timeout = {idle}, lock_wait_timeout = {max(1, int(limits.lock_timeout))}")
-
-
-def engine_for(store: Store, cred: credentials.Credential, limits: SessionLimits | None = None,
-               program: str = "datasurface-job") -> Any:
-    """An SQLAlchemy engine for the store's source; `host` starting with / is the server's socket file.
-    `program` names the session (performance_schema.session_connect_attrs `program_name`)."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import URL
-    from sqlalchemy.pool import NullPool
-
-    src = store.source
-    query = {"charset": "utf8mb4"}
-    if src.host.startswith("/"):
-        url = URL.create(DRIVER, username=cred.user, password=cred.password, database=src.database,
-                         query={**query, "unix_socket": src.host})
-    else:
-        url = URL.create(DRIVER, username=cred.user, password=cred.password, host=src.host, port=src.port,
-                         database=src.database, query=query)
-    return create_engine(url, poolclass=NullPool, hide_parameters=True, connect_args={
-        "connect_timeout": CONNECT_TIMEOUT, "read_timeout": IO_TIMEOUT, "write_timeout": IO_TIMEOUT,
-        "program_name": program, "init_command": session_settings(limits or SessionLimits())})
-
-
-def driver_message(exc: BaseException) -> str:
-    """`(1045) Access denied for user ...`: the driver's own code and text, never SQLAlchemy's wrapper
-    (which would add the statement and a link)."""
-    orig = getattr(exc, "orig", None) or exc
-    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
-    if len(args) >= 2 and isinstance(args[0], int):
-        lines = str(args[1]).strip().splitlines()
-        return f"({args[0]}) {lines[0] if lines else ''}".strip()
-    text = str(orig).strip()
-    return text.splitlines()[0] if text else type(orig).__name__
-
-
-def describe(store: Store) -> str:
-    return "MySQL " + Endpoint(store.source.host, store.source.port, store.source.database).describe()
-
-
-class MySqlSource:
-    """One connection to a MySQL/MariaDB source: check, snapshot, copy datasets, end."""
-
-    def __init__(self, store: Store, engine: Any, conn: Any):
+    def __init__(self, store: Store, engine: Any, conn: Any, name: str):
         self.store = store
         self.engine = engine
         self.conn = conn  # an SQLAlchemy Connection in AUTOCOMMIT: transactions are ours, explicit
-        self.mariadb = bool(conn.dialect.is_mariadb)
-        self.types: dict[str, dict[str, mysqltypes.MySqlType]] = {}  # dataset -> column -> source type
-
-    # ---- the source check ----------------------------------------------------------------------
-
-    def check(self, datasets: Sequence[Dataset]) -> None:
-        for dataset in datasets:
-            self._check_dataset(dataset)
-
-    def _where(self, dataset: Dataset) -> str:
-        return (f"source table {self.store.source.database}.{dataset.table} "
-                f"(store {self.store.name}, dataset {dataset.name})")
-
-    def _check_dataset(self, dataset: Dataset) -> None:
-        from sqlalchemy import inspect, text
-
-        where = self._where(dataset)
-        db = self.store.source.database
-        try:
-            insp = inspect(self.conn)
-            if not insp.has_table(dataset.table, schema=db):
-                raise SourceMismatchError(f"{where} does not exist in database {db!r}")
-            json_cols = self._mariadb_json_columns(dataset.table)
-            reflected = {c["name"]: mysqltypes.from_sqlalchemy(c["type"], json=c["name"] in json_cols)
-                         for c in insp.get_columns(dataset.table, schema=db)}
-            engine = self.conn.execute(text(
-                "SELECT engine FROM information_schema.tables WHERE table_schema = :db AND table_name = :t"),
-                {"db": db, "t": dataset.table}).scalar()
-        except DataSurfaceError:
-            raise
-        except Exception as exc:
-            raise DatabaseError(f"{where}: cannot read its definition: {driver_message(exc)}") from exc
-        if engine is not None and str(engine).lower() != "innodb":
-            raise SourceMismatchError(f"{where} uses storage engine {engine}, which has no consistent snapshot; "
-                                      "only InnoDB tables (or views over them) can be read")
-        problems = []
-        for col in dataset.columns:
-            actual = reflected.get(col.name)
-            if actual is None:
-                problems.append(f"column {col.name!r} (model type {col.type}) is missing from the source")
-                continue
-            if not mysqltypes.accepts(col.type, actual):
-                problems.append(f"column {col.name!r} is {actual} in the source but {col.type} in the model, and "
-                                f"{actual} does not hold exactly the values of {col.type} (a {col.type} column "
-                                f"reads {mysqltypes.accepted_for(col.type)})")
-        if problems:
-            raise SourceMismatchError(f"{where}: {'; '.join(problems)}")
-        self.types[dataset.name] = reflected
-
-    def _mariadb_json_columns(self, table: str) -> set[str]:
-        """MariaDB's JSON is a longtext with a `json_valid(col)` check; MySQL's is a type of its own."""
-        if not self.mariadb:
-            return set()
-        from sqlalchemy import text
-
-        clauses = self.conn.execute(text(
-            "SELECT check_clause FROM information_schema.check_constraints "
-            "WHERE constraint_schema = :db AND table_name = :t"), {"db": self.store.source.database, "t": table})
-        found = set()
-        for (clause,) in clauses:
-            c = str(clause).strip().replace(" ", "")
-            if c.startswith("json_valid(`") and c.endswith("`)"):
-                found.add(c[len("json_valid(`"):-2].replace("``", "`"))
-        return found
+        self.name = name  # the source in messages (`MySQL host:port/database`)
+        self.types: dict[str, dict[str, types.MySqlType]] = {}  # dataset -> column -> source type, by the check
 
     # ---- the snapshot --------------------------------------------------------------------------
 
@@ -192,21 +72,12 @@ class MySqlSource:
             self.conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             at = self.conn.exec_driver_sql("SELECT UTC_TIMESTAMP(6)").scalar()
         except Exception as exc:
-            raise DatabaseError(f"starting the snapshot on {describe(self.store)}: {driver_message(exc)}") from exc
+            raise DatabaseError(f"starting the snapshot on {self.name}: {driver_message(exc)}") from exc
         return at.replace(tzinfo=datetime.UTC)  # type: ignore[no-any-return]
 
     def end_snapshot(self) -> None:
         with suppress(Exception):
             self.conn.exec_driver_sql("ROLLBACK")  # read-only: nothing to keep
-
-    def end_run_sessions(self, run_id: str) -> None:
-        """Nothing to do: a dead run's MySQL session ends by itself (its socket is gone, or the bounded
-        net_write_timeout / wait_timeout of its session run out), and its read view with it."""
-
-    def lost_error(self, exc: Any) -> DatabaseError | None:
-        return None  # MySQL errors are already one line naming this source (SnapshotError, DatabaseError)
-
-    loads_directly = True
 
     def copy_dataset(self, merge: PgConnection, lay: DatasetLayout, load_batch: int | None = None) -> int:
         """Stream one source table into its (fresh) staging table or, for a first load (`load_batch`), into
@@ -229,7 +100,7 @@ class MySqlSource:
                  for c, kind in zip(lay.columns, kinds, strict=True)]
         select = f"SELECT {', '.join(exprs)} FROM {table}"  # noqa: S608 - quoted identifiers of the model
         # the text format (tab-separated, NULL is \N); staging, created in this transaction, with FREEZE (as
-        # snapshot.copy_dataset: the diff's first read would otherwise dirty and write back all of its pages)
+        # postgres/snapshot.py: the diff's first read would otherwise dirty and write back all of its pages)
         copy_in = sql.SQL("COPY {} ({}) FROM STDIN{}").format(
             lay.qualified(into), idents((*lay.columns, *(name for name, _ in extra))),
             sql.SQL(" (FREEZE)" if load_batch is None else "")).as_string(merge)
@@ -281,7 +152,7 @@ class MySqlSource:
                 kinds.append(src.name)
             elif col.type == "bytea":
                 kinds.append("bytea")
-            elif src.name in ("char", "varchar", *mysqltypes.TEXT_TYPES):
+            elif src.name in ("char", "varchar", *types.TEXT_TYPES):
                 kinds.append("text")
             else:
                 kinds.append("plain")
@@ -324,7 +195,7 @@ class MySqlSource:
             raise self._read_error(lay, exc) from exc
 
     def _read_error(self, lay: DatasetLayout, exc: BaseException) -> SnapshotError:
-        return SnapshotError(f"reading source table {lay.dataset.table} from {describe(self.store)}: "
+        return SnapshotError(f"reading source table {lay.dataset.table} from {self.name}: "
                              f"{driver_message(exc)}")
 
     def _diagnose(self, lay: DatasetLayout, kinds: list[str]) -> SnapshotError | None:
@@ -518,24 +389,3 @@ class _CopyRows(io.RawIOBase):
                 columns[i] = [NULL if v is None else v for v in col]
         columns += [(value,) * n for value in self.extra]
         return ("\n".join(map("\t".join, zip(*columns, strict=True))) + "\n").encode()
-
-
-@contextmanager
-def open_source(store: Store, role: str, run_id: str | None = None,
-                limits: SessionLimits | None = None) -> Iterator[MySqlSource]:
-    """A session on the store's MySQL source, named and bounded like the run's PostgreSQL sessions
-    (`session_settings`; the client's own bounds are CONNECT_TIMEOUT and IO_TIMEOUT)."""
-    cred = credentials.resolve(store.source.credential)
-    engine = engine_for(store, cred, limits, application_name(role, run_id or new_run_id()))
-    try:
-        try:
-            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        except Exception as exc:
-            raise DatabaseError(f"cannot connect to {describe(store)}: {driver_message(exc)}") from exc
-        try:
-            yield MySqlSource(store, engine, conn)
-        finally:
-            with suppress(Exception):
-                conn.close()
-    finally:
-        engine.dispose()

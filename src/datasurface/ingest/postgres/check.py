@@ -1,4 +1,5 @@
-"""Checks a store's source tables against the model before anything is read or written."""
+"""The source check of a PostgreSQL source: each table's `format_type()` spellings against the model, and no
+row-level security that could hide rows from the job's role."""
 
 from __future__ import annotations
 
@@ -6,12 +7,9 @@ from psycopg2 import sql
 
 from datasurface.db import PgConnection
 from datasurface.errors import DataSurfaceError
-from datasurface.model import Dataset, Store
+from datasurface.ingest.check import check_columns, missing_table, table_where
+from datasurface.model import Column, Dataset, Store
 from datasurface.pgtypes import catalog_spelling, same_type
-
-
-class SourceMismatchError(DataSurfaceError):
-    """The source table does not match the model."""
 
 
 def source_columns(conn: PgConnection, schema: str, table: str) -> dict[str, str] | None:
@@ -63,23 +61,18 @@ def check_row_security(conn: PgConnection, schema: str, table: str, where: str) 
 
 def check_dataset(conn: PgConnection, store: Store, dataset: Dataset) -> None:
     schema = store.source.schema
-    where = f"source table {schema}.{dataset.table} (store {store.name}, dataset {dataset.name})"
+    where = table_where(store, schema, dataset)
     cols = source_columns(conn, schema, dataset.table)
     if cols is None:
-        raise SourceMismatchError(f"{where} does not exist in database {store.source.database!r}")
+        raise missing_table(where, store.source.database)
     check_row_security(conn, schema, dataset.table, where)
-    problems = []
-    for col in dataset.columns:
-        actual = cols.get(col.name)
-        if actual is None:
-            problems.append(f"column {col.name!r} (model type {col.type}) is missing from the source")
-        elif not same_type(col.type, actual):
-            problems.append(
-                f"column {col.name!r} is {actual} in the source but {col.type} "
-                f"({catalog_spelling(col.type)}) in the model"
-            )
-    if problems:
-        raise SourceMismatchError(f"{where}: {'; '.join(problems)}")
+    check_columns(where, dataset, cols, _mismatch)
+
+
+def _mismatch(col: Column, actual: str) -> str | None:
+    if same_type(col.type, actual):
+        return None
+    return f"column {col.name!r} is {actual} in the source but {col.type} ({catalog_spelling(col.type)}) in the model"
 
 
 def check_store(conn: PgConnection, store: Store, datasets: tuple[Dataset, ...] | None = None) -> None:

@@ -1,8 +1,8 @@
 """PostgreSQL sources: psycopg2, a read-only REPEATABLE READ transaction, binary COPY through an OS pipe.
 
-The fast path of round 1, unchanged: rows never become Python objects (see `ingest.snapshot`); the
-source check compares `format_type()` spellings (see `ingest.source`). The session has the job's
-limits (sessions.py) like every other session of the run.
+Rows never become Python objects (snapshot.py); the source check compares `format_type()` spellings and
+refuses row-level security that applies to the job's role (check.py). The session has the job's limits
+(sessions.py) like every other session of the run.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import psycopg2
 
 from datasurface.db import Endpoint, PgConnection, driver_error, is_lost
 from datasurface.errors import DatabaseError
-from datasurface.ingest import snapshot
-from datasurface.ingest.source import check_store
+from datasurface.ingest.postgres import snapshot
+from datasurface.ingest.postgres.check import check_store
 from datasurface.merge.layout import DatasetLayout
 from datasurface.merge.locks import end_run_sessions
 from datasurface.model import Dataset, Store

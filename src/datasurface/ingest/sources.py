@@ -1,8 +1,10 @@
-"""Source dialects: how a store's source database is checked, snapshotted and copied into staging.
+"""The source types: how a store's source database is checked, snapshotted and copied into staging.
 
-One module per source type (`source.type` in the model): `postgres` (psycopg2, binary COPY through an
-OS pipe) and `mysql` (SQLAlchemy 2 + PyMySQL, a server-side cursor into the merge side's COPY). The
-engine asks the store's dialect for a `SourceSession` and never touches the source connection itself.
+One package per source type (`source.type` in the model), each of the same shape: `__init__.py` the
+session (`open_source`, `describe`), `check.py` the source check, `snapshot.py` the read, and `types.py`
+where the type mapping is the dialect's own. `postgres` (psycopg2, binary COPY through an OS pipe) and
+`mysql` (SQLAlchemy 2 + PyMySQL, a server-side cursor into the merge side's COPY). The engine asks the
+store's dialect for a `SourceSession` and never touches the source connection itself.
 """
 
 from __future__ import annotations
@@ -55,10 +57,10 @@ def open_source(store: Store, role: str, run_id: str | None = None, limits: Sess
     """A session on the store's source; `role` names the connection (e.g. its application_name). `ahead`:
     where `open_ahead` may have started opening it."""
     if store.source.type == "mysql":
-        from datasurface.ingest.dialects import mysql
+        from datasurface.ingest import mysql
 
         return mysql.open_source(store, role, run_id, limits)
-    from datasurface.ingest.dialects import postgres
+    from datasurface.ingest import postgres
 
     return postgres.open_source(store, role, run_id, limits, ahead)
 
@@ -67,17 +69,17 @@ def open_ahead(store: Store, role: str, run_id: str, limits: SessionLimits, ahea
     """Start opening the session `open_source` will open, while the run does other work: a PostgreSQL
     source's (a MySQL source's engine connects when `open_source` needs it)."""
     if store.source.type == "postgres":
-        from datasurface.ingest.dialects import postgres
+        from datasurface.ingest import postgres
 
         postgres.open_ahead(store, role, run_id, limits, ahead)
 
 
 def describe(store: Store) -> str:
     if store.source.type == "mysql":
-        from datasurface.ingest.dialects import mysql
+        from datasurface.ingest import mysql
 
         return mysql.describe(store)
-    from datasurface.ingest.dialects import postgres
+    from datasurface.ingest import postgres
 
     return postgres.describe(store)
 
