@@ -251,7 +251,7 @@ done
 grep -qw "$dag_id" <<<"$dags" || die "Airflow has not loaded $dag_id"
 airflow dags unpause "$dag_id" >/dev/null
 
-# The platform's settings, as the chart rendered them for the DAG (contract: platform.json).
+# The platform's settings, as the chart rendered them for the DAG (platform.json, docs/configuration.md).
 platform_json=$(k get configmap -l "datasurface.io/platform=$platform_lower,app.kubernetes.io/instance=$release" \
   -o jsonpath='{.items[0].data.platform\.json}')
 [ -n "$platform_json" ] || die "no DAG ConfigMap for platform $dag_platform"

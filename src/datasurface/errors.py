@@ -1,4 +1,4 @@
-"""The errors the job reports, each mapped to the exit status of contract §3."""
+"""The errors the job reports, each mapped to the exit status of docs/cli.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""How the model's column types (contract §1) are spelled by PostgreSQL's `format_type()`.
+"""How the model's column types (docs/model.md) are spelled by PostgreSQL's `format_type()`.
 
 Used to check a source table against the model and a merge table against the model.
 """

@@ -1,4 +1,4 @@
-"""metrics.* (contract §6): the exporter Deployment + Service, ServiceMonitor, PrometheusRule (stale
+"""metrics.* (docs/monitoring.md): the exporter Deployment + Service, ServiceMonitor, PrometheusRule (stale
 allowance derived from each platform's schedule) and the Grafana dashboard; all off by default."""
 
 from __future__ import annotations

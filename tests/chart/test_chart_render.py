@@ -1,4 +1,4 @@
-"""Render tests with the real helm: the exact set of objects, each enable switch, each contract key,
+"""Render tests with the real helm: the exact set of objects, each enable switch, each public key,
 the chart/DAG interface (platform.json), secrets handling and the built-in model (items 1-7, 10)."""
 
 from __future__ import annotations

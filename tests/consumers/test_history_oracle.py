@@ -1,4 +1,4 @@
-"""History in time (contract §5) against an oracle: random snapshots with updates, deletes and re-adds through
+"""History in time (docs/consumers.md) against an oracle: random snapshots with updates, deletes and re-adds through
 forensic merges; after every batch the `_history` view, `_as_of_batch(n)` for every batch and `_as_of(at)` for
 instants before, at and between the snapshots equal what the oracle derives from the snapshots and the
 ledger's snapshot_at. PostgreSQL 15 (one multi_dataset stream) and 18 (single_dataset streams)."""
@@ -31,7 +31,7 @@ US = dt.timedelta(microseconds=1)
 
 
 class Oracle:
-    """Versions per key as the contract defines them: [values, batch_in, batch_out or None]."""
+    """Versions per key as docs/consumers.md defines them: [values, batch_in, batch_out or None]."""
 
     def __init__(self, nkey: int) -> None:
         self.nkey = nkey

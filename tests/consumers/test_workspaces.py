@@ -1,4 +1,4 @@
-"""Workspaces (contract §5) through the real job: setup creates and reconciles `ws_<name>` schemas, grants
+"""Workspaces (docs/consumers.md) through the real job: setup creates and reconciles `ws_<name>` schemas, grants
 exactly their objects to the workspace's role, never drops what the job did not create, and merge keeps the
 views in step with an added column. The security checks log in AS the workspace role (a real login with its
 password, not SET ROLE) and try what an attacker would. PostgreSQL 15 and 18."""

@@ -1,4 +1,4 @@
-"""`ds_batches.snapshot_at` (contract §5): the source server's clock at the batch's consistent snapshot."""
+"""`ds_batches.snapshot_at` (docs/consumers.md): the source server's clock at the batch's consistent snapshot."""
 
 from __future__ import annotations
 

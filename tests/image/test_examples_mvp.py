@@ -56,7 +56,7 @@ def values_mvp() -> dict[str, Any]:
     return yaml.safe_load(VALUES_MVP.read_text())  # type: ignore[no-any-return]
 
 
-def test_values_mvp_is_the_reference_setup_in_contract_keys() -> None:
+def test_values_mvp_is_the_reference_setup_in_public_keys() -> None:
     values = values_mvp()
     assert set(values) <= CONTRACT_KEYS
     assert values["platforms"] == [

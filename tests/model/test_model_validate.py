@@ -1,4 +1,4 @@
-"""parse_model: every rule of contract §1, each failure naming the file, the exact path and the problem."""
+"""parse_model: every rule of docs/model.md, each failure naming the file, the exact path and the problem."""
 
 from __future__ import annotations
 
@@ -449,7 +449,7 @@ def test_a_mysql_source_has_no_schema() -> None:
     assert f"{FILE}: stores[0].source.schema: a mysql source has no schema" in message
 
 
-# --- workspaces (contract §5) --------------------------------------------------------------------------
+# --- workspaces (docs/consumers.md) --------------------------------------------------------------------------
 
 
 def with_workspaces(*workspaces: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Every guarantee of contract §2 with a MariaDB source: crash safety (SIGKILL in the middle of the MySQL
+"""Every guarantee of docs/concepts.md with a MariaDB source: crash safety (SIGKILL in the middle of the MySQL
 read), the stream lock, schema evolution, and one clear line for every bad input."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`datasurface-job exporter` (contract §6): metric names, types and labels exactly as the table; the
+"""`datasurface-job exporter` (docs/monitoring.md): metric names, types and labels exactly as the table; the
 database down or hung gives datasurface_up 0 within the scrape bound and 1 again when it returns;
 /healthz; SIGTERM stops it at once."""
 
@@ -36,7 +36,7 @@ def value(families: dict[str, Any], name: str, **labels: str) -> float:
     return families[name][1][frozenset(labels.items())]  # type: ignore[no-any-return]
 
 
-def test_metrics_are_exactly_the_contract_table(world: dict[str, Any], exporter: Exporter) -> None:
+def test_metrics_are_exactly_the_documented_table(world: dict[str, Any], exporter: Exporter) -> None:
     dbs = world["dbs"]
     failed = run_job(merge_args(world["model"], PLATFORM, "live", dbs), {**dbs.env, "SOURCE_PASSWORD": "wrong"})
     assert failed.returncode == 1

@@ -1,4 +1,4 @@
-"""ds_runs (contract §6): one row per run of merge or setup for a stream, also failed and killed runs;
+"""ds_runs (docs/monitoring.md): one row per run of merge or setup for a stream, also failed and killed runs;
 recording never changes a run's outcome."""
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def test_a_history_session_the_server_ended_during_the_run_is_replaced(world: di
 
 
 def test_a_history_from_before_the_run_counts_gains_them(world: dict[str, Any]) -> None:
-    """A platform whose ds_runs predates ds_run_totals (contract §6): the next run creates the counts table
+    """A platform whose ds_runs predates ds_run_totals (docs/monitoring.md): the next run creates the counts table
     and counts itself in it."""
     mrg = world["mrg"]
     with mrg.cursor() as cur:

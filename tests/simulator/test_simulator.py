@@ -1,4 +1,4 @@
-"""The data change simulator (contract §3, issue 3) against a real PostgreSQL: tables, invariant,
+"""The data change simulator (docs/cli.md) against a real PostgreSQL: tables, invariant,
 concurrency, --seed, signals, a restarted database and the error exits."""
 
 from __future__ import annotations

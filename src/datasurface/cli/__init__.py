@@ -1,4 +1,4 @@
-"""`datasurface-job`: the command line (contract §3).
+"""`datasurface-job`: the command line (docs/cli.md).
 
 Errors are one line on stderr (a traceback only with --debug); the last stdout line is always
 `DATASURFACE_RESULT_CODE=<status>` so a caller can read the result without parsing logs.

@@ -1,4 +1,4 @@
-"""`datasurface-job`: the command line (contract §3), as typer commands. Thin: each command calls one
+"""`datasurface-job`: the command line (docs/cli.md), as typer commands. Thin: each command calls one
 library function.
 
 Errors are one line on stderr (a traceback only with --debug); the last stdout line is always

@@ -1,2 +1,2 @@
-"""What consumers read (contract §5): history in time and as-of queries on forensic platforms
+"""What consumers read (docs/consumers.md): history in time and as-of queries on forensic platforms
 (`history`), and workspaces, each a schema of its own with exactly its datasets (`workspaces`)."""

@@ -1,4 +1,4 @@
-"""History in time on forensic platforms (contract §5), per dataset beside `<table>_current`:
+"""History in time on forensic platforms (docs/consumers.md), per dataset beside `<table>_current`:
 
 - view `<table>_history`: every version with `ds_batch_in`, `ds_batch_out` (NULL while current),
   `valid_from` / `valid_to` (the ledger's snapshot_at of those batches), `is_current` and `ended_by`

@@ -1,4 +1,4 @@
-"""Workspaces (contract §5): per workspace of a platform, schema `ws_<name>` holding, per listed dataset, a
+"""Workspaces (docs/consumers.md): per workspace of a platform, schema `ws_<name>` holding, per listed dataset, a
 view `<store>_<dataset>` (the current rows) and, on a forensic platform, a view `<store>_<dataset>_history`
 and a function `<store>_<dataset>_as_of(timestamptz)`, plus a view `batches`; the workspace's (existing)
 role gets USAGE on the schema and SELECT/EXECUTE on exactly those objects.

@@ -1,4 +1,4 @@
-"""Names and DDL of a platform's merge schema (contract §2), and the schema-evolution rules.
+"""Names and DDL of a platform's merge schema (docs/concepts.md), and the schema-evolution rules.
 
 Tables hold the model's columns with the model's types plus the mode's batch columns; views
 `<table>_current` expose exactly the model's columns. An additive change (a new nullable column)

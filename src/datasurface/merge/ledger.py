@@ -1,4 +1,4 @@
-"""The batch ledger (contract §2): `ds_batches` and `ds_batch_datasets`, and the stream lock.
+"""The batch ledger (docs/concepts.md): `ds_batches` and `ds_batch_datasets`, and the stream lock.
 
 A stream is a store (multi_dataset) or one dataset of a store (single_dataset). A batch moves
 `ingesting` -> `staged` -> `committed`; each step is one transaction, so a run killed at any moment

@@ -1,4 +1,4 @@
-"""The model: stores, datasets, columns and keys (contract §1). Data only, never code."""
+"""The model: stores, datasets, columns and keys (docs/model.md). Data only, never code."""
 
 from datasurface.model.loader import load_model
 from datasurface.model.schema import Column, Dataset, Model, Source, Store, Workspace, WorkspaceDataset, find_store

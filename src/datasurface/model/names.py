@@ -1,4 +1,4 @@
-"""The names a dataset's objects get in the merge database (contract §2 and §5), in one place.
+"""The names a dataset's objects get in the merge database (docs/concepts.md and docs/consumers.md), in one place.
 
 In a platform's schema, dataset `D` of store `S` owns the relations (tables, views, indexes) and
 functions named `<s>_<d>` and `<s>_<d>` + one of SUFFIXES, all in lower case: its table, the views
@@ -11,7 +11,7 @@ unique, checked by the model validator:
   comes first and is followed by `_`, so no other reservation (of dataset names, say) is needed;
 - no two datasets share any of these names, compared in lower case after PostgreSQL's cut at 63 bytes.
 
-A workspace (contract §5) gets its own schema `ws_<workspace>` holding views and functions of the same
+A workspace (docs/consumers.md) gets its own schema `ws_<workspace>` holding views and functions of the same
 names plus `batches`, which no dataset name can take (every dataset name holds the `_` after the store).
 """
 
@@ -41,7 +41,7 @@ def is_reserved(name: str) -> bool:
 
 
 def workspace_schema(workspace: str) -> str:
-    """The schema of a workspace (contract §5): `ws_<name in lower case>`."""
+    """The schema of a workspace (docs/consumers.md): `ws_<name in lower case>`."""
     return f"{WORKSPACE_PREFIX}{workspace.lower()}"
 
 
@@ -102,5 +102,5 @@ class DatasetNames(NamedTuple):
 
 
 def dataset_names(store: str, dataset: str) -> DatasetNames:
-    """The names of dataset `dataset` of store `store` (contract §2: `<store>_<dataset>` in lower case)."""
+    """The names of dataset `dataset` of store `store` (docs/concepts.md: `<store>_<dataset>` in lower case)."""
     return DatasetNames(f"{store}_{dataset}".lower())

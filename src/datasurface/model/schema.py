@@ -1,4 +1,4 @@
-"""The validated, immutable form of `datasurface.yaml` (contract §1)."""
+"""The validated, immutable form of `datasurface.yaml` (docs/model.md)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class Source(NamedTuple):
     database: str
     schema: str
     credential: str
-    type: str = "postgres"  # "postgres" | "mysql" (contract §7)
+    type: str = "postgres"  # "postgres" | "mysql" (docs/sources.md)
     ingestion: str = "snapshot"  # "snapshot" | "cdc": whole snapshots, or changes from a replication slot
     publication: str = ""  # cdc: the publication the slot decodes (default ds_<store lower>)
 
@@ -62,7 +62,7 @@ class WorkspaceDataset(NamedTuple):
 
 
 class Workspace(NamedTuple):
-    """A consumer (contract §5): reads the listed datasets of one platform, as an existing role."""
+    """A consumer (docs/consumers.md): reads the listed datasets of one platform, as an existing role."""
 
     name: str
     platform: str

@@ -1,6 +1,6 @@
-"""Parse and validate `datasurface.yaml` text into a `Model` (contract §1).
+"""Parse and validate `datasurface.yaml` text into a `Model` (docs/model.md).
 
-The file is data: it is read with PyYAML's safe loader only, and every rule of contract §1 is checked
+The file is data: it is read with PyYAML's safe loader only, and every rule of docs/model.md is checked
 here, so the rest of the job can trust a `Model`. Every problem is reported with the file, the path
 inside it (`stores[0].datasets[1].columns[3].type`), the problem and the line; all problems found are
 listed, not just the first, in one line.
@@ -31,7 +31,7 @@ DEFAULT_SCHEMA = "public"
 STORE_NAME_MAX = 40
 DATASET_NAME_MAX = 40
 
-# Columns the merge tables add to the model's columns (contract §2); a model column may not use them.
+# Columns the merge tables add to the model's columns (docs/concepts.md); a model column may not use them.
 RESERVED_COLUMNS = frozenset({"ds_batch_id", "ds_batch_in", "ds_batch_out"})
 MAX_PROBLEMS = 1000  # validation stops here: the message lists ten, and a hostile file cannot make millions
 SHOWN_MAX = 80  # characters of a value quoted in a message
@@ -100,7 +100,7 @@ class Problem(NamedTuple):
 
 
 class ModelValidationError(ModelError):
-    """The model file parsed but breaks rules of contract §1; `problems` lists each of them."""
+    """The model file parsed but breaks rules of docs/model.md; `problems` lists each of them."""
 
     MAX_LISTED = 10
 
@@ -118,11 +118,11 @@ class ModelValidationError(ModelError):
 
 
 class TypeProblem(ValueError):
-    """A column type outside contract §1; the message says why."""
+    """A column type the model does not have (docs/model.md); the message says why."""
 
 
 def normalise_type(text: str) -> str:
-    """The canonical lower-case spelling of a contract §1 column type, or TypeProblem.
+    """The canonical lower-case spelling of a model column type (docs/model.md), or TypeProblem.
 
     `NUMERIC( 10 , 2 )` -> `numeric(10,2)`, `numeric(5)` -> `numeric(5,0)`, `Double  Precision` ->
     `double precision`, `VARCHAR(20)` -> `varchar(20)`.
@@ -652,7 +652,7 @@ class _Validator:
     def merge_names(self, stores: list[Store]) -> None:
         """Dataset D of store S owns `<s>_<d>` and its suffixed names in the merge schema (`names`): no
         name may be owned twice, compared as PostgreSQL stores them (lower case, cut at 63 bytes). A name
-        too long for PostgreSQL is the engine's to refuse, for the store it merges (contract §1 allows
+        too long for PostgreSQL is the engine's to refuse, for the store it merges (the model allows
         40 + 40 characters).
 
         Called only on a model without other problems, so list indexes are the file's."""

@@ -1,1 +1,1 @@
-"""Observability (contract §6): the run history (`runs`), the `status` view and the Prometheus exporter."""
+"""Observability (docs/monitoring.md): the run history (`runs`), the `status` view and the Prometheus exporter."""

@@ -1,4 +1,4 @@
-"""`datasurface-job exporter` (contract §6): Prometheus metrics read from the ledgers at each scrape.
+"""`datasurface-job exporter` (docs/monitoring.md): Prometheus metrics read from the ledgers at each scrape.
 
 A custom collector (the official `prometheus-client`) reads every platform's `ds_batches` and `ds_runs`
 on one read-only connection. Each scrape is bounded: the read runs on a daemon thread and the scrape
@@ -46,7 +46,7 @@ OPS = ("total", "inserted", "updated", "deleted")
 
 
 def stream_metrics(states: dict[str, PlatformState]) -> list[Metric]:
-    """The metric families of contract §6 for platforms that answered (platform label as given)."""
+    """The metric families of docs/monitoring.md for platforms that answered (platform label as given)."""
     commit = GaugeMetricFamily("datasurface_last_commit_timestamp_seconds",
                                "finished_at of the stream's last committed batch (Unix time).", labels=STREAM_LABELS)
     age = GaugeMetricFamily("datasurface_snapshot_age_seconds",

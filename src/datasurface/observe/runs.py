@@ -1,4 +1,4 @@
-"""The run history (contract §6): one `ds_runs` row per run of `merge` or `setup` for a stream.
+"""The run history (docs/monitoring.md): one `ds_runs` row per run of `merge` or `setup` for a stream.
 
 A row is written when the run starts (finished_at NULL) and completed when it ends, each write its own
 short transaction on a connection of the history's own: never inside the batch's transactions, so a

@@ -277,7 +277,7 @@ def run_simulator(
     db_type: str | None = None,
     model: ModelRef | None = None,
 ) -> None:
-    """`datasurface-job simulate` (contract §3). Raises DataSurfaceError on failure.
+    """`datasurface-job simulate` (docs/cli.md). Raises DataSurfaceError on failure.
     `port` None: the model's, else the backend's default (5432, or 3306 for MySQL); `db_type` None: the
     model store's source type, else postgres. `model`: take what the flags leave out from a store of it."""
     _validate(db_type, port, max_changes, min_interval, max_interval, max_disconnected)

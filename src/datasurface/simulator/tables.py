@@ -1,4 +1,4 @@
-"""The simulator's source tables (contract §3), their id sequence and how many rows seed them: data only.
+"""The simulator's source tables (docs/cli.md), their id sequence and how many rows seed them: data only.
 
 The column types match `examples/model/datasurface.yaml` exactly: the ingest checks the source's types
 against the model, so a drift here would break the merge of the demo and of the chart's default model.

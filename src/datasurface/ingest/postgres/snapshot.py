@@ -31,7 +31,7 @@ PIPE_CHUNK = 1 << 16
 def begin_snapshot(source: PgConnection) -> datetime.datetime:
     """Open the read-only REPEATABLE READ transaction every dataset of the batch is read in.
 
-    Returns the snapshot time (contract §5 `snapshot_at`): the source server's clock at the first
+    Returns the snapshot time (docs/consumers.md: `snapshot_at`): the source server's clock at the first
     statement of the transaction, which is the one that takes the snapshot."""
     source.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
     with source.cursor() as cur:
