@@ -230,7 +230,8 @@ class DiffMerge:
 
     def apply_changes(self, batch_id: int, truncated: bool, current_hint: int | None) -> Counts:
         """A change batch's net changes (`pg_temp.ds_net`), through the same diff and writes as a snapshot."""
-        counts = compute_change_diff(self.conn, self.lay, truncated, current_hint)
+        with keyed_apply(self.conn):  # a few keys' current rows: through the key index, not a scan of the table
+            counts = compute_change_diff(self.conn, self.lay, truncated, current_hint)
         killpoint(f"merge:{self.lay.dataset.name}:diffed")
         with keyed_apply(self.conn), self.conn.cursor() as cur:
             self.retire(cur, counts, batch_id)
