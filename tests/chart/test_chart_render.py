@@ -34,7 +34,7 @@ DEFAULT_OBJECTS = {
     ("Deployment", "mvp-datasurface-airflow-dag-processor"),
     ("Deployment", "mvp-datasurface-simulator"),
     ("StatefulSet", "mvp-datasurface-postgresql"),
-    ("Job", "mvp-datasurface-airflow-migrate-1"),
+    ("Job", "mvp-datasurface-airflow-migrate-<hash>"),
     ("Pod", "mvp-datasurface-check"),
 }
 POSTGRESQL_OBJECTS = {
@@ -51,7 +51,7 @@ AIRFLOW_OBJECTS = {
     ("Deployment", "mvp-datasurface-airflow-api-server"),
     ("Deployment", "mvp-datasurface-airflow-scheduler"),
     ("Deployment", "mvp-datasurface-airflow-dag-processor"),
-    ("Job", "mvp-datasurface-airflow-migrate-1"),
+    ("Job", "mvp-datasurface-airflow-migrate-<hash>"),
 }
 EXTERNAL_DB = {
     "postgresql": {"enabled": False},
@@ -61,7 +61,8 @@ EXTERNAL_DB = {
 
 
 def kinds(docs: Docs) -> set[tuple[str, str]]:
-    return {(d["kind"], d["metadata"]["name"]) for d in docs}
+    """(kind, name) of each object; the migration Job's spec hash as <hash>."""
+    return {(d["kind"], re.sub(r"-migrate-[0-9a-f]{10}$", "-migrate-<hash>", d["metadata"]["name"])) for d in docs}
 
 
 def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
@@ -515,7 +516,7 @@ def test_airflow_components(defaults: Docs) -> None:
             "http://mvp-datasurface-airflow-api-server:8080/execution/")
         init = pod_spec(dep)["initContainers"][0]
         assert init["args"][:2] == ["db", "check-migrations"]
-    job = find(defaults, "Job", "mvp-datasurface-airflow-migrate-1")
+    [job] = [d for d in defaults if d["kind"] == "Job"]
     assert "helm.sh/hook" not in job["metadata"].get("annotations", {})
     assert pod_spec(job)["containers"][0]["args"] == ["db", "migrate"]
     svc = find(defaults, "Service", "mvp-datasurface-airflow-api-server")

@@ -16,6 +16,24 @@
 {{- end -}}
 {{- end -}}
 
+{{/* "<fullname>-<suffix>" within `limit` characters (default 63: Services, Jobs and label values).
+     When too long, the fullname is cut and a hash of it added, so names stay unique per release and the
+     suffix still says which component it is; a suffix too long even for that is cut and hashed whole.
+     Call with (dict "ctx" $ "suffix" "airflow-scheduler") and optionally "limit" 52. */}}
+{{- define "datasurface.componentName" -}}
+{{- $limit := int (default 63 .limit) -}}
+{{- $full := include "datasurface.fullname" .ctx -}}
+{{- $name := printf "%s-%s" $full .suffix -}}
+{{- if le (len $name) $limit -}}
+{{- $name -}}
+{{- else if le (len .suffix) (sub $limit 16) -}}
+{{- $keep := int (sub (sub $limit (len .suffix)) 8) -}}
+{{- printf "%s-%s-%s" (trunc $keep $full | trimSuffix "-") (sha256sum $full | trunc 6) .suffix -}}
+{{- else -}}
+{{- printf "%s-%s" (trunc (int (sub $limit 9)) $name | trimSuffix "-") (sha256sum $name | trunc 8) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Labels: helm.sh/chart and version never in selectors. Call with (dict "ctx" $ "component" "x"). */}}
 {{- define "datasurface.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "datasurface.name" .ctx }}
@@ -47,7 +65,8 @@ app.kubernetes.io/part-of: datasurface
 
 {{/* Databases ------------------------------------------------------------------------------------- */}}
 {{- define "datasurface.postgresql.fullname" -}}
-{{- printf "%s-postgresql" (include "datasurface.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- /* a StatefulSet: 52 leaves room for the controller-revision-hash label Kubernetes adds to its pods */ -}}
+{{- include "datasurface.componentName" (dict "ctx" . "suffix" "postgresql" "limit" 52) -}}
 {{- end -}}
 
 {{/* The Secret holding the database logins (bundled or external). */}}
@@ -128,7 +147,7 @@ app.kubernetes.io/part-of: datasurface
 {{- if .Values.model.tokenSecret.name -}}
 {{- toJson (dict "name" .Values.model.tokenSecret.name "key" .Values.model.tokenSecret.key) -}}
 {{- else if .Values.model.token -}}
-{{- toJson (dict "name" (printf "%s-git" (include "datasurface.fullname" .)) "key" "token") -}}
+{{- toJson (dict "name" (include "datasurface.componentName" (dict "ctx" . "suffix" "git")) "key" "token") -}}
 {{- else -}}
 {}
 {{- end -}}
@@ -139,7 +158,7 @@ app.kubernetes.io/part-of: datasurface
 {{- if .Values.slack.webhookSecret.name -}}
 {{- toJson (dict "name" .Values.slack.webhookSecret.name "key" .Values.slack.webhookSecret.key) -}}
 {{- else if .Values.slack.webhook -}}
-{{- toJson (dict "name" (printf "%s-slack" (include "datasurface.fullname" .)) "key" "webhook") -}}
+{{- toJson (dict "name" (include "datasurface.componentName" (dict "ctx" . "suffix" "slack")) "key" "webhook") -}}
 {{- else -}}
 {}
 {{- end -}}
@@ -147,7 +166,7 @@ app.kubernetes.io/part-of: datasurface
 
 {{/* The model: built-in ConfigMap or a git repository. */}}
 {{- define "datasurface.model.configMapName" -}}
-{{- printf "%s-model" (include "datasurface.fullname" .) -}}
+{{- include "datasurface.componentName" (dict "ctx" . "suffix" "model") -}}
 {{- end -}}
 
 {{/* Where the built-in model's ConfigMap is mounted: platform.json's model.repo, DATASURFACE_MODEL of the
@@ -191,7 +210,12 @@ app.kubernetes.io/part-of: datasurface
 
 {{/* Airflow --------------------------------------------------------------------------------------- */}}
 {{- define "datasurface.airflow.fullname" -}}
-{{- printf "%s-airflow" (include "datasurface.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- include "datasurface.componentName" (dict "ctx" . "suffix" "airflow") -}}
+{{- end -}}
+
+{{/* An Airflow component's name: (dict "ctx" $ "component" "scheduler"). */}}
+{{- define "datasurface.airflow.name" -}}
+{{- include "datasurface.componentName" (dict "ctx" .ctx "suffix" (printf "airflow-%s" .component)) -}}
 {{- end -}}
 
 {{- define "datasurface.airflow.serviceAccountName" -}}
@@ -209,7 +233,7 @@ app.kubernetes.io/part-of: datasurface
 {{/* Platforms ------------------------------------------------------------------------------------- */}}
 {{/* Kubernetes names: the platform name in lower case with _ as - (label values and folders keep _). */}}
 {{- define "datasurface.platform.configMapName" -}}
-{{- printf "%s-dags-%s" (include "datasurface.fullname" .ctx) (lower .platform.name | replace "_" "-") | trunc 63 | trimSuffix "-" -}}
+{{- include "datasurface.componentName" (dict "ctx" .ctx "suffix" (printf "dags-%s" (lower .platform.name | replace "_" "-"))) -}}
 {{- end -}}
 
 {{/* A stable secret value: the existing Secret's value (lookup), else a fresh random one. Call with

@@ -13,7 +13,7 @@
 - name: AIRFLOW__CORE__HOSTNAME_CALLABLE
   value: airflow.utils.net.get_host_ip_address
 - name: AIRFLOW__CORE__EXECUTION_API_SERVER_URL
-  value: {{ printf "http://%s-api-server:%d/execution/" (include "datasurface.airflow.fullname" .) (int .Values.airflow.apiServer.service.port) | quote }}
+  value: {{ printf "http://%s:%d/execution/" (include "datasurface.airflow.name" (dict "ctx" . "component" "api-server")) (int .Values.airflow.apiServer.service.port) | quote }}
 - name: AIRFLOW__CORE__AUTH_MANAGER
   value: airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
 - name: AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS
@@ -94,7 +94,7 @@
     defaultMode: 0444
     sources:
       - configMap:
-          name: {{ include "datasurface.airflow.fullname" . }}-dags-root
+          name: {{ include "datasurface.airflow.name" (dict "ctx" . "component" "dags-root") }}
       {{- range .Values.platforms }}
       - configMap:
           name: {{ include "datasurface.platform.configMapName" (dict "ctx" $ "platform" .) }}
@@ -131,4 +131,44 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end -}}
+
+{{/* The migration Job's spec; its hash names the Job. */}}
+{{- define "datasurface.airflow.migrateSpec" -}}
+{{- $af := .Values.airflow -}}
+spec:
+  backoffLimit: {{ $af.migrations.backoffLimit }}
+  {{- if not (kindIs "invalid" $af.migrations.ttlSecondsAfterFinished) }}
+  ttlSecondsAfterFinished: {{ $af.migrations.ttlSecondsAfterFinished }}
+  {{- end }}
+  template:
+    metadata:
+      labels:
+        {{- include "datasurface.selectorLabels" (dict "ctx" . "component" "migrate") | nindent 8 }}
+    spec:
+      {{- include "datasurface.airflow.podSpecCommon" . | nindent 6 }}
+      automountServiceAccountToken: false
+      restartPolicy: Never
+      containers:
+        - name: migrate
+          image: {{ include "datasurface.airflowImage" . }}
+          imagePullPolicy: {{ $af.image.pullPolicy }}
+          args: [db, migrate]
+          securityContext:
+            {{- toYaml $af.containerSecurityContext | nindent 12 }}
+          env:
+            {{- include "datasurface.airflow.env" . | nindent 12 }}
+            {{- /* the image's entrypoint waits for the database (3 s a try) before migrating */}}
+            - name: CONNECTION_CHECK_MAX_COUNT
+              value: "100"
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+            - name: logs
+              mountPath: /opt/airflow/logs
+      volumes:
+        - name: tmp
+          emptyDir: {}
+        - name: logs
+          emptyDir: {}
 {{- end -}}

@@ -1,6 +1,6 @@
 {{/* Metrics: the exporter, its ServiceMonitor, alert rules and the Grafana dashboard (contract §6). */}}
 {{- define "datasurface.metrics.fullname" -}}
-{{- printf "%s-exporter" (include "datasurface.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- include "datasurface.componentName" (dict "ctx" . "suffix" "exporter") -}}
 {{- end -}}
 
 {{/* The scrape job's name: the prometheus-operator names it after the Service. */}}

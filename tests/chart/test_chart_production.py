@@ -1,0 +1,164 @@
+"""The chart in production, rendered with the real helm: names within Kubernetes' limits, the migration
+Job named after what it runs, foot-guns that fail `helm install`, resources on every container, TLS to an
+external PostgreSQL and the NetworkPolicies."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from helm import CHART_DIR, render_chart, run_helm
+
+Docs = list[dict[str, Any]]
+Render = Callable[..., Docs]
+
+RELEASE_33 = "r" * 33  # the length that once gave a 64-character Service name
+RELEASE_53 = "a" * 53  # the longest release name Helm accepts
+EXTERNAL_DB = {
+    "postgresql": {"enabled": False},
+    "externalDatabase": {"host": "db.example", "existingSecret": "dbcreds"},
+}
+
+
+def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["spec"] if doc["kind"] == "Pod" else doc["spec"]["template"]["spec"]
+
+
+def workloads(docs: Docs) -> Iterator[dict[str, Any]]:
+    yield from (d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job", "Pod"))
+
+
+def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod_spec(doc)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def helm_fails(values_args: list[str], release: str = "mvp") -> str:
+    """stderr of a `helm template` that must fail."""
+    proc = run_helm(["template", release, str(CHART_DIR), *values_args], check=False)
+    assert proc.returncode != 0, "helm template succeeded"
+    return proc.stderr
+
+
+def platform_json(docs: Docs, lower: str) -> dict[str, Any]:
+    cm = next(d for d in docs if d["kind"] == "ConfigMap"
+              and d["metadata"]["labels"].get("datasurface.io/platform") == lower)
+    settings: dict[str, Any] = json.loads(cm["data"]["platform.json"])
+    return settings
+
+
+# --- names within limits --------------------------------------------------------------------------
+
+ALL_ON = {"metrics": {"enabled": True, "serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                      "dashboard": {"enabled": True}, "assumeMonitoringApi": True},
+          "model": {"token": "t"}, "slack": {"webhook": "https://hooks.example/x"},
+          "platforms": [{"name": "YellowLive", "mode": "live", "stores": ["Store1"], "schedule": "@hourly"},
+                        {"name": "YellowForensic", "mode": "forensic", "stores": ["Store1"], "schedule": "@hourly"},
+                        {"name": "A" * 40, "mode": "live", "stores": ["Store1"], "schedule": "@daily"},
+                        {"name": "A" * 39 + "B", "mode": "live", "stores": ["Store1"], "schedule": "@daily"}]}
+
+
+def labels_in(doc: dict[str, Any]) -> Iterator[dict[str, str]]:
+    yield doc["metadata"].get("labels", {})
+    spec = doc.get("spec", {})
+    if isinstance(spec.get("template"), dict):
+        yield spec["template"].get("metadata", {}).get("labels", {})
+    if isinstance(spec.get("selector"), dict):
+        yield spec["selector"].get("matchLabels", spec["selector"])
+
+
+@pytest.mark.parametrize("release", [RELEASE_33, RELEASE_53], ids=["release-33", "release-53"])
+def test_every_name_fits_kubernetes_limits(release: str) -> None:
+    docs = render_chart(ALL_ON, release=release)
+    names = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    assert len(names) == len(set(names)), "two objects with the same kind and name"
+    for kind, name in names:
+        assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), (kind, name, len(name))
+    for sts in (d for d in docs if d["kind"] == "StatefulSet"):
+        # the pods get the label controller-revision-hash: <name>-<10 characters>, at most 63
+        assert len(sts["metadata"]["name"]) <= 52, sts["metadata"]["name"]
+    for doc in docs:
+        for labels in labels_in(doc):
+            for key, value in labels.items():
+                assert len(str(value)) <= 63, (doc["kind"], key, value)
+    dag_cms = [d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"
+               and "datasurface.io/platform" in d["metadata"]["labels"]]
+    assert len(dag_cms) == len(set(dag_cms)) == 4
+
+
+@pytest.mark.parametrize("release", ["mvp", RELEASE_53], ids=["release-3", "release-53"])
+def test_every_reference_names_a_rendered_object(release: str) -> None:
+    """Shortened names are shortened the same way where they are used: Services, ConfigMaps, Secrets,
+    the RoleBinding's Role and ServiceAccount, the api-server URL, the DAG settings."""
+    docs = render_chart(ALL_ON, release=release)
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    refs: list[tuple[str, str]] = []
+    for doc in workloads(docs):
+        spec = pod_spec(doc)
+        if "serviceAccountName" in spec:
+            refs.append(("ServiceAccount", spec["serviceAccountName"]))
+        for volume in spec.get("volumes", []):
+            if "configMap" in volume:
+                refs.append(("ConfigMap", volume["configMap"]["name"]))
+            for source in volume.get("projected", {}).get("sources", []):
+                refs.append(("ConfigMap", source["configMap"]["name"]))
+        for container in containers(doc):
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    refs.append(("Secret", ref["name"]))
+            url = env_of(container).get("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", {}).get("value")
+            if url:
+                refs.append(("Service", re.match(r"http://([^:/]+)", url).group(1)))  # type: ignore[union-attr]
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    refs.append(("Service", sts["spec"]["serviceName"]))
+    for binding in (d for d in docs if d["kind"] == "RoleBinding"):
+        refs.append(("Role", binding["roleRef"]["name"]))
+        refs += [("ServiceAccount", s["name"]) for s in binding["subjects"]]
+    settings = platform_json(docs, "yellowlive")
+    refs.append(("Service", settings["merge"]["host"]))
+    refs.append(("ConfigMap", settings["kubernetes"]["modelConfigMap"]))
+    refs += [("Secret", e["secret"]) for e in settings["secretEnv"]]
+    missing = {r for r in refs if r not in rendered}
+    assert not missing, missing
+
+
+def test_short_names_are_unchanged(defaults: Docs) -> None:
+    names = {d["metadata"]["name"] for d in defaults}
+    assert {"mvp-datasurface-airflow-api-server", "mvp-datasurface-postgresql",
+            "mvp-datasurface-dags-yellowlive"} <= names
+
+
+# --- the migration Job ----------------------------------------------------------------------------
+
+
+def migrate_job(docs: Docs) -> dict[str, Any]:
+    [job] = [d for d in docs if d["kind"] == "Job"]
+    return job
+
+
+def test_migration_job_is_named_after_what_it_runs(defaults: Docs, render: Render) -> None:
+    name = migrate_job(defaults)["metadata"]["name"]
+    assert re.fullmatch(r"mvp-datasurface-airflow-migrate-[0-9a-f]{10}", name), name
+    assert migrate_job(render_chart())["metadata"]["name"] == name, "the same spec, the same Job"
+    unrelated = render({"simulator": {"verbose": True}, "platforms": [
+        {"name": "Other", "mode": "live", "stores": ["Store1"], "schedule": "@daily"}]})
+    assert migrate_job(unrelated)["metadata"]["name"] == name
+    new_image = migrate_job(render({"airflow": {"image": {"tag": "3.3.3"}}}))
+    assert new_image["metadata"]["name"] != name, "a new Airflow image is a new Job (its pod template is immutable)"
+    assert new_image["spec"]["template"]["spec"]["containers"][0]["image"] == "apache/airflow:3.3.3"
+
+
+def test_no_name_follows_the_revision() -> None:
+    """`helm template` always renders revision 1, so a name built from the revision would differ between
+    `helm upgrade` and `helm template | kubectl apply`: no template may use it."""
+    for path in (CHART_DIR / "templates").rglob("*"):
+        if path.is_file():
+            assert ".Release.Revision" not in path.read_text(), path
