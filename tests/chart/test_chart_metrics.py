@@ -165,7 +165,7 @@ def test_the_stale_allowance_is_the_schedules_gap_plus_a_run_plus_grace() -> Non
 
 
 def test_a_schedule_that_never_repeats_has_no_stale_alert() -> None:
-    rules = rules_of([{"name": "Once", "schedule": "@once"}, {"name": "Never", "schedule": "None"}])
+    rules = rules_of([{"name": "Once", "schedule": "@once"}, {"name": "Never", "schedule": None}])
     assert [r["alert"] for r in rules] == ["DataSurfaceStreamFailing", "DataSurfaceExporterDown",
                                            "DataSurfaceMergeDatabaseUnreachable"]
 
@@ -173,14 +173,15 @@ def test_a_schedule_that_never_repeats_has_no_stale_alert() -> None:
 def test_an_allowance_that_cannot_be_derived_fails_unless_given() -> None:
     values = {"platforms": [{"name": "P", "mode": "live", "stores": ["Store1"], "schedule": "0 0 * *"}],
               "metrics": {**CRDS, "prometheusRule": {"enabled": True}}}
-    assert 'cannot derive an allowance from schedule "0 0 * *"' in helm_error(values)
+    assert 'schedule "0 0 * *": not a cron expression' in helm_error(values)
+    values["platforms"][0]["schedule"] = "0 0 * * *"  # type: ignore[index]
     values["metrics"]["prometheusRule"]["staleAfterSeconds"] = {"P": 5000}  # type: ignore[index]
     rule = find(render_chart(values), "PrometheusRule", "mvp-datasurface-exporter")
     assert rule["spec"]["groups"][0]["rules"][0]["expr"].endswith("> 5000")
     values["metrics"]["prometheusRule"]["staleAfterSeconds"] = {"Q": 5000}  # type: ignore[index]
     values["platforms"][0]["schedule"] = "@hourly"  # type: ignore[index]
     assert 'staleAfterSeconds: "Q" is not a platform name' in helm_error(values)
-    assert "unknown schedule preset" in helm_error(
+    assert 'schedule "@fortnightly": unknown preset' in helm_error(
         {"platforms": [{"name": "P", "mode": "live", "stores": ["S"], "schedule": "@fortnightly"}],
          "metrics": {**CRDS, "prometheusRule": {"enabled": True}}})
 

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from helm import CHART_DIR, render_chart, run_helm
+import yaml
+from helm import CHART_DIR, CI_VALUES, ci_id, render_chart, run_helm
 
 Docs = list[dict[str, Any]]
 Render = Callable[..., Docs]
@@ -162,3 +163,120 @@ def test_no_name_follows_the_revision() -> None:
     for path in (CHART_DIR / "templates").rglob("*"):
         if path.is_file():
             assert ".Release.Revision" not in path.read_text(), path
+
+
+# --- foot-guns ------------------------------------------------------------------------------------
+
+
+def simulators(docs: Docs) -> list[str]:
+    return [d["metadata"]["name"] for d in docs if d["kind"] == "Deployment" and "simulator" in d["metadata"]["name"]]
+
+
+@pytest.mark.parametrize(("enabled", "bundled", "runs"), [
+    ("auto", True, True), ("auto", False, False), (True, False, True), (False, True, False), (True, True, True),
+])
+def test_simulator_auto_runs_only_against_the_bundled_database(render: Render, enabled: Any, bundled: bool,
+                                                                 runs: bool) -> None:
+    values: dict[str, Any] = {"simulator": {"enabled": enabled}}
+    if not bundled:
+        values.update(EXTERNAL_DB)
+    assert bool(simulators(render(values))) is runs
+
+
+def test_simulator_defaults_to_auto(defaults: Docs) -> None:
+    assert yaml.safe_load((CHART_DIR / "values.yaml").read_text())["simulator"]["enabled"] == "auto"
+    assert simulators(defaults) == ["mvp-datasurface-simulator"]
+
+
+def role_subjects(docs: Docs) -> list[dict[str, Any]]:
+    [binding] = [d for d in docs if d["kind"] == "RoleBinding"]
+    subjects: list[dict[str, Any]] = binding["subjects"]
+    return subjects
+
+
+def test_pod_launcher_is_bound_to_the_schedulers_own_account(defaults: Docs) -> None:
+    [scheduler] = [d for d in defaults if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-scheduler")]
+    assert role_subjects(defaults) == [{"kind": "ServiceAccount", "name": pod_spec(scheduler)["serviceAccountName"],
+                                        "namespace": "default"}]
+    assert pod_spec(scheduler)["serviceAccountName"] != "default"
+
+
+def test_an_existing_airflow_binds_only_its_own_account(render: Render) -> None:
+    [values_file] = [p for p in CI_VALUES if ci_id(p) == "airflow-disabled"]
+    subjects = role_subjects(render(values_file=values_file))
+    assert subjects == [{"kind": "ServiceAccount", "name": "airflow-worker", "namespace": "airflow"}]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "airflow.serviceAccount.create=false"], "airflow.serviceAccount.name: the pod-launching Role would "
+                                                       "be bound to the namespace's default ServiceAccount"),
+    (["--set", "airflow.serviceAccount.create=false", "--set", "airflow.serviceAccount.name=default"],
+     "airflow.serviceAccount.name: the pod-launching Role would be bound"),
+    (["--set", "airflow.enabled=false", "--set", "airflow.serviceAccount.create=false"],
+     "rbac.create: the pod-launching Role has no subject"),
+    (["--set", "rbac.extraSubjects[0].kind=ServiceAccount", "--set", "rbac.extraSubjects[0].name=default"],
+     "rbac.extraSubjects: the pod-launching Role is never bound to a default ServiceAccount"),
+])
+def test_the_default_service_account_never_gets_the_pod_launcher(args: list[str], message: str) -> None:
+    assert message in helm_fails(args)
+
+
+def test_a_configured_git_token_secret_is_required(render: Render) -> None:
+    """A missing Secret fails the job pod (and the local runner's scheduler): never a clone without it."""
+    docs = render({"model": {"repo": "https://git.example/m.git", "tokenSecret": {"name": "git", "key": "token"}},
+                   "platformDefaults": {"runner": "local"}})
+    [token] = [e for e in platform_json(docs, "yellowlive")["secretEnv"] if e["name"] == "DATASURFACE_GIT_TOKEN"]
+    assert token == {"name": "DATASURFACE_GIT_TOKEN", "secret": "git", "key": "token"}
+    for doc in workloads(docs):
+        for container in containers(doc):
+            ref = env_of(container).get("DATASURFACE_GIT_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                assert ref == {"name": "git", "key": "token"}, doc["metadata"]["name"]
+
+
+GOOD_SCHEDULES = ["@hourly", "@daily", "@once", "@continuous", "@weekly", "@monthly", "@yearly", None,
+                  "*/15 * * * *", "0 3 * * MON-FRI", "5,35 1-5/2 1 JAN,JUL 0", "0 0 L * *", "0 0 * * 5#2"]
+BAD_SCHEDULES = [("every hour", "not a cron expression"), ("@hourl", "unknown preset"),
+                 ("61 * * * *", "minute 61 is out of range 0-59"), ("0 24 * * *", "hour 24 is out of range 0-23"),
+                 ("0 0 0 * *", "day of month 0 is out of range 1-31"), ("0 0 * 13 *", "month 13 is out of range"),
+                 ("* * * *", "not a cron expression"), ("0 0 * * * *", "not a cron expression"),
+                 ("0 0 ! * *", "day of month field \"!\" is not valid cron syntax"), ("None", "not a cron expression")]
+
+
+def one_platform(schedule: Any, **extra: Any) -> dict[str, Any]:
+    return {"platforms": [{"name": "Ledger", "mode": "live", "stores": ["Store1"], "schedule": schedule, **extra}]}
+
+
+@pytest.mark.parametrize("schedule", GOOD_SCHEDULES)
+def test_good_schedules_render(schedule: Any) -> None:
+    docs = render_chart(one_platform(schedule), show_only="templates/dags/configmaps.yaml")
+    assert platform_json(docs, "ledger")["schedule"] == schedule
+
+
+@pytest.mark.parametrize(("schedule", "reason"), BAD_SCHEDULES)
+def test_a_bad_schedule_fails_naming_the_platform(schedule: str, reason: str, tmp_path: Any) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(one_platform(schedule)))
+    [line] = [x for x in helm_fails(["--values", str(values)]).splitlines() if x.startswith("Error")]
+    assert f'platform "Ledger": schedule "{schedule}": {reason}' in line
+
+
+def test_a_bad_infrastructure_schedule_fails_naming_the_key(tmp_path: Any) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(one_platform("@hourly", infrastructureSchedule="@sometimes")))
+    assert 'platform "Ledger": infrastructureSchedule "@sometimes": unknown preset' in helm_fails(
+        ["--values", str(values)])
+    assert 'platformDefaults.infrastructureSchedule "daily": not a cron expression' in helm_fails(
+        ["--set", "platformDefaults.infrastructureSchedule=daily"])
+
+
+@pytest.mark.parametrize("key", ["airflow.image.tag", "postgresql.image.tag"])
+@pytest.mark.parametrize("tag", ["", " "])
+def test_an_empty_image_tag_fails_naming_the_key(key: str, tag: str) -> None:
+    stderr = helm_fails(["--set-string", f"{key}={tag}"])
+    assert f"{key} is empty: set the image tag" in stderr
+
+
+def test_the_job_image_tag_defaults_to_the_app_version(defaults: Docs) -> None:
+    version = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["appVersion"]
+    assert platform_json(defaults, "yellowlive")["kubernetes"]["image"].endswith(f":{version}")

@@ -115,7 +115,8 @@ def test_selectors_have_no_chart_version(defaults: Docs) -> None:
 
 def test_postgresql_disabled(render: Render) -> None:
     docs = render(EXTERNAL_DB)
-    assert kinds(docs) == DEFAULT_OBJECTS - POSTGRESQL_OBJECTS
+    # simulator.enabled auto: never against an external (the user's own) database
+    assert kinds(docs) == DEFAULT_OBJECTS - POSTGRESQL_OBJECTS - {("Deployment", "mvp-datasurface-simulator")}
 
 
 def test_airflow_disabled_keeps_dag_configmaps_and_rbac(render: Render) -> None:
@@ -249,16 +250,14 @@ def test_model_repo_and_token(render: Render) -> None:
     settings = platform_json(docs, "yellowlive")
     assert settings["model"] == {"repo": "https://git.example/m.git", "ref": "v2", "path": "m/ds.yaml"}
     assert settings["kubernetes"]["modelConfigMap"] is None
-    assert settings["secretEnv"][-1] == {"name": "DATASURFACE_GIT_TOKEN", "secret": "git", "key": "token",
-                                         "optional": True}
+    assert settings["secretEnv"][-1] == {"name": "DATASURFACE_GIT_TOKEN", "secret": "git", "key": "token"}
     assert ("ConfigMap", "mvp-datasurface-model") not in kinds(docs)
     check = find(docs, "Pod", "mvp-datasurface-check")
     env = env_of(check["spec"]["containers"][0])
     assert env["DATASURFACE_MODEL"]["value"] == "https://git.example/m.git"
     assert env["DATASURFACE_MODEL_REF"]["value"] == "v2"
     assert env["DATASURFACE_MODEL_PATH"]["value"] == "m/ds.yaml"
-    assert env["DATASURFACE_GIT_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "git", "key": "token",
-                                                                         "optional": True}
+    assert env["DATASURFACE_GIT_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "git", "key": "token"}
     assert not [v for v in check["spec"]["volumes"] if v["name"] == "model"]
 
 
@@ -306,7 +305,7 @@ def test_slack_webhook(render: Render) -> None:
 
 
 def test_external_database(render: Render) -> None:
-    docs = render(EXTERNAL_DB)
+    docs = render({**EXTERNAL_DB, "simulator": {"enabled": True}})
     settings = platform_json(docs, "yellowlive")
     assert settings["merge"] == {"host": "db.example", "port": 6543, "database": "mrg", "credential": "merge"}
     assert {e["secret"] for e in settings["secretEnv"]} == {"dbcreds"}
@@ -661,7 +660,7 @@ def test_local_runner_with_a_model_repo_mounts_no_model(render: Render) -> None:
     docs = render({"platforms": LOCAL, "model": {"repo": "https://example.test/m.git",
                                                  "tokenSecret": {"name": "git", "key": "token"}}})
     refs = secret_refs(scheduler(docs))
-    assert refs["DATASURFACE_GIT_TOKEN"] == {"name": "git", "key": "token", "optional": True}
+    assert refs["DATASURFACE_GIT_TOKEN"] == {"name": "git", "key": "token"}
     assert "model" not in {m["name"] for m in scheduler(docs)["volumeMounts"]}
 
 

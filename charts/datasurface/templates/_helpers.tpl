@@ -55,12 +55,75 @@ app.kubernetes.io/part-of: datasurface
 {{- end -}}
 
 {{/* Images ---------------------------------------------------------------------------------------- */}}
+{{/* "repository:tag"; an empty tag fails naming its key, so no pod is ever made with "repo:".
+     Call with (dict "image" .Values.x.image "key" "x.image" ["fallback" default-tag]). */}}
+{{- define "datasurface.image" -}}
+{{- $tag := .image.tag | default .fallback | default "" | toString | trim -}}
+{{- if not $tag -}}
+{{- fail (printf "%s.tag is empty: set the image tag (a version, e.g. --set %s.tag=1.2.3)" .key .key) -}}
+{{- end -}}
+{{- printf "%s:%s" .image.repository $tag -}}
+{{- end -}}
+
 {{- define "datasurface.jobImage" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- include "datasurface.image" (dict "image" .Values.image "key" "image" "fallback" .Chart.AppVersion) -}}
 {{- end -}}
 
 {{- define "datasurface.airflowImage" -}}
-{{- printf "%s:%s" .Values.airflow.image.repository .Values.airflow.image.tag -}}
+{{- include "datasurface.image" (dict "image" .Values.airflow.image "key" "airflow.image") -}}
+{{- end -}}
+
+{{- define "datasurface.postgresqlImage" -}}
+{{- include "datasurface.image" (dict "image" .Values.postgresql.image "key" "postgresql.image") -}}
+{{- end -}}
+
+{{/* "true" when the simulator runs: `auto` runs it only against the bundled PostgreSQL (it creates and
+     changes tables in the source database, which must never be a user's own). */}}
+{{- define "datasurface.simulator.enabled" -}}
+{{- $on := toString .Values.simulator.enabled -}}
+{{- if or (eq $on "true") (and (eq $on "auto") .Values.postgresql.enabled) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Fails naming the platform when its schedule (key "schedule" or "infrastructureSchedule") is not one
+     Airflow accepts. Call with (dict "platform" . "key" "schedule"). */}}
+{{- define "datasurface.checkSchedule" -}}
+{{- $value := get .platform .key -}}
+{{- with include "datasurface.scheduleProblem" $value -}}
+{{- fail (printf "platform %q: %s %q: %s" $.platform.name $.key $value .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Why a schedule is not one Airflow accepts ("" when it is): null, a preset, or 5 cron fields. */}}
+{{- define "datasurface.scheduleProblem" -}}
+{{- $presets := list "@once" "@continuous" "@hourly" "@daily" "@midnight" "@weekly" "@monthly" "@quarterly" "@yearly" "@annually" -}}
+{{- if kindIs "invalid" . -}}
+{{- else if not (kindIs "string" .) -}}must be a string or null
+{{- else if hasPrefix "@" . -}}
+{{- if not (has . $presets) -}}unknown preset (known: {{ join " " $presets }}){{- end -}}
+{{- else -}}
+{{- $fields := splitList " " (regexReplaceAll "\\s+" (trim .) " ") -}}
+{{- if ne (len $fields) 5 -}}not a cron expression (5 fields: minute hour day-of-month month day-of-week) or a preset such as @hourly
+{{- else -}}
+{{- $names := list "minute" "hour" "day of month" "month" "day of week" -}}
+{{- $low := list 0 0 1 1 0 -}}
+{{- $high := list 59 23 31 12 7 -}}
+{{- $problem := "" -}}
+{{- range $i, $field := $fields -}}
+{{- range $part := splitList "," $field -}}
+{{- if not (regexMatch "^(\\*|\\?|[0-9]+(-[0-9]+)?|[A-Za-z]{3}(-[A-Za-z]{3})?|L|[0-9]*[LW]|[0-9]+#[1-5])(/[1-9][0-9]*)?$" $part) -}}
+{{- $problem = $problem | default (printf "%s field %q is not valid cron syntax" (index $names $i) $part) -}}
+{{- else if not (regexMatch "#" $part) -}}
+{{- range $n := regexFindAll "[0-9]+" (regexReplaceAll "/.*$" $part "") -1 -}}
+{{- if or (lt (atoi $n) (index $low $i)) (gt (atoi $n) (index $high $i)) -}}
+{{- $problem = $problem | default (printf "%s %s is out of range %d-%d" (index $names $i) $n (index $low $i) (index $high $i)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $problem -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Databases ------------------------------------------------------------------------------------- */}}
@@ -123,7 +186,8 @@ app.kubernetes.io/part-of: datasurface
 {{- $entries = append $entries (dict "name" (printf "%s_PASSWORD" $prefix) "secret" $secret "key" $cred.passwordKey) -}}
 {{- end -}}
 {{- with (include "datasurface.gitTokenSecret" . | fromJson) -}}
-{{- $entries = append $entries (dict "name" "DATASURFACE_GIT_TOKEN" "secret" .name "key" .key "optional" true) -}}
+{{- /* not optional: a missing Secret fails the pod instead of cloning without the token */ -}}
+{{- $entries = append $entries (dict "name" "DATASURFACE_GIT_TOKEN" "secret" .name "key" .key) -}}
 {{- end -}}
 {{- toJson $entries -}}
 {{- end -}}
