@@ -280,3 +280,62 @@ def test_an_empty_image_tag_fails_naming_the_key(key: str, tag: str) -> None:
 def test_the_job_image_tag_defaults_to_the_app_version(defaults: Docs) -> None:
     version = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["appVersion"]
     assert platform_json(defaults, "yellowlive")["kubernetes"]["image"].endswith(f":{version}")
+
+
+# --- resources ------------------------------------------------------------------------------------
+
+
+def assert_requests_and_limits(resources: dict[str, Any], where: str) -> None:
+    for part in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(resources.get(part, {})), f"{where}: {part} {resources}"
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=ci_id)
+def test_every_container_has_requests_and_limits(values_file: Any, render: Render) -> None:
+    """A namespace whose ResourceQuota covers cpu and memory requires both on every container."""
+    docs = render(values_file=values_file)
+    seen = 0
+    for doc in workloads(docs):
+        for container in containers(doc):
+            assert_requests_and_limits(container.get("resources", {}), f"{doc['metadata']['name']}/{container['name']}")
+            seen += 1
+    assert seen
+    for cm in (d for d in docs if d["kind"] == "ConfigMap" and "platform.json" in d.get("data", {})):
+        settings = json.loads(cm["data"]["platform.json"])
+        assert_requests_and_limits(settings["kubernetes"]["resources"], f"job pods of {settings['platform']}")
+
+
+SETTABLE = [
+    ("postgresql.resources", "StatefulSet", "postgresql", ["postgresql"]),
+    ("airflow.apiServer.resources", "Deployment", "airflow-api-server", ["api-server"]),
+    ("airflow.scheduler.resources", "Deployment", "airflow-scheduler", ["scheduler"]),
+    ("airflow.dagProcessor.resources", "Deployment", "airflow-dag-processor", ["dag-processor"]),
+    ("airflow.migrations.resources", "Job", "airflow-migrate", ["migrate"]),
+    ("airflow.initContainers.resources", "Deployment", "airflow-api-server", ["wait-for-migrations", "auth-passwords"]),
+    ("airflow.initContainers.resources", "Deployment", "airflow-scheduler", ["wait-for-migrations"]),
+    ("simulator.resources", "Deployment", "simulator", ["simulator"]),
+    ("tests.resources", "Pod", "check", ["check"]),
+    ("metrics.resources", "Deployment", "exporter", ["exporter"]),
+]
+
+
+@pytest.mark.parametrize(("key", "kind", "component", "names"), SETTABLE, ids=[f"{s[0]}-{s[2]}" for s in SETTABLE])
+def test_each_containers_resources_are_settable(key: str, kind: str, component: str, names: list[str]) -> None:
+    wanted = {"requests": {"cpu": "7m", "memory": "77Mi"}, "limits": {"cpu": "77m", "memory": "777Mi"}}
+    values: dict[str, Any] = {"metrics": {"enabled": True}}
+    node = values
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = wanted
+    docs = render_chart(values)
+    [doc] = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(f"mvp-datasurface-{component}")]
+    by_name = {c["name"]: c for c in containers(doc)}
+    for name in names:
+        assert by_name[name]["resources"] == wanted, name
+
+
+def test_job_pod_resources_are_settable(render: Render) -> None:
+    wanted = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
+    docs = render({"jobs": {"resources": wanted}})
+    assert platform_json(docs, "yellowlive")["kubernetes"]["resources"] == wanted

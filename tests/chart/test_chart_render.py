@@ -192,7 +192,7 @@ def test_platform_json_defaults(defaults: Docs) -> None:
             "imagePullPolicy": "IfNotPresent",
             "imagePullSecrets": [],
             "serviceAccountName": None,
-            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
             "labels": {"app.kubernetes.io/part-of": "datasurface", "app.kubernetes.io/instance": "mvp",
                        "app.kubernetes.io/component": "job"},
             "startupTimeoutSeconds": 300,

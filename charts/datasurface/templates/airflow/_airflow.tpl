@@ -78,6 +78,10 @@
     {{- include "datasurface.airflow.env" . | nindent 4 }}
     - name: CONNECTION_CHECK_MAX_COUNT
       value: "100"
+  {{- with .Values.airflow.initContainers.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   volumeMounts:
     - name: tmp
       mountPath: /tmp
@@ -161,6 +165,10 @@ spec:
             {{- /* the image's entrypoint waits for the database (3 s a try) before migrating */}}
             - name: CONNECTION_CHECK_MAX_COUNT
               value: "100"
+          {{- with $af.migrations.resources }}
+          resources:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
           volumeMounts:
             - name: tmp
               mountPath: /tmp
