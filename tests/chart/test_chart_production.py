@@ -339,3 +339,111 @@ def test_job_pod_resources_are_settable(render: Render) -> None:
     wanted = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
     docs = render({"jobs": {"resources": wanted}})
     assert platform_json(docs, "yellowlive")["kubernetes"]["resources"] == wanted
+
+
+# --- TLS to an external PostgreSQL ----------------------------------------------------------------
+
+CA_FILE = "/etc/datasurface/db-ca/ca.crt"
+
+
+def database_clients(docs: Docs) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(workload, container) for every container that logs in to the database."""
+    for doc in workloads(docs):
+        for container in containers(doc):
+            env = env_of(container)
+            if {"PGPASSWORD", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "MERGE_PASSWORD", "SOURCE_PASSWORD"} & set(env):
+                yield doc, container
+
+
+def test_every_database_client_verifies_the_external_server(render: Render) -> None:
+    [values_file] = [p for p in CI_VALUES if ci_id(p) == "external-tls"]
+    docs = render(values_file=values_file)
+    clients = list(database_clients(docs))
+    names = {(d["metadata"]["name"].removeprefix("mvp-datasurface-"), c["name"]) for d, c in clients}
+    assert {("airflow-api-server", "api-server"), ("airflow-api-server", "wait-for-migrations"),
+            ("airflow-scheduler", "scheduler"), ("airflow-dag-processor", "dag-processor"),
+            ("simulator", "simulator"), ("exporter", "exporter"), ("check", "check")} <= names, names
+    assert any(n[0].startswith("airflow-migrate-") for n in names)
+    for doc, container in clients:
+        where = f"{doc['metadata']['name']}/{container['name']}"
+        env = env_of(container)
+        assert env["PGSSLMODE"]["value"] == "verify-full", where
+        assert env["PGSSLROOTCERT"]["value"] == CA_FILE, where
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/datasurface/db-ca"]
+        assert mount["readOnly"] is True
+        [volume] = [v for v in pod_spec(doc)["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == "datasurface-db-ca", where
+        assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}], where
+    settings = platform_json(docs, "yellowlive")
+    assert settings["env"] == {"PGSSLMODE": "verify-full", "PGSSLROOTCERT": CA_FILE}
+    assert settings["kubernetes"]["secretMounts"] == [
+        {"secret": "datasurface-db-ca", "key": "ca.crt", "mountPath": "/etc/datasurface/db-ca", "path": "ca.crt"}]
+
+
+def test_ssl_mode_alone_reaches_every_client(render: Render) -> None:
+    docs = render({**EXTERNAL_DB, "externalDatabase": {**EXTERNAL_DB["externalDatabase"], "sslMode": "require"},
+                   "simulator": {"enabled": True}})
+    clients = list(database_clients(docs))
+    assert len(clients) >= 8
+    for doc, container in clients:
+        env = env_of(container)
+        assert env["PGSSLMODE"]["value"] == "require" and "PGSSLROOTCERT" not in env, doc["metadata"]["name"]
+        assert not [m for m in container["volumeMounts"] if "db-ca" in m["mountPath"]]
+    assert platform_json(docs, "yellowlive")["env"] == {"PGSSLMODE": "require"}
+    assert platform_json(docs, "yellowlive")["kubernetes"]["secretMounts"] == []
+
+
+def test_the_bundled_database_gets_no_tls_settings(defaults: Docs) -> None:
+    for doc, container in database_clients(defaults):
+        assert not {"PGSSLMODE", "PGSSLROOTCERT"} & set(env_of(container)), doc["metadata"]["name"]
+    assert platform_json(defaults, "yellowlive")["env"] == {}
+
+
+@pytest.mark.parametrize("mode", ["verify-ca", "verify-full"])
+def test_verifying_the_server_needs_a_ca(mode: str) -> None:
+    stderr = helm_fails(["--set", "postgresql.enabled=false", "--set", "externalDatabase.host=h",
+                         "--set", "externalDatabase.existingSecret=s", "--set", f"externalDatabase.sslMode={mode}"])
+    assert f"externalDatabase.sslMode {mode} verifies the server's certificate: set externalDatabase.caSecret.name" \
+        in stderr
+
+
+def test_airflow_login_is_never_inside_its_database_url(defaults: Docs) -> None:
+    for _, container in database_clients(defaults):
+        env = env_of(container)
+        if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in env:
+            continue
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]["value"] == \
+            "postgresql+psycopg2://mvp-datasurface-postgresql:5432/airflow_db"
+        assert env["PGUSER"]["valueFrom"]["secretKeyRef"] == {"name": "mvp-datasurface-postgresql",
+                                                              "key": "airflow-username"}
+        assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mvp-datasurface-postgresql",
+                                                                  "key": "airflow-password"}
+
+
+def test_any_password_logs_airflow_in(pg_server: Any, render: Render, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rendered Airflow connection (URL + PGUSER/PGPASSWORD) against a real PostgreSQL, with a password
+    of the characters a URL would need escaped."""
+    import secrets
+
+    import sqlalchemy
+
+    user, password = f"af_{secrets.token_hex(3)}", "p@ss/w:rd% with spaces?#&=" + secrets.token_hex(2)
+    pg_server.create_role(user, password)
+    database = f"afdb_{secrets.token_hex(3)}"
+    pg_server.create_database(database, owner=user)
+    docs = render({"postgresql": {"enabled": False}, "externalDatabase": {
+        "host": "db.example", "port": pg_server.port, "airflowDatabase": database, "existingSecret": "s"}})
+    [(_, scheduler)] = [(d, c) for d, c in database_clients(docs) if c["name"] == "scheduler"]
+    env = env_of(scheduler)
+    secret_values = {"airflow-username": user, "airflow-password": password}
+    process_env = {name: secret_values[e["valueFrom"]["secretKeyRef"]["key"]]
+                   for name, e in env.items() if e.get("valueFrom", {}).get("secretKeyRef", {}).get("key")
+                   in secret_values}
+    assert set(process_env) == {"PGUSER", "PGPASSWORD"}
+    url = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]["value"]
+    for name, value in process_env.items():
+        monkeypatch.setenv(name, value)
+    # the server listens on its socket only: point the host there, keep everything else as rendered
+    engine = sqlalchemy.create_engine(url, connect_args={"host": pg_server.socket_dir}, poolclass=sqlalchemy.NullPool)
+    with engine.connect() as conn:
+        assert conn.execute(sqlalchemy.text("SELECT current_user, current_database()")).one() == (user, database)

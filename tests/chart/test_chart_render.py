@@ -179,6 +179,7 @@ def test_platform_json_defaults(defaults: Docs) -> None:
         "model": {"repo": "/model", "ref": None, "path": "datasurface.yaml"},
         "merge": {"host": "mvp-datasurface-postgresql", "port": 5432, "database": "merge_db",
                   "credential": "merge"},
+        "env": {},
         "secretEnv": [
             {"name": "MERGE_USER", "secret": "mvp-datasurface-postgresql", "key": "merge-username"},
             {"name": "MERGE_PASSWORD", "secret": "mvp-datasurface-postgresql", "key": "merge-password"},
@@ -202,6 +203,7 @@ def test_platform_json_defaults(defaults: Docs) -> None:
             "containerSecurityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                          "capabilities": {"drop": ["ALL"]},
                                          "seccompProfile": {"type": "RuntimeDefault"}},
+            "secretMounts": [],
         },
     }
     assert platform_json(defaults, "yellowforensic")["mode"] == "forensic"
@@ -314,8 +316,8 @@ def test_external_database(render: Render) -> None:
             sim_env["DATASURFACE_SIM_DATABASE"]["value"]) == ("db.example", "6543", "src")
     sched_env = env_of(containers(find(docs, "Deployment", "mvp-datasurface-airflow-scheduler"))[-1])
     assert sched_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]["value"] == (
-        "postgresql+psycopg2://$(AIRFLOW_DB_USER):$(AIRFLOW_DB_PASSWORD)@db.example:6543/afl")
-    assert sched_env["AIRFLOW_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "dbcreds"
+        "postgresql+psycopg2://db.example:6543/afl")
+    assert sched_env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "dbcreds"
     model = yaml.safe_load(find(docs, "ConfigMap", "mvp-datasurface-model")["data"]["datasurface.yaml"])
     assert model["stores"][0]["source"]["host"] == "db.example"
 
@@ -649,7 +651,7 @@ def test_local_runner_gives_the_scheduler_what_a_job_pod_gets(render: Render, va
     refs = secret_refs(main)
     assert {k: v for k, v in refs.items() if k in expected} == expected
     airflow_own = {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET",
-                   "AIRFLOW_DB_USER", "AIRFLOW_DB_PASSWORD"}
+                   "PGUSER", "PGPASSWORD"}
     assert set(refs) == set(expected) | airflow_own
     mount = next(m for m in main["volumeMounts"] if m["name"] == "model")
     assert mount == {"name": "model", "mountPath": settings["model"]["repo"], "readOnly": True}

@@ -150,7 +150,7 @@ def test_three_platforms_without_airflow(tmp_path: Path) -> None:
         assert (merge.retries, merge.retry_delay) == (0, timedelta(seconds=30))
         assert merge.execution_timeout == timedelta(hours=2)  # platformDefaults
         env = env_of(merge)
-        assert env["DATASURFACE_GIT_TOKEN"] == ("secret", "model-git", "token", True)
+        assert env["DATASURFACE_GIT_TOKEN"] == ("secret", "model-git", "token", False)  # a missing Secret fails
         assert (env["DATASURFACE_MODEL"], env["DATASURFACE_MODEL_REF"], env["DATASURFACE_MODEL_PATH"]) == (
             "https://git.example.test/acme/model.git", "v2", "models/ds.yaml")
         assert callable(merge.on_failure_callback) or merge.on_failure_callback  # Slack configured
@@ -167,7 +167,7 @@ def test_three_platforms_without_airflow(tmp_path: Path) -> None:
     assert local.execution_timeout == timedelta(seconds=120)  # the platform's own value
     assert bag.dags["blue_dev_infrastructure"].get_task("setup").execution_timeout == timedelta(seconds=120)
     assert local.job_env["DATASURFACE_MODEL"] == "https://git.example.test/acme/model.git"
-    assert "MERGE_PASSWORD" in local.required_env and "DATASURFACE_GIT_TOKEN" not in local.required_env
+    assert "MERGE_PASSWORD" in local.required_env and "DATASURFACE_GIT_TOKEN" in local.required_env
     assert bag.dags["blue_dev_infrastructure"].schedule == "@weekly"
 
 
@@ -230,6 +230,25 @@ def test_pod_spec_without_model_configmap_and_with_pull_secrets(tmp_path: Path, 
     env = {e["name"]: e for e in spec["containers"][0]["env"]}
     assert env["DATASURFACE_GIT_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert env["DATASURFACE_MODEL_REF"]["value"] == "main"
+
+
+def test_job_pod_of_an_external_tls_database(tmp_path: Path, kubeconfig: Path) -> None:
+    """externalDatabase.sslMode/caSecret reach the job pod: libpq's env and the CA mounted where it points."""
+    from kubernetes.client import ApiClient
+
+    helm = chart_helm()
+    docs = helm.render_chart(values_files=[helm.CHART_DIR / "ci" / "external-tls-values.yaml"])
+    bag = dag_bag(write_dags_folder(platform_configmaps(docs), tmp_path / "dags"))
+    for dag_id, task_id in (("yellowlive__Store1_ingestion", "merge"), ("yellowlive_infrastructure", "setup")):
+        pod = ApiClient().sanitize_for_serialization(bag.dags[dag_id].get_task(task_id).build_pod_request_obj())
+        [container] = pod["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert (env["PGSSLMODE"], env["PGSSLROOTCERT"]) == ("verify-full", "/etc/datasurface/db-ca/ca.crt")
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/datasurface/db-ca"]
+        assert mount["readOnly"] is True
+        [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"] == {"secretName": "datasurface-db-ca", "defaultMode": 0o444,
+                                    "items": [{"key": "ca.crt", "path": "ca.crt"}]}
 
 
 def test_parsing_a_platform_is_fast(default_render: list[dict[str, Any]], tmp_path: Path) -> None:

@@ -157,6 +157,50 @@ app.kubernetes.io/part-of: datasurface
 {{- end -}}
 {{- end -}}
 
+{{/* TLS to an external server: libpq's env for every client (psycopg2 and asyncpg read the same), and
+     the CA certificate's volume and mount. Nothing for the bundled server (it serves no TLS). */}}
+{{- define "datasurface.database.caFolder" -}}
+/etc/datasurface/db-ca
+{{- end -}}
+
+{{- define "datasurface.database.tls" -}}
+{{- $tls := dict -}}
+{{- if not .Values.postgresql.enabled -}}
+{{- $_ := set $tls "PGSSLMODE" .Values.externalDatabase.sslMode -}}
+{{- if .Values.externalDatabase.caSecret.name -}}
+{{- $_ := set $tls "PGSSLROOTCERT" (printf "%s/ca.crt" (include "datasurface.database.caFolder" .)) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $tls -}}
+{{- end -}}
+
+{{- define "datasurface.database.tlsEnv" -}}
+{{- range $name, $value := include "datasurface.database.tls" . | fromJson }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "datasurface.database.caMount" -}}
+{{- if and (not .Values.postgresql.enabled) .Values.externalDatabase.caSecret.name }}
+- name: db-ca
+  mountPath: {{ include "datasurface.database.caFolder" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "datasurface.database.caVolume" -}}
+{{- if and (not .Values.postgresql.enabled) .Values.externalDatabase.caSecret.name }}
+- name: db-ca
+  secret:
+    secretName: {{ .Values.externalDatabase.caSecret.name }}
+    defaultMode: 0444
+    items:
+      - key: {{ .Values.externalDatabase.caSecret.key }}
+        path: ca.crt
+{{- end }}
+{{- end -}}
+
 {{/* Database names: fixed for the bundled server (its init script creates them). */}}
 {{- define "datasurface.database.source" -}}
 {{- ternary "customer_db" .Values.externalDatabase.sourceDatabase .Values.postgresql.enabled -}}
@@ -270,6 +314,7 @@ app.kubernetes.io/part-of: datasurface
   value: {{ .Values.merge.credential | quote }}
 - name: TMPDIR
   value: /tmp
+{{- include "datasurface.database.tlsEnv" . }}
 {{- end -}}
 
 {{/* Airflow --------------------------------------------------------------------------------------- */}}

@@ -37,19 +37,21 @@
     secretKeyRef:
       name: {{ $secret }}
       key: jwt-secret
-- name: AIRFLOW_DB_USER
+{{- /* The login reaches the database drivers (libpq for psycopg2, and asyncpg) as PGUSER/PGPASSWORD,
+       never inside the URL: a password needs no escaping there, and none is in the manifest. */}}
+- name: PGUSER
   valueFrom:
     secretKeyRef:
       name: {{ $dbSecret }}
       key: {{ .Values.airflow.database.usernameKey }}
-- name: AIRFLOW_DB_PASSWORD
+- name: PGPASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ $dbSecret }}
       key: {{ .Values.airflow.database.passwordKey }}
-{{- /* Kubernetes expands $(VAR) from the two env vars above: no password in the manifest. */}}
+{{- include "datasurface.database.tlsEnv" . }}
 - name: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN
-  value: {{ printf "postgresql+psycopg2://$(AIRFLOW_DB_USER):$(AIRFLOW_DB_PASSWORD)@%s:%s/%s" (include "datasurface.database.host" .) (include "datasurface.database.port" .) (include "datasurface.database.airflow" .) | quote }}
+  value: {{ printf "postgresql+psycopg2://%s:%s/%s" (include "datasurface.database.host" .) (include "datasurface.database.port" .) (include "datasurface.database.airflow" .) | quote }}
 {{- with .Values.airflow.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -64,6 +66,24 @@
       name: {{ .name }}
       key: {{ .key }}
 {{- end }}
+{{- end -}}
+
+{{/* The mounts of every Airflow container: /tmp, the task logs, the database CA. */}}
+{{- define "datasurface.airflow.mounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: logs
+  mountPath: /opt/airflow/logs
+{{- include "datasurface.database.caMount" . }}
+{{- end -}}
+
+{{/* Their volumes. */}}
+{{- define "datasurface.airflow.volumes" -}}
+- name: tmp
+  emptyDir: {}
+- name: logs
+  emptyDir: {}
+{{- include "datasurface.database.caVolume" . }}
 {{- end -}}
 
 {{/* Init container: wait until the migration Job has brought the schema to this Airflow's head. */}}
@@ -83,10 +103,7 @@
     {{- toYaml . | nindent 4 }}
   {{- end }}
   volumeMounts:
-    - name: tmp
-      mountPath: /tmp
-    - name: logs
-      mountPath: /opt/airflow/logs
+    {{- include "datasurface.airflow.mounts" . | nindent 4 }}
 {{- end -}}
 
 {{/* The DAGs folder: one projected volume, each platform ConfigMap as its own sub-folder, plus an
@@ -170,13 +187,7 @@ spec:
             {{- toYaml . | nindent 12 }}
           {{- end }}
           volumeMounts:
-            - name: tmp
-              mountPath: /tmp
-            - name: logs
-              mountPath: /opt/airflow/logs
+            {{- include "datasurface.airflow.mounts" . | nindent 12 }}
       volumes:
-        - name: tmp
-          emptyDir: {}
-        - name: logs
-          emptyDir: {}
+        {{- include "datasurface.airflow.volumes" . | nindent 8 }}
 {{- end -}}
