@@ -447,3 +447,99 @@ def test_any_password_logs_airflow_in(pg_server: Any, render: Render, monkeypatc
     engine = sqlalchemy.create_engine(url, connect_args={"host": pg_server.socket_dir}, poolclass=sqlalchemy.NullPool)
     with engine.connect() as conn:
         assert conn.execute(sqlalchemy.text("SELECT current_user, current_database()")).one() == (user, database)
+
+
+# --- NetworkPolicies ------------------------------------------------------------------------------
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Kubernetes' label selector semantics (matchLabels and matchExpressions)."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def policies(docs: Docs) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"].removeprefix("mvp-datasurface-"): d for d in docs if d["kind"] == "NetworkPolicy"}
+
+
+def pod_labels(doc: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = doc["metadata"]["labels"] if doc["kind"] == "Pod" else \
+        doc["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def job_pod_labels(settings: dict[str, Any], store: str) -> dict[str, str]:
+    """What the DAG module labels a job pod with (tests/dags checks the same against the pod it builds)."""
+    return {**settings["kubernetes"]["labels"], "datasurface.io/platform": settings["platform"].lower(),
+            "datasurface.io/store": store}
+
+
+def allowed_from(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    return any(selects(peer["podSelector"], labels) for rule in policy["spec"].get("ingress", [])
+               for peer in rule.get("from", []) if "podSelector" in peer)
+
+
+def test_postgresql_takes_traffic_only_from_this_release(defaults: Docs) -> None:
+    pg = policies(defaults)["postgresql"]
+    [sts] = [d for d in defaults if d["kind"] == "StatefulSet"]
+    assert selects(pg["spec"]["podSelector"], pod_labels(sts))
+    assert pg["spec"]["policyTypes"] == ["Ingress"]
+    assert [p["port"] for r in pg["spec"]["ingress"] for p in r["ports"]] == ["postgresql"]
+    assert {"name": "postgresql", "containerPort": 5432, "protocol": "TCP"} in sts["spec"]["template"]["spec"][
+        "containers"][0]["ports"]
+    for doc in workloads(defaults):
+        if doc["kind"] != "StatefulSet":
+            assert allowed_from(pg, pod_labels(doc)), doc["metadata"]["name"]
+    settings = platform_json(defaults, "yellowlive")
+    assert allowed_from(pg, job_pod_labels(settings, "Store1"))
+    other = render_chart(release="other")
+    for doc in workloads(other):
+        assert not allowed_from(pg, pod_labels(doc)), doc["metadata"]["name"]
+    assert not allowed_from(pg, job_pod_labels(platform_json(other, "yellowlive"), "Store1"))
+
+
+def test_job_pods_keep_access_with_their_own_labels(render: Render) -> None:
+    docs = render({"jobs": {"labels": {"team": "data", "app.kubernetes.io/component": "mine"}}})
+    labels = job_pod_labels(platform_json(docs, "yellowlive"), "Store1")
+    assert labels["team"] == "data"
+    assert allowed_from(policies(docs)["postgresql"], labels)
+
+
+def test_every_pod_of_the_release_is_selected_and_only_servers_take_traffic(render: Render) -> None:
+    docs = render({"metrics": {"enabled": True}})
+    pols = policies(docs)
+    assert set(pols) == {"postgresql", "airflow-api-server", "airflow-scheduler", "exporter", "no-ingress"}
+    pods = {d["metadata"]["name"].removeprefix("mvp-datasurface-"): pod_labels(d) for d in workloads(docs)}
+    pods["job"] = job_pod_labels(platform_json(docs, "yellowlive"), "Store1")
+    for name, labels in pods.items():
+        selected = [p for p, pol in pols.items() if selects(pol["spec"]["podSelector"], labels)]
+        assert len(selected) == 1, (name, selected)
+        open_ports = [port["port"] for rule in pols[selected[0]]["spec"].get("ingress", []) for port in rule["ports"]]
+        expected = {"postgresql": ["postgresql"], "airflow-api-server": ["http"], "airflow-scheduler": ["worker-logs"],
+                    "exporter": ["http-metrics"]}.get(name, [])
+        assert open_ports == expected, name
+    # the api-server and exporter from anywhere; the scheduler's task logs from the api-server only
+    assert all("from" not in r for r in pols["airflow-api-server"]["spec"]["ingress"])
+    assert all("from" not in r for r in pols["exporter"]["spec"]["ingress"])
+    [rule] = pols["airflow-scheduler"]["spec"]["ingress"]
+    assert [selects(rule["from"][0]["podSelector"], labels) for labels in pods.values()].count(True) == 1
+    assert selects(rule["from"][0]["podSelector"], pods["airflow-api-server"])
+
+
+def test_network_policies_can_be_turned_off_or_widened(render: Render) -> None:
+    assert not policies(render({"networkPolicy": {"enabled": False}}))
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "airflow"}}}
+    pg = policies(render({"networkPolicy": {"postgresql": {"extraFrom": [peer]}}}))["postgresql"]
+    assert pg["spec"]["ingress"][0]["from"][-1] == peer
+    assert "postgresql" not in policies(render(EXTERNAL_DB))

@@ -36,12 +36,17 @@ DEFAULT_OBJECTS = {
     ("StatefulSet", "mvp-datasurface-postgresql"),
     ("Job", "mvp-datasurface-airflow-migrate-<hash>"),
     ("Pod", "mvp-datasurface-check"),
+    ("NetworkPolicy", "mvp-datasurface-postgresql"),
+    ("NetworkPolicy", "mvp-datasurface-airflow-api-server"),
+    ("NetworkPolicy", "mvp-datasurface-airflow-scheduler"),
+    ("NetworkPolicy", "mvp-datasurface-no-ingress"),
 }
 POSTGRESQL_OBJECTS = {
     ("Secret", "mvp-datasurface-postgresql"),
     ("ConfigMap", "mvp-datasurface-postgresql-initdb"),
     ("Service", "mvp-datasurface-postgresql"),
     ("StatefulSet", "mvp-datasurface-postgresql"),
+    ("NetworkPolicy", "mvp-datasurface-postgresql"),
 }
 AIRFLOW_OBJECTS = {
     ("ServiceAccount", "mvp-datasurface-airflow"),
@@ -52,6 +57,8 @@ AIRFLOW_OBJECTS = {
     ("Deployment", "mvp-datasurface-airflow-scheduler"),
     ("Deployment", "mvp-datasurface-airflow-dag-processor"),
     ("Job", "mvp-datasurface-airflow-migrate-<hash>"),
+    ("NetworkPolicy", "mvp-datasurface-airflow-api-server"),
+    ("NetworkPolicy", "mvp-datasurface-airflow-scheduler"),
 }
 EXTERNAL_DB = {
     "postgresql": {"enabled": False},

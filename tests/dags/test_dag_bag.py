@@ -232,6 +232,29 @@ def test_pod_spec_without_model_configmap_and_with_pull_secrets(tmp_path: Path, 
     assert env["DATASURFACE_MODEL_REF"]["value"] == "main"
 
 
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """matchLabels and the In operator: what the chart's NetworkPolicies use."""
+    return (all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+            and all(labels.get(e["key"]) in e["values"] for e in selector.get("matchExpressions", [])))
+
+
+def test_network_policies_select_the_job_pods_the_dags_make(default_render: list[dict[str, Any]], tmp_path: Path,
+                                                            kubeconfig: Path) -> None:
+    """The pods KubernetesPodOperator builds reach the bundled PostgreSQL and take no traffic themselves."""
+    from kubernetes.client import ApiClient
+
+    policies = {d["metadata"]["name"]: d["spec"] for d in default_render if d["kind"] == "NetworkPolicy"}
+    postgresql, no_ingress = policies["mvp-datasurface-postgresql"], policies["mvp-datasurface-no-ingress"]
+    peers = [peer["podSelector"] for rule in postgresql["ingress"] for peer in rule["from"]]
+    bag = dag_bag(write_dags_folder(platform_configmaps(default_render), tmp_path / "dags"))
+    for dag_id, task_id in (("yellowlive__Store1_ingestion", "merge"), ("yellowforensic_infrastructure", "setup")):
+        pod = ApiClient().sanitize_for_serialization(bag.dags[dag_id].get_task(task_id).build_pod_request_obj())
+        labels = pod["metadata"]["labels"]
+        assert any(_selects(peer, labels) for peer in peers), labels
+        assert _selects(no_ingress["podSelector"], labels), labels
+        assert not any(_selects(peer, {**labels, "app.kubernetes.io/instance": "other"}) for peer in peers)
+
+
 def test_job_pod_of_an_external_tls_database(tmp_path: Path, kubeconfig: Path) -> None:
     """externalDatabase.sslMode/caSecret reach the job pod: libpq's env and the CA mounted where it points."""
     from kubernetes.client import ApiClient
