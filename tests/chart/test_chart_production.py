@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helm import CHART_DIR, CI_VALUES, ci_id, render_chart, run_helm
+from helm import CHART_DIR, CI_VALUES, ci_id, find, render_chart, run_helm
 
 Docs = list[dict[str, Any]]
 Render = Callable[..., Docs]
@@ -543,3 +543,81 @@ def test_network_policies_can_be_turned_off_or_widened(render: Render) -> None:
     pg = policies(render({"networkPolicy": {"postgresql": {"extraFrom": [peer]}}}))["postgresql"]
     assert pg["spec"]["ingress"][0]["from"][-1] == peer
     assert "postgresql" not in policies(render(EXTERNAL_DB))
+
+
+# --- operators' knobs -----------------------------------------------------------------------------
+
+AIRFLOW_PODS = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-migrate")
+
+
+def airflow_pods(docs: Docs) -> dict[str, dict[str, Any]]:
+    out = {}
+    for doc in workloads(docs):
+        name = doc["metadata"]["name"].removeprefix("mvp-datasurface-")
+        for component in AIRFLOW_PODS:
+            if name.startswith(component):
+                out[component] = doc
+    assert set(out) == set(AIRFLOW_PODS)
+    return out
+
+
+def test_task_logs_persist_on_one_shared_claim(render: Render) -> None:
+    docs = render({"airflow": {"logs": {"persistence": {"enabled": True, "size": "20Gi", "storageClass": "nfs"}}}})
+    pvc = find(docs, "PersistentVolumeClaim", "mvp-datasurface-airflow-logs")
+    assert pvc["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "nfs",
+                           "resources": {"requests": {"storage": "20Gi"}}}
+    for name, doc in airflow_pods(docs).items():
+        [logs] = [v for v in pod_spec(doc)["volumes"] if v["name"] == "logs"]
+        assert logs == {"name": "logs", "persistentVolumeClaim": {"claimName": "mvp-datasurface-airflow-logs"}}, name
+        for container in containers(doc):
+            if container["name"] != "auth-passwords":
+                assert {"name": "logs", "mountPath": "/opt/airflow/logs"} in container["volumeMounts"], name
+    existing = render({"airflow": {"logs": {"persistence": {"enabled": True, "existingClaim": "mine"}}}})
+    assert not [d for d in existing if d["kind"] == "PersistentVolumeClaim" and "logs" in d["metadata"]["name"]]
+    for doc in airflow_pods(existing).values():
+        assert {"name": "logs", "persistentVolumeClaim": {"claimName": "mine"}} in pod_spec(doc)["volumes"]
+
+
+def test_task_logs_are_per_pod_by_default(defaults: Docs) -> None:
+    for doc in airflow_pods(defaults).values():
+        assert {"name": "logs", "emptyDir": {}} in pod_spec(doc)["volumes"]
+    assert not [d for d in defaults if d["kind"] == "PersistentVolumeClaim"]
+
+
+def test_job_pod_placement_and_annotations_reach_platform_json(render: Render) -> None:
+    placement = {
+        "nodeSelector": {"pool": "batch"},
+        "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+        "podAnnotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"},
+    }
+    k8s = platform_json(render({"jobs": placement}), "yellowlive")["kubernetes"]
+    assert (k8s["nodeSelector"], k8s["tolerations"], k8s["affinity"], k8s["annotations"]) == (
+        placement["nodeSelector"], placement["tolerations"], placement["affinity"], placement["podAnnotations"])
+
+
+def test_pod_annotations_and_extra_volumes(render: Render) -> None:
+    volume = {"name": "extra-ca", "configMap": {"name": "corp-ca"}}
+    mount = {"name": "extra-ca", "mountPath": "/etc/corp-ca", "readOnly": True}
+    docs = render({"airflow": {"podAnnotations": {"a": "1"}, "extraVolumes": [volume], "extraVolumeMounts": [mount]},
+                   "postgresql": {"podAnnotations": {"p": "2"}}, "simulator": {"podAnnotations": {"s": "3"}},
+                   "metrics": {"enabled": True, "podAnnotations": {"m": "4"}}})
+    for name, doc in airflow_pods(docs).items():
+        assert doc["spec"]["template"]["metadata"]["annotations"]["a"] == "1", name
+        assert volume in pod_spec(doc)["volumes"], name
+        for container in containers(doc):
+            assert (mount in container["volumeMounts"]) is (container["name"] != "auth-passwords"), name
+    for kind, name, key in (("StatefulSet", "postgresql", "p"), ("Deployment", "simulator", "s"),
+                            ("Deployment", "exporter", "m")):
+        doc = find(docs, kind, f"mvp-datasurface-{name}")
+        assert key in doc["spec"]["template"]["metadata"]["annotations"], name
+    sched = airflow_pods(docs)["airflow-scheduler"]
+    assert "checksum/dags" in sched["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_postgresql_image_is_a_full_version_with_the_pull_secrets(render: Render) -> None:
+    docs = render({"imagePullSecrets": [{"name": "regcred"}]})
+    spec = pod_spec(find(docs, "StatefulSet", "mvp-datasurface-postgresql"))
+    assert re.fullmatch(r"postgres:\d+\.\d+", spec["containers"][0]["image"]), spec["containers"][0]["image"]
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]

@@ -211,6 +211,10 @@ def test_platform_json_defaults(defaults: Docs) -> None:
                                          "capabilities": {"drop": ["ALL"]},
                                          "seccompProfile": {"type": "RuntimeDefault"}},
             "secretMounts": [],
+            "nodeSelector": {},
+            "tolerations": [],
+            "affinity": {},
+            "annotations": {},
         },
     }
     assert platform_json(defaults, "yellowforensic")["mode"] == "forensic"
@@ -398,7 +402,7 @@ def test_rbac_is_exactly_what_the_pod_operator_needs(defaults: Docs, render: Ren
 def test_postgresql_statefulset(defaults: Docs, render: Render) -> None:
     sts = find(defaults, "StatefulSet", "mvp-datasurface-postgresql")
     container = containers(sts)[0]
-    assert re.fullmatch(r"postgres:1[5-8]", container["image"])
+    assert re.fullmatch(r"postgres:1[5-8]\.\d+", container["image"])
     assert container["readinessProbe"]["exec"]["command"][0] == "pg_isready"
     assert container["livenessProbe"]["exec"]["command"][0] == "pg_isready"
     assert pod_spec(sts)["securityContext"]["runAsNonRoot"] is True

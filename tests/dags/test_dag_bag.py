@@ -274,6 +274,26 @@ def test_job_pod_of_an_external_tls_database(tmp_path: Path, kubeconfig: Path) -
                                     "items": [{"key": "ca.crt", "path": "ca.crt"}]}
 
 
+def test_job_pod_placement_and_annotations(tmp_path: Path, kubeconfig: Path) -> None:
+    """jobs.nodeSelector, tolerations, affinity and podAnnotations reach the pod the provider builds."""
+    from kubernetes.client import ApiClient
+
+    jobs = {"nodeSelector": {"pool": "batch"},
+            "tolerations": [{"key": "batch", "operator": "Equal", "value": "yes", "effect": "NoSchedule",
+                             "tolerationSeconds": 60}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+            "podAnnotations": {"example.com/team": "data"}}
+    docs = chart_helm().render_chart(values={"jobs": jobs})
+    bag = dag_bag(write_dags_folder(platform_configmaps(docs), tmp_path / "dags"))
+    pod = ApiClient().sanitize_for_serialization(
+        bag.dags["yellowlive__Store1_ingestion"].get_task("merge").build_pod_request_obj())
+    assert pod["spec"]["nodeSelector"] == jobs["nodeSelector"]
+    assert pod["spec"]["tolerations"] == jobs["tolerations"]
+    assert pod["spec"]["affinity"] == jobs["affinity"]
+    assert pod["metadata"]["annotations"]["example.com/team"] == "data"
+
+
 def test_parsing_a_platform_is_fast(default_render: list[dict[str, Any]], tmp_path: Path) -> None:
     """Parsing touches no database, network or model: well under a second once Airflow is imported."""
     folder = write_dags_folder(platform_configmaps(default_render), tmp_path / "dags") / "yellowlive"

@@ -122,6 +122,10 @@ class KubernetesSettings:
     security_context: Mapping[str, Any] = field(default_factory=dict)
     container_security_context: Mapping[str, Any] = field(default_factory=dict)
     secret_mounts: tuple[SecretMount, ...] = ()
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -293,7 +297,7 @@ _TOP_KEYS = ("version", "platform", "mode", "stores", "schedule", "infrastructur
              "slackWebhookEnv", "kubernetes")
 _K8S_KEYS = ("namespace", "image", "imagePullPolicy", "imagePullSecrets", "serviceAccountName", "resources",
              "labels", "startupTimeoutSeconds", "modelConfigMap", "securityContext",
-             "containerSecurityContext", "secretMounts")
+             "containerSecurityContext", "secretMounts", "nodeSelector", "tolerations", "affinity", "annotations")
 
 
 def parse_settings(data: Any) -> PlatformSettings:
@@ -413,8 +417,18 @@ def _parse_kubernetes(k: _Reader) -> KubernetesSettings:
         if mount.mount_path in {x.mount_path for x in mounts}:
             m.fail(f"duplicate mountPath {mount.mount_path!r}", "mountPath")
         mounts.append(mount)
+    tolerations = []
+    for i, raw in enumerate(k.items("tolerations")):
+        if not isinstance(raw, dict):
+            k.fail(f"must be an object (got {_kind(raw)})", f"tolerations[{i}]")
+        else:
+            tolerations.append(raw)
     settings = KubernetesSettings(
         secret_mounts=tuple(mounts),
+        node_selector=k.mapping("nodeSelector", values=str),
+        tolerations=tuple(tolerations),
+        affinity=k.mapping("affinity", values=dict),
+        annotations=k.mapping("annotations", values=str),
         image=k.string("image", required=True),
         namespace=k.string("namespace", nullable=True, pattern=_K8S_NAME),
         image_pull_policy=k.string("imagePullPolicy", default="IfNotPresent", choices=_PULL_POLICIES),
@@ -596,6 +610,11 @@ def _kubernetes_job(settings: PlatformSettings, *, task_id: str, name: str, args
         volume_mounts=mounts,
         security_context=dict(k.security_context) or None,
         container_security_context=dict(k.container_security_context) or None,
+        # placement as Kubernetes writes it (camelCase dicts): the provider converts them to its models
+        node_selector=dict(k.node_selector) or None,
+        tolerations=[dict(t) for t in k.tolerations] or None,
+        affinity=dict(k.affinity) or None,
+        annotations=dict(k.annotations) or None,
         on_finish_action="delete_pod",
         do_xcom_push=False,
         get_logs=True,

@@ -75,15 +75,27 @@
 - name: logs
   mountPath: /opt/airflow/logs
 {{- include "datasurface.database.caMount" . }}
+{{- with .Values.airflow.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
-{{/* Their volumes. */}}
+{{/* Their volumes: the task logs on a claim shared by the components when airflow.logs.persistence is on. */}}
 {{- define "datasurface.airflow.volumes" -}}
+{{- $logs := .Values.airflow.logs.persistence -}}
 - name: tmp
   emptyDir: {}
 - name: logs
+  {{- if $logs.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ $logs.existingClaim | default (include "datasurface.airflow.name" (dict "ctx" . "component" "logs")) }}
+  {{- else }}
   emptyDir: {}
+  {{- end }}
 {{- include "datasurface.database.caVolume" . }}
+{{- with .Values.airflow.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{/* Init container: wait until the migration Job has brought the schema to this Airflow's head. */}}
@@ -166,6 +178,10 @@ spec:
     metadata:
       labels:
         {{- include "datasurface.selectorLabels" (dict "ctx" . "component" "migrate") | nindent 8 }}
+      {{- with .Values.airflow.podAnnotations }}
+      annotations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
     spec:
       {{- include "datasurface.airflow.podSpecCommon" . | nindent 6 }}
       automountServiceAccountToken: false
