@@ -621,3 +621,35 @@ def test_postgresql_image_is_a_full_version_with_the_pull_secrets(render: Render
     spec = pod_spec(find(docs, "StatefulSet", "mvp-datasurface-postgresql"))
     assert re.fullmatch(r"postgres:\d+\.\d+", spec["containers"][0]["image"]), spec["containers"][0]["image"]
     assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+# --- the Airflow UI behind an Ingress -------------------------------------------------------------
+
+
+def test_ingress_routes_to_the_api_server(render: Render) -> None:
+    [values_file] = [p for p in CI_VALUES if ci_id(p) == "ingress"]
+    docs = render(values_file=values_file)
+    ingress = find(docs, "Ingress", "mvp-datasurface-airflow-api-server")
+    assert ingress["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt"}
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"hosts": ["airflow.example.com"], "secretName": "airflow-example-com-tls"}]
+    [rule] = ingress["spec"]["rules"]
+    assert rule["host"] == "airflow.example.com"
+    [path] = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/", "Prefix")
+    service = find(docs, "Service", path["backend"]["service"]["name"])
+    assert path["backend"]["service"]["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    api = containers(find(docs, "Deployment", "mvp-datasurface-airflow-api-server"))[-1]
+    assert env_of(api)["AIRFLOW__API__BASE_URL"]["value"] == "https://airflow.example.com/"
+
+
+def test_no_ingress_by_default_and_any_host_without_one(defaults: Docs, render: Render) -> None:
+    assert not [d for d in defaults if d["kind"] == "Ingress"]
+    docs = render({"airflow": {"ingress": {"enabled": True}}})
+    ingress = find(docs, "Ingress", "mvp-datasurface-airflow-api-server")
+    assert "host" not in ingress["spec"]["rules"][0] and "tls" not in ingress["spec"]
+    assert "ingressClassName" not in ingress["spec"]
+    api = containers(find(docs, "Deployment", "mvp-datasurface-airflow-api-server"))[-1]
+    assert "AIRFLOW__API__BASE_URL" not in env_of(api)
+    assert "airflow.ingress.tls.secretName needs airflow.ingress.host" in helm_fails(
+        ["--set", "airflow.ingress.enabled=true", "--set", "airflow.ingress.tls.secretName=x"])

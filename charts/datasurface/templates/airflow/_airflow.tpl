@@ -22,6 +22,12 @@
   value: /opt/airflow/auth/passwords.json
 - name: AIRFLOW_CONFIG
   value: /tmp/airflow.cfg
+{{- with .Values.airflow.ingress }}
+{{- if and .enabled .host }}
+- name: AIRFLOW__API__BASE_URL
+  value: {{ printf "%s://%s/" (ternary "https" "http" (not (empty .tls.secretName))) .host | quote }}
+{{- end }}
+{{- end }}
 - name: AIRFLOW__CORE__FERNET_KEY
   valueFrom:
     secretKeyRef:
