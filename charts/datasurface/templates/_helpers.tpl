@@ -213,7 +213,7 @@ app.kubernetes.io/part-of: datasurface
 {{- end -}}
 
 {{/* Credentials ----------------------------------------------------------------------------------- */}}
-{{/* Env prefix of a credential name (contract §3): upper-cased, [^A-Z0-9] -> _ */}}
+{{/* Env prefix of a credential name (the job's env naming rule): upper-cased, [^A-Z0-9] -> _ */}}
 {{- define "datasurface.credentialPrefix" -}}
 {{- regexReplaceAll "[^A-Z0-9]" (upper .) "_" -}}
 {{- end -}}
@@ -294,7 +294,7 @@ app.kubernetes.io/part-of: datasurface
 {{- toJson $names -}}
 {{- end -}}
 
-{{/* Plain (non-secret) env of job-image pods: the model and the merge database (contract §3). */}}
+{{/* Plain (non-secret) env of job-image pods: the model and the merge database. */}}
 {{- define "datasurface.jobEnv" -}}
 - name: DATASURFACE_MODEL
   value: {{ default (include "datasurface.model.mountPath" .) .Values.model.repo | quote }}

@@ -1,4 +1,4 @@
-"""DataSurface DAGs for one platform (contract §4), driven by `platform.json` next to this file.
+"""DataSurface DAGs for one platform, driven by `platform.json` next to this file.
 
 The chart ships this module unchanged in every platform's ConfigMap, beside that platform's settings
 (`platform.json`, documented in README.md here). At import it validates the settings and defines:

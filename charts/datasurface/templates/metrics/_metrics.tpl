@@ -1,4 +1,4 @@
-{{/* Metrics: the exporter, its ServiceMonitor, alert rules and the Grafana dashboard (contract §6). */}}
+{{/* Metrics: the exporter, its ServiceMonitor, alert rules and the Grafana dashboard. */}}
 {{- define "datasurface.metrics.fullname" -}}
 {{- include "datasurface.componentName" (dict "ctx" . "suffix" "exporter") -}}
 {{- end -}}
