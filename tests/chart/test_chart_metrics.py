@@ -44,7 +44,8 @@ def test_everything_enabled_adds_exactly_these_objects(defaults: Docs, render: R
                                                                             for d in defaults}
     assert added == EXPORTER_OBJECTS | {("ServiceMonitor", "mvp-datasurface-exporter"),
                                         ("PrometheusRule", "mvp-datasurface-exporter"),
-                                        ("ConfigMap", "mvp-datasurface-dashboard")}
+                                        ("ConfigMap", "mvp-datasurface-dashboard"),
+                                        ("NetworkPolicy", "mvp-datasurface-exporter")}
 
 
 def test_the_exporter_pod_is_locked_down_and_probed(render: Render) -> None:

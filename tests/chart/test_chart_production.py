@@ -653,3 +653,35 @@ def test_no_ingress_by_default_and_any_host_without_one(defaults: Docs, render: 
     assert "AIRFLOW__API__BASE_URL" not in env_of(api)
     assert "airflow.ingress.tls.secretName needs airflow.ingress.host" in helm_fails(
         ["--set", "airflow.ingress.enabled=true", "--set", "airflow.ingress.tls.secretName=x"])
+
+
+# --- the FAB auth manager -------------------------------------------------------------------------
+
+FAB = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+
+
+def test_fab_auth_manager_creates_the_admin_from_the_secret(render: Render) -> None:
+    [values_file] = [p for p in CI_VALUES if ci_id(p) == "fab-ingress"]
+    docs = render(values_file=values_file)
+    for name, doc in airflow_pods(docs).items():
+        for container in containers(doc):
+            env = env_of(container)
+            assert env["AIRFLOW__CORE__AUTH_MANAGER"]["value"] == FAB, (name, container["name"])
+            assert not [e for e in env if e.startswith("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER")], name
+    api = airflow_pods(docs)["airflow-api-server"]
+    assert [c["name"] for c in pod_spec(api)["initContainers"]] == ["wait-for-migrations", "fab-admin"]
+    [admin] = [c for c in pod_spec(api)["initContainers"] if c["name"] == "fab-admin"]
+    env = env_of(admin)
+    assert env["ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mvp-datasurface-airflow",
+                                                                  "key": "admin-password"}
+    assert (env["ADMIN_USERNAME"]["value"], env["ADMIN_EMAIL"]["value"]) == ("admin", "ops@example.com")
+    assert not [a for a in admin["args"] if "ADMIN_PASSWORD=" in a], "no password on the command line"
+    assert find(docs, "Ingress", "mvp-datasurface-airflow-api-server")["spec"]["rules"][0]["host"] == \
+        "airflow.internal.example"
+
+
+def test_simple_auth_manager_is_the_default(defaults: Docs) -> None:
+    api = airflow_pods(defaults)["airflow-api-server"]
+    assert [c["name"] for c in pod_spec(api)["initContainers"]] == ["wait-for-migrations", "auth-passwords"]
+    env = env_of(pod_spec(api)["containers"][0])
+    assert env["AIRFLOW__CORE__AUTH_MANAGER"]["value"].endswith(".SimpleAuthManager")

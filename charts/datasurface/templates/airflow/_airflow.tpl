@@ -14,12 +14,17 @@
   value: airflow.utils.net.get_host_ip_address
 - name: AIRFLOW__CORE__EXECUTION_API_SERVER_URL
   value: {{ printf "http://%s:%d/execution/" (include "datasurface.airflow.name" (dict "ctx" . "component" "api-server")) (int .Values.airflow.apiServer.service.port) | quote }}
+{{- if eq .Values.airflow.auth.manager "fab" }}
+- name: AIRFLOW__CORE__AUTH_MANAGER
+  value: airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager
+{{- else }}
 - name: AIRFLOW__CORE__AUTH_MANAGER
   value: airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
 - name: AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS
   value: {{ printf "%s:admin" .Values.airflow.adminUsername | quote }}
 - name: AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE
   value: /opt/airflow/auth/passwords.json
+{{- end }}
 - name: AIRFLOW_CONFIG
   value: /tmp/airflow.cfg
 {{- with .Values.airflow.ingress }}
