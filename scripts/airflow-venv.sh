@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates (or reuses) .venv-airflow: a real Airflow 3 (the chart's airflow.image.tag) with the providers
-# the chart's Airflow image has (cncf.kubernetes, postgres), pytest, and then the project itself
+# the chart's Airflow image has (cncf.kubernetes, postgres, fab for airflow.auth.manager fab), pytest, and then the project itself
 # (editable), for the DAG tests in tests/dags and the system tests in tests/system. Idempotent: the slow
 # install is skipped when a stamp keyed by the requirements and pyproject.toml says it is complete.
 #
@@ -25,6 +25,7 @@ requirements=(
   "apache-airflow==$airflow_version"
   "apache-airflow-providers-cncf-kubernetes"
   "apache-airflow-providers-postgres"
+  "apache-airflow-providers-fab"
   "pytest"
   "pytest-timeout"
 )

@@ -44,7 +44,8 @@ def test_everything_enabled_adds_exactly_these_objects(defaults: Docs, render: R
                                                                             for d in defaults}
     assert added == EXPORTER_OBJECTS | {("ServiceMonitor", "mvp-datasurface-exporter"),
                                         ("PrometheusRule", "mvp-datasurface-exporter"),
-                                        ("ConfigMap", "mvp-datasurface-dashboard")}
+                                        ("ConfigMap", "mvp-datasurface-dashboard"),
+                                        ("NetworkPolicy", "mvp-datasurface-exporter")}
 
 
 def test_the_exporter_pod_is_locked_down_and_probed(render: Render) -> None:
@@ -188,7 +189,7 @@ def test_the_stale_allowance_is_the_schedules_gap_plus_a_run_plus_grace() -> Non
 
 
 def test_a_schedule_that_never_repeats_has_no_stale_alert() -> None:
-    rules = rules_of([{"name": "Once", "schedule": "@once"}, {"name": "Never", "schedule": "None"}])
+    rules = rules_of([{"name": "Once", "schedule": "@once"}, {"name": "Never", "schedule": None}])
     assert [r["alert"] for r in rules] == ["DataSurfaceStreamFailing", "DataSurfaceExporterDown",
                                            "DataSurfaceMergeDatabaseUnreachable", "DataSurfaceSlotRetainingWAL"]
 
@@ -208,14 +209,15 @@ def test_the_slot_alert_fires_above_metrics_slot_retained_bytes_alert(limit: int
 def test_an_allowance_that_cannot_be_derived_fails_unless_given() -> None:
     values = {"platforms": [{"name": "P", "mode": "live", "stores": ["Store1"], "schedule": "0 0 * *"}],
               "metrics": {**CRDS, "prometheusRule": {"enabled": True}}}
-    assert 'cannot derive an allowance from schedule "0 0 * *"' in helm_error(values)
+    assert 'schedule "0 0 * *": not a cron expression' in helm_error(values)
+    values["platforms"][0]["schedule"] = "0 0 * * *"  # type: ignore[index]
     values["metrics"]["prometheusRule"]["staleAfterSeconds"] = {"P": 5000}  # type: ignore[index]
     rule = find(render_chart(values), "PrometheusRule", "mvp-datasurface-exporter")
     assert rule["spec"]["groups"][0]["rules"][0]["expr"].endswith("> 5000")
     values["metrics"]["prometheusRule"]["staleAfterSeconds"] = {"Q": 5000}  # type: ignore[index]
     values["platforms"][0]["schedule"] = "@hourly"  # type: ignore[index]
     assert 'staleAfterSeconds: "Q" is not a platform name' in helm_error(values)
-    assert "unknown schedule preset" in helm_error(
+    assert 'schedule "@fortnightly": unknown preset' in helm_error(
         {"platforms": [{"name": "P", "mode": "live", "stores": ["S"], "schedule": "@fortnightly"}],
          "metrics": {**CRDS, "prometheusRule": {"enabled": True}}})
 

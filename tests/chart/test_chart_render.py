@@ -34,14 +34,19 @@ DEFAULT_OBJECTS = {
     ("Deployment", "mvp-datasurface-airflow-dag-processor"),
     ("Deployment", "mvp-datasurface-simulator"),
     ("StatefulSet", "mvp-datasurface-postgresql"),
-    ("Job", "mvp-datasurface-airflow-migrate-1"),
+    ("Job", "mvp-datasurface-airflow-migrate-<hash>"),
     ("Pod", "mvp-datasurface-check"),
+    ("NetworkPolicy", "mvp-datasurface-postgresql"),
+    ("NetworkPolicy", "mvp-datasurface-airflow-api-server"),
+    ("NetworkPolicy", "mvp-datasurface-airflow-scheduler"),
+    ("NetworkPolicy", "mvp-datasurface-no-ingress"),
 }
 POSTGRESQL_OBJECTS = {
     ("Secret", "mvp-datasurface-postgresql"),
     ("ConfigMap", "mvp-datasurface-postgresql-initdb"),
     ("Service", "mvp-datasurface-postgresql"),
     ("StatefulSet", "mvp-datasurface-postgresql"),
+    ("NetworkPolicy", "mvp-datasurface-postgresql"),
 }
 AIRFLOW_OBJECTS = {
     ("ServiceAccount", "mvp-datasurface-airflow"),
@@ -51,7 +56,9 @@ AIRFLOW_OBJECTS = {
     ("Deployment", "mvp-datasurface-airflow-api-server"),
     ("Deployment", "mvp-datasurface-airflow-scheduler"),
     ("Deployment", "mvp-datasurface-airflow-dag-processor"),
-    ("Job", "mvp-datasurface-airflow-migrate-1"),
+    ("Job", "mvp-datasurface-airflow-migrate-<hash>"),
+    ("NetworkPolicy", "mvp-datasurface-airflow-api-server"),
+    ("NetworkPolicy", "mvp-datasurface-airflow-scheduler"),
 }
 EXTERNAL_DB = {
     "postgresql": {"enabled": False},
@@ -61,7 +68,8 @@ EXTERNAL_DB = {
 
 
 def kinds(docs: Docs) -> set[tuple[str, str]]:
-    return {(d["kind"], d["metadata"]["name"]) for d in docs}
+    """(kind, name) of each object; the migration Job's spec hash as <hash>."""
+    return {(d["kind"], re.sub(r"-migrate-[0-9a-f]{10}$", "-migrate-<hash>", d["metadata"]["name"])) for d in docs}
 
 
 def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +122,8 @@ def test_selectors_have_no_chart_version(defaults: Docs) -> None:
 
 def test_postgresql_disabled(render: Render) -> None:
     docs = render(EXTERNAL_DB)
-    assert kinds(docs) == DEFAULT_OBJECTS - POSTGRESQL_OBJECTS
+    # simulator.enabled auto: never against an external (the user's own) database
+    assert kinds(docs) == DEFAULT_OBJECTS - POSTGRESQL_OBJECTS - {("Deployment", "mvp-datasurface-simulator")}
 
 
 def test_airflow_disabled_keeps_dag_configmaps_and_rbac(render: Render) -> None:
@@ -177,6 +186,7 @@ def test_platform_json_defaults(defaults: Docs) -> None:
         "model": {"repo": "/model", "ref": None, "path": "datasurface.yaml"},
         "merge": {"host": "mvp-datasurface-postgresql", "port": 5432, "database": "merge_db",
                   "credential": "merge"},
+        "env": {},
         "secretEnv": [
             {"name": "MERGE_USER", "secret": "mvp-datasurface-postgresql", "key": "merge-username"},
             {"name": "MERGE_PASSWORD", "secret": "mvp-datasurface-postgresql", "key": "merge-password"},
@@ -190,7 +200,7 @@ def test_platform_json_defaults(defaults: Docs) -> None:
             "imagePullPolicy": "IfNotPresent",
             "imagePullSecrets": [],
             "serviceAccountName": None,
-            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
             "labels": {"app.kubernetes.io/part-of": "datasurface", "app.kubernetes.io/instance": "mvp",
                        "app.kubernetes.io/component": "job"},
             "startupTimeoutSeconds": 300,
@@ -200,6 +210,11 @@ def test_platform_json_defaults(defaults: Docs) -> None:
             "containerSecurityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                          "capabilities": {"drop": ["ALL"]},
                                          "seccompProfile": {"type": "RuntimeDefault"}},
+            "secretMounts": [],
+            "nodeSelector": {},
+            "tolerations": [],
+            "affinity": {},
+            "annotations": {},
         },
     }
     assert platform_json(defaults, "yellowforensic")["mode"] == "forensic"
@@ -248,16 +263,14 @@ def test_model_repo_and_token(render: Render) -> None:
     settings = platform_json(docs, "yellowlive")
     assert settings["model"] == {"repo": "https://git.example/m.git", "ref": "v2", "path": "m/ds.yaml"}
     assert settings["kubernetes"]["modelConfigMap"] is None
-    assert settings["secretEnv"][-1] == {"name": "DATASURFACE_GIT_TOKEN", "secret": "git", "key": "token",
-                                         "optional": True}
+    assert settings["secretEnv"][-1] == {"name": "DATASURFACE_GIT_TOKEN", "secret": "git", "key": "token"}
     assert ("ConfigMap", "mvp-datasurface-model") not in kinds(docs)
     check = find(docs, "Pod", "mvp-datasurface-check")
     env = env_of(check["spec"]["containers"][0])
     assert env["DATASURFACE_MODEL"]["value"] == "https://git.example/m.git"
     assert env["DATASURFACE_MODEL_REF"]["value"] == "v2"
     assert env["DATASURFACE_MODEL_PATH"]["value"] == "m/ds.yaml"
-    assert env["DATASURFACE_GIT_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "git", "key": "token",
-                                                                         "optional": True}
+    assert env["DATASURFACE_GIT_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "git", "key": "token"}
     assert not [v for v in check["spec"]["volumes"] if v["name"] == "model"]
 
 
@@ -305,7 +318,7 @@ def test_slack_webhook(render: Render) -> None:
 
 
 def test_external_database(render: Render) -> None:
-    docs = render(EXTERNAL_DB)
+    docs = render({**EXTERNAL_DB, "simulator": {"enabled": True}})
     settings = platform_json(docs, "yellowlive")
     assert settings["merge"] == {"host": "db.example", "port": 6543, "database": "mrg", "credential": "merge"}
     assert {e["secret"] for e in settings["secretEnv"]} == {"dbcreds"}
@@ -314,8 +327,8 @@ def test_external_database(render: Render) -> None:
             sim_env["DATASURFACE_SIM_DATABASE"]["value"]) == ("db.example", "6543", "src")
     sched_env = env_of(containers(find(docs, "Deployment", "mvp-datasurface-airflow-scheduler"))[-1])
     assert sched_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]["value"] == (
-        "postgresql+psycopg2://$(AIRFLOW_DB_USER):$(AIRFLOW_DB_PASSWORD)@db.example:6543/afl")
-    assert sched_env["AIRFLOW_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "dbcreds"
+        "postgresql+psycopg2://db.example:6543/afl")
+    assert sched_env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "dbcreds"
     model = yaml.safe_load(find(docs, "ConfigMap", "mvp-datasurface-model")["data"]["datasurface.yaml"])
     assert model["stores"][0]["source"]["host"] == "db.example"
 
@@ -389,7 +402,7 @@ def test_rbac_is_exactly_what_the_pod_operator_needs(defaults: Docs, render: Ren
 def test_postgresql_statefulset(defaults: Docs, render: Render) -> None:
     sts = find(defaults, "StatefulSet", "mvp-datasurface-postgresql")
     container = containers(sts)[0]
-    assert re.fullmatch(r"postgres:1[5-8]", container["image"])
+    assert re.fullmatch(r"postgres:1[5-8]\.\d+", container["image"])
     assert container["readinessProbe"]["exec"]["command"][0] == "pg_isready"
     assert container["livenessProbe"]["exec"]["command"][0] == "pg_isready"
     assert pod_spec(sts)["securityContext"]["runAsNonRoot"] is True
@@ -515,7 +528,7 @@ def test_airflow_components(defaults: Docs) -> None:
             "http://mvp-datasurface-airflow-api-server:8080/execution/")
         init = pod_spec(dep)["initContainers"][0]
         assert init["args"][:2] == ["db", "check-migrations"]
-    job = find(defaults, "Job", "mvp-datasurface-airflow-migrate-1")
+    [job] = [d for d in defaults if d["kind"] == "Job"]
     assert "helm.sh/hook" not in job["metadata"].get("annotations", {})
     assert pod_spec(job)["containers"][0]["args"] == ["db", "migrate"]
     svc = find(defaults, "Service", "mvp-datasurface-airflow-api-server")
@@ -649,7 +662,7 @@ def test_local_runner_gives_the_scheduler_what_a_job_pod_gets(render: Render, va
     refs = secret_refs(main)
     assert {k: v for k, v in refs.items() if k in expected} == expected
     airflow_own = {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET",
-                   "AIRFLOW_DB_USER", "AIRFLOW_DB_PASSWORD"}
+                   "PGUSER", "PGPASSWORD"}
     assert set(refs) == set(expected) | airflow_own
     mount = next(m for m in main["volumeMounts"] if m["name"] == "model")
     assert mount == {"name": "model", "mountPath": settings["model"]["repo"], "readOnly": True}
@@ -660,7 +673,7 @@ def test_local_runner_with_a_model_repo_mounts_no_model(render: Render) -> None:
     docs = render({"platforms": LOCAL, "model": {"repo": "https://example.test/m.git",
                                                  "tokenSecret": {"name": "git", "key": "token"}}})
     refs = secret_refs(scheduler(docs))
-    assert refs["DATASURFACE_GIT_TOKEN"] == {"name": "git", "key": "token", "optional": True}
+    assert refs["DATASURFACE_GIT_TOKEN"] == {"name": "git", "key": "token"}
     assert "model" not in {m["name"] for m in scheduler(docs)["volumeMounts"]}
 
 

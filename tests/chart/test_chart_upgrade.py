@@ -53,7 +53,7 @@ def platform_cms(docs: Docs) -> dict[str, dict[str, Any]]:
 
 
 def checksum(docs: Docs, name: str) -> str:
-    doc = next(d for d in docs if d["metadata"]["name"] == name)
+    doc = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
     value: str = doc["spec"]["template"]["metadata"]["annotations"]["checksum/dags"]
     return value
 
@@ -83,7 +83,7 @@ def test_checksum_changes_when_a_platform_changes(render: Callable[..., Docs]) -
 def test_dags_volume_follows_the_platforms(steps: list[Docs]) -> None:
     for step, docs in zip(STEPS, steps, strict=True):
         for name in DAG_PODS:
-            doc = next(d for d in docs if d["metadata"]["name"] == name)
+            doc = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
             volume = next(v for v in doc["spec"]["template"]["spec"]["volumes"] if v["name"] == "dags")
             names = [s["configMap"]["name"] for s in volume["projected"]["sources"][1:]]
             assert names == [f"mvp-datasurface-dags-{p.lower()}" for p in step]

@@ -150,7 +150,7 @@ def test_three_platforms_without_airflow(tmp_path: Path) -> None:
         assert (merge.retries, merge.retry_delay) == (0, timedelta(seconds=30))
         assert merge.execution_timeout == timedelta(hours=2)  # platformDefaults
         env = env_of(merge)
-        assert env["DATASURFACE_GIT_TOKEN"] == ("secret", "model-git", "token", True)
+        assert env["DATASURFACE_GIT_TOKEN"] == ("secret", "model-git", "token", False)  # a missing Secret fails
         assert (env["DATASURFACE_MODEL"], env["DATASURFACE_MODEL_REF"], env["DATASURFACE_MODEL_PATH"]) == (
             "https://git.example.test/acme/model.git", "v2", "models/ds.yaml")
         assert callable(merge.on_failure_callback) or merge.on_failure_callback  # Slack configured
@@ -167,7 +167,7 @@ def test_three_platforms_without_airflow(tmp_path: Path) -> None:
     assert local.execution_timeout == timedelta(seconds=120)  # the platform's own value
     assert bag.dags["blue_dev_infrastructure"].get_task("setup").execution_timeout == timedelta(seconds=120)
     assert local.job_env["DATASURFACE_MODEL"] == "https://git.example.test/acme/model.git"
-    assert "MERGE_PASSWORD" in local.required_env and "DATASURFACE_GIT_TOKEN" not in local.required_env
+    assert "MERGE_PASSWORD" in local.required_env and "DATASURFACE_GIT_TOKEN" in local.required_env
     assert bag.dags["blue_dev_infrastructure"].schedule == "@weekly"
 
 
@@ -230,6 +230,68 @@ def test_pod_spec_without_model_configmap_and_with_pull_secrets(tmp_path: Path, 
     env = {e["name"]: e for e in spec["containers"][0]["env"]}
     assert env["DATASURFACE_GIT_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert env["DATASURFACE_MODEL_REF"]["value"] == "main"
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """matchLabels and the In operator: what the chart's NetworkPolicies use."""
+    return (all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+            and all(labels.get(e["key"]) in e["values"] for e in selector.get("matchExpressions", [])))
+
+
+def test_network_policies_select_the_job_pods_the_dags_make(default_render: list[dict[str, Any]], tmp_path: Path,
+                                                            kubeconfig: Path) -> None:
+    """The pods KubernetesPodOperator builds reach the bundled PostgreSQL and take no traffic themselves."""
+    from kubernetes.client import ApiClient
+
+    policies = {d["metadata"]["name"]: d["spec"] for d in default_render if d["kind"] == "NetworkPolicy"}
+    postgresql, no_ingress = policies["mvp-datasurface-postgresql"], policies["mvp-datasurface-no-ingress"]
+    peers = [peer["podSelector"] for rule in postgresql["ingress"] for peer in rule["from"]]
+    bag = dag_bag(write_dags_folder(platform_configmaps(default_render), tmp_path / "dags"))
+    for dag_id, task_id in (("yellowlive__Store1_ingestion", "merge"), ("yellowforensic_infrastructure", "setup")):
+        pod = ApiClient().sanitize_for_serialization(bag.dags[dag_id].get_task(task_id).build_pod_request_obj())
+        labels = pod["metadata"]["labels"]
+        assert any(_selects(peer, labels) for peer in peers), labels
+        assert _selects(no_ingress["podSelector"], labels), labels
+        assert not any(_selects(peer, {**labels, "app.kubernetes.io/instance": "other"}) for peer in peers)
+
+
+def test_job_pod_of_an_external_tls_database(tmp_path: Path, kubeconfig: Path) -> None:
+    """externalDatabase.sslMode/caSecret reach the job pod: libpq's env and the CA mounted where it points."""
+    from kubernetes.client import ApiClient
+
+    helm = chart_helm()
+    docs = helm.render_chart(values_files=[helm.CHART_DIR / "ci" / "external-tls-values.yaml"])
+    bag = dag_bag(write_dags_folder(platform_configmaps(docs), tmp_path / "dags"))
+    for dag_id, task_id in (("yellowlive__Store1_ingestion", "merge"), ("yellowlive_infrastructure", "setup")):
+        pod = ApiClient().sanitize_for_serialization(bag.dags[dag_id].get_task(task_id).build_pod_request_obj())
+        [container] = pod["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert (env["PGSSLMODE"], env["PGSSLROOTCERT"]) == ("verify-full", "/etc/datasurface/db-ca/ca.crt")
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/datasurface/db-ca"]
+        assert mount["readOnly"] is True
+        [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"] == {"secretName": "datasurface-db-ca", "defaultMode": 0o444,
+                                    "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+
+
+def test_job_pod_placement_and_annotations(tmp_path: Path, kubeconfig: Path) -> None:
+    """jobs.nodeSelector, tolerations, affinity and podAnnotations reach the pod the provider builds."""
+    from kubernetes.client import ApiClient
+
+    jobs = {"nodeSelector": {"pool": "batch"},
+            "tolerations": [{"key": "batch", "operator": "Equal", "value": "yes", "effect": "NoSchedule",
+                             "tolerationSeconds": 60}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+            "podAnnotations": {"example.com/team": "data"}}
+    docs = chart_helm().render_chart(values={"jobs": jobs})
+    bag = dag_bag(write_dags_folder(platform_configmaps(docs), tmp_path / "dags"))
+    pod = ApiClient().sanitize_for_serialization(
+        bag.dags["yellowlive__Store1_ingestion"].get_task("merge").build_pod_request_obj())
+    assert pod["spec"]["nodeSelector"] == jobs["nodeSelector"]
+    assert pod["spec"]["tolerations"] == jobs["tolerations"]
+    assert pod["spec"]["affinity"] == jobs["affinity"]
+    assert pod["metadata"]["annotations"]["example.com/team"] == "data"
 
 
 def test_parsing_a_platform_is_fast(default_render: list[dict[str, Any]], tmp_path: Path) -> None:

@@ -171,7 +171,7 @@ class Release:
         """Migration Job, then api-server, dag-processor and scheduler (their init containers wait for the
         schema), each until its probe passes."""
         af = f"{self.fullname}-airflow"
-        self.cluster.run_job(f"{af}-migrate-{self.revision}", timeout=600)
+        self.cluster.run_job(self.migrate_job, timeout=600)
         components = ("api-server", "dag-processor", "scheduler")
         pods = dict(zip(components, self.cluster.start_pods([("Deployment", f"{af}-{c}") for c in components]),
                         strict=True))
@@ -181,9 +181,11 @@ class Release:
         return pods
 
     @property
-    def revision(self) -> int:
+    def migrate_job(self) -> str:
+        """The migration Job's name (a hash of its spec)."""
         job = next(j for j in self.manifests.of_kind("Job") if "-migrate-" in j["metadata"]["name"])
-        return int(job["metadata"]["name"].rsplit("-", 1)[1])
+        name: str = job["metadata"]["name"]
+        return name
 
     def secret(self, name: str, key: str) -> str:
         data = self.manifests.config_data("Secret", name)

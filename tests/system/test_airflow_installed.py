@@ -118,7 +118,8 @@ def test_no_security_warning_in_any_components_output(release: Release) -> None:
     no component, init container or the migration Job printed a security warning."""
     logs = sorted((release.cluster.workdir / "pods").glob("*/*.log"))
     assert {p.parent.name.rsplit("-", 1)[0] for p in logs} >= {
-        f"{release.fullname}-airflow-{c}" for c in ("api-server", "dag-processor", "scheduler", "migrate-1")}
+        *(f"{release.fullname}-airflow-{c}" for c in ("api-server", "dag-processor", "scheduler")),
+        release.migrate_job}
     found = []
     for path in logs:
         for line in path.read_text(errors="replace").splitlines():

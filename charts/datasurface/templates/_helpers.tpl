@@ -16,6 +16,24 @@
 {{- end -}}
 {{- end -}}
 
+{{/* "<fullname>-<suffix>" within `limit` characters (default 63: Services, Jobs and label values).
+     When too long, the fullname is cut and a hash of it added, so names stay unique per release and the
+     suffix still says which component it is; a suffix too long even for that is cut and hashed whole.
+     Call with (dict "ctx" $ "suffix" "airflow-scheduler") and optionally "limit" 52. */}}
+{{- define "datasurface.componentName" -}}
+{{- $limit := int (default 63 .limit) -}}
+{{- $full := include "datasurface.fullname" .ctx -}}
+{{- $name := printf "%s-%s" $full .suffix -}}
+{{- if le (len $name) $limit -}}
+{{- $name -}}
+{{- else if le (len .suffix) (sub $limit 16) -}}
+{{- $keep := int (sub (sub $limit (len .suffix)) 8) -}}
+{{- printf "%s-%s-%s" (trunc $keep $full | trimSuffix "-") (sha256sum $full | trunc 6) .suffix -}}
+{{- else -}}
+{{- printf "%s-%s" (trunc (int (sub $limit 9)) $name | trimSuffix "-") (sha256sum $name | trunc 8) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Labels: helm.sh/chart and version never in selectors. Call with (dict "ctx" $ "component" "x"). */}}
 {{- define "datasurface.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "datasurface.name" .ctx }}
@@ -37,17 +55,81 @@ app.kubernetes.io/part-of: datasurface
 {{- end -}}
 
 {{/* Images ---------------------------------------------------------------------------------------- */}}
+{{/* "repository:tag"; an empty tag fails naming its key, so no pod is ever made with "repo:".
+     Call with (dict "image" .Values.x.image "key" "x.image" ["fallback" default-tag]). */}}
+{{- define "datasurface.image" -}}
+{{- $tag := .image.tag | default .fallback | default "" | toString | trim -}}
+{{- if not $tag -}}
+{{- fail (printf "%s.tag is empty: set the image tag (a version, e.g. --set %s.tag=1.2.3)" .key .key) -}}
+{{- end -}}
+{{- printf "%s:%s" .image.repository $tag -}}
+{{- end -}}
+
 {{- define "datasurface.jobImage" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- include "datasurface.image" (dict "image" .Values.image "key" "image" "fallback" .Chart.AppVersion) -}}
 {{- end -}}
 
 {{- define "datasurface.airflowImage" -}}
-{{- printf "%s:%s" .Values.airflow.image.repository .Values.airflow.image.tag -}}
+{{- include "datasurface.image" (dict "image" .Values.airflow.image "key" "airflow.image") -}}
+{{- end -}}
+
+{{- define "datasurface.postgresqlImage" -}}
+{{- include "datasurface.image" (dict "image" .Values.postgresql.image "key" "postgresql.image") -}}
+{{- end -}}
+
+{{/* "true" when the simulator runs: `auto` runs it only against the bundled PostgreSQL (it creates and
+     changes tables in the source database, which must never be a user's own). */}}
+{{- define "datasurface.simulator.enabled" -}}
+{{- $on := toString .Values.simulator.enabled -}}
+{{- if or (eq $on "true") (and (eq $on "auto") .Values.postgresql.enabled) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Fails naming the platform when its schedule (key "schedule" or "infrastructureSchedule") is not one
+     Airflow accepts. Call with (dict "platform" . "key" "schedule"). */}}
+{{- define "datasurface.checkSchedule" -}}
+{{- $value := get .platform .key -}}
+{{- with include "datasurface.scheduleProblem" $value -}}
+{{- fail (printf "platform %q: %s %q: %s" $.platform.name $.key $value .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Why a schedule is not one Airflow accepts ("" when it is): null, a preset, or 5 cron fields. */}}
+{{- define "datasurface.scheduleProblem" -}}
+{{- $presets := list "@once" "@continuous" "@hourly" "@daily" "@midnight" "@weekly" "@monthly" "@quarterly" "@yearly" "@annually" -}}
+{{- if kindIs "invalid" . -}}
+{{- else if not (kindIs "string" .) -}}must be a string or null
+{{- else if hasPrefix "@" . -}}
+{{- if not (has . $presets) -}}unknown preset (known: {{ join " " $presets }}){{- end -}}
+{{- else -}}
+{{- $fields := splitList " " (regexReplaceAll "\\s+" (trim .) " ") -}}
+{{- if ne (len $fields) 5 -}}not a cron expression (5 fields: minute hour day-of-month month day-of-week) or a preset such as @hourly
+{{- else -}}
+{{- $names := list "minute" "hour" "day of month" "month" "day of week" -}}
+{{- $low := list 0 0 1 1 0 -}}
+{{- $high := list 59 23 31 12 7 -}}
+{{- $problem := "" -}}
+{{- range $i, $field := $fields -}}
+{{- range $part := splitList "," $field -}}
+{{- if not (regexMatch "^(\\*|\\?|[0-9]+(-[0-9]+)?|[A-Za-z]{3}(-[A-Za-z]{3})?|L|[0-9]*[LW]|[0-9]+#[1-5])(/[1-9][0-9]*)?$" $part) -}}
+{{- $problem = $problem | default (printf "%s field %q is not valid cron syntax" (index $names $i) $part) -}}
+{{- else if not (regexMatch "#" $part) -}}
+{{- range $n := regexFindAll "[0-9]+" (regexReplaceAll "/.*$" $part "") -1 -}}
+{{- if or (lt (atoi $n) (index $low $i)) (gt (atoi $n) (index $high $i)) -}}
+{{- $problem = $problem | default (printf "%s %s is out of range %d-%d" (index $names $i) $n (index $low $i) (index $high $i)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $problem -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Databases ------------------------------------------------------------------------------------- */}}
 {{- define "datasurface.postgresql.fullname" -}}
-{{- printf "%s-postgresql" (include "datasurface.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- /* a StatefulSet: 52 leaves room for the controller-revision-hash label Kubernetes adds to its pods */ -}}
+{{- include "datasurface.componentName" (dict "ctx" . "suffix" "postgresql" "limit" 52) -}}
 {{- end -}}
 
 {{/* The Secret holding the database logins (bundled or external). */}}
@@ -75,6 +157,50 @@ app.kubernetes.io/part-of: datasurface
 {{- end -}}
 {{- end -}}
 
+{{/* TLS to an external server: libpq's env for every client (psycopg2 and asyncpg read the same), and
+     the CA certificate's volume and mount. Nothing for the bundled server (it serves no TLS). */}}
+{{- define "datasurface.database.caFolder" -}}
+/etc/datasurface/db-ca
+{{- end -}}
+
+{{- define "datasurface.database.tls" -}}
+{{- $tls := dict -}}
+{{- if not .Values.postgresql.enabled -}}
+{{- $_ := set $tls "PGSSLMODE" .Values.externalDatabase.sslMode -}}
+{{- if .Values.externalDatabase.caSecret.name -}}
+{{- $_ := set $tls "PGSSLROOTCERT" (printf "%s/ca.crt" (include "datasurface.database.caFolder" .)) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $tls -}}
+{{- end -}}
+
+{{- define "datasurface.database.tlsEnv" -}}
+{{- range $name, $value := include "datasurface.database.tls" . | fromJson }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "datasurface.database.caMount" -}}
+{{- if and (not .Values.postgresql.enabled) .Values.externalDatabase.caSecret.name }}
+- name: db-ca
+  mountPath: {{ include "datasurface.database.caFolder" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "datasurface.database.caVolume" -}}
+{{- if and (not .Values.postgresql.enabled) .Values.externalDatabase.caSecret.name }}
+- name: db-ca
+  secret:
+    secretName: {{ .Values.externalDatabase.caSecret.name }}
+    defaultMode: 0444
+    items:
+      - key: {{ .Values.externalDatabase.caSecret.key }}
+        path: ca.crt
+{{- end }}
+{{- end -}}
+
 {{/* Database names: fixed for the bundled server (its init script creates them). */}}
 {{- define "datasurface.database.source" -}}
 {{- ternary "customer_db" .Values.externalDatabase.sourceDatabase .Values.postgresql.enabled -}}
@@ -87,7 +213,7 @@ app.kubernetes.io/part-of: datasurface
 {{- end -}}
 
 {{/* Credentials ----------------------------------------------------------------------------------- */}}
-{{/* Env prefix of a credential name (contract §3): upper-cased, [^A-Z0-9] -> _ */}}
+{{/* Env prefix of a credential name (the job's env naming rule): upper-cased, [^A-Z0-9] -> _ */}}
 {{- define "datasurface.credentialPrefix" -}}
 {{- regexReplaceAll "[^A-Z0-9]" (upper .) "_" -}}
 {{- end -}}
@@ -104,7 +230,8 @@ app.kubernetes.io/part-of: datasurface
 {{- $entries = append $entries (dict "name" (printf "%s_PASSWORD" $prefix) "secret" $secret "key" $cred.passwordKey) -}}
 {{- end -}}
 {{- with (include "datasurface.gitTokenSecret" . | fromJson) -}}
-{{- $entries = append $entries (dict "name" "DATASURFACE_GIT_TOKEN" "secret" .name "key" .key "optional" true) -}}
+{{- /* not optional: a missing Secret fails the pod instead of cloning without the token */ -}}
+{{- $entries = append $entries (dict "name" "DATASURFACE_GIT_TOKEN" "secret" .name "key" .key) -}}
 {{- end -}}
 {{- toJson $entries -}}
 {{- end -}}
@@ -128,7 +255,7 @@ app.kubernetes.io/part-of: datasurface
 {{- if .Values.model.tokenSecret.name -}}
 {{- toJson (dict "name" .Values.model.tokenSecret.name "key" .Values.model.tokenSecret.key) -}}
 {{- else if .Values.model.token -}}
-{{- toJson (dict "name" (printf "%s-git" (include "datasurface.fullname" .)) "key" "token") -}}
+{{- toJson (dict "name" (include "datasurface.componentName" (dict "ctx" . "suffix" "git")) "key" "token") -}}
 {{- else -}}
 {}
 {{- end -}}
@@ -139,7 +266,7 @@ app.kubernetes.io/part-of: datasurface
 {{- if .Values.slack.webhookSecret.name -}}
 {{- toJson (dict "name" .Values.slack.webhookSecret.name "key" .Values.slack.webhookSecret.key) -}}
 {{- else if .Values.slack.webhook -}}
-{{- toJson (dict "name" (printf "%s-slack" (include "datasurface.fullname" .)) "key" "webhook") -}}
+{{- toJson (dict "name" (include "datasurface.componentName" (dict "ctx" . "suffix" "slack")) "key" "webhook") -}}
 {{- else -}}
 {}
 {{- end -}}
@@ -147,7 +274,7 @@ app.kubernetes.io/part-of: datasurface
 
 {{/* The model: built-in ConfigMap or a git repository. */}}
 {{- define "datasurface.model.configMapName" -}}
-{{- printf "%s-model" (include "datasurface.fullname" .) -}}
+{{- include "datasurface.componentName" (dict "ctx" . "suffix" "model") -}}
 {{- end -}}
 
 {{/* Where the built-in model's ConfigMap is mounted: platform.json's model.repo, DATASURFACE_MODEL of the
@@ -167,7 +294,7 @@ app.kubernetes.io/part-of: datasurface
 {{- toJson $names -}}
 {{- end -}}
 
-{{/* Plain (non-secret) env of job-image pods: the model and the merge database (contract §3). */}}
+{{/* Plain (non-secret) env of job-image pods: the model and the merge database. */}}
 {{- define "datasurface.jobEnv" -}}
 - name: DATASURFACE_MODEL
   value: {{ default (include "datasurface.model.mountPath" .) .Values.model.repo | quote }}
@@ -187,11 +314,17 @@ app.kubernetes.io/part-of: datasurface
   value: {{ .Values.merge.credential | quote }}
 - name: TMPDIR
   value: /tmp
+{{- include "datasurface.database.tlsEnv" . }}
 {{- end -}}
 
 {{/* Airflow --------------------------------------------------------------------------------------- */}}
 {{- define "datasurface.airflow.fullname" -}}
-{{- printf "%s-airflow" (include "datasurface.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- include "datasurface.componentName" (dict "ctx" . "suffix" "airflow") -}}
+{{- end -}}
+
+{{/* An Airflow component's name: (dict "ctx" $ "component" "scheduler"). */}}
+{{- define "datasurface.airflow.name" -}}
+{{- include "datasurface.componentName" (dict "ctx" .ctx "suffix" (printf "airflow-%s" .component)) -}}
 {{- end -}}
 
 {{- define "datasurface.airflow.serviceAccountName" -}}
@@ -209,7 +342,7 @@ app.kubernetes.io/part-of: datasurface
 {{/* Platforms ------------------------------------------------------------------------------------- */}}
 {{/* Kubernetes names: the platform name in lower case with _ as - (label values and folders keep _). */}}
 {{- define "datasurface.platform.configMapName" -}}
-{{- printf "%s-dags-%s" (include "datasurface.fullname" .ctx) (lower .platform.name | replace "_" "-") | trunc 63 | trimSuffix "-" -}}
+{{- include "datasurface.componentName" (dict "ctx" .ctx "suffix" (printf "dags-%s" (lower .platform.name | replace "_" "-"))) -}}
 {{- end -}}
 
 {{/* A stable secret value: the existing Secret's value (lookup), else a fresh random one. Call with

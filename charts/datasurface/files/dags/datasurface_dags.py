@@ -1,4 +1,4 @@
-"""DataSurface DAGs for one platform (contract §4), driven by `platform.json` next to this file.
+"""DataSurface DAGs for one platform, driven by `platform.json` next to this file.
 
 The chart ships this module unchanged in every platform's ConfigMap, beside that platform's settings
 (`platform.json`, documented in README.md here). At import it validates the settings and defines:
@@ -55,6 +55,10 @@ _INHERITED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", 
                             "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY",
                             "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"})
 _INHERITED_PREFIXES = ("LC_", "PG", "GIT_", "DATASURFACE_")
+# libpq's login settings: on the chart's Airflow containers they hold Airflow's own metadata login
+# (the job logs in with its credentials' X_USER/X_PASSWORD). TLS settings (PGSSLMODE, ...) pass.
+_WITHHELD_PG = frozenset({"PGUSER", "PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "PGDATABASE",
+                          "PGHOST", "PGHOSTADDR", "PGPORT"})
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # platforms and stores (the model's naming rule)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -77,6 +81,16 @@ class SecretEnv:
     secret: str
     key: str
     optional: bool = False
+
+
+@dataclass(frozen=True)
+class SecretMount:
+    """One key of a Kubernetes Secret mounted as a file in the job pod (e.g. a database CA certificate)."""
+
+    secret: str
+    key: str
+    mount_path: str  # the folder; the file is <mount_path>/<path>
+    path: str
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,11 @@ class KubernetesSettings:
     model_config_map: str | None = None
     security_context: Mapping[str, Any] = field(default_factory=dict)
     container_security_context: Mapping[str, Any] = field(default_factory=dict)
+    secret_mounts: tuple[SecretMount, ...] = ()
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -123,6 +142,7 @@ class PlatformSettings:
     retry_delay_seconds: float = 300
     execution_timeout_seconds: int = EXECUTION_TIMEOUT_SECONDS
     secret_env: tuple[SecretEnv, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
     slack_webhook_env: str | None = None
     kubernetes: KubernetesSettings | None = None
 
@@ -139,7 +159,8 @@ class PlatformSettings:
         return f"{self.id_prefix}_infrastructure"
 
     def job_env(self) -> dict[str, str]:
-        """The job's non-secret settings (contract §3 env vars); secrets come from `secret_env`."""
+        """The job's non-secret settings: the DATASURFACE_* env vars of the job and `env` (e.g. libpq's
+        PGSSLMODE); secrets come from `secret_env`."""
         env = {
             "DATASURFACE_MODEL": self.model.repo,
             "DATASURFACE_MODEL_PATH": self.model.path,
@@ -150,7 +171,7 @@ class PlatformSettings:
         }
         if self.model.ref:
             env["DATASURFACE_MODEL_REF"] = self.model.ref
-        return env
+        return {**self.env, **env}
 
     def merge_args(self, store: str) -> list[str]:
         return ["merge", "--platform", self.platform, "--mode", self.mode, "--store", store]
@@ -272,11 +293,11 @@ def _kind_name(types: type | tuple[type, ...]) -> str:
 
 
 _TOP_KEYS = ("version", "platform", "mode", "stores", "schedule", "infrastructureSchedule", "runner",
-             "retries", "retryDelaySeconds", "executionTimeoutSeconds", "model", "merge", "secretEnv",
+             "retries", "retryDelaySeconds", "executionTimeoutSeconds", "model", "merge", "secretEnv", "env",
              "slackWebhookEnv", "kubernetes")
 _K8S_KEYS = ("namespace", "image", "imagePullPolicy", "imagePullSecrets", "serviceAccountName", "resources",
              "labels", "startupTimeoutSeconds", "modelConfigMap", "securityContext",
-             "containerSecurityContext")
+             "containerSecurityContext", "secretMounts", "nodeSelector", "tolerations", "affinity", "annotations")
 
 
 def parse_settings(data: Any) -> PlatformSettings:
@@ -339,6 +360,13 @@ def parse_settings(data: Any) -> PlatformSettings:
             e.fail(f"{entry.name} is set from the model/merge settings, not from a Secret", "name")
         secret_env.append(entry)
 
+    env = top.mapping("env", values=str)
+    for name in env:
+        if not _ENV_NAME.fullmatch(name):
+            top.fail("is not an env var name", f"env.{name}")
+        elif name in _job_env_names() or name in {s.name for s in secret_env}:
+            top.fail("is set from the model/merge settings or secretEnv", f"env.{name}")
+
     slack = top.string("slackWebhookEnv", nullable=True, pattern=_ENV_NAME)
 
     kubernetes: KubernetesSettings | None = None
@@ -353,7 +381,7 @@ def parse_settings(data: Any) -> PlatformSettings:
                             schedule=schedule, infrastructure_schedule=infra_schedule, runner=runner,
                             retries=retries, retry_delay_seconds=retry_delay,
                             execution_timeout_seconds=execution_timeout, secret_env=tuple(secret_env),
-                            slack_webhook_env=slack, kubernetes=kubernetes)
+                            env=env, slack_webhook_env=slack, kubernetes=kubernetes)
 
 
 def _job_env_names() -> set[str]:
@@ -376,7 +404,31 @@ def _parse_kubernetes(k: _Reader) -> KubernetesSettings:
                 if isinstance(amount, bool) or not isinstance(amount, str | int | float):
                     k.fail(f"must be a quantity such as \"500m\" or \"1Gi\" (got {_kind(amount)})",
                            f"resources.{part}.{res}")
+    mounts: list[SecretMount] = []
+    for i, raw in enumerate(k.items("secretMounts")):
+        m = k.child(f"secretMounts[{i}]", raw)
+        mount = SecretMount(secret=m.string("secret", required=True, pattern=_K8S_NAME),
+                            key=m.string("key", required=True), mount_path=m.string("mountPath", required=True),
+                            path=m.string("path", required=True))
+        m.done(("secret", "key", "mountPath", "path"))
+        if isinstance(mount.mount_path, str) and (not mount.mount_path.startswith("/")
+                                                   or mount.mount_path in ("/tmp", MODEL_MOUNT)):
+            m.fail("must be an absolute folder other than /tmp and /model", "mountPath")
+        if mount.mount_path in {x.mount_path for x in mounts}:
+            m.fail(f"duplicate mountPath {mount.mount_path!r}", "mountPath")
+        mounts.append(mount)
+    tolerations = []
+    for i, raw in enumerate(k.items("tolerations")):
+        if not isinstance(raw, dict):
+            k.fail(f"must be an object (got {_kind(raw)})", f"tolerations[{i}]")
+        else:
+            tolerations.append(raw)
     settings = KubernetesSettings(
+        secret_mounts=tuple(mounts),
+        node_selector=k.mapping("nodeSelector", values=str),
+        tolerations=tuple(tolerations),
+        affinity=k.mapping("affinity", values=dict),
+        annotations=k.mapping("annotations", values=str),
         image=k.string("image", required=True),
         namespace=k.string("namespace", nullable=True, pattern=_K8S_NAME),
         image_pull_policy=k.string("imagePullPolicy", default="IfNotPresent", choices=_PULL_POLICIES),
@@ -489,7 +541,8 @@ class LocalJobOperator(BaseOperator):
         secrets = {*self.required_env, *self.optional_env}
         return {name: value for name, value in os.environ.items()
                 if name not in self.withheld_env
-                and (name in secrets or name in _INHERITED_ENV or name.startswith(_INHERITED_PREFIXES))}
+                and (name in secrets or name in _INHERITED_ENV or name.startswith(_INHERITED_PREFIXES))
+                and name not in _WITHHELD_PG}
 
     def stop_job(self) -> None:
         """Stop the running job, if any: SIGTERM to its process group, SIGKILL after STOP_GRACE_SECONDS."""
@@ -533,6 +586,10 @@ def _kubernetes_job(settings: PlatformSettings, *, task_id: str, name: str, args
         volumes.append(k8s.V1Volume(name="model",
                                     config_map=k8s.V1ConfigMapVolumeSource(name=k.model_config_map)))
         mounts.append(k8s.V1VolumeMount(name="model", mount_path=MODEL_MOUNT, read_only=True))
+    for i, m in enumerate(k.secret_mounts):
+        volumes.append(k8s.V1Volume(name=f"secret-{i}", secret=k8s.V1SecretVolumeSource(
+            secret_name=m.secret, items=[k8s.V1KeyToPath(key=m.key, path=m.path)], default_mode=0o444)))
+        mounts.append(k8s.V1VolumeMount(name=f"secret-{i}", mount_path=m.mount_path, read_only=True))
     labels = {**k.labels, "datasurface.io/platform": settings.id_prefix, **extra_labels}
     return KubernetesPodOperator(
         task_id=task_id,
@@ -553,6 +610,11 @@ def _kubernetes_job(settings: PlatformSettings, *, task_id: str, name: str, args
         volume_mounts=mounts,
         security_context=dict(k.security_context) or None,
         container_security_context=dict(k.container_security_context) or None,
+        # placement as Kubernetes writes it (camelCase dicts): the provider converts them to its models
+        node_selector=dict(k.node_selector) or None,
+        tolerations=[dict(t) for t in k.tolerations] or None,
+        affinity=dict(k.affinity) or None,
+        annotations=dict(k.annotations) or None,
         on_finish_action="delete_pod",
         do_xcom_push=False,
         get_logs=True,

@@ -13,15 +13,26 @@
 - name: AIRFLOW__CORE__HOSTNAME_CALLABLE
   value: airflow.utils.net.get_host_ip_address
 - name: AIRFLOW__CORE__EXECUTION_API_SERVER_URL
-  value: {{ printf "http://%s-api-server:%d/execution/" (include "datasurface.airflow.fullname" .) (int .Values.airflow.apiServer.service.port) | quote }}
+  value: {{ printf "http://%s:%d/execution/" (include "datasurface.airflow.name" (dict "ctx" . "component" "api-server")) (int .Values.airflow.apiServer.service.port) | quote }}
+{{- if eq .Values.airflow.auth.manager "fab" }}
+- name: AIRFLOW__CORE__AUTH_MANAGER
+  value: airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager
+{{- else }}
 - name: AIRFLOW__CORE__AUTH_MANAGER
   value: airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
 - name: AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS
   value: {{ printf "%s:admin" .Values.airflow.adminUsername | quote }}
 - name: AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE
   value: /opt/airflow/auth/passwords.json
+{{- end }}
 - name: AIRFLOW_CONFIG
   value: /tmp/airflow.cfg
+{{- with .Values.airflow.ingress }}
+{{- if and .enabled .host }}
+- name: AIRFLOW__API__BASE_URL
+  value: {{ printf "%s://%s/" (ternary "https" "http" (not (empty .tls.secretName))) .host | quote }}
+{{- end }}
+{{- end }}
 - name: AIRFLOW__CORE__FERNET_KEY
   valueFrom:
     secretKeyRef:
@@ -37,19 +48,21 @@
     secretKeyRef:
       name: {{ $secret }}
       key: jwt-secret
-- name: AIRFLOW_DB_USER
+{{- /* The login reaches the database drivers (libpq for psycopg2, and asyncpg) as PGUSER/PGPASSWORD,
+       never inside the URL: a password needs no escaping there, and none is in the manifest. */}}
+- name: PGUSER
   valueFrom:
     secretKeyRef:
       name: {{ $dbSecret }}
       key: {{ .Values.airflow.database.usernameKey }}
-- name: AIRFLOW_DB_PASSWORD
+- name: PGPASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ $dbSecret }}
       key: {{ .Values.airflow.database.passwordKey }}
-{{- /* Kubernetes expands $(VAR) from the two env vars above: no password in the manifest. */}}
+{{- include "datasurface.database.tlsEnv" . }}
 - name: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN
-  value: {{ printf "postgresql+psycopg2://$(AIRFLOW_DB_USER):$(AIRFLOW_DB_PASSWORD)@%s:%s/%s" (include "datasurface.database.host" .) (include "datasurface.database.port" .) (include "datasurface.database.airflow" .) | quote }}
+  value: {{ printf "postgresql+psycopg2://%s:%s/%s" (include "datasurface.database.host" .) (include "datasurface.database.port" .) (include "datasurface.database.airflow" .) | quote }}
 {{- with .Values.airflow.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -66,6 +79,36 @@
 {{- end }}
 {{- end -}}
 
+{{/* The mounts of every Airflow container: /tmp, the task logs, the database CA. */}}
+{{- define "datasurface.airflow.mounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: logs
+  mountPath: /opt/airflow/logs
+{{- include "datasurface.database.caMount" . }}
+{{- with .Values.airflow.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Their volumes: the task logs on a claim shared by the components when airflow.logs.persistence is on. */}}
+{{- define "datasurface.airflow.volumes" -}}
+{{- $logs := .Values.airflow.logs.persistence -}}
+- name: tmp
+  emptyDir: {}
+- name: logs
+  {{- if $logs.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ $logs.existingClaim | default (include "datasurface.airflow.name" (dict "ctx" . "component" "logs")) }}
+  {{- else }}
+  emptyDir: {}
+  {{- end }}
+{{- include "datasurface.database.caVolume" . }}
+{{- with .Values.airflow.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
 {{/* Init container: wait until the migration Job has brought the schema to this Airflow's head. */}}
 {{- define "datasurface.airflow.waitForMigrations" -}}
 - name: wait-for-migrations
@@ -78,11 +121,12 @@
     {{- include "datasurface.airflow.env" . | nindent 4 }}
     - name: CONNECTION_CHECK_MAX_COUNT
       value: "100"
+  {{- with .Values.airflow.initContainers.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   volumeMounts:
-    - name: tmp
-      mountPath: /tmp
-    - name: logs
-      mountPath: /opt/airflow/logs
+    {{- include "datasurface.airflow.mounts" . | nindent 4 }}
 {{- end -}}
 
 {{/* The DAGs folder: one projected volume, each platform ConfigMap as its own sub-folder, plus an
@@ -94,7 +138,7 @@
     defaultMode: 0444
     sources:
       - configMap:
-          name: {{ include "datasurface.airflow.fullname" . }}-dags-root
+          name: {{ include "datasurface.airflow.name" (dict "ctx" . "component" "dags-root") }}
       {{- range .Values.platforms }}
       - configMap:
           name: {{ include "datasurface.platform.configMapName" (dict "ctx" $ "platform" .) }}
@@ -131,4 +175,46 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end -}}
+
+{{/* The migration Job's spec; its hash names the Job. */}}
+{{- define "datasurface.airflow.migrateSpec" -}}
+{{- $af := .Values.airflow -}}
+spec:
+  backoffLimit: {{ $af.migrations.backoffLimit }}
+  {{- if not (kindIs "invalid" $af.migrations.ttlSecondsAfterFinished) }}
+  ttlSecondsAfterFinished: {{ $af.migrations.ttlSecondsAfterFinished }}
+  {{- end }}
+  template:
+    metadata:
+      labels:
+        {{- include "datasurface.selectorLabels" (dict "ctx" . "component" "migrate") | nindent 8 }}
+      {{- with .Values.airflow.podAnnotations }}
+      annotations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+    spec:
+      {{- include "datasurface.airflow.podSpecCommon" . | nindent 6 }}
+      automountServiceAccountToken: false
+      restartPolicy: Never
+      containers:
+        - name: migrate
+          image: {{ include "datasurface.airflowImage" . }}
+          imagePullPolicy: {{ $af.image.pullPolicy }}
+          args: [db, migrate]
+          securityContext:
+            {{- toYaml $af.containerSecurityContext | nindent 12 }}
+          env:
+            {{- include "datasurface.airflow.env" . | nindent 12 }}
+            {{- /* the image's entrypoint waits for the database (3 s a try) before migrating */}}
+            - name: CONNECTION_CHECK_MAX_COUNT
+              value: "100"
+          {{- with $af.migrations.resources }}
+          resources:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
+          volumeMounts:
+            {{- include "datasurface.airflow.mounts" . | nindent 12 }}
+      volumes:
+        {{- include "datasurface.airflow.volumes" . | nindent 8 }}
 {{- end -}}

@@ -1,6 +1,6 @@
-{{/* Metrics: the exporter, its ServiceMonitor, alert rules and the Grafana dashboard (contract §6). */}}
+{{/* Metrics: the exporter, its ServiceMonitor, alert rules and the Grafana dashboard. */}}
 {{- define "datasurface.metrics.fullname" -}}
-{{- printf "%s-exporter" (include "datasurface.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- include "datasurface.componentName" (dict "ctx" . "suffix" "exporter") -}}
 {{- end -}}
 
 {{/* The scrape job's name: the prometheus-operator names it after the Service. */}}
@@ -13,11 +13,11 @@
      that is not "*": month 366 days, day of month 31 days, day of week 7 days, hour 1 day (N hours for
      a step of N), minute 1 hour (N minutes for a step of N), every minute 60 s. */}}
 {{- define "datasurface.metrics.scheduleSeconds" -}}
-{{- $s := trim . -}}
+{{- $s := default "" . | toString | trim -}}
 {{- $presets := dict "@hourly" 3600 "@daily" 86400 "@midnight" 86400 "@weekly" 604800 "@monthly" 2678400 "@quarterly" 7948800 "@yearly" 31622400 "@annually" 31622400 "@continuous" 0 -}}
 {{- if hasKey $presets $s -}}
 {{- get $presets $s -}}
-{{- else if has $s (list "@once" "None" "none" "null") -}}
+{{- else if has $s (list "" "@once" "None" "none" "null") -}}
 {{- else if hasPrefix "@" $s -}}
 {{- fail (printf "metrics.prometheusRule: unknown schedule preset %q: set metrics.prometheusRule.staleAfterSeconds for its platform" $s) -}}
 {{- else -}}
@@ -47,6 +47,7 @@
 {{- if hasKey $rule.staleAfterSeconds .platform.name -}}
 {{- get $rule.staleAfterSeconds .platform.name | int -}}
 {{- else -}}
+{{- include "datasurface.checkSchedule" (dict "platform" .platform "key" "schedule") -}}
 {{- $gap := include "datasurface.metrics.scheduleSeconds" .platform.schedule -}}
 {{- if ne $gap "" -}}
 {{- $timeout := .platform.executionTimeoutSeconds | default .ctx.Values.platformDefaults.executionTimeoutSeconds -}}
