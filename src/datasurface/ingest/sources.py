@@ -20,9 +20,8 @@ from datasurface.db import PgConnection
 from datasurface.errors import DatabaseError
 from datasurface.merge.layout import DatasetLayout
 from datasurface.model import Dataset, Store
+from datasurface.model.validate import SOURCE_TYPES  # the one list: the model accepts no other source type
 from datasurface.sessions import Ahead, SessionLimits
-
-SOURCE_TYPES = ("postgres", "mysql")
 
 
 class SourceSession(Protocol):
