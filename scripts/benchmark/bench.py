@@ -27,6 +27,7 @@ from datasurface.merge.diff import compared
 from datasurface.merge.layout import layouts
 from datasurface.model import parse_model
 
+from .report import human
 from .shapes import OPEN_END, SHAPES, STORE, UPDATE_SET, column_names, merge_table
 
 PIPE_CHUNK = 1 << 16
@@ -34,6 +35,28 @@ PIPE_CHUNK = 1 << 16
 
 class CheckFailed(Exception):
     pass
+
+
+def pipe_copy(source: Any, merge: Any, copy_out: str, copy_in: str) -> None:
+    """Binary COPY from the source session through an OS pipe into the merge session, as the job streams;
+    the caller ends the source session's transaction."""
+    read_fd, write_fd = os.pipe()
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with source.cursor() as cur, os.fdopen(write_fd, "wb", buffering=PIPE_CHUNK) as writer:
+                cur.copy_expert(copy_out, writer, size=PIPE_CHUNK)
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    with os.fdopen(read_fd, "rb", buffering=PIPE_CHUNK) as reader, merge.cursor() as cur:
+        cur.copy_expert(copy_in, reader, size=PIPE_CHUNK)
+    producer.join()
+    if errors:
+        raise errors[0]
 
 
 @dataclass
@@ -149,6 +172,13 @@ class Bench:
             return {"total": count + inserted - deleted, "inserted": inserted, "updated": updated,
                     "deleted": deleted}
 
+    def prepare(self, shape: str, size: int, label: str) -> Path:
+        """The source table generated (its time printed under `label`) and the model written; its folder."""
+        started = time.monotonic()
+        self.generate(shape, size)
+        print(f"# {label} {human(size)}: source generated in {time.monotonic() - started:.1f}s", file=sys.stderr)
+        return self.write_model(shape)
+
     # ---- model and job ---------------------------------------------------------------------
 
     def write_model(self, shape: str) -> Path:
@@ -213,25 +243,8 @@ class Bench:
             source.set_session(isolation_level="REPEATABLE READ", readonly=True)
             with merge.cursor() as cur:
                 cur.execute(f"CREATE UNLOGGED TABLE floor_stage ({definitions})")
-            read_fd, write_fd = os.pipe()
-            errors: list[BaseException] = []
-
-            def produce() -> None:
-                try:
-                    with source.cursor() as cur, os.fdopen(write_fd, "wb", buffering=PIPE_CHUNK) as writer:
-                        cur.copy_expert(f'COPY (SELECT {names} FROM "{shape}") TO STDOUT (FORMAT binary)', writer,
-                                        size=PIPE_CHUNK)
-                except BaseException as exc:  # re-raised below
-                    errors.append(exc)
-
-            producer = threading.Thread(target=produce, daemon=True)
-            producer.start()
-            with os.fdopen(read_fd, "rb", buffering=PIPE_CHUNK) as reader, merge.cursor() as cur:
-                cur.copy_expert(f"COPY floor_stage ({names}) FROM STDIN (FORMAT binary, FREEZE)", reader,
-                                size=PIPE_CHUNK)
-            producer.join()
-            if errors:
-                raise errors[0]
+            pipe_copy(source, merge, f'COPY (SELECT {names} FROM "{shape}") TO STDOUT (FORMAT binary)',
+                      f"COPY floor_stage ({names}) FROM STDIN (FORMAT binary, FREEZE)")
             source.rollback()
             self.copy_s = time.monotonic() - started
             with merge.cursor() as cur:

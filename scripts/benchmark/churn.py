@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
-import time
 from pathlib import Path
 
 from .bench import Bench, CheckFailed
@@ -21,10 +19,7 @@ def run_churn_levels(bench: Bench, shape: str, size: int, modes: list[str], chur
     bench.create_databases(f"{shape}_{size}_{os.getpid()}")
     results: list[Result] = []
     try:
-        started = time.monotonic()
-        bench.generate(shape, size)
-        print(f"# {shape} {human(size)}: source generated in {time.monotonic() - started:.1f}s", file=sys.stderr)
-        model = bench.write_model(shape)
+        model = bench.prepare(shape, size, shape)
         versions = dict.fromkeys(modes, 0)
         batch = dict.fromkeys(modes, 0)
         expected = {"total": size, "inserted": size, "updated": 0, "deleted": 0}
@@ -40,12 +35,7 @@ def run_churn_levels(bench: Bench, shape: str, size: int, modes: list[str], chur
                 versions[mode] += expected["inserted"] + expected["updated"]
                 result, floor_changes = run_batch(bench, model, shape, size, mode, batch[mode], fraction, expected,
                                                   shown)
-                try:
-                    bench.check(shape, mode, expected, floor_changes, versions[mode] if mode == "forensic" else None)
-                except CheckFailed:
-                    result.check = "FAIL"
-                    emit(result)
-                    raise
+                check_row(bench, result, shape, expected, floor_changes, versions[mode])
                 if fraction is None and not bench.floor_on_load:
                     result.floor_s = float("nan")  # no merge table yet: the first batch is the initial load
                 result.shown = shown
@@ -59,6 +49,18 @@ def run_churn_levels(bench: Bench, shape: str, size: int, modes: list[str], chur
     finally:
         bench.drop_databases()
     return results
+
+
+def check_row(bench: Bench, result: Result, shape: str, expected: dict[str, int], floor_changes: int,
+              versions: int) -> None:
+    """`Bench.check` of the batch of `result` (`versions`: the forensic table's row versions); a failure
+    prints the row, marked FAIL, before CheckFailed goes on."""
+    try:
+        bench.check(shape, result.mode, expected, floor_changes, versions if result.mode == "forensic" else None)
+    except CheckFailed:
+        result.check = "FAIL"
+        emit(result)
+        raise
 
 
 def run_batch(bench: Bench, model: Path, shape: str, size: int, mode: str, batch: int, fraction: float | None,

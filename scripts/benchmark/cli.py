@@ -39,6 +39,7 @@ from typing import Any
 
 from datasurface.localpg import LocalPostgres, find_bin_dir
 
+from . import cdc
 from .bench import Bench, CheckFailed
 from .churn import print_medians, run_churn_levels
 from .fixed_cost import run_fixed_cost
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "the median per K and the speed-up of the medians (e.g. 3)")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    cdc.add_arguments(parser)
     return parser
 
 
@@ -119,7 +121,7 @@ def plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
     for shape in result.shapes:
         if shape not in SHAPES:
             parser.error(f"unknown shape {shape!r}")
-    for mode in result.modes:
+    for mode in result.modes + comma_list(args.cdc_modes):
         if mode not in MODES:
             parser.error(f"unknown mode {mode!r}")
     return result
@@ -148,6 +150,8 @@ def run_scenarios(server: LocalPostgres, workdir: Path, args: argparse.Namespace
         except CheckFailed as exc:
             print(f"CORRECTNESS CHECK FAILED: {exc}", file=sys.stderr)
             failed = True
+    if args.cdc:
+        failed |= cdc.run(server, workdir, args, results)
     return failed
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 COLUMNS = ["shape", "rows", "churn", "mode", "batch", "floor s", "job s", "ratio", "floor+w s", "ratio w",
            "rows/s", "peak RSS MB", "changes", "check"]
@@ -43,7 +44,8 @@ class Result:
     check: str = "ok"
     shown: bool = True
     floor_w_s: float = float("nan")  # COPY + diff + the minimal writes
-    table: dict[str, float] = field(default_factory=dict)  # --history: sizes, dead tuples, as-of queries
+    # figures beside the row: --history's sizes and as-of queries, --cdc's floor parts and profile phases
+    table: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
