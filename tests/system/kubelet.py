@@ -197,6 +197,7 @@ POSTGRES_ENTRYPOINT = r"""#!/bin/bash
 # PGDATA (superuser POSTGRES_USER with POSTGRES_PASSWORD, local trust, scram-sha-256 over TCP), runs
 # /docker-entrypoint-initdb.d/*.sh and *.sql on a socket-only server, then serves on all addresses.
 set -Eeuo pipefail
+if [ "${1:0:1}" = '-' ]; then set -- postgres "$@"; fi  # args only (-c ...): options of the server
 if [ "${1:-postgres}" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
   mkdir -p "$PGDATA" && chmod 700 "$PGDATA"
   initdb --username="${POSTGRES_USER:-postgres}" --pwfile=<(printf '%s
