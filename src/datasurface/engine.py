@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -24,7 +24,7 @@ from datasurface import credentials
 from datasurface.consumers import history as consumers_history
 from datasurface.consumers import workspaces
 from datasurface.db import Endpoint, PgConnection, driver_error, is_lost
-from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfaceError
+from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfaceError, UsageError
 from datasurface.faults import killpoint
 from datasurface.ingest import dialects, snapshot
 from datasurface.ingest.dialects import SourceSession
@@ -323,19 +323,30 @@ def streams_of(store: Store) -> list[Stream]:
     return [Stream(store.name, None)]
 
 
-def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: str, mode: str, store: str,
-              merge: Endpoint, merge_credential: str, limits: SessionLimits | None = None, run_id: str | None = None,
-              ahead: Ahead | None = None) -> int:
+def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: str, mode: str,
+              store: str | Sequence[str], merge: Endpoint, merge_credential: str, limits: SessionLimits | None = None,
+              run_id: str | None = None, ahead: Ahead | None = None, parallel: int = 1) -> int:
     """Exit status: 0 a fresh batch was committed (per stream); 10 an open batch was finished.
+
+    `store`: one store, or several (a list, or names separated by commas): a group, each of whose stores is
+    merged as a run of its own would merge it, up to `parallel` at once (group.py).
 
     The run's sessions open ahead, in threads, while the model is read (sessions.Ahead); `ahead`: where
     they are already opening (`merge_run_ahead` with this `run_id`); the run closes what it does not take."""
+    if parallel < 1:
+        raise UsageError(f"--parallel must be at least 1 (got {parallel})")
     limits = limits or SessionLimits()
     run_id = run_id or new_run_id()
     ahead = ahead or merge_run_ahead(merge, merge_credential, run_id, limits)
     try:
-        return _run_merge(model, model_ref, model_path, platform, mode, store, merge, merge_credential, limits,
-                          run_id, ahead)
+        stores = [store] if isinstance(store, str) else list(store)
+        if len(stores) != 1 or "," in stores[0]:
+            from datasurface.group import Group
+
+            return Group(model, model_ref, model_path, platform, mode, stores, merge, merge_credential, limits,
+                         run_id, parallel).run(ahead)
+        return _run_merge(model, model_ref, model_path, platform, mode, stores[0], merge, merge_credential,
+                          limits, run_id, ahead)
     finally:
         ahead.close()
 
@@ -347,29 +358,42 @@ def _run_merge(model: str, model_ref: str | None, model_path: str, platform: str
         layout.check_mode(mode)
         mdl = load_model(model, model_ref, model_path)
         killpoint("model:loaded")
-        st = find_store(mdl, store)
-        credentials.resolve(st.source.credential)  # fail before touching the source or writing anything
-        lays = layout.layouts(schema, st, mode)
-        recovered = False
+        st, lays = store_layouts(mdl, schema, store, mode)
         with heartbeat(merge, merge_credential, run_id, limits, ahead), \
                 connection(merge, merge_credential, "merge", run_id, limits, ahead=ahead) as conn:
-            for stream in streams_of(st):
-                with history.stream(stream.dataset) as record:
-                    stream_lays = [lay for lay in lays if stream.dataset in (None, lay.dataset.name)]
-                    lock = StreamLock(conn, schema, stream, limits)
-                    lock.acquire()
-                    killpoint("stream:locked")
-                    try:
-                        stream_run = StreamRun(conn, st, stream, stream_lays, mode, run_id, limits,
-                                               merge.named("merge"), lock.taken_over, mdl, ahead)
-                        record.watch(stream_run)
-                        if stream_run.run():
-                            record.exit_status = EXIT_RECOVERED
-                            recovered = True
-                    finally:
-                        with suppress(Exception):
-                            conn.rollback()
-                            lock.release()
+            return merge_streams(conn, mdl, st, lays, mode, history, merge, run_id, limits, ahead)
+
+
+def store_layouts(mdl: Model, schema: str, store: str, mode: str) -> tuple[Store, list[DatasetLayout]]:
+    """The store and its datasets' layouts; fails before touching the source or writing anything."""
+    st = find_store(mdl, store)
+    credentials.resolve(st.source.credential)
+    return st, layout.layouts(schema, st, mode)
+
+
+def merge_streams(conn: PgConnection, mdl: Model, st: Store, lays: list[DatasetLayout], mode: str,
+                  history: runs.CommandRuns, merge: Endpoint, run_id: str, limits: SessionLimits,
+                  ahead: Ahead | None) -> int:
+    """Each stream of the store forward by one batch, under its stream lock, on the run's merge session."""
+    schema = history.history.schema
+    recovered = False
+    for stream in streams_of(st):
+        with history.stream(stream.dataset) as record:
+            stream_lays = [lay for lay in lays if stream.dataset in (None, lay.dataset.name)]
+            lock = StreamLock(conn, schema, stream, limits)
+            lock.acquire()
+            killpoint("stream:locked")
+            try:
+                stream_run = StreamRun(conn, st, stream, stream_lays, mode, run_id, limits,
+                                       merge.named("merge"), lock.taken_over, mdl, ahead)
+                record.watch(stream_run)
+                if stream_run.run():
+                    record.exit_status = EXIT_RECOVERED
+                    recovered = True
+            finally:
+                with suppress(Exception):
+                    conn.rollback()
+                    lock.release()
     return EXIT_RECOVERED if recovered else EXIT_OK
 
 
