@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -238,3 +239,28 @@ def test_an_interrupted_group_keeps_what_it_committed(group: dict[str, Any], how
     assert proc.returncode == 10, proc.stderr
     assert _batches(group) == [("S1", 1, "committed"), ("S1", 2, "committed"), ("S2", 1, "committed"),
                                ("S3", 1, "committed")]
+
+
+# The last commit whose job knows no groups (its parsers keep the last of a repeated --store).
+BEFORE_GROUPS = "70d80b11bd5cd52d3297857cb331c277abe1eb7f"
+
+
+def test_an_older_job_refuses_a_group_dags_merge(group: dict[str, Any], repo_root: Path, tmp_path: Path) -> None:
+    """A group DAG's arguments (--parallel, then --store repeated) given to the job as it was before groups:
+    refused as a usage error (exit 2), nothing merged. Without --parallel it would have merged the last
+    store alone and exited 0, which is why the DAGs always pass it."""
+    archive = subprocess.run(["git", "-C", str(repo_root), "archive", BEFORE_GROUPS, "src"], capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"this checkout's history lacks {BEFORE_GROUPS[:7]}")
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
+    old_env = {**group["dbs"].env, "PYTHONPATH": str(tmp_path / "src")}
+    dag_args = ["merge", "--platform", PLATFORM, "--mode", "live", "--parallel", "1", "--store", "S1",
+                "--store", "S2", "--model", str(group["model"]), *group["dbs"].merge_args()]
+    refused = run_job(dag_args, old_env)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "--parallel" in refused.stderr and _last(refused) == "DATASURFACE_RESULT_CODE=2"
+    assert _batches(group) == []
+    unsafe = run_job([a for a in dag_args if a not in ("--parallel", "1")], old_env)
+    assert unsafe.returncode == 0 and _batches(group) == [("S2", 1, "committed")]
+    assert run_job(dag_args, group["dbs"].env).returncode == 0  # today's job merges both
+    assert _batches(group) == [("S1", 1, "committed"), ("S2", 1, "committed"), ("S2", 2, "committed")]
