@@ -19,6 +19,7 @@ equal the churn applied, and the floor's diff found the same number of changes.
     scripts/benchmark.sh --sizes 1m --shapes narrow --modes forensic --churn 1 --history 50
     scripts/benchmark.sh --sizes 1m --shapes narrow --modes forensic --churn 1 --history 50 --as-of
     scripts/benchmark.sh --fixed-cost 0 --sizes 1k --shapes narrow --churn 0 --streams 50 --stream-rounds 3
+    scripts/benchmark.sh --fixed-cost 0 --no-postgres --groups 400   # 400 stores in one job vs a job each
 
 `--as-of` (forensic): after the last batch, the consumer queries of contract §5 on that history, each with
 its plan (EXPLAIN ANALYZE) and time: as_of(timestamptz) of the middle batch's snapshot (all rows, and one
@@ -1147,6 +1148,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream-rounds", type=int, default=1, metavar="R",
                    help="--streams: R rounds per K, in turn forwards and backwards (1,2,4,4,2,1,...), then the "
                         "median per K and the speed-up of the medians (e.g. 3)")
+    p.add_argument("--groups", type=int, default=0, metavar="N",
+                   help="also N small stores merged by one job against one job per store (bench_groups.py)")
+    p.add_argument("--group-rows", type=int, default=100, help="rows of each store's table for --groups")
+    p.add_argument("--group-parallel", default="1,2", help="--parallel values for --groups, comma-separated")
+    p.add_argument("--group-sample", type=int, default=40, metavar="M",
+                   help="stores merged by separate processes for --groups (per-stream medians)")
     p.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     args = p.parse_args(argv)
@@ -1176,6 +1183,7 @@ def main(argv: list[str] | None = None) -> int:
     print(plain_row(COLUMNS), flush=True)
     results: list[Result] = []
     streams: list[dict[str, Any]] = []
+    groups: list[dict[str, Any]] = []
 
     def emit(r: Result) -> None:
         print(plain_row(row_cells(r)), flush=True)
@@ -1199,6 +1207,16 @@ def main(argv: list[str] | None = None) -> int:
                 streams = run_streams(bench, args.streams, parse_size(args.stream_rows),
                                       [int(k) for k in args.jobs.split(",") if k], modes, args.stream_rounds)
             except CheckFailed as exc:
+                print(f"CORRECTNESS CHECK FAILED: {exc}", file=sys.stderr)
+                failed = True
+        if args.groups:
+            from bench_groups import run_groups
+
+            try:
+                groups = run_groups(bench, args.groups, args.group_rows,
+                                    [int(k) for k in args.group_parallel.split(",") if k],
+                                    min(args.group_sample, args.groups), NARROW)
+            except RuntimeError as exc:
                 print(f"CORRECTNESS CHECK FAILED: {exc}", file=sys.stderr)
                 failed = True
     finally:
@@ -1234,7 +1252,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ | {"ratio": r.ratio, "ratio_w": r.ratio_w,
                                                        "rows_per_s": r.rows_per_s} for r in results]
-                                        + [{"streams": r} for r in streams], indent=1, default=str))
+                                        + [{"streams": r} for r in streams] + [{"groups": r} for r in groups],
+                                        indent=1, default=str))
     return 1 if failed else 0
 
 
