@@ -91,7 +91,7 @@ class Group:
                     self._merge_all(mdl, ahead)
                 finally:
                     beat.stop()
-        codes = set(self.results.values())
+        codes = {self.results.get(store, EXIT_FAILURE) for store in self.stores}  # a store never merged: failed
         return EXIT_FAILURE if EXIT_FAILURE in codes else EXIT_RECOVERED if EXIT_RECOVERED in codes else EXIT_OK
 
     def _all_failed(self, exc: Exception, ahead: Ahead) -> None:
@@ -137,6 +137,8 @@ class _Worker:
         try:
             while (store := self.group.next_store()) is not None:
                 self.group.results[store] = self.merge_store(store)
+        except Exception as exc:  # a worker thread's own failure (its stores' are reported in merge_store)
+            log.error("%s stopped: %s", threading.current_thread().name, exc)
         finally:
             self.close()
 
