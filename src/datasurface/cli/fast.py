@@ -15,7 +15,6 @@ some 14 ms of every start (`python -X importtime`).
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -123,9 +122,6 @@ def run_merge_command(debug: bool, values: dict[str, Any], report: Callable[[Bas
         # the run's sessions open while the engine is imported and the model read (sessions.Ahead)
         ahead = merge_run_ahead(merge, values["merge_credential"], run_id, limits)
         from datasurface.engine import run_merge
-
-        gc.freeze()  # what start-up made lives as long as the process (see cli/__init__.py)
-        gc.enable()
 
         return run_merge(model=values["model"], model_ref=values["model_ref"], model_path=values["model_path"],
                          platform=values["platform"], mode=values["mode"], store=values["store"],
