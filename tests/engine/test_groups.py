@@ -19,13 +19,13 @@ from tests.engine.support import ctrl_c_when, run_job, write_model
 
 PLATFORM, SCHEMA = "Groups", "groups"
 GOOD = ["S1", "S2", "S3"]
-DATASET = {"S1": "pairs", "S2": "pairs2", "S3": "pairs"}  # S2's own name: a pause point of its own
+DATASET = {"S1": "pairs", "S2": "pairs2", "S3": "pairs3"}  # each its own: pause points of their own
 
 
 @pytest.fixture
 def group(world: dict[str, Any]) -> dict[str, Any]:
-    """The world's source with a model of stores S1, S2, S3 (each ingesting its `pairs` table; S2 as
-    dataset `pairs2`), Down (a source that does not answer) and Dupes (a table whose primary key has
+    """The world's source with a model of stores S1, S2, S3 (each ingesting its `pairs` table, as datasets
+    pairs, pairs2, pairs3), Down (a source that does not answer) and Dupes (a table whose primary key has
     duplicates)."""
     src = world["src"]
     with src.cursor() as cur:
@@ -42,8 +42,8 @@ def group(world: dict[str, Any]) -> dict[str, Any]:
             st["source"]["host"] = "/nonexistent/socket/dir"
         if name == "Dupes":
             st["datasets"][0]["table"] = "dupes"
-        if name == "S2":
-            st["datasets"][0].update(name="pairs2", table="pairs")
+        if name in ("S2", "S3"):
+            st["datasets"][0].update(name=DATASET[name], table="pairs")
         stores.append(st)
     doc = {**world["doc"], "stores": stores}
     return {**world, "model": write_model(world["tmp"] / "groups", doc)}
@@ -101,7 +101,7 @@ def test_repeated_store_and_the_env_list_merge_every_store(group: dict[str, Any]
            "DATASURFACE_PLATFORM": PLATFORM, "DATASURFACE_MODE": "live"}
     proc = run_job(["merge", *dbs.merge_args()], env)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.index("S3.pairs batch 2") < proc.stdout.index("S1.pairs batch 2")  # in the listed order
+    assert proc.stdout.index("S3.pairs3 batch 2") < proc.stdout.index("S1.pairs batch 2")  # in the listed order
     assert _batches(group) == [("S1", 1, "committed"), ("S1", 2, "committed"), ("S2", 1, "committed"),
                                ("S3", 1, "committed"), ("S3", 2, "committed")]
     # the same through the typer command (which --debug takes), names and spaces as a user may write them
@@ -264,3 +264,27 @@ def test_an_older_job_refuses_a_group_dags_merge(group: dict[str, Any], repo_roo
     assert unsafe.returncode == 0 and _batches(group) == [("S2", 1, "committed")]
     assert run_job(dag_args, group["dbs"].env).returncode == 0  # today's job merges both
     assert _batches(group) == [("S1", 1, "committed"), ("S2", 1, "committed"), ("S2", 2, "committed")]
+
+
+def test_ctrl_c_stops_a_parallel_group_at_once(group: dict[str, Any]) -> None:
+    """With --parallel 2, Ctrl-C while a stream is in flight in one worker: the run ends at once (it never
+    waits for that stream), which is left as a killed or interrupted run leaves it; the others are kept."""
+    dbs = group["dbs"]
+    job = subprocess.Popen([sys.executable, "-m", "datasurface.cli", *_args(group, *GOOD), "--parallel", "2"],
+                           env={**os.environ, **dbs.env, "DATASURFACE_TEST_PAUSE_AT": "ingest:pairs:start=60"},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def others_committed() -> None:  # S1 paused in one worker while the other merged S2 and S3
+        deadline = time.monotonic() + 60
+        while [b for b in _batches(group) if b[2] == "committed"] != [("S2", 1, "committed"), ("S3", 1, "committed")]:
+            assert time.monotonic() < deadline and job.poll() is None, "S2 and S3 were never committed"
+            time.sleep(0.1)
+
+    started = time.monotonic()
+    ctrl_c_when(job, others_committed)
+    assert time.monotonic() - started < 30, "the run waited for the paused stream"
+    assert _batches(group) == [("S1", 1, "ingesting"), ("S2", 1, "committed"), ("S3", 1, "committed")]
+    rows = sorted((r[0], r[2], r[6]) for r in _runs(group))
+    # S1's row: interrupted (130) when the main thread's worker had it, unfinished when another worker had it
+    assert rows[1:] == [("S2", 0, True), ("S3", 0, True)]
+    assert rows[0] in (("S1", 130, True), ("S1", None, False)), rows
