@@ -333,12 +333,12 @@ def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: s
 
     The run's sessions open ahead, in threads, while the model is read (sessions.Ahead); `ahead`: where
     they are already opening (`merge_run_ahead` with this `run_id`); the run closes what it does not take."""
-    if parallel < 1:
-        raise UsageError(f"--parallel must be at least 1 (got {parallel})")
     limits = limits or SessionLimits()
     run_id = run_id or new_run_id()
     ahead = ahead or merge_run_ahead(merge, merge_credential, run_id, limits)
     try:
+        if parallel < 1:
+            raise UsageError(f"--parallel must be at least 1 (got {parallel})")
         stores = [store] if isinstance(store, str) else list(store)
         if len(stores) != 1 or "," in stores[0]:
             from datasurface.group import Group

@@ -111,10 +111,13 @@ def test_repeated_store_and_the_env_list_merge_every_store(group: dict[str, Any]
                                                          ("S3", 2, "committed"), ("S3", 3, "committed")]
 
 
-def test_a_store_listed_twice_is_a_usage_error(group: dict[str, Any]) -> None:
+def test_a_store_listed_twice_or_no_parallelism_is_a_usage_error(group: dict[str, Any]) -> None:
     proc = run_job(_args(group, "S1", "S2", "S1"), group["dbs"].env)
     assert proc.returncode == 2, proc.stderr
     assert _error_lines(proc) == ["datasurface-job: error: --store lists S1 more than once"]
+    proc = run_job([*_args(group, "S1", "S2"), "--parallel", "0"], group["dbs"].env)
+    assert proc.returncode == 2, proc.stderr
+    assert _error_lines(proc) == ["datasurface-job: error: --parallel must be at least 1 (got 0)"]
     assert _query(group["mrg"], "SELECT to_regclass(%s)", (f"{SCHEMA}.ds_batches",)) == [(None,)]
 
 
