@@ -45,3 +45,20 @@ def test_one_store_per_task_renders_platform_json_as_before(defaults: list[dict[
 def test_bad_values_are_refused_by_the_schema(values: dict[str, Any]) -> None:
     with pytest.raises(RuntimeError, match=r"storesPerTask|parallelStores"):
         render_chart(values)
+
+
+def test_the_stale_alert_allows_a_groups_run() -> None:
+    """A group's task may run executionTimeoutSeconds per round of parallelStores stores: the stale alert
+    waits that long (the schedule's gap + the group's run + the grace), not one store's allowance."""
+    stores = [f"S{i:03d}" for i in range(1, 8)]
+    values = {"platforms": [
+        {"name": "Single", "mode": "live", "stores": stores, "schedule": "@hourly", "executionTimeoutSeconds": 600},
+        {"name": "Grouped", "mode": "live", "stores": stores, "schedule": "@hourly", "executionTimeoutSeconds": 600,
+         "storesPerTask": 5, "parallelStores": 2},
+        {"name": "Huge", "mode": "live", "stores": stores, "schedule": "@hourly", "executionTimeoutSeconds": 604800,
+         "storesPerTask": 50}],
+        "metrics": {"assumeMonitoringApi": True, "prometheusRule": {"enabled": True}}}
+    rule = find(render_chart(values), "PrometheusRule", "mvp-datasurface-exporter")
+    stale = {r["labels"]["platform"]: int(r["expr"].rsplit(" > ", 1)[1])
+             for r in rule["spec"]["groups"][0]["rules"] if r["alert"] == "DataSurfaceStreamStale"}
+    assert stale == {"Single": 3600 + 600 + 300, "Grouped": 3600 + 3 * 600 + 300, "Huge": 3600 + 604800 + 300}
