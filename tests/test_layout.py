@@ -7,7 +7,8 @@ The layers, lowest first (a module may import its own layer and the ones below i
 - ingest and cdc: the sources (source check, snapshot; change data capture's slot and changes), which
   write into the store's staging;
 - consumers and observe: what reads the store and the runs;
-- engine: the batch pipeline; commands: the other commands; cli and demo: the entry points.
+- engine: the batch pipeline; commands (the other commands) and group (several stores in one run) on it;
+  cli and demo: the entry points.
 The simulator stands apart: it may import the foundation only, and only the entry points import it.
 A source dialect (a package under ingest/) never imports another: what they share is in ingest/ itself.
 Every import counts, also one inside a function or under `TYPE_CHECKING`: each would close a circle.
@@ -33,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ingest", "cdc"),
     ("consumers", "observe"),
     ("engine",),
-    ("commands",),
+    ("commands", "group"),
     ("cli", "demo"),
 )
 SIMULATOR = "simulator"

@@ -43,11 +43,12 @@ from . import cdc
 from .bench import Bench, CheckFailed
 from .churn import print_medians, run_churn_levels
 from .fixed_cost import run_fixed_cost
+from .groups import run_groups
 from .history import print_history
 from .mysql import run_mysql
 from .report import COLUMNS, Result, markdown_table, parse_size, plain_row
 from .serverlog import configure_server_log
-from .shapes import SHAPES
+from .shapes import NARROW, SHAPES
 from .streams import run_streams
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stream-rounds", type=int, default=1, metavar="R",
                         help="--streams: R rounds per K, in turn forwards and backwards (1,2,4,4,2,1,...), then "
                              "the median per K and the speed-up of the medians (e.g. 3)")
+    parser.add_argument("--groups", type=int, default=0, metavar="N",
+                        help="also N small stores merged by one job against one job per store (groups.py)")
+    parser.add_argument("--group-rows", type=int, default=100, help="rows of each store's table for --groups")
+    parser.add_argument("--group-parallel", default="1,2", help="--parallel values for --groups, comma-separated")
+    parser.add_argument("--group-sample", type=int, default=40, metavar="M",
+                        help="stores merged by separate processes for --groups (per-stream medians)")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     cdc.add_arguments(parser)
@@ -152,6 +159,14 @@ def run_scenarios(server: LocalPostgres, workdir: Path, args: argparse.Namespace
             failed = True
     if args.cdc:
         failed |= cdc.run(server, workdir, args, results)
+    if args.groups:
+        try:
+            streams += [{"groups": row} for row in run_groups(
+                bench, args.groups, args.group_rows, [int(k) for k in comma_list(args.group_parallel)],
+                min(args.group_sample, args.groups), NARROW)]
+        except RuntimeError as exc:
+            print(f"CORRECTNESS CHECK FAILED: {exc}", file=sys.stderr)
+            failed = True
     return failed
 
 

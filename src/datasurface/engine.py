@@ -419,7 +419,8 @@ def streams_of(store: Store) -> list[Stream]:
 def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: str, mode: str, store: str,
               merge: Endpoint, merge_credential: str, limits: SessionLimits | None = None, run_id: str | None = None,
               ahead: Ahead | None = None) -> int:
-    """Exit status: 0 a fresh batch was committed (per stream); 10 an open batch was finished.
+    """Exit status: 0 a fresh batch was committed (per stream); 10 an open batch was finished. One store;
+    several in one run: group.py.
 
     The run's sessions open ahead, in threads, while the model is read (sessions.Ahead); `ahead`: where
     they are already opening (`merge_run_ahead` with this `run_id`); the run closes what it does not take."""
@@ -427,8 +428,8 @@ def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: s
     run_id = run_id or new_run_id()
     ahead = ahead or merge_run_ahead(merge, merge_credential, run_id, limits)
     try:
-        return _run_merge(model, model_ref, model_path, platform, mode, store, merge, merge_credential, limits,
-                          run_id, ahead)
+        return _run_merge(model, model_ref, model_path, platform, mode, store, merge, merge_credential,
+                          limits, run_id, ahead)
     finally:
         ahead.close()
 
@@ -440,29 +441,42 @@ def _run_merge(model: str, model_ref: str | None, model_path: str, platform: str
         layout.check_mode(mode)
         mdl = load_model(model, model_ref, model_path)
         killpoint("model:loaded")
-        st = find_store(mdl, store)
-        credentials.resolve(st.source.credential)  # fail before touching the source or writing anything
-        lays = layout.layouts(schema, st, mode)
-        recovered = False
+        st, lays = store_layouts(mdl, schema, store, mode)
         with heartbeat(merge, merge_credential, run_id, limits, ahead), \
                 connection(merge, merge_credential, "merge", run_id, limits, ahead=ahead) as conn:
-            for stream in streams_of(st):
-                with history.stream(stream.dataset) as record:
-                    stream_lays = [lay for lay in lays if stream.dataset in (None, lay.dataset.name)]
-                    lock = StreamLock(conn, schema, stream, limits)
-                    lock.acquire()
-                    killpoint("stream:locked")
-                    try:
-                        stream_run = StreamRun(conn, st, stream, stream_lays, mode, run_id, limits,
-                                               merge.named("merge"), lock.taken_over, mdl, ahead)
-                        record.watch(stream_run)
-                        if stream_run.run():
-                            record.exit_status = EXIT_RECOVERED
-                            recovered = True
-                    finally:
-                        with suppress(Exception):
-                            conn.rollback()
-                            lock.release()
+            return merge_streams(conn, mdl, st, lays, mode, history, merge, run_id, limits, ahead)
+
+
+def store_layouts(mdl: Model, schema: str, store: str, mode: str) -> tuple[Store, list[DatasetLayout]]:
+    """The store and its datasets' layouts; fails before touching the source or writing anything."""
+    st = find_store(mdl, store)
+    credentials.resolve(st.source.credential)
+    return st, layout.layouts(schema, st, mode)
+
+
+def merge_streams(conn: PgConnection, mdl: Model, st: Store, lays: list[DatasetLayout], mode: str,
+                  history: runs.CommandRuns, merge: Endpoint, run_id: str, limits: SessionLimits,
+                  ahead: Ahead | None) -> int:
+    """Each stream of the store forward by one batch, under its stream lock, on the run's merge session."""
+    schema = history.history.schema
+    recovered = False
+    for stream in streams_of(st):
+        with history.stream(stream.dataset) as record:
+            stream_lays = [lay for lay in lays if stream.dataset in (None, lay.dataset.name)]
+            lock = StreamLock(conn, schema, stream, limits)
+            lock.acquire()
+            killpoint("stream:locked")
+            try:
+                stream_run = StreamRun(conn, st, stream, stream_lays, mode, run_id, limits,
+                                       merge.named("merge"), lock.taken_over, mdl, ahead)
+                record.watch(stream_run)
+                if stream_run.run():
+                    record.exit_status = EXIT_RECOVERED
+                    recovered = True
+            finally:
+                with suppress(Exception):
+                    conn.rollback()
+                    lock.release()
     return EXIT_RECOVERED if recovered else EXIT_OK
 
 

@@ -10,6 +10,9 @@ tell an interrupted run (exit 130) from a bad snapshot (`raise_if_interrupted`).
 from __future__ import annotations
 
 import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 _seen = [0]  # Ctrl-Cs so far in this process (a signal is process-wide state)
@@ -34,3 +37,19 @@ def raise_if_interrupted(since: int) -> None:
     """After a failed statement: raise KeyboardInterrupt when a Ctrl-C came since `count()` was `since`."""
     if _seen[0] != since:
         raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a pod deleted, a task stopped) interrupts like Ctrl-C while the body runs, where SIGTERM has
+    its default action: a run of many stores stops where it is, records its stream in flight as interrupted
+    and prints its result line, instead of vanishing without a word. In the main thread only."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

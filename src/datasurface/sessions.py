@@ -281,6 +281,12 @@ def _session(endpoint: Endpoint, credential_name: str, role: str, run_id: str,
     return (role, endpoint, credential_name, run_id, limits), opener
 
 
+def session(endpoint: Endpoint, credential_name: str, role: str, run_id: str,
+            limits: SessionLimits) -> tuple[SessionKey, Callable[[], PgConnection]]:
+    """The key and opener of the session `connection` opens with these arguments (for `taken`)."""
+    return _session(endpoint, credential_name, role, run_id, limits)
+
+
 def history_session(endpoint: Endpoint, credential_name: str,
                     run_id: str) -> tuple[SessionKey, Callable[[], PgConnection]]:
     def opener() -> PgConnection:

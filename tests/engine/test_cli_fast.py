@@ -49,6 +49,7 @@ def test_the_table_is_the_typer_commands_options() -> None:
         assert p.envvar == opt.env, opt.dest
         assert _kind(p) is opt.kind, opt.dest
         assert p.required == (opt.default is fast.REQUIRED), opt.dest
+        assert p.multiple == opt.many, opt.dest
         if opt.default is not fast.REQUIRED:
             assert p.default == opt.default, opt.dest
 
@@ -74,6 +75,18 @@ def test_plain_merge_is_parsed_like_typer_would() -> None:
     assert values["platform"] == "E" and values["mode"] == "forensic"
 
 
+def test_a_repeated_store_is_every_store_in_order() -> None:
+    """Every --store, as typer's list option takes them (an option that is not `many` keeps its last value)."""
+    argv = ["merge", *REQUIRED, "--store", "T", "--store=U", "--mode", "forensic", "--parallel", "3"]
+    _, values = fast.parse_merge(argv, {"DATASURFACE_STORE": "X,Y"})  # type: ignore[misc]
+    assert values["store"] == ["S", "T", "U"] and values["mode"] == "forensic" and values["parallel"] == 3
+    _, values = fast.parse_merge(["merge", *REQUIRED[:4], *REQUIRED[6:]],  # type: ignore[misc]
+                                 {"DATASURFACE_STORE": "X,Y"})
+    assert values["store"] == ["X,Y"] and values["parallel"] == 1  # names separated by commas: group.py
+    ctx = _typer_merge().make_context("merge", argv[1:])
+    assert ctx.params["store"] == ["S", "T", "U"] and ctx.params["mode"] == "forensic" and ctx.params["parallel"] == 3
+
+
 @pytest.mark.parametrize("argv,env", [
     (["merge", *REQUIRED, "--help"], {}),
     (["merge", *REQUIRED[2:]], {}),  # --platform missing
@@ -84,6 +97,8 @@ def test_plain_merge_is_parsed_like_typer_would() -> None:
     (["merge", *REQUIRED, "--model-ref"], {}),
     (["merge", *REQUIRED], {"DATASURFACE_DEBUG": "1"}),
     (["merge", *REQUIRED, "--merge-port", ""], {}),
+    (["merge", *REQUIRED, "--store", ""], {}),
+    (["merge", *REQUIRED, "--parallel", "two"], {}),
     (["status", *REQUIRED], {}),
     (["--version"], {}),
     ([], {}),

@@ -49,6 +49,12 @@ Mode = Annotated[str, typer.Option("--mode", envvar="DATASURFACE_MODE", show_env
     help="live (current rows only) or forensic (every version, SCD type 2).")]
 StoreOpt = Annotated[str, typer.Option("--store", envvar="DATASURFACE_STORE", show_envvar=True,
     help="The store (from the model) to ingest.")]
+StoresOpt = Annotated[list[str], typer.Option("--store", envvar="DATASURFACE_STORE", show_envvar=True,
+    help="The store (from the model) to ingest. Repeat it, or separate names with commas (as the env var "
+    "does), to merge several stores in one run: each as a run of its own would, one's failure never "
+    "stopping another's.")]
+Parallel = Annotated[int, typer.Option("--parallel", envvar="DATASURFACE_PARALLEL", show_envvar=True,
+    help="How many of the stores to merge at once.")]
 MergeHost = Annotated[str, typer.Option("--merge-host", envvar="DATASURFACE_MERGE_HOST", show_envvar=True,
     help="Merge database host, or a Unix-socket directory (starts with /).")]
 MergePort = Annotated[int, typer.Option("--merge-port", envvar="DATASURFACE_MERGE_PORT", show_envvar=True,
@@ -104,7 +110,7 @@ def _merge_target(host: str, port: int, database: str, credential: str):  # type
 def merge(
     platform: Platform,
     mode: Mode,
-    store: StoreOpt,
+    store: StoresOpt,
     merge_host: MergeHost,
     merge_database: MergeDatabase,
     merge_credential: MergeCredential,
@@ -116,6 +122,7 @@ def merge(
     lock_timeout: LockTimeout = 300.0,
     session_timeout: SessionTimeout = 60.0,
     orphan_timeout: OrphanTimeout = 15.0,
+    parallel: Parallel = 1,
 ) -> None:
     """Bring the store's stream(s) forward by one committed batch.
 
@@ -124,13 +131,17 @@ def merge(
     Exit 10: a batch left open by an interrupted run was finished; run again for a fresh snapshot.
 
     Exit 1: failure, with nothing half-applied. Exit 2: usage error.
+
+    With several stores: one line on stderr per store that failed, naming it; exit 1 if any failed, else 10
+    if any finished a batch left open, else 0.
     """
-    from datasurface.engine import run_merge
+    from datasurface.group import run_merge
 
     endpoint, cred = _merge_target(merge_host, merge_port, merge_database, merge_credential)
     raise typer.Exit(run_merge(model=model, model_ref=model_ref, model_path=model_path, platform=platform,
                                mode=mode, store=store, merge=endpoint, merge_credential=cred,
-                               limits=_limits(lock_wait, lock_timeout, session_timeout, orphan_timeout)))
+                               limits=_limits(lock_wait, lock_timeout, session_timeout, orphan_timeout),
+                               parallel=parallel))
 
 
 @app.command("reset-batch")

@@ -18,11 +18,12 @@ import sys
 # What `datasurface-job merge` imports (cli/__init__.py, then cli/fast.py's `run_merge_command`); its
 # PostgreSQL source dialect is imported by the engine when the store is opened, the codec of the model
 # file (read as utf-8-sig: a byte-order mark is no part of the YAML) when it is read, and what fetching a
-# model from git needs (model/loader.py) when the model is a repository, as it is in a cluster.
+# model from git needs (model/loader.py) when the model is a repository, as it is in a cluster, and what
+# merging several stores in one run needs (group.py).
 # tests/engine/test_cli_fast.py checks that a real merge imports nothing outside these modules' imports.
 MERGE_MODULES = ("datasurface.cli", "datasurface.cli.fast", "datasurface.cli.outcome", "datasurface.engine",
-                 "datasurface.ingest.postgres", "encodings.utf_8_sig", "base64", "shutil", "subprocess",
-                 "tempfile")
+                 "datasurface.group", "datasurface.ingest.postgres", "encodings.utf_8_sig", "base64", "shutil",
+                 "subprocess", "tempfile")
 
 
 def merge_sources() -> list[str]:

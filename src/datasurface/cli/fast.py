@@ -15,7 +15,6 @@ some 14 ms of every start (`python -X importtime`).
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -30,12 +29,13 @@ class Opt(NamedTuple):
     env: str
     kind: type
     default: Any = REQUIRED
+    many: bool = False  # may be repeated: every value, in order (click's multiple=True)
 
 
 MERGE_OPTIONS = (
     Opt("platform", "--platform", "DATASURFACE_PLATFORM", str),
     Opt("mode", "--mode", "DATASURFACE_MODE", str),
-    Opt("store", "--store", "DATASURFACE_STORE", str),
+    Opt("store", "--store", "DATASURFACE_STORE", str, many=True),
     Opt("merge_host", "--merge-host", "DATASURFACE_MERGE_HOST", str),
     Opt("merge_database", "--merge-database", "DATASURFACE_MERGE_DATABASE", str),
     Opt("merge_credential", "--merge-credential", "DATASURFACE_MERGE_CREDENTIAL", str),
@@ -47,6 +47,7 @@ MERGE_OPTIONS = (
     Opt("lock_timeout", "--lock-timeout", "DATASURFACE_LOCK_TIMEOUT", float, 300.0),
     Opt("session_timeout", "--session-timeout", "DATASURFACE_SESSION_TIMEOUT", float, 60.0),
     Opt("orphan_timeout", "--orphan-timeout", "DATASURFACE_ORPHAN_TIMEOUT", float, 15.0),
+    Opt("parallel", "--parallel", "DATASURFACE_PARALLEL", int, 1),
 )
 ROOT_ENV = ("DATASURFACE_DEBUG",)  # the root callback's environment: any of it set -> typer
 _INT = re.compile(r"^[+-]?[0-9]+$")
@@ -72,7 +73,7 @@ def parse_merge(argv: Sequence[str], environ: dict[str, str] | None = None) -> t
     if not args or args[0] != "merge" or any(name in env for name in ROOT_ENV):
         return None
     by_flag = {o.flag: o for o in MERGE_OPTIONS}
-    given: dict[str, str] = {}
+    given: dict[str, list[str]] = {}
     rest = args[1:]
     i = 0
     while i < len(rest):
@@ -85,23 +86,23 @@ def parse_merge(argv: Sequence[str], environ: dict[str, str] | None = None) -> t
                 return None
             value = rest[i + 1]
             i += 1
-        given[opt.dest] = value
+        given.setdefault(opt.dest, []).append(value)  # a repeated option: the last, or every one (many)
         i += 1
     values: dict[str, Any] = {}
     for opt in MERGE_OPTIONS:
         if opt.dest in given:
-            text: str | None = given[opt.dest]
+            texts = given[opt.dest]
         elif opt.env in env:
-            text = env[opt.env]
+            texts = [env[opt.env]]
         else:
             if opt.default is REQUIRED:
                 return None
             values[opt.dest] = opt.default
             continue
-        value = _convert(opt, text or "")
-        if value is None:
+        converted = [_convert(opt, text) for text in (texts if opt.many else texts[-1:])]
+        if None in converted:
             return None
-        values[opt.dest] = value
+        values[opt.dest] = converted if opt.many else converted[0]
     return debug, values
 
 
@@ -120,14 +121,11 @@ def run_merge_command(debug: bool, values: dict[str, Any], report: Callable[[Bas
         run_id = new_run_id()
         # the run's sessions open while the engine is imported and the model read (sessions.Ahead)
         ahead = merge_run_ahead(merge, values["merge_credential"], run_id, limits)
-        from datasurface.engine import run_merge
-
-        gc.freeze()  # what start-up made lives as long as the process (see cli/__init__.py)
-        gc.enable()
+        from datasurface.group import run_merge
 
         return run_merge(model=values["model"], model_ref=values["model_ref"], model_path=values["model_path"],
                          platform=values["platform"], mode=values["mode"], store=values["store"],
                          merge=merge, merge_credential=values["merge_credential"], limits=limits, run_id=run_id,
-                         ahead=ahead)
+                         ahead=ahead, parallel=values["parallel"])
     except (Exception, KeyboardInterrupt) as exc:
         return report(exc, debug)

@@ -277,9 +277,13 @@ class CommandRuns:
 
 @contextmanager
 def recorded(endpoint: Endpoint, credential_name: str, schema: str, command: str, store: str | None,
-             run_id: str | None = None, ahead: Ahead | None = None) -> Iterator[CommandRuns]:
-    """The run history of a command; record each stream's run with `runs.stream(dataset)`."""
-    history = RunHistory(endpoint, credential_name, schema, command, run_id, ahead)
+             run_id: str | None = None, ahead: Ahead | None = None,
+             history: RunHistory | None = None) -> Iterator[CommandRuns]:
+    """The run history of a command; record each stream's run with `runs.stream(dataset)`. `history`: one
+    to write with and keep open (a run that merges several stores keeps its session from store to store)."""
+    own = history is None
+    if history is None:
+        history = RunHistory(endpoint, credential_name, schema, command, run_id, ahead)
     runs = CommandRuns(history, store)
     try:
         yield runs
@@ -291,4 +295,5 @@ def recorded(endpoint: Endpoint, credential_name: str, schema: str, command: str
             history.finish(RunRecord(history, store, None), status, line)
         raise
     finally:
-        history.close()
+        if own:
+            history.close()

@@ -7,6 +7,8 @@ The chart ships this module unchanged in every platform's ConfigMap, beside that
   `retrigger` (runs only when `merge` was skipped, i.e. the job exited 10: it finished a batch an earlier
   run left open, so the DAG runs again at once for a fresh snapshot) and `done` (an empty task whose
   `upstream_failed` state makes the DAG run fail when `merge` fails: a run's state follows its leaves).
+  With `storesPerTask` N > 1 instead: `<platform lower>__group<k>_ingestion`, one per group of at most N
+  stores (in the listed order), whose `merge` merges every store of its group in one job.
 - `<platform lower>_infrastructure`: `datasurface-job setup` (validate the model, create or evolve the
   platform's schema, tables and views).
 
@@ -45,6 +47,7 @@ START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 SLACK_TIMEOUT_SECONDS = 10
 EXECUTION_TIMEOUT_SECONDS = 3600  # default run time limit of a job task (executionTimeoutSeconds)
 EXECUTION_TIMEOUT_RANGE = (60, 7 * 24 * 3600)  # at least a minute, at most a week
+MAX_STORES_PER_TASK = 1000
 STOP_GRACE_SECONDS = 10  # local runner: SIGTERM, then SIGKILL after this long
 
 # The worker's env the local runner's job inherits: what a process needs (PATH, locale, time zone, HOME,
@@ -141,6 +144,8 @@ class PlatformSettings:
     retries: int = 2
     retry_delay_seconds: float = 300
     execution_timeout_seconds: int = EXECUTION_TIMEOUT_SECONDS
+    stores_per_task: int = 1
+    parallel_stores: int = 1
     secret_env: tuple[SecretEnv, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     slack_webhook_env: str | None = None
@@ -153,6 +158,22 @@ class PlatformSettings:
 
     def ingestion_dag_id(self, store: str) -> str:
         return f"{self.id_prefix}__{store}_ingestion"
+
+    @property
+    def groups(self) -> list[tuple[str, ...]]:
+        """The stores in groups of at most `stores_per_task`, in the listed order (group k is index k-1):
+        stores added at the end of the list leave the earlier groups as they were."""
+        n = self.stores_per_task
+        return [self.stores[i:i + n] for i in range(0, len(self.stores), n)]
+
+    def group_dag_id(self, k: int) -> str:
+        return f"{self.id_prefix}__group{k}_ingestion"
+
+    def group_timeout_seconds(self, stores: int) -> int:
+        """A group task's run time limit: executionTimeoutSeconds for each round of `parallel_stores`
+        stores, at most a week."""
+        rounds = -(-stores // self.parallel_stores)
+        return min(self.execution_timeout_seconds * rounds, EXECUTION_TIMEOUT_RANGE[1])
 
     @property
     def infrastructure_dag_id(self) -> str:
@@ -175,6 +196,14 @@ class PlatformSettings:
 
     def merge_args(self, store: str) -> list[str]:
         return ["merge", "--platform", self.platform, "--mode", self.mode, "--store", store]
+
+    def group_merge_args(self, stores: Sequence[str]) -> list[str]:
+        """A group's merge. `--parallel` is always given: a job image too old to merge groups refuses the
+        option (exit 2) rather than merging only the last `--store`, as its parser would."""
+        args = ["merge", "--platform", self.platform, "--mode", self.mode, "--parallel", str(self.parallel_stores)]
+        for store in stores:
+            args += ["--store", store]
+        return args
 
     def setup_args(self) -> list[str]:
         args = ["setup", "--platform", self.platform, "--mode", self.mode]
@@ -293,8 +322,8 @@ def _kind_name(types: type | tuple[type, ...]) -> str:
 
 
 _TOP_KEYS = ("version", "platform", "mode", "stores", "schedule", "infrastructureSchedule", "runner",
-             "retries", "retryDelaySeconds", "executionTimeoutSeconds", "model", "merge", "secretEnv", "env",
-             "slackWebhookEnv", "kubernetes")
+             "retries", "retryDelaySeconds", "executionTimeoutSeconds", "storesPerTask", "parallelStores", "model",
+             "merge", "secretEnv", "env", "slackWebhookEnv", "kubernetes")
 _K8S_KEYS = ("namespace", "image", "imagePullPolicy", "imagePullSecrets", "serviceAccountName", "resources",
              "labels", "startupTimeoutSeconds", "modelConfigMap", "securityContext",
              "containerSecurityContext", "secretMounts", "nodeSelector", "tolerations", "affinity", "annotations")
@@ -334,6 +363,8 @@ def parse_settings(data: Any) -> PlatformSettings:
     low, high = EXECUTION_TIMEOUT_RANGE
     execution_timeout = top.integer("executionTimeoutSeconds", default=EXECUTION_TIMEOUT_SECONDS, minimum=low,
                                     maximum=high)
+    stores_per_task = top.integer("storesPerTask", default=1, minimum=1, maximum=MAX_STORES_PER_TASK)
+    parallel_stores = top.integer("parallelStores", default=1, minimum=1, maximum=MAX_STORES_PER_TASK)
 
     m = top.child("model", top.value("model", True, {}))
     model = ModelSettings(repo=m.string("repo", required=True), ref=m.string("ref", nullable=True),
@@ -380,8 +411,9 @@ def parse_settings(data: Any) -> PlatformSettings:
     return PlatformSettings(platform=platform, mode=mode, stores=tuple(stores), model=model, merge=merge,
                             schedule=schedule, infrastructure_schedule=infra_schedule, runner=runner,
                             retries=retries, retry_delay_seconds=retry_delay,
-                            execution_timeout_seconds=execution_timeout, secret_env=tuple(secret_env),
-                            env=env, slack_webhook_env=slack, kubernetes=kubernetes)
+                            execution_timeout_seconds=execution_timeout, stores_per_task=stores_per_task,
+                            parallel_stores=parallel_stores, secret_env=tuple(secret_env), env=env,
+                            slack_webhook_env=slack, kubernetes=kubernetes)
 
 
 def _job_env_names() -> set[str]:
@@ -567,29 +599,43 @@ class LocalJobOperator(BaseOperator):
         self.stop_job()
 
 
+_K8S_CONFIGURATION: list[Any] = []  # the kubernetes client's Configuration the pod specs' models share
+
+
 def _kubernetes_job(settings: PlatformSettings, *, task_id: str, name: str, args: list[str],
                     extra_labels: Mapping[str, str], run_again_on_10: bool, **kwargs: Any) -> BaseOperator:
     # Imported only for this runner: the kubernetes client is the slowest import of a parse.
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import Configuration
     from kubernetes.client import models as k8s
+
+    # A model made without a configuration copies the default one, whose logging setup clears every
+    # logger's cache: about two thirds of parsing a platform of 400 stores. One configuration serves them all.
+    if not _K8S_CONFIGURATION:
+        _K8S_CONFIGURATION.append(Configuration.get_default_copy())
+    cfg = _K8S_CONFIGURATION[0]
+
+    def m(model: Any, **fields: Any) -> Any:
+        return model(local_vars_configuration=cfg, **fields)
 
     k = settings.kubernetes
     assert k is not None  # parse_settings requires it for this runner
-    env = [k8s.V1EnvVar(name=n, value=v) for n, v in sorted(settings.job_env().items())]
-    env.append(k8s.V1EnvVar(name="TMPDIR", value="/tmp"))
-    env += [k8s.V1EnvVar(name=s.name, value_from=k8s.V1EnvVarSource(
-                secret_key_ref=k8s.V1SecretKeySelector(name=s.secret, key=s.key, optional=s.optional)))
+    env = [m(k8s.V1EnvVar, name=n, value=v) for n, v in sorted(settings.job_env().items())]
+    env.append(m(k8s.V1EnvVar, name="TMPDIR", value="/tmp"))
+    env += [m(k8s.V1EnvVar, name=s.name, value_from=m(k8s.V1EnvVarSource, secret_key_ref=m(
+                k8s.V1SecretKeySelector, name=s.secret, key=s.key, optional=s.optional)))
             for s in settings.secret_env]
-    volumes = [k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())]
-    mounts = [k8s.V1VolumeMount(name="tmp", mount_path="/tmp")]
+    volumes = [m(k8s.V1Volume, name="tmp", empty_dir=m(k8s.V1EmptyDirVolumeSource))]
+    mounts = [m(k8s.V1VolumeMount, name="tmp", mount_path="/tmp")]
     if k.model_config_map:
-        volumes.append(k8s.V1Volume(name="model",
-                                    config_map=k8s.V1ConfigMapVolumeSource(name=k.model_config_map)))
-        mounts.append(k8s.V1VolumeMount(name="model", mount_path=MODEL_MOUNT, read_only=True))
-    for i, m in enumerate(k.secret_mounts):
-        volumes.append(k8s.V1Volume(name=f"secret-{i}", secret=k8s.V1SecretVolumeSource(
-            secret_name=m.secret, items=[k8s.V1KeyToPath(key=m.key, path=m.path)], default_mode=0o444)))
-        mounts.append(k8s.V1VolumeMount(name=f"secret-{i}", mount_path=m.mount_path, read_only=True))
+        volumes.append(m(k8s.V1Volume, name="model",
+                         config_map=m(k8s.V1ConfigMapVolumeSource, name=k.model_config_map)))
+        mounts.append(m(k8s.V1VolumeMount, name="model", mount_path=MODEL_MOUNT, read_only=True))
+    for i, mount in enumerate(k.secret_mounts):
+        volumes.append(m(k8s.V1Volume, name=f"secret-{i}", secret=m(
+            k8s.V1SecretVolumeSource, secret_name=mount.secret,
+            items=[m(k8s.V1KeyToPath, key=mount.key, path=mount.path)], default_mode=0o444)))
+        mounts.append(m(k8s.V1VolumeMount, name=f"secret-{i}", mount_path=mount.mount_path, read_only=True))
     labels = {**k.labels, "datasurface.io/platform": settings.id_prefix, **extra_labels}
     return KubernetesPodOperator(
         task_id=task_id,
@@ -597,13 +643,13 @@ def _kubernetes_job(settings: PlatformSettings, *, task_id: str, name: str, args
         namespace=k.namespace,
         image=k.image,
         image_pull_policy=k.image_pull_policy,
-        image_pull_secrets=[k8s.V1LocalObjectReference(name=s) for s in k.image_pull_secrets] or None,
+        image_pull_secrets=[m(k8s.V1LocalObjectReference, name=s) for s in k.image_pull_secrets] or None,
         service_account_name=k.service_account_name,
         automount_service_account_token=False,
         arguments=args,
         env_vars=env,
-        container_resources=k8s.V1ResourceRequirements(requests=dict(k.resources.get("requests", {})) or None,
-                                                       limits=dict(k.resources.get("limits", {})) or None),
+        container_resources=m(k8s.V1ResourceRequirements, requests=dict(k.resources.get("requests", {})) or None,
+                              limits=dict(k.resources.get("limits", {})) or None),
         labels=labels,
         startup_timeout_seconds=k.startup_timeout_seconds,
         volumes=volumes,
@@ -624,7 +670,7 @@ def _kubernetes_job(settings: PlatformSettings, *, task_id: str, name: str, args
 
 
 def job_task(settings: PlatformSettings, *, task_id: str, args: list[str], store: str | None,
-             run_again_on_10: bool, **kwargs: Any) -> BaseOperator:
+             run_again_on_10: bool, group: int | None = None, **kwargs: Any) -> BaseOperator:
     """The task running `datasurface-job ARGS` with the platform's runner, stopped after the platform's
     executionTimeoutSeconds (Airflow then calls on_kill: the pod is deleted, the subprocess stopped)."""
     kwargs.setdefault("execution_timeout", timedelta(seconds=settings.execution_timeout_seconds))
@@ -634,8 +680,9 @@ def job_task(settings: PlatformSettings, *, task_id: str, args: list[str], store
                                 optional_env=[s.name for s in settings.secret_env if s.optional],
                                 withheld_env=[settings.slack_webhook_env] if settings.slack_webhook_env else [],
                                 run_again_on_10=run_again_on_10, **kwargs)
-    what = store.lower() if store else "setup"
-    extra = {"datasurface.io/store": store} if store else {"datasurface.io/task": "setup"}
+    what = store.lower() if store else f"group{group}" if group else "setup"
+    extra = {"datasurface.io/store": store} if store else \
+        {"datasurface.io/group": str(group)} if group else {"datasurface.io/task": "setup"}
     return _kubernetes_job(settings, task_id=task_id, name=f"ds-{settings.id_prefix}-{what}"[:200],
                            args=args, extra_labels=extra, run_again_on_10=run_again_on_10, **kwargs)
 
@@ -695,24 +742,39 @@ def _tags(settings: PlatformSettings, kind: str) -> list[str]:
 
 
 def ingestion_dag(settings: PlatformSettings, store: str) -> DAG:
+    return _ingestion_dag(settings, settings.ingestion_dag_id(store), f"store {store}",
+                          lambda: job_task(settings, task_id="merge", args=settings.merge_args(store), store=store,
+                                           run_again_on_10=True))
+
+
+def group_dag(settings: PlatformSettings, k: int, stores: Sequence[str]) -> DAG:
+    """Group k's DAG: one `merge` of its stores; its run time limit grows with the group (one
+    executionTimeoutSeconds for each round of parallelStores stores)."""
+    what = f"group {k} ({len(stores)} stores: {stores[0]} to {stores[-1]})" if len(stores) > 1 \
+        else f"group {k} (store {stores[0]})"
+    timeout = timedelta(seconds=settings.group_timeout_seconds(len(stores)))
+    return _ingestion_dag(settings, settings.group_dag_id(k), what,
+                          lambda: job_task(settings, task_id="merge", args=settings.group_merge_args(stores),
+                                           store=None, group=k, run_again_on_10=True, execution_timeout=timeout))
+
+
+def _ingestion_dag(settings: PlatformSettings, dag_id: str, what: str, merge_task: Callable[[], BaseOperator]) -> DAG:
     from airflow.providers.standard.operators.empty import EmptyOperator
     from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 
-    dag_id = settings.ingestion_dag_id(store)
     with DAG(
         dag_id=dag_id,
-        description=f"Ingest store {store} into platform {settings.platform} ({settings.mode})",
+        description=f"Ingest {what} into platform {settings.platform} ({settings.mode})",
         schedule=settings.schedule,
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
         is_paused_upon_creation=False,
         tags=_tags(settings, "ingestion"),
-        default_args=_default_args(settings, f"ingestion of store {store}"),
+        default_args=_default_args(settings, f"ingestion of {what}"),
         doc_md=__doc__,
     ) as dag:
-        merge = job_task(settings, task_id="merge", args=settings.merge_args(store), store=store,
-                         run_again_on_10=True)
+        merge = merge_task()
         # merge skipped == the job exited 10: queue a new run now (max_active_runs=1 starts it when this
         # one ends). On success or failure of merge this task is skipped.
         retrigger = TriggerDagRunOperator(task_id="retrigger", trigger_dag_id=dag_id,
@@ -753,7 +815,11 @@ def _check_schedule(dag: DAG, key: str) -> None:
 
 def build_dags(settings: PlatformSettings) -> dict[str, DAG]:
     """Every DAG of the platform, by DAG id."""
-    dags = {settings.ingestion_dag_id(store): ingestion_dag(settings, store) for store in settings.stores}
+    if settings.stores_per_task == 1:
+        dags = {settings.ingestion_dag_id(store): ingestion_dag(settings, store) for store in settings.stores}
+    else:
+        dags = {settings.group_dag_id(k): group_dag(settings, k, stores)
+                for k, stores in enumerate(settings.groups, start=1)}
     dags[settings.infrastructure_dag_id] = infrastructure_dag(settings)
     return dags
 

@@ -40,7 +40,8 @@
 
 {{/* Seconds without a commit after which a platform's streams are stale: the override in
      metrics.prometheusRule.staleAfterSeconds, else the schedule's longest gap + the platform's
-     executionTimeoutSeconds (a run may take that long) + metrics.prometheusRule.staleGraceSeconds.
+     executionTimeoutSeconds (a run may take that long; a group's run, that for each round of
+     parallelStores stores, at most a week, as its DAG allows) + metrics.prometheusRule.staleGraceSeconds.
      "" when the schedule never repeats. Call with (dict "ctx" $ "platform" .). */}}
 {{- define "datasurface.metrics.staleAfter" -}}
 {{- $rule := .ctx.Values.metrics.prometheusRule -}}
@@ -50,8 +51,16 @@
 {{- include "datasurface.checkSchedule" (dict "platform" .platform "key" "schedule") -}}
 {{- $gap := include "datasurface.metrics.scheduleSeconds" .platform.schedule -}}
 {{- if ne $gap "" -}}
-{{- $timeout := .platform.executionTimeoutSeconds | default .ctx.Values.platformDefaults.executionTimeoutSeconds -}}
-{{- add (atoi $gap) (int $timeout) (int $rule.staleGraceSeconds) -}}
+{{- $d := .ctx.Values.platformDefaults -}}
+{{- $timeout := .platform.executionTimeoutSeconds | default $d.executionTimeoutSeconds | int -}}
+{{- $perTask := hasKey .platform "storesPerTask" | ternary .platform.storesPerTask $d.storesPerTask | int -}}
+{{- if gt $perTask 1 -}}
+{{- $parallel := hasKey .platform "parallelStores" | ternary .platform.parallelStores $d.parallelStores | int -}}
+{{- $biggest := min $perTask (len .platform.stores) -}}
+{{- $rounds := div (sub (add $biggest $parallel) 1) $parallel -}}
+{{- $timeout = min (mul $timeout $rounds) 604800 -}}
+{{- end -}}
+{{- add (atoi $gap) $timeout (int $rule.staleGraceSeconds) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
