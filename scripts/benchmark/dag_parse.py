@@ -39,7 +39,7 @@ def settings(stores: int, per_task: int) -> dict[str, object]:
         "merge": {"host": "db", "port": 5432, "database": "merge_db", "credential": "merge"},
         "secretEnv": [{"name": "MERGE_USER", "secret": "db", "key": "merge-username"},
                       {"name": "MERGE_PASSWORD", "secret": "db", "key": "merge-password"}],
-        "kubernetes": {"image": "ghcr.io/datasurface/datasurface-job:0.1.0", "namespace": "data"},
+        "kubernetes": {"image": "ghcr.io/datasurface/datasurface-job:0.3.0", "namespace": "data"},
     }
 
 

@@ -1,3 +1,3 @@
 """DataSurface on Kubernetes: snapshot ingestion into live and forensic merge tables."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"

@@ -196,7 +196,7 @@ def test_platform_json_defaults(defaults: Docs) -> None:
         "slackWebhookEnv": None,
         "kubernetes": {
             "namespace": "default",
-            "image": "ghcr.io/datasurface/datasurface-job:0.1.0",
+            "image": "ghcr.io/datasurface/datasurface-job:0.3.0",
             "imagePullPolicy": "IfNotPresent",
             "imagePullSecrets": [],
             "serviceAccountName": None,

@@ -62,7 +62,7 @@ EXAMPLE_SETTINGS: dict[str, Any] = {
     "slackWebhookEnv": "DATASURFACE_SLACK_WEBHOOK",
     "kubernetes": {
         "namespace": "default",
-        "image": "ghcr.io/datasurface/datasurface-job:0.1.0",
+        "image": "ghcr.io/datasurface/datasurface-job:0.3.0",
         "imagePullPolicy": "IfNotPresent",
         "imagePullSecrets": [],
         "serviceAccountName": None,

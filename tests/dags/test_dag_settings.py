@@ -26,7 +26,7 @@ def test_the_interface_example_is_accepted(dags_module: ModuleType) -> None:
     assert s.secret_env[-1].optional and not s.secret_env[0].optional
     assert s.slack_webhook_env == "DATASURFACE_SLACK_WEBHOOK"
     k = s.kubernetes
-    assert k.image == "ghcr.io/datasurface/datasurface-job:0.1.0"
+    assert k.image == "ghcr.io/datasurface/datasurface-job:0.3.0"
     assert k.resources == {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
     assert k.model_config_map is None and k.service_account_name is None
     assert s.job_env() == {
