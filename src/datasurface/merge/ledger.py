@@ -64,6 +64,18 @@ class BatchLedger:
     def __init__(self, conn: PgConnection, schema: str):
         self.conn = conn
         self.schema = schema
+        self._has_lsn = False
+
+    def _lsn_columns(self) -> sql.Composable:
+        """The batch's LSNs as text; NULLs from a ledger older than change data capture, until the batch that
+        opens next adds the columns (`ensure`): a merge reads the ledger before it may change anything."""
+        if not self._has_lsn:  # asked again until they exist: another BatchLedger's `ensure` may add them
+            with self.conn.cursor() as cur:
+                cur.execute("""SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                                               WHERE attrelid = to_regclass(format('%%I.ds_batches', %s::text))
+                                                 AND attname = 'slot_lsn' AND NOT attisdropped)""", (self.schema,))
+                self._has_lsn = bool(cur.fetchone()[0])  # type: ignore[index]
+        return sql.SQL("source_lsn::text, slot_lsn::text" if self._has_lsn else "NULL::text, NULL::text")
 
     def _t(self, name: str) -> sql.Composable:
         return sql.Identifier(self.schema, name)
@@ -91,6 +103,7 @@ class BatchLedger:
                 if not has_lsn:
                     cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS source_lsn pg_lsn, "
                                         "ADD COLUMN IF NOT EXISTS slot_lsn pg_lsn").format(self._t("ds_batches")))
+            self._has_lsn = True
             if not has_datasets:
                 self._create_batch_datasets(cur)
 
@@ -137,9 +150,10 @@ class BatchLedger:
     def latest(self, stream: Stream) -> Batch | None:
         with self.conn.cursor() as cur:
             cur.execute(
-                sql.SQL("""SELECT batch_id, status, mode, model_fingerprint, staged_rows, staging_tables,
-                                  source_lsn::text, slot_lsn::text FROM {}
-                            WHERE stream = %s ORDER BY batch_id DESC LIMIT 1""").format(self._t("ds_batches")),
+                sql.SQL("""SELECT batch_id, status, mode, model_fingerprint, staged_rows, staging_tables, {}
+                             FROM {}
+                            WHERE stream = %s ORDER BY batch_id DESC LIMIT 1""").format(
+                    self._lsn_columns(), self._t("ds_batches")),
                 (stream.key,),
             )
             row = cur.fetchone()
@@ -170,10 +184,10 @@ class BatchLedger:
     def last_committed(self, stream: Stream) -> Batch | None:
         with self.conn.cursor() as cur:
             cur.execute(
-                sql.SQL("""SELECT batch_id, status, mode, model_fingerprint, staged_rows, staging_tables,
-                                  source_lsn::text, slot_lsn::text FROM {}
+                sql.SQL("""SELECT batch_id, status, mode, model_fingerprint, staged_rows, staging_tables, {}
+                             FROM {}
                             WHERE stream = %s AND status = %s ORDER BY batch_id DESC LIMIT 1""").format(
-                    self._t("ds_batches")), (stream.key, COMMITTED))
+                    self._lsn_columns(), self._t("ds_batches")), (stream.key, COMMITTED))
             row = cur.fetchone()
         return None if row is None else _batch(stream, row)
 
@@ -229,9 +243,10 @@ class BatchLedger:
     def get(self, stream: Stream, batch_id: int) -> Batch | None:
         with self.conn.cursor() as cur:
             cur.execute(
-                sql.SQL("""SELECT batch_id, status, mode, model_fingerprint, staged_rows, staging_tables,
-                                  source_lsn::text, slot_lsn::text FROM {}
-                            WHERE stream = %s AND batch_id = %s""").format(self._t("ds_batches")),
+                sql.SQL("""SELECT batch_id, status, mode, model_fingerprint, staged_rows, staging_tables, {}
+                             FROM {}
+                            WHERE stream = %s AND batch_id = %s""").format(
+                    self._lsn_columns(), self._t("ds_batches")),
                 (stream.key, batch_id),
             )
             row = cur.fetchone()
