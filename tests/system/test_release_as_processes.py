@@ -195,7 +195,7 @@ def test_a_cdc_job_killed_inside_its_changes_recovers_and_reruns(release: Releas
         assert api.wait_for_run(dag_id, first, 300) == "success", release.pods["scheduler"].logs()[-4000:]
     with release.connect("customer_db", "source") as conn, conn.cursor() as cur:  # 100,000 changes to read
         cur.execute(f"""INSERT INTO public.customers ({CUSTOMER_COLUMNS})
-                        SELECT 'cdc' || n, 'First' || n, 'Last' || n, date '1960-01-01' + n %% 20000,
+                        SELECT 'cdc' || n, 'First' || n, 'Last' || n, date '1960-01-01' + n % 20000,
                                'd' || n || '@example.invalid', '+1-556-' || n, NULL, NULL
                           FROM generate_series(1, 100000) AS n""")
     before = release.batches(schema)
