@@ -122,7 +122,7 @@ class Capture:
         if row is None:
             return  # a missing table is the source check's to report
         setting, columns = row
-        if setting == "f" or set(dataset.primary_key) <= set(columns):
+        if setting == "f" or {dataset.column(k).source_name for k in dataset.primary_key} <= set(columns):
             return
         has = {"n": "no replica identity", "d": "a replica identity (its primary key) of "
                f"({', '.join(columns) or 'none'})", "i": f"a replica identity index on ({', '.join(columns)})"}
@@ -365,11 +365,12 @@ class _Encoder:
         if cached is not None:
             return cached
         where = {name: i for i, name in enumerate(change.relation.columns)}
-        missing = [c.name for c in dataset.columns if c.name not in where]
+        missing = [c.source_name for c in dataset.columns if c.source_name not in where]
         if missing:
             raise CaptureError(f"changes of {self.schema}.{dataset.table} lack column(s) {', '.join(missing)} of "
                                f"the model (the table changed on the source)")
-        positions = ([where[c.name] for c in dataset.columns], [where[k] for k in dataset.primary_key])
+        positions = ([where[c.source_name] for c in dataset.columns],
+                     [where[dataset.column(k).source_name] for k in dataset.primary_key])
         self._positions[(change.relation, index)] = positions
         return positions
 

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 
 import psycopg2
 from psycopg2 import sql
@@ -22,6 +23,7 @@ from datasurface.errors import SnapshotError
 from datasurface.faults import killpoint
 from datasurface.merge.layout import DatasetLayout
 from datasurface.merge.staging import create_staging, staging_error
+from datasurface.model import Column
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def copy_dataset(source: PgConnection, merge: PgConnection, lay: DatasetLayout, 
     create_staging(merge, lay)
     cols = idents(lay.columns)
     out_sql = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)").format(
-        cols, sql.Identifier(source_schema, lay.dataset.table)).as_string(source)
+        select_list(lay.dataset.columns), sql.Identifier(source_schema, lay.dataset.table)).as_string(source)
     # FREEZE: the table was created in this transaction, so its rows are written frozen, hint bits set;
     # otherwise the diff's first read of them would dirty (and write back) every page of the snapshot
     in_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary, FREEZE)").format(
@@ -90,6 +92,16 @@ def copy_dataset(source: PgConnection, merge: PgConnection, lay: DatasetLayout, 
     killpoint(f"ingest:{lay.dataset.name}:copied")
     log.info("snapshot %s: %s rows in %.1fs", lay.dataset.name, f"{rows:,}", time.monotonic() - started)
     return rows
+
+
+def select_list(columns: Sequence[Column]) -> sql.Composable:
+    """The source columns by their exact names, in the model's order. A text or varchar(n) column is read
+    `::text`: an enum source column sends its label that way only (the binary form of an enum is not
+    text's), and for text and varchar it is a no-op; a label too long for varchar(n) fails the merge side's
+    COPY instead of being cut."""
+    return sql.SQL(", ").join(
+        sql.SQL("{}::text" if c.type == "text" or c.type.startswith("varchar(") else "{}").format(
+            sql.Identifier(c.source_name)) for c in columns)
 
 
 def _source_error(lay: DatasetLayout, exc: BaseException) -> SnapshotError:
