@@ -95,13 +95,10 @@ def copy_dataset(source: PgConnection, merge: PgConnection, lay: DatasetLayout, 
 
 
 def select_list(columns: Sequence[Column]) -> sql.Composable:
-    """The source columns by their exact names, in the model's order. A text or varchar(n) column is read
-    `::text`: an enum source column sends its label that way only (the binary form of an enum is not
-    text's), and for text and varchar it is a no-op; a label too long for varchar(n) fails the merge side's
-    COPY instead of being cut."""
-    return sql.SQL(", ").join(
-        sql.SQL("{}::text" if c.type == "text" or c.type.startswith("varchar(") else "{}").format(
-            sql.Identifier(c.source_name)) for c in columns)
+    """The source columns by their exact names, in the model's order. An enum column needs no cast into a
+    text or varchar(n) one: its binary form is its label's text (a label too long for varchar(n) fails
+    the merge side's COPY, it is never cut); a domain's binary form is its base type's."""
+    return sql.SQL(", ").join(sql.Identifier(c.source_name) for c in columns)
 
 
 def _source_error(lay: DatasetLayout, exc: BaseException) -> SnapshotError:
