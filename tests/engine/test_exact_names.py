@@ -50,6 +50,18 @@ def _change(src: Any, *statements: str) -> None:
     src.commit()
 
 
+def _cdc_source(version: int, pg_servers: dict[int, Any], databases_on: Any,
+                request: pytest.FixtureRequest) -> tuple[Any, Any, Any]:
+    """Databases on `version` whose source role may read replication slots (dropped at the end), and a
+    connection to each."""
+    if version not in pg_servers:
+        pytest.skip(f"PostgreSQL {version} is not available here")
+    dbs = databases_on(pg_servers[version])
+    allow_replication(dbs)
+    request.addfinalizer(lambda: drop_slots(dbs))
+    return dbs, dbs.connect(dbs.source), dbs.connect(dbs.merge)
+
+
 FIRST = ("INSERT INTO {t} VALUES (1, 10, 'Hauptstraße 1', 'o1', 'q1'), (2, 20, 'Elm', 'o2', NULL), "
          "(3, 30, NULL, NULL, 'q3')")
 SECOND = ("UPDATE {t} SET \"Straße Name\" = 'Elm 2', \"order\" = 'o2b' WHERE \"CustomerID\" = 2",
@@ -103,12 +115,7 @@ def test_exact_names_and_keywords_through_snapshots(version: int, pg_servers: di
 @pytest.mark.parametrize("version", [15, 18])
 def test_exact_names_through_change_data_capture(version: int, pg_servers: dict[int, Any], databases_on: Any,
                                                  tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    if version not in pg_servers:
-        pytest.skip(f"PostgreSQL {version} is not available here")
-    dbs = databases_on(pg_servers[version])
-    allow_replication(dbs)
-    request.addfinalizer(lambda: drop_slots(dbs))
-    src, mrg = dbs.connect(dbs.source), dbs.connect(dbs.merge)
+    dbs, src, mrg = _cdc_source(version, pg_servers, databases_on, request)
     _change(src, SOURCE_DDL, FIRST)
     model = _model(dbs, tmp_path, cdc=True)
     args = ["merge", "--model", str(model), "--platform", "Cdc", "--mode", "forensic", "--store", "S",
@@ -122,3 +129,39 @@ def test_exact_names_through_change_data_capture(version: int, pg_servers: dict[
     assert _rows(mrg, READ.format("cdc.s_orders_current")) == _rows(src, SOURCE_READ)
     assert _rows(mrg, """SELECT rows_total, rows_inserted, rows_updated, rows_deleted FROM cdc.ds_batch_datasets
                           WHERE batch_id = 2""") == [(3, 2, 0, 2)]
+
+
+@pytest.mark.parametrize("version", [15, 18])
+def test_change_data_capture_of_a_partitioned_table_and_a_view_refused(
+        version: int, pg_servers: dict[int, Any], databases_on: Any, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
+    dbs, src, mrg = _cdc_source(version, pg_servers, databases_on, request)
+    _change(src, "CREATE TABLE orders (id integer NOT NULL, status text NOT NULL) PARTITION BY LIST (status)",
+            "CREATE TABLE orders_open PARTITION OF orders FOR VALUES IN ('open')",
+            "CREATE TABLE orders_closed PARTITION OF orders FOR VALUES IN ('closed')",
+            "ALTER TABLE orders REPLICA IDENTITY FULL", "ALTER TABLE orders_open REPLICA IDENTITY FULL",
+            "ALTER TABLE orders_closed REPLICA IDENTITY FULL",
+            "INSERT INTO orders VALUES (1, 'open'), (2, 'open'), (3, 'closed')",
+            "CREATE VIEW open_orders AS SELECT id, status FROM orders WHERE status = 'open'")
+    cols = [{"name": "id", "type": "integer"}, {"name": "status", "type": "text"}]
+    doc = cdc_model({"apiVersion": "datasurface/v1", "kind": "Model", "stores": [{
+        "name": "S", "source": {"host": dbs.host, "port": dbs.port, "database": dbs.source, "credential": "source"},
+        "datasets": [{"name": "orders", "primaryKey": ["id"], "columns": cols}]}]})
+    model = write_model(tmp_path / "model", doc)
+    args = ["merge", "--model", str(model), "--platform", "Part", "--mode", "live", "--store", "S",
+            *dbs.merge_args()]
+    proc = run_job(args, dbs.env)
+    assert proc.returncode == 0, proc.stderr
+    _change(src, "UPDATE orders SET status = 'closed' WHERE id = 1", "INSERT INTO orders VALUES (4, 'closed')",
+            "DELETE FROM orders WHERE id = 2")
+    proc = run_job(args, dbs.env)
+    assert proc.returncode == 0, proc.stderr
+    assert _rows(mrg, "SELECT id, status FROM part.s_orders_current ORDER BY 1") == _rows(
+        src, "SELECT id, status FROM orders ORDER BY 1")
+    assert _rows(mrg, """SELECT rows_total, rows_inserted, rows_updated, rows_deleted FROM part.ds_batch_datasets
+                          WHERE batch_id = 2""") == [(3, 1, 1, 1)]  # the row that moved partitions: an update
+    doc["stores"][0]["datasets"].append({"name": "open_orders", "primaryKey": ["id"], "columns": cols})
+    write_model(tmp_path / "model", doc)
+    proc = run_job(args, dbs.env)
+    assert proc.returncode == 1
+    assert "public.open_orders is a view, whose changes cannot be captured" in proc.stderr.strip().splitlines()[-1]
