@@ -243,14 +243,14 @@ def test_exact_names_and_keywords_in_backticks(mdbs: Any, tmp_path: Path) -> Non
     src = mdbs.connect_source()
     with src.cursor() as cur:
         cur.execute("CREATE TABLE `Customer Orders ✓` (`CustomerID` int NOT NULL, `user` int NOT NULL, "
-                    "`Straße Name` varchar(20), `order` date, `Sel\"ect` text, PRIMARY KEY (`CustomerID`, `user`)) "
+                    "`Straße Name` varchar(20), `order` date, `Sel``ect` text, PRIMARY KEY (`CustomerID`, `user`)) "
                     "ENGINE=InnoDB")
         cur.execute("INSERT INTO `Customer Orders ✓` VALUES (1, 10, 'Haupt', '2024-02-29', 'q'), "
                     "(2, 20, NULL, NULL, NULL)")
     src.commit()
     columns = [{"name": "customer_id", "source": "CustomerID", "type": "integer"}, {"name": "user", "type": "integer"},
                {"name": "street", "source": "Straße Name", "type": "varchar(20)"}, {"name": "order", "type": "date"},
-               {"name": "quoted", "source": 'Sel"ect', "type": "text"}]
+               {"name": "quoted", "source": "Sel`ect", "type": "text"}]
     doc = mysql_model(mdbs.host, mdbs.source, datasets={})
     doc["stores"][0]["datasets"] = [{"name": "orders", "table": "Customer Orders ✓",
                                      "primaryKey": ["customer_id", "user"], "columns": columns}]
