@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scripts/benchmark.sh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100k,1m", help="row counts, comma-separated (k, m suffixes); e.g. 10m")
-    parser.add_argument("--shapes", default="narrow,wide", help="narrow (6 columns) and/or wide (30 columns)")
+    parser.add_argument("--shapes", default="narrow,wide", help="narrow (6 columns) and/or wide (33 columns)")
     parser.add_argument("--wide-sizes", default="100k",
                         help="sizes for the wide shape (default 100k only; e.g. 100k,1m)")
     parser.add_argument("--modes", default="live,forensic", help="live and/or forensic")

@@ -44,6 +44,15 @@ def _wide() -> list[tuple[str, str, str]]:
         column_type, expression = kinds[(len(columns) - 2) % len(kinds)]
         columns.append((f"c{len(columns):02d}", column_type, _nullable(expression.format(s=salt), salt)))
         salt += 1
+    # the types a real operational table adds, each compared by its text in the diff
+    extra = [
+        ("integer[]", "ARRAY[(g * {s}) % 1000, g % 7, NULL]::integer[]"),
+        ("json", "json_build_object('k', g % 100, 's', {s})"),
+        ("interval", "((g * {s}) % 100000) * interval '1 second'"),
+    ]
+    for column_type, expression in extra:
+        columns.append((f"c{len(columns):02d}", column_type, _nullable(expression.format(s=salt), salt)))
+        salt += 1
     return columns
 
 

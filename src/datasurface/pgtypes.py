@@ -18,6 +18,8 @@ _PARAM = {"varchar": "character varying", "char": "character"}
 def catalog_spelling(model_type: str) -> str:
     """`varchar(20)` -> `character varying(20)`; types PostgreSQL spells as we do are returned as is."""
     t = model_type.strip().lower()
+    if t.endswith("[]"):
+        return catalog_spelling(t[:-2]) + "[]"
     if t in _FIXED:
         return _FIXED[t]
     match = re.fullmatch(r"(varchar|char)\((\d+)\)", t)

@@ -51,7 +51,8 @@ def apply_as_changes(conn: Any, prev: dict[str, dict[tuple[Any, ...], tuple[Any,
                 statements.append((f'UPDATE "{name}" SET {sets} WHERE {where}', (*row[len(key):], *k)))
             elif k not in before:
                 marks = ", ".join(["%s"] * len(names))
-                statements.append((f'INSERT INTO "{name}" ({", ".join(names)}) VALUES ({marks})', row))
+                quoted = ", ".join(f'"{c}"' for c in names)
+                statements.append((f'INSERT INTO "{name}" ({quoted}) VALUES ({marks})', row))
     step = max(1, len(statements) // transactions + 1)
     with conn.cursor() as cur:
         for i, (statement, params) in enumerate(statements):

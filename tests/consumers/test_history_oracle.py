@@ -17,6 +17,7 @@ from datasurface.db import Endpoint
 from datasurface.engine import run_merge
 from datasurface.errors import EXIT_OK
 from tests.engine.support import (
+    AS_TEXT,
     DATASETS,
     create_source_tables,
     fetch,
@@ -60,9 +61,10 @@ class Oracle:
 
 
 def history_rows(conn: Any, schema: str, table: str, name: str) -> list[tuple[Any, ...]]:
-    """The history view's rows in (key, ds_batch_in) order: the model's columns (jsonb as text) and the six."""
+    """The history view's rows in (key, ds_batch_in) order: the model's columns (as support.fetch reads them)
+    and the six."""
     cols, key = DATASETS[name]
-    colsql = ", ".join(f'"{c}"::text' if t == "jsonb" else f'"{c}"' for c, t in cols)
+    colsql = ", ".join(f'"{c}"::text' if t in AS_TEXT or t.endswith("[]") else f'"{c}"' for c, t in cols)
     with conn.cursor() as cur:
         cur.execute(f"SELECT {colsql}, ds_batch_in, ds_batch_out, valid_from, valid_to, is_current, ended_by "
                     f"FROM {schema}.{table}_history ORDER BY {', '.join(key)}, ds_batch_in")

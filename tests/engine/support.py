@@ -18,16 +18,26 @@ from typing import Any
 
 import yaml
 
-ALLTYPES_COLUMNS = [
+COMMON_COLUMNS = [  # types both source kinds hold
     ("id", "integer"), ("c_smallint", "smallint"), ("c_integer", "integer"), ("c_bigint", "bigint"),
     ("c_numeric_ps", "numeric(12,3)"), ("c_numeric", "numeric"), ("c_real", "real"),
     ("c_double", "double precision"), ("c_boolean", "boolean"), ("c_varchar", "varchar(30)"),
     ("c_char", "char(5)"), ("c_text", "text"), ("c_date", "date"), ("c_timestamp", "timestamp"),
     ("c_timestamptz", "timestamptz"), ("c_time", "time"), ("c_uuid", "uuid"), ("c_jsonb", "jsonb"),
-    ("c_bytea", "bytea"),
+    ("c_bytea", "bytea"), ("c_json", "json"),
+    ("order", "varchar(30)"),  # a keyword as a model name
 ]
+ALLTYPES_COLUMNS = [*COMMON_COLUMNS,  # and those only PostgreSQL sources hold
+                    ("c_interval", "interval"), ("c_inet", "inet"), ("c_cidr", "cidr"), ("c_macaddr", "macaddr"),
+                    ("c_int_arr", "integer[]"), ("c_num_arr", "numeric(12,2)[]"),
+                    ("c_float_arr", "double precision[]"), ("c_text_arr", "text[]"), ("c_jsonb_arr", "jsonb[]")]
+# read as text by the oracle: values are compared as the source shows them (psycopg2 would make 1.0 and
+# 1.00, '1 day' and '24 hours', {"a":1} and {"a": 1} equal)
+AS_TEXT = ("json", "jsonb", "interval")
 PAIRS_COLUMNS = [("region", "varchar(10)"), ("code", "integer"), ("note", "text"), ("amount", "numeric(10,2)")]
 DATASETS = {"alltypes": (ALLTYPES_COLUMNS, ("id",)), "pairs": (PAIRS_COLUMNS, ("region", "code"))}
+COMMON_DATASETS = {"alltypes": (COMMON_COLUMNS, ("id",)), "pairs": (PAIRS_COLUMNS, ("region", "code"))}
+Datasets = dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]]
 
 
 def model_dict(host: str, port: int, database: str, *, store: str = "Store1",
@@ -82,6 +92,8 @@ TEXT_CHOICES = [None, "", "x", "hello", "Ünïcode ✓", "with\ttab", "quote'\""
 def _value(rng: random.Random, typ: str) -> Any:
     if rng.random() < 0.15:
         return None
+    if typ in LITERALS:  # as text the source parses (several spellings of one value among them)
+        return rng.choice(LITERALS[typ])
     if typ in ("smallint",):
         return rng.randint(-32768, 32767)
     if typ == "integer":
@@ -121,24 +133,39 @@ def _value(rng: random.Random, typ: str) -> Any:
     raise ValueError(typ)
 
 
+LITERALS = {
+    "json": ['{"a":1}', '{"a": 1}', '{"a": 1.0}', '[1, 2]', '"s"', 'null', '{"b": 1, "a": 2}', '{"a": 2, "b": 1}'],
+    "interval": ["1 day", "24 hours", "1 mon", "30 days", "00:00:01.5", "-1 year", "0"],
+    "inet": ["10.0.0.1", "10.0.0.1/32", "10.0.0.1/24", "::1", "192.168.0.0/16", "2001:db8::1/64"],
+    "cidr": ["10.0.0.0/8", "10/8", "192.168.1.0/24", "2001:db8::/32"],
+    "macaddr": ["08:00:2b:01:02:03", "08-00-2B-01-02-03", "0800.2b01.0204"],
+    "integer[]": ["{}", "{1,2}", "{2,1}", "{1,NULL}", "{NULL}", "{-2147483648}"],
+    "numeric(12,2)[]": ["{1.5}", "{1.50}", "{1}", "{NULL,0}", "{}"],
+    "double precision[]": ["{0}", "{-0}", "{1.5,NaN}", "{Infinity}", "{0.1}"],
+    "text[]": ["{}", "{a,b}", '{"a b",""}', '{NULL,"NULL"}', '{"Ünïcode ✓","quo\\"te"}', "{b,a}"],
+    "jsonb[]": ['{"{\\"a\\": 1}"}', '{"{\\"a\\": 1.0}"}', '{"[1, 2]",NULL}', "{}"],
+}
+
+
 def _key(rng: random.Random, name: str) -> tuple[Any, ...]:
     if name == "alltypes":
         return (rng.randint(1, 120),)
     return (rng.choice(["north", "south", "east", "west", ""]), rng.randint(1, 15))
 
 
-def random_row(rng: random.Random, name: str, key: tuple[Any, ...]) -> tuple[Any, ...]:
-    cols, keycols = DATASETS[name]
+def random_row(rng: random.Random, name: str, key: tuple[Any, ...], datasets: Datasets = DATASETS) -> tuple[Any, ...]:
+    cols, keycols = datasets[name]
     return key + tuple(_value(rng, t) for c, t in cols if c not in keycols)
 
 
 def next_snapshot(rng: random.Random, prev: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]],
-                  removed: dict[str, set[tuple[Any, ...]]]) -> dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]:
+                  removed: dict[str, set[tuple[Any, ...]]], datasets: Datasets = DATASETS
+                  ) -> dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]:
     """Deletes, updates (one or all values; NULL/''/value flips), inserts and re-adds of deleted keys."""
     snap = {}
-    for name in DATASETS:
+    for name in datasets:
         rows = dict(prev.get(name, {}))
-        cols, keycols = DATASETS[name]
+        cols, keycols = datasets[name]
         for k in list(rows):
             r = rng.random()
             if r < 0.12:
@@ -153,10 +180,10 @@ def next_snapshot(rng: random.Random, prev: dict[str, dict[tuple[Any, ...], tupl
         for _ in range(rng.randint(0, 8)):
             k = _key(rng, name)
             if k not in rows:
-                rows[k] = random_row(rng, name, k)
+                rows[k] = random_row(rng, name, k, datasets)
         for k in sorted(removed[name]):
             if k not in rows and rng.random() < 0.3:  # delete, then re-add
-                rows[k] = random_row(rng, name, k)
+                rows[k] = random_row(rng, name, k, datasets)
                 removed[name].discard(k)
         snap[name] = rows
     return snap
@@ -170,7 +197,8 @@ def load_snapshot(conn: Any, snap: dict[str, dict[tuple[Any, ...], tuple[Any, ..
             cols = [c for c, _ in DATASETS[name][0]]
             cur.execute(f'TRUNCATE "{name}"')
             if rows:
-                execute_values(cur, f'INSERT INTO "{name}" ({", ".join(cols)}) VALUES %s', list(rows.values()))
+                quoted = ", ".join(f'"{c}"' for c in cols)
+                execute_values(cur, f'INSERT INTO "{name}" ({quoted}) VALUES %s', list(rows.values()))
     conn.commit()
 
 
@@ -180,10 +208,11 @@ def _norm(v: Any) -> Any:
     return bytes(v) if isinstance(v, memoryview) else v
 
 
-def fetch(conn: Any, relation: str, name: str, where: str = "", params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    cols, key = DATASETS[name]
+def fetch(conn: Any, relation: str, name: str, where: str = "", params: tuple[Any, ...] = (),
+          datasets: Datasets = DATASETS) -> list[tuple[Any, ...]]:
+    cols, key = datasets[name]
     # jsonb as text: psycopg2 reads both SQL NULL and JSON null as None, which would hide a real change
-    colsql = ", ".join(f'"{c}"::text' if t == "jsonb" else f'"{c}"' for c, t in cols)
+    colsql = ", ".join(f'"{c}"::text' if t in AS_TEXT or t.endswith("[]") else f'"{c}"' for c, t in cols)
     with conn.cursor() as cur:
         cur.execute(f"SELECT {colsql} FROM {relation} {where} ORDER BY {', '.join(key)}", params)
         rows = [tuple(_norm(v) for v in r) for r in cur.fetchall()]
@@ -232,7 +261,8 @@ def merge_args(model: Path, platform: str, mode: str, dbs: Any, store: str = "St
             *dbs.merge_args()]
 
 
-def merge_both_and_check(mrg: Any, model: Path, endpoint: Any, expected: dict[str, list[list[Any]]], n: int) -> None:
+def merge_both_and_check(mrg: Any, model: Path, endpoint: Any, expected: dict[str, list[list[Any]]], n: int,
+                         datasets: Datasets = DATASETS) -> None:
     """Batch n on the oracle platforms (OracleLive, OracleForensic) equals the oracle: tables, views, every
     forensic as-of of batches 1..n, and the ledger's counts per dataset."""
     from datasurface.engine import run_merge
@@ -242,15 +272,16 @@ def merge_both_and_check(mrg: Any, model: Path, endpoint: Any, expected: dict[st
         code = run_merge(model=str(model), model_ref=None, model_path="datasurface.yaml", platform=platform,
                          mode=mode, store="Store1", merge=endpoint, merge_credential="merge")
         assert code == EXIT_OK
-    for name, (_cols, key) in DATASETS.items():
+    for name, (_cols, key) in datasets.items():
         want = expected[name][n]
         table = f"store1_{name}"
-        assert fetch(mrg, f"oraclelive.{table}", name) == want, f"live table, batch {n}"
-        assert fetch(mrg, f"oraclelive.{table}_current", name) == want, f"live view, batch {n}"
-        assert fetch(mrg, f"oracleforensic.{table}_current", name) == want, f"forensic view, batch {n}"
+        assert fetch(mrg, f"oraclelive.{table}", name, datasets=datasets) == want, f"live table, batch {n}"
+        assert fetch(mrg, f"oraclelive.{table}_current", name, datasets=datasets) == want, f"live view, batch {n}"
+        assert fetch(mrg, f"oracleforensic.{table}_current", name, datasets=datasets) == want, \
+            f"forensic view, batch {n}"
         for m in range(1, n + 1):
             as_of = fetch(mrg, f"oracleforensic.{table}", name,
-                          "WHERE ds_batch_in <= %s AND %s < ds_batch_out", (m, m))
+                          "WHERE ds_batch_in <= %s AND %s < ds_batch_out", (m, m), datasets)
             assert as_of == expected[name][m], f"forensic as of {m} after batch {n}"
         oracle = oracle_counts(expected[name][n - 1], want, len(key))
         for schema in ("oraclelive", "oracleforensic"):

@@ -124,7 +124,9 @@ EVERY_TYPE = {
     "double\tprecision": "double precision", "boolean": "boolean", "varchar(20)": "varchar(20)",
     "VARCHAR ( 020 )": "varchar(20)", "char(1)": "char(1)", "text": "text", "date": "date",
     "timestamp": "timestamp", "TIMESTAMPTZ": "timestamptz", "time": "time", "uuid": "uuid", "jsonb": "jsonb",
-    "bytea": "bytea", " text ": "text",
+    "bytea": "bytea", " text ": "text", "JSON": "json", "interval": "interval", "inet": "inet", "cidr": "cidr",
+    "macaddr": "macaddr", "text[]": "text[]", "Integer [ ]": "integer[]", "numeric(12, 2)[]": "numeric(12,2)[]",
+    "varchar(5)[]": "varchar(5)[]", "double precision[]": "double precision[]", "jsonb[]": "jsonb[]",
 }
 
 
@@ -138,13 +140,14 @@ def test_valid_model_with_every_type() -> None:
     assert [c.type for c in dataset.columns[1:]] == list(EVERY_TYPE.values())
     assert dataset.primary_key == ("k", "c1")
     assert [c.name for c in dataset.non_key_columns][:2] == ["c0", "c2"]
-    canonical = {t.split("(")[0] for t in EVERY_TYPE.values()}
+    canonical = {"<any of these>[]" if t.endswith("[]") else t.split("(")[0] for t in EVERY_TYPE.values()}
     assert canonical == {a.split("(")[0] for a in ACCEPTED_TYPES}  # every accepted type is covered
 
 
 @pytest.mark.parametrize("text", ["int", "varchar", "float", "timestamp with time zone", "varchar2(10)",
                                   "character varying(10)", "numeric(0)", "numeric(1001,0)", "numeric(3,4)",
-                                  "numeric(-1,0)", "varchar(0)", "char(0)", "numeric(10,)", "text[]",
+                                  "numeric(-1,0)", "varchar(0)", "char(0)", "numeric(10,)", "text[][]", "int[]",
+                                  "text[3]", "[]", "varchar[]",
                                   "double", "serial", "int4", "varchar(10485761)", "numeric(10,2)x"])
 def test_unknown_or_out_of_range_types(text: str) -> None:
     message = problem(with_change("stores.0.datasets.0.columns.1.type", text))
@@ -155,7 +158,7 @@ def test_unknown_type_lists_the_accepted_types() -> None:
     message = problem(with_change("stores.0.datasets.1.columns.1.type", "varchar2(10)"))
     assert (f"{FILE}: stores[0].datasets[1].columns[1].type: unknown type 'varchar2(10)' (accepted: smallint, "
             "integer, bigint, numeric(p,s)") in message
-    assert "jsonb, bytea)" in message
+    assert "jsonb, bytea, json, interval, inet, cidr, macaddr, <any of these>[])" in message
     assert "give a length" in problem(with_change("stores.0.datasets.1.columns.1.type", "varchar"))
 
 
@@ -215,8 +218,10 @@ CASES: list[tuple[str, object, str, str]] = [
     ("stores.0.datasets.1.name", "2addresses", "stores[0].datasets[1].name", "not a plain identifier"),
     ("stores.0.datasets.1.name", LONG, "stores[0].datasets[1].name", "41 characters long"),
     ("stores.0.datasets.1.name", "Customers", "stores[0].datasets[1].name", "duplicate dataset name"),
-    ("stores.0.datasets.1.table", "public.addresses", "stores[0].datasets[1].table", "not a plain identifier"),
-    ("stores.0.datasets.1.table", "t" * 64, "stores[0].datasets[1].table", "64 characters long (at most 63"),
+    ("stores.0.datasets.1.columns.0.source", 7, "stores[0].datasets[1].columns[0].source", "expected a string"),
+    ("stores.0.datasets.1.columns.0.source", "a\x00b", "stores[0].datasets[1].columns[0].source", "without NUL"),
+    ("stores.0.datasets.1.table", "t" * 64, "stores[0].datasets[1].table", "64 bytes long in UTF-8 (at most 63"),
+    ("stores.0.datasets.1.table", "ü" * 32, "stores[0].datasets[1].table", "64 bytes long in UTF-8 (at most 63"),
     ("stores.0.datasets.1.primary_key", ["id"], "stores[0].datasets[1].primary_key",
      "unknown key (did you mean 'primaryKey'?"),
     ("stores.0.datasets.1", ["id"], "stores[0].datasets[1]", "expected a mapping"),
@@ -508,3 +513,13 @@ def test_workspaces_must_be_a_list() -> None:
     doc = valid()
     doc["workspaces"] = {"name": "x"}
     assert "expected a list of workspaces" in problem(doc)
+
+
+def test_exact_source_names_are_kept_as_written() -> None:
+    doc = with_change("stores.0.datasets.1.table", "Customer Orders ✓")
+    doc["stores"][0]["datasets"][1]["columns"][0]["source"] = "CustomerID"
+    dataset = parse(doc).store("Store1").datasets[1]
+    assert dataset.table == "Customer Orders ✓"
+    first = dataset.columns[0]
+    assert (first.source, first.source_name) == ("CustomerID", "CustomerID")
+    assert dataset.columns[1].source is None and dataset.columns[1].source_name == dataset.columns[1].name

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.engine.support import DATASETS, model_dict
+from tests.engine.support import COMMON_DATASETS as DATASETS
+from tests.engine.support import model_dict
 
 # the MySQL type each model type of the test datasets is stored in (README: "MySQL and MariaDB sources")
 MYSQL_TYPES = {
@@ -13,11 +14,12 @@ MYSQL_TYPES = {
     "varchar(30)": "varchar(30)", "varchar(10)": "varchar(10)", "char(5)": "char(5)", "text": "text",
     "date": "date", "timestamp": "datetime(6)", "timestamptz": "timestamp(6) NULL", "time": "time(6)",
     "uuid": "uuid", "jsonb": "json", "bytea": "varbinary(64)", "numeric(10,2)": "decimal(10,2)",
+    "json": "json",
 }
 
 
 def mysql_model(host: str, database: str, *, datasets: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
-    doc = model_dict(host, 3306, database, datasets=datasets, **kw)
+    doc = model_dict(host, 3306, database, datasets=DATASETS if datasets is None else datasets, **kw)
     src = doc["stores"][0]["source"]
     src["type"] = "mysql"
     del src["port"]  # the mysql default (3306); a socket file makes it moot anyway
@@ -43,7 +45,8 @@ def load_mysql_snapshot(conn: Any, snap: dict[str, dict[tuple[Any, ...], tuple[A
             cur.execute(f"DELETE FROM `{name}`")
             if rows:
                 marks = ", ".join(["%s"] * len(cols))
-                cur.executemany(f"INSERT INTO `{name}` ({', '.join(cols)}) VALUES ({marks})", list(rows.values()))
+                quoted = ", ".join(f"`{c}`" for c in cols)
+                cur.executemany(f"INSERT INTO `{name}` ({quoted}) VALUES ({marks})", list(rows.values()))
     conn.commit()
 
 

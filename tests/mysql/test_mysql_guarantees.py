@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from tests.engine.conftest import assert_one_line_error
-from tests.engine.support import DATASETS, ctrl_c_when, fetch, merge_args, next_snapshot, run_job, write_model
+from tests.engine.support import COMMON_DATASETS as DATASETS
+from tests.engine.support import ctrl_c_when, fetch, merge_args, next_snapshot, run_job, write_model
 from tests.mysql.support import create_mysql_tables, expected_rows, load_mysql_snapshot, mysql_model, rfc4122
 
 SMALL = {"pairs": DATASETS["pairs"]}
@@ -30,7 +31,7 @@ def world(mdbs: Any, tmp_path: Path) -> Any:
     """A MariaDB source with the `pairs` dataset loaded, and its model."""
     src = mdbs.connect_source()
     create_mysql_tables(src, SMALL)
-    snap = next_snapshot(random.Random(3), {}, defaultdict(set))
+    snap = next_snapshot(random.Random(3), {}, defaultdict(set), DATASETS)
     load_mysql_snapshot(src, {"pairs": snap["pairs"]})
     doc = mysql_model(mdbs.host, mdbs.source, datasets=SMALL)
     model = write_model(tmp_path / "model", doc)
@@ -61,7 +62,7 @@ def test_sigkill_during_the_read_leaves_the_batch_open_and_the_next_run_recovers
     src = mdbs.connect_source()
     create_mysql_tables(src)
     rng = random.Random(11)
-    snap = rfc4122(next_snapshot(rng, {}, defaultdict(set)))
+    snap = rfc4122(next_snapshot(rng, {}, defaultdict(set), DATASETS))
     with src.cursor() as cur:  # more rows than one fetch batch, so the kill lands mid-table
         cur.execute("INSERT INTO alltypes (id, c_text) SELECT seq + 1000, 'bulk' FROM seq_0_to_11999")
     src.commit()
@@ -73,7 +74,7 @@ def test_sigkill_during_the_read_leaves_the_batch_open_and_the_next_run_recovers
     if batch == 2:
         assert run_job(args, mdbs.env).returncode == 0
         committed = [(1, "committed")]
-        snap = rfc4122(next_snapshot(rng, snap, defaultdict(set)))
+        snap = rfc4122(next_snapshot(rng, snap, defaultdict(set), DATASETS))
         load_mysql_snapshot(src, {"pairs": snap["pairs"]})
     killed = run_job(args, mdbs.env, {"DATASURFACE_TEST_KILL_AT": point})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -90,7 +91,7 @@ def test_sigkill_during_the_read_leaves_the_batch_open_and_the_next_run_recovers
         cur.execute("SELECT count(*) FROM crash.store1_alltypes_current")
         assert cur.fetchone()[0] == 12000
     mrg.rollback()
-    assert fetch(mrg, "crash.store1_pairs_current", "pairs") == expected_rows("pairs", snap["pairs"])
+    assert fetch(mrg, "crash.store1_pairs_current", "pairs", datasets=DATASETS) == expected_rows("pairs", snap["pairs"])
     again = run_job(args, mdbs.env)
     assert again.returncode == 0, again.stderr
     assert _batches(mrg, "crash") == [*committed, (batch, "committed"), (batch + 1, "committed")]

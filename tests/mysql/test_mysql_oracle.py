@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from datasurface.db import Endpoint
-from tests.engine.support import DATASETS, merge_both_and_check, next_snapshot, write_model
+from tests.engine.support import COMMON_DATASETS as DATASETS
+from tests.engine.support import merge_both_and_check, next_snapshot, write_model
 from tests.mysql.support import create_mysql_tables, expected_rows, load_mysql_snapshot, mysql_model, rfc4122
 
 SNAPSHOTS = 14
@@ -32,11 +33,11 @@ def test_random_snapshots_match_oracle(mdbs: Any, seed: int, tmp_path: Path, mon
     expected: dict[str, list[list[Any]]] = {name: [[]] for name in DATASETS}
 
     for n in range(1, SNAPSHOTS + 1):
-        snap = rfc4122(next_snapshot(rng, snap, removed))
+        snap = rfc4122(next_snapshot(rng, snap, removed, DATASETS))
         load_mysql_snapshot(src, snap)
         for name in DATASETS:
             expected[name].append(expected_rows(name, snap[name]))
-        merge_both_and_check(mrg, model, endpoint, expected, n)
+        merge_both_and_check(mrg, model, endpoint, expected, n, DATASETS)
     with mrg.cursor() as cur:
         cur.execute("SELECT batch_id, status, snapshot_at IS NOT NULL FROM oracleforensic.ds_batches ORDER BY 1")
         assert cur.fetchall() == [(i, "committed", True) for i in range(1, SNAPSHOTS + 1)]

@@ -51,6 +51,12 @@ UTC = dt.UTC
     ("timestamp", MySqlType("timestamp"), False),
     ("jsonb", MySqlType("json"), True),
     ("jsonb", MySqlType("longtext"), False),
+    ("json", MySqlType("json"), True),
+    ("json", MySqlType("longtext"), False),
+    ("interval", MySqlType("time"), False),
+    ("inet", MySqlType("varchar", length=45), False),
+    ("macaddr", MySqlType("char", length=17), False),
+    ("text[]", MySqlType("json"), False),
     ("bytea", MySqlType("binary", length=16), True),
     ("bytea", MySqlType("longblob"), True),
     ("uuid", MySqlType("uuid"), True),
@@ -151,6 +157,11 @@ def test_values_postgresql_cannot_hold_are_refused_naming_the_key(mdbs: Any, tmp
     ("longtext", "jsonb", "column 'c' is longtext in the source but jsonb in the model"),
     ("datetime", "timestamptz", "column 'c' is datetime in the source but timestamptz in the model"),
     ("enum('a','b')", "text", "column 'c' is enum in the source but text in the model"),
+    ("time", "interval", "column 'c' is time in the source but interval in the model"),
+    ("varchar(45)", "inet", "column 'c' is varchar(45) in the source but inet in the model"),
+    ("json", "integer[]", "column 'c' is json in the source but integer[] in the model, and json does not hold "
+     "exactly the values of integer[] (a integer[] column reads none: MySQL has no arrays)"),
+    ("longtext", "json", "column 'c' is longtext in the source but json in the model"),
 ])
 def test_types_without_exact_values_are_refused(mdbs: Any, tmp_path: Path, mysql: str, model: str,
                                                 fragment: str) -> None:
@@ -199,3 +210,63 @@ def test_null_and_empty_text_and_extreme_values_whatever_the_columns_nullability
         (9223372036854775807, "x", "", "", 5e-324, decimal.Decimal("0." + "0" * 29 + "1"),
          dt.date(9999, 12, 31), dt.datetime(9999, 12, 31, 23, 59, 59, 999999))]
     assert view == [(-9223372036854775808, None), (3, ""), (9223372036854775807, None)]
+
+
+def test_json_keeps_the_text_the_source_shows(mdbs: Any, tmp_path: Path) -> None:
+    """Model json holds MariaDB's JSON text as written: a change of spacing or key order is an update; the
+    same source column read as jsonb sees no change."""
+    columns = [("id", "int", "integer"), ("j", "json", "json"), ("jb", "json", "jsonb")]
+    model = _table(mdbs, tmp_path, columns, [(1, '{"a":1,"b":2}', '{"a":1,"b":2}'), (2, "[1, 2.50]", "[1, 2.50]")])
+    args = merge_args(model, "Js", "forensic", mdbs)
+    first = run_job(args, mdbs.env)
+    assert first.returncode == 0, first.stderr
+    src = mdbs.connect_source()
+    with src.cursor() as cur:
+        cur.execute("""UPDATE t SET j = '{"b": 2, "a": 1}', jb = '{"b": 2, "a": 1}' WHERE id = 1""")
+        cur.execute("SELECT id, j FROM t ORDER BY id")
+        source = cur.fetchall()
+    src.commit()
+    src.close()
+    second = run_job(args, mdbs.env)
+    assert second.returncode == 0, second.stderr
+    assert "inserted=0 updated=1 deleted=0" in second.stdout
+    mrg = mdbs.connect_merge()
+    with mrg.cursor() as cur:
+        cur.execute("SELECT id, j::text FROM js.store1_t_current ORDER BY id")
+        assert cur.fetchall() == list(source)
+        cur.execute("SELECT jb::text FROM js.store1_t_current WHERE id = 1")
+        assert cur.fetchone() == ('{"a": 1, "b": 2}',)
+    mrg.close()
+
+
+def test_exact_names_and_keywords_in_backticks(mdbs: Any, tmp_path: Path) -> None:
+    src = mdbs.connect_source()
+    with src.cursor() as cur:
+        cur.execute("CREATE TABLE `Customer Orders ✓` (`CustomerID` int NOT NULL, `user` int NOT NULL, "
+                    "`Straße Name` varchar(20), `order` date, `Sel``ect` text, PRIMARY KEY (`CustomerID`, `user`)) "
+                    "ENGINE=InnoDB")
+        cur.execute("INSERT INTO `Customer Orders ✓` VALUES (1, 10, 'Haupt', '2024-02-29', 'q'), "
+                    "(2, 20, NULL, NULL, NULL)")
+    src.commit()
+    columns = [{"name": "customer_id", "source": "CustomerID", "type": "integer"}, {"name": "user", "type": "integer"},
+               {"name": "street", "source": "Straße Name", "type": "varchar(20)"}, {"name": "order", "type": "date"},
+               {"name": "quoted", "source": "Sel`ect", "type": "text"}]
+    doc = mysql_model(mdbs.host, mdbs.source, datasets={})
+    doc["stores"][0]["datasets"] = [{"name": "orders", "table": "Customer Orders ✓",
+                                     "primaryKey": ["customer_id", "user"], "columns": columns}]
+    model = write_model(tmp_path / "model", doc)
+    proc = run_job(merge_args(model, "Names", "live", mdbs), mdbs.env)
+    assert proc.returncode == 0, proc.stderr
+    mrg = mdbs.connect_merge()
+    with mrg.cursor() as cur:
+        cur.execute('SELECT customer_id, "user", street, "order", quoted FROM names.store1_orders_current ORDER BY 1')
+        assert cur.fetchall() == [(1, 10, "Haupt", dt.date(2024, 2, 29), "q"), (2, 20, None, None, None)]
+    mrg.close()
+    # a value PostgreSQL cannot hold is named by the model's key and column names, read by the source's
+    with src.cursor() as cur:
+        cur.execute("SET sql_mode = ''")
+        cur.execute("INSERT INTO `Customer Orders ✓` VALUES (3, 30, NULL, '0000-00-00', NULL)")
+    src.commit()
+    src.close()
+    proc = run_job(merge_args(model, "Names", "live", mdbs), mdbs.env)
+    assert_one_line_error(proc, "key (customer_id, user)=(3, 30): column 'order' holds '0000-00-00'")

@@ -97,8 +97,24 @@ class Capture:
             raise CaptureError(f"{where}: role {role} may not read replication slots; run "
                                f"`ALTER ROLE {self._quoted(role)} REPLICATION`")
         for dataset in datasets:
+            self._check_kind(dataset, where)
             self._check_identity(dataset, where)
         self.conn.rollback()
+
+    def _relkind(self, dataset: Dataset) -> str | None:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT relkind::text FROM pg_class WHERE oid = to_regclass(format('%%I.%%I', %s::text, "
+                        "%s::text))", (self.store.source.schema, dataset.table))
+            row = cur.fetchone()
+        return None if row is None else str(row[0])
+
+    def _check_kind(self, dataset: Dataset, where: str) -> None:
+        """Only tables have changes to read: a view or materialized view is read by snapshots."""
+        relkind = self._relkind(dataset)
+        if relkind in ("v", "m"):
+            kind = "a view" if relkind == "v" else "a materialized view"
+            raise CaptureError(f"{where}: source table {self.store.source.schema}.{dataset.table} is {kind}, whose "
+                               "changes cannot be captured; read it with `ingestion: snapshot` in a store of its own")
 
     def _quoted(self, *names: str) -> str:
         return sql.Identifier(*names).as_string(self.conn)
@@ -122,7 +138,7 @@ class Capture:
         if row is None:
             return  # a missing table is the source check's to report
         setting, columns = row
-        if setting == "f" or set(dataset.primary_key) <= set(columns):
+        if setting == "f" or {dataset.column(k).source_name for k in dataset.primary_key} <= set(columns):
             return
         has = {"n": "no replica identity", "d": "a replica identity (its primary key) of "
                f"({', '.join(columns) or 'none'})", "i": f"a replica identity index on ({', '.join(columns)})"}
@@ -134,7 +150,7 @@ class Capture:
     def _ensure_publication(self, datasets: Sequence[Dataset], where: str) -> None:
         schema = self.store.source.schema
         with self.conn.cursor() as cur:
-            cur.execute("""SELECT puballtables, pubinsert AND pubupdate AND pubdelete AND pubtruncate
+            cur.execute("""SELECT puballtables, pubinsert AND pubupdate AND pubdelete AND pubtruncate, pubviaroot
                              FROM pg_publication WHERE pubname = %s""", (self.publication,))
             row = cur.fetchone()
             cur.execute("SELECT tablename::text FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s",
@@ -147,9 +163,15 @@ class Capture:
             raise CaptureError(f"{where}: publication {self.publication} does not publish every kind of change; run "
                                f"`ALTER PUBLICATION {self._quoted(self.publication)} SET (publish = 'insert, update, "
                                "delete, truncate')`")
+        partitioned = any(self._relkind(d) == "p" for d in datasets)
+        if row is not None and not row[2] and partitioned:  # its changes would name its partitions
+            raise CaptureError(f"{where}: publication {self.publication} publishes the changes of a partitioned "
+                               "table under its partitions' names; run `ALTER PUBLICATION "
+                               f"{self._quoted(self.publication)} SET (publish_via_partition_root = true)`")
         if not missing:
             return
-        statement = (sql.SQL("CREATE PUBLICATION {} FOR TABLE {}") if row is None
+        statement = (sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)")
+                     if row is None
                      else sql.SQL("ALTER PUBLICATION {} ADD TABLE {}")).format(pub, tables)
         try:
             with self.conn.cursor() as cur:
@@ -365,11 +387,12 @@ class _Encoder:
         if cached is not None:
             return cached
         where = {name: i for i, name in enumerate(change.relation.columns)}
-        missing = [c.name for c in dataset.columns if c.name not in where]
+        missing = [c.source_name for c in dataset.columns if c.source_name not in where]
         if missing:
             raise CaptureError(f"changes of {self.schema}.{dataset.table} lack column(s) {', '.join(missing)} of "
                                f"the model (the table changed on the source)")
-        positions = ([where[c.name] for c in dataset.columns], [where[k] for k in dataset.primary_key])
+        positions = ([where[c.source_name] for c in dataset.columns],
+                     [where[dataset.column(k).source_name] for k in dataset.primary_key])
         self._positions[(change.relation, index)] = positions
         return positions
 

@@ -32,9 +32,10 @@ def check_columns(where: str, dataset: Dataset, found: Mapping[str, T],
     `mismatch` explains (it returns None for a type that matches)."""
     problems = []
     for col in dataset.columns:
-        actual = found.get(col.name)
+        actual = found.get(col.source_name)
         if actual is None:
-            problems.append(f"column {col.name!r} (model type {col.type}) is missing from the source")
+            named = "" if col.source is None else f" (source name {col.source!r})"
+            problems.append(f"column {col.name!r}{named} (model type {col.type}) is missing from the source")
         elif (problem := mismatch(col, actual)) is not None:
             problems.append(problem)
     if problems:

@@ -46,6 +46,9 @@ def current_rows(lay: DatasetLayout) -> sql.Composable:
         lay.qualified(lay.table), sql.Literal(OPEN_END))
 
 
+_BY_TEXT = frozenset({"real", "double precision", "jsonb", "json", "interval"})
+
+
 def compared(lay: DatasetLayout, alias: str) -> sql.Composable:
     """The non-key values as the diff compares them: as consumers see them, not only as `=` does.
 
@@ -53,15 +56,20 @@ def compared(lay: DatasetLayout, alias: str) -> sql.Composable:
     yet consumers see different text: such a change is an update. Unconstrained numeric is compared
     with its scale too (cheap; numeric(p,s) has one scale), floats and jsonb by their text (floats print
     shortest-exact with extra_float_digits >= 1, the job's session setting; jsonb text is canonical, so
-    reordered keys are no change). Everything else is exact under `=` (char(n) pads both sides alike,
-    timestamptz compares instants), so NaN, padding, key order and time zones make no phantom updates.
+    reordered keys are no change). json has no `=` and keeps its text: any change to it is an update.
+    `=` calls interval '1 day' and '24 hours' equal; they print differently, so intervals too are compared
+    by text. An array is compared by its text: each element is printed by its type's output, which is
+    exactly the rule above for every element type (and shows NULL elements and bounds). Everything else
+    is exact under `=` (char(n) pads both sides alike, timestamptz compares instants, inet/cidr/macaddr
+    equal exactly when their canonical text is equal), so NaN, padding, key order and time zones make no
+    phantom updates. See docs/concepts.md, "What counts as a change".
     """
     parts: list[sql.Composable] = []
     for col in lay.dataset.non_key_columns:
         ref = sql.Identifier(alias, col.name)
         if col.type == "numeric":
             parts += [ref, sql.SQL("scale({})").format(ref)]
-        elif col.type in ("real", "double precision", "jsonb"):
+        elif col.type in _BY_TEXT or col.type.endswith("[]"):
             parts.append(sql.SQL("{}::text").format(ref))
         else:
             parts.append(ref)

@@ -13,6 +13,11 @@ class Column(NamedTuple):
     # normalised PostgreSQL spelling, lower case: "varchar(20)", "numeric(10,2)", "double precision"
     type: str
     nullable: bool = True
+    source: str | None = None  # the source column's exact name, when it is not `name`
+
+    @property
+    def source_name(self) -> str:
+        return self.name if self.source is None else self.source
 
 
 class Dataset(NamedTuple):

@@ -39,11 +39,11 @@ SHOWN_MAX = 80  # characters of a value quoted in a message
 ACCEPTED_TYPES = (
     "smallint", "integer", "bigint", "numeric(p,s)", "numeric(p)", "numeric", "real", "double precision",
     "boolean", "varchar(n)", "char(n)", "text", "date", "timestamp", "timestamptz", "time", "uuid",
-    "jsonb", "bytea",
+    "jsonb", "bytea", "json", "interval", "inet", "cidr", "macaddr", "<any of these>[]",
 )
 _PLAIN_TYPES = frozenset({
     "smallint", "integer", "bigint", "numeric", "real", "double precision", "boolean", "text", "date",
-    "timestamp", "timestamptz", "time", "uuid", "jsonb", "bytea",
+    "timestamp", "timestamptz", "time", "uuid", "jsonb", "bytea", "json", "interval", "inet", "cidr", "macaddr",
 })
 NUMERIC_MAX_PRECISION = 1000
 LENGTH_MAX = 10485760  # PostgreSQL's limit for varchar(n) and char(n)
@@ -65,7 +65,8 @@ _STORE_KEYS = ("name", "consistency", "source", "datasets")
 _SOURCE_KEYS = ("type", "host", "port", "database", "schema", "credential", "ingestion", "publication")
 INGESTIONS = ("snapshot", "cdc")
 _DATASET_KEYS = ("name", "table", "primaryKey", "columns")
-_COLUMN_KEYS = ("name", "type", "nullable")
+_COLUMN_KEYS = ("name", "type", "nullable", "source")
+SOURCE_NAME_MAX = 63  # bytes in UTF-8: PostgreSQL's limit (a longer name is cut there, never matched)
 
 PathPart = str | int
 Path = tuple[PathPart, ...]
@@ -125,9 +126,16 @@ def normalise_type(text: str) -> str:
     """The canonical lower-case spelling of a model column type (docs/model.md), or TypeProblem.
 
     `NUMERIC( 10 , 2 )` -> `numeric(10,2)`, `numeric(5)` -> `numeric(5,0)`, `Double  Precision` ->
-    `double precision`, `VARCHAR(20)` -> `varchar(20)`.
+    `double precision`, `VARCHAR(20)` -> `varchar(20)`, `Numeric(12, 2) []` -> `numeric(12,2)[]` (arrays
+    have one dimension: PostgreSQL does not enforce a declared number of them).
     """
     t = " ".join(text.split()).lower()
+    array = re.fullmatch(r"(.*?)\s*\[\s*\]", t)
+    if array:
+        element = array.group(1)
+        if element.endswith("]"):
+            raise TypeProblem(f"arrays have one dimension, got {shown(text)}")
+        return normalise_type(element) + "[]"
     if t in _PLAIN_TYPES:
         return t
     m = _NUMERIC.fullmatch(t)
@@ -545,7 +553,7 @@ class _Validator:
         table = name
         table_ok = True
         if "table" in data:
-            table = self.name(data["table"], (*path, "table"), IDENTIFIER_MAX)
+            table = self.source_name(data["table"], (*path, "table"))
             table_ok = table is not None
         columns: list[Column] = []
         by_name: dict[str, int] = {}  # lower-case name -> index in `columns`
@@ -577,7 +585,7 @@ class _Validator:
         if name is None or not table_ok or table is None or not columns_ok or key_names is None:
             return None
         pk = set(key_names)
-        columns = [Column(c.name, c.type, False) if c.name in pk else c for c in columns]
+        columns = [c._replace(nullable=False) if c.name in pk else c for c in columns]
         return Dataset(name=name, table=table, primary_key=tuple(key_names), columns=tuple(columns))
 
     def primary_key(self, data: dict[str, Any], path: Path, columns: list[Column], by_name: dict[str, int],
@@ -645,9 +653,25 @@ class _Validator:
                 nullable_ok = False
             else:
                 nullable = n
-        if name is None or type_ is None or not nullable_ok:
+        source = self.source_name(data["source"], (*path, "source")) if "source" in data else None
+        if name is None or type_ is None or not nullable_ok or ("source" in data and source is None):
             return None
-        return Column(name=name, type=type_, nullable=nullable), "nullable" in data and nullable
+        return (Column(name=name, type=type_, nullable=nullable, source=source),
+                "nullable" in data and nullable)
+
+    def source_name(self, value: object, path: Path) -> str | None:
+        """A name in the source database, matched exactly (case, spaces, any characters but NUL)."""
+        text = self.string(value, path)
+        if text is None:
+            return None
+        if not text or "\x00" in text:
+            self.add(path, "expected a non-empty name without NUL characters")
+            return None
+        if len(text.encode()) > SOURCE_NAME_MAX:
+            self.add(path, f"{shown(text)} is {len(text.encode())} bytes long in UTF-8 (at most {SOURCE_NAME_MAX} "
+                     "allowed)")
+            return None
+        return text
 
     def merge_names(self, stores: list[Store]) -> None:
         """Dataset D of store S owns `<s>_<d>` and its suffixed names in the merge schema (`names`): no

@@ -24,8 +24,9 @@ def check_dataset(conn: Any, store: Store, dataset: Dataset, mariadb: bool) -> d
         if not insp.has_table(dataset.table, schema=db):
             raise missing_table(where, db)
         json_cols = _mariadb_json_columns(conn, db, dataset.table) if mariadb else set()
-        reflected = {c["name"]: types.from_sqlalchemy(c["type"], json=c["name"] in json_cols)
-                     for c in insp.get_columns(dataset.table, schema=db)}
+        # SQLAlchemy reads names from SHOW CREATE TABLE, where a backtick in a name is doubled
+        columns = [(c["name"].replace("``", "`"), c["type"]) for c in insp.get_columns(dataset.table, schema=db)]
+        reflected = {name: types.from_sqlalchemy(sa_type, json=name in json_cols) for name, sa_type in columns}
         engine = conn.execute(text(
             "SELECT engine FROM information_schema.tables WHERE table_schema = :db AND table_name = :t"),
             {"db": db, "t": dataset.table}).scalar()

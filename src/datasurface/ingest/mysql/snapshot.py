@@ -96,8 +96,8 @@ class MySqlSnapshot:
         table = f"{quote(self.store.source.database)}.{quote(lay.dataset.table)}"
         kinds = self._column_kinds(lay.dataset)
         # a float column is read as the double it converts to exactly (MySQL prints a float's text rounded)
-        exprs = [f"({quote(c)} + 0e0)" if kind == "float" else quote(c)
-                 for c, kind in zip(lay.columns, kinds, strict=True)]
+        exprs = [f"({quote(c.source_name)} + 0e0)" if kind == "float" else quote(c.source_name)
+                 for c, kind in zip(lay.dataset.columns, kinds, strict=True)]
         select = f"SELECT {', '.join(exprs)} FROM {table}"  # noqa: S608 - quoted identifiers of the model
         # the text format (tab-separated, NULL is \N); staging, created in this transaction, with FREEZE (as
         # postgres/snapshot.py: the diff's first read would otherwise dirty and write back all of its pages)
@@ -143,7 +143,7 @@ class MySqlSnapshot:
         reflected = self.types[dataset.name]
         kinds = []
         for col in dataset.columns:
-            src = reflected[col.name]
+            src = reflected[col.source_name]
             if src.name == "float":
                 kinds.append("float")
             elif col.type == "boolean":
@@ -201,15 +201,15 @@ class MySqlSnapshot:
     def _diagnose(self, lay: DatasetLayout, kinds: list[str]) -> SnapshotError | None:
         """After a failed COPY: the first row holding a value PostgreSQL cannot hold, named by its key
         (read on a fresh connection: the snapshot's one is gone)."""
-        keys = ", ".join(quote(k) for k in lay.key)
+        keys = ", ".join(quote(lay.dataset.column(k).source_name) for k in lay.key)
         table = f"{quote(self.store.source.database)}.{quote(lay.dataset.table)}"
         try:
             with self.engine.connect() as conn:
-                for column, kind in zip(lay.columns, kinds, strict=True):
+                for col, kind in zip(lay.dataset.columns, kinds, strict=True):
                     test, why = _INVALID.get(kind, ("", ""))
                     if not test:
                         continue
-                    c = quote(column)
+                    column, c = col.name, quote(col.source_name)
                     row = conn.exec_driver_sql(
                         f"SELECT {keys}, CAST({c} AS CHAR) FROM {table} "  # noqa: S608 - quoted identifiers
                         f"WHERE {c} IS NOT NULL AND ({test.format(c=c)}) LIMIT 1").first()

@@ -120,8 +120,9 @@ def accepts(model_type: str, source: MySqlType) -> bool:
         return m == "text"
     if n in ("binary", "varbinary", *_BLOB):
         return m == "bytea"
-    simple = {"date": "date", "datetime": "timestamp", "timestamp": "timestamptz", "time": "time",
-              "json": "jsonb", "uuid": "uuid"}
+    if n == "json":
+        return m in ("jsonb", "json")  # json keeps the text MySQL (normalised) or MariaDB (as written) shows
+    simple = {"date": "date", "datetime": "timestamp", "timestamp": "timestamptz", "time": "time", "uuid": "uuid"}
     return simple.get(n) == m
 
 
@@ -143,11 +144,14 @@ ACCEPTED = {
     "time": "time(fsp)",
     "uuid": "uuid (MariaDB 10.7+)",
     "jsonb": "json",
+    "json": "json",
     "bytea": "binary(n), varbinary(n), tinyblob, blob, mediumblob, longblob",
 }
 
 
 def accepted_for(model_type: str) -> str:
+    if model_type.endswith("[]"):
+        return "none: MySQL has no arrays"
     base = re.sub(r"\(.*", "", model_type)
     if base == "numeric" and "(" in model_type:
         return "decimal(p,s) with at most as many integer digits and decimals, or an integer type that fits"

@@ -3,6 +3,8 @@ row-level security that could hide rows from the job's role."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from psycopg2 import sql
 
 from datasurface.db import PgConnection
@@ -12,20 +14,28 @@ from datasurface.model import Column, Dataset, Store
 from datasurface.pgtypes import catalog_spelling, same_type
 
 
-def source_columns(conn: PgConnection, schema: str, table: str) -> dict[str, str] | None:
-    """Column -> format_type of the source table or view; None when it does not exist (or is not visible)."""
+class SourceType(NamedTuple):
+    spelling: str  # format_type() of the column
+    kind: str  # pg_type.typtype: b(ase), e(num), d(omain), ...
+    base: str | None  # a domain's base type, spelled by format_type()
+
+
+def source_columns(conn: PgConnection, schema: str, table: str) -> dict[str, SourceType] | None:
+    """Column -> type of the source table, partitioned table, view or materialized view; None when it does
+    not exist (or is not visible)."""
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (schema, table))
         if cur.fetchone()[0] is None:  # type: ignore[index]
             return None
         cur.execute(
-            """SELECT a.attname, format_type(a.atttypid, a.atttypmod)
-                 FROM pg_attribute a
+            """SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typtype::text,
+                      CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) END
+                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
                 WHERE a.attrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))
                   AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""",
             (schema, table),
         )
-        return {name: typ for name, typ in cur.fetchall()}
+        return {name: SourceType(typ, kind, base) for name, typ, kind, base in cur.fetchall()}
 
 
 class RowSecurityError(DataSurfaceError):
@@ -69,10 +79,17 @@ def check_dataset(conn: PgConnection, store: Store, dataset: Dataset) -> None:
     check_columns(where, dataset, cols, _mismatch)
 
 
-def _mismatch(col: Column, actual: str) -> str | None:
-    if same_type(col.type, actual):
+def _mismatch(col: Column, actual: SourceType) -> str | None:
+    if same_type(col.type, actual.spelling):
         return None
-    return f"column {col.name!r} is {actual} in the source but {col.type} ({catalog_spelling(col.type)}) in the model"
+    # an enum's labels are text (a varchar(n) too short for one is refused by the merge side's COPY);
+    # a domain holds values of its base type (its constraints only narrow them)
+    if actual.kind == "e" and (col.type == "text" or col.type.startswith("varchar(")):
+        return None
+    if actual.kind == "d" and actual.base is not None and same_type(col.type, actual.base):
+        return None
+    shown = actual.spelling if actual.base is None else f"{actual.spelling} (a domain over {actual.base})"
+    return f"column {col.name!r} is {shown} in the source but {col.type} ({catalog_spelling(col.type)}) in the model"
 
 
 def check_store(conn: PgConnection, store: Store, datasets: tuple[Dataset, ...] | None = None) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 
 import psycopg2
 from psycopg2 import sql
@@ -22,6 +23,7 @@ from datasurface.errors import SnapshotError
 from datasurface.faults import killpoint
 from datasurface.merge.layout import DatasetLayout
 from datasurface.merge.staging import create_staging, staging_error
+from datasurface.model import Column
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def copy_dataset(source: PgConnection, merge: PgConnection, lay: DatasetLayout, 
     create_staging(merge, lay)
     cols = idents(lay.columns)
     out_sql = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)").format(
-        cols, sql.Identifier(source_schema, lay.dataset.table)).as_string(source)
+        select_list(lay.dataset.columns), sql.Identifier(source_schema, lay.dataset.table)).as_string(source)
     # FREEZE: the table was created in this transaction, so its rows are written frozen, hint bits set;
     # otherwise the diff's first read of them would dirty (and write back) every page of the snapshot
     in_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary, FREEZE)").format(
@@ -90,6 +92,13 @@ def copy_dataset(source: PgConnection, merge: PgConnection, lay: DatasetLayout, 
     killpoint(f"ingest:{lay.dataset.name}:copied")
     log.info("snapshot %s: %s rows in %.1fs", lay.dataset.name, f"{rows:,}", time.monotonic() - started)
     return rows
+
+
+def select_list(columns: Sequence[Column]) -> sql.Composable:
+    """The source columns by their exact names, in the model's order. An enum column needs no cast into a
+    text or varchar(n) one: its binary form is its label's text (a label too long for varchar(n) fails
+    the merge side's COPY, it is never cut); a domain's binary form is its base type's."""
+    return sql.SQL(", ").join(sql.Identifier(c.source_name) for c in columns)
 
 
 def _source_error(lay: DatasetLayout, exc: BaseException) -> SnapshotError:
