@@ -245,6 +245,7 @@ class StreamRun:
         snapshot where the changes cannot say the whole truth (cdc/plan.py). The slot is advanced only after the
         batch committed; a run stopped before that leaves it behind the ledger, and the next run catches up."""
         capture = cdc_capture.Capture(source.conn, self.store, self.schema)  # type: ignore[attr-defined]
+        capture.release(self.limits.lock_wait)  # a killed run's backend may still be decoding from the slot
         table = changes.table_name(self.schema, self.store.name)
         if batch.status == STAGED and batch.source_lsn is not None \
                 and changes.staged_rows(self.merge, self.schema, table, self.lays) == batch.staged_rows:

@@ -349,3 +349,40 @@ def test_reset_store_drops_the_slot_and_the_next_merge_starts_again(make: Any) -
         cur.execute(f"SELECT batch_id, source_lsn IS NULL FROM {SCHEMA}.ds_batches")
         assert cur.fetchall() == [(1, True)]
     s.mrg.rollback()
+
+
+def _hold_slot(s: Source, application_name: str) -> Any:
+    """A replication connection streaming from the store's slot: the slot is active while it is open."""
+    import psycopg2
+    from psycopg2.extras import LogicalReplicationConnection
+
+    conn = psycopg2.connect(host=s.dbs.host, port=s.dbs.port, dbname=s.dbs.source,
+                            user=s.dbs.env["SOURCE_USER"], password=s.dbs.env["SOURCE_PASSWORD"],
+                            application_name=application_name, connection_factory=LogicalReplicationConnection)
+    cur = conn.cursor()
+    cur.start_replication(slot_name="ds_cdc_store1", decode=False,
+                          options={"proto_version": "1", "publication_names": "ds_store1"})
+    return conn
+
+
+def test_a_killed_runs_session_still_reading_the_slot_is_ended(make: Any) -> None:
+    """A killed run's backend goes on decoding until it notices its client is gone, and the slot stays active
+    meanwhile: the next run (which holds the stream's lock) ends it instead of failing on the busy slot; a
+    session that is not the job's is named after --lock-wait and left alone."""
+    s = make()
+    s.sql("INSERT INTO docs VALUES (1, 'a', 'x', 0)")
+    s.merge()
+    held = _hold_slot(s, "datasurface-job source deadbeef")
+    try:
+        s.sql("UPDATE docs SET n = 1")
+        s.merge()
+        assert s.same("docs")
+    finally:
+        held.close()
+    other = _hold_slot(s, "a DBA's pg_recvlogical")
+    try:
+        proc = run_job(["merge", "--model", str(s.model), "--platform", PLATFORM, "--mode", "live", "--store",
+                        "Store1", "--lock-wait", "1", *s.dbs.merge_args()], s.dbs.env)
+        assert_one_line_error(proc, "replication slot ds_cdc_store1 is in use by process", "a DBA's pg_recvlogical")
+    finally:
+        other.close()

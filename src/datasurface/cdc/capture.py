@@ -16,6 +16,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -39,6 +40,7 @@ from datasurface.errors import DataSurfaceError
 from datasurface.faults import killpoint
 from datasurface.merge.changes import COPY_COLUMNS
 from datasurface.model import Dataset, Store
+from datasurface.sessions import APP_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +202,27 @@ class Capture:
                                f"database {row[4]} ({row[5]}), not to {self.store.source.database}: two platforms "
                                "of the same name read this server; rename one, or drop the slot if it is stale")
         return SlotState(parse_lsn(row[0]) if row[0] else None, bool(row[1]), row[2])
+
+    def release(self, timeout: float) -> None:
+        """Wait, up to `timeout` seconds, until no other session reads the slot. The run holds the stream's
+        lock, so a job's session still reading it is a killed run's, whose backend goes on decoding until it
+        notices its client is gone: it is ended. Anything else holding the slot is named."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.conn.cursor() as cur:
+                cur.execute("""SELECT s.active_pid, a.application_name,
+                                      CASE WHEN a.application_name LIKE %s THEN pg_terminate_backend(s.active_pid) END
+                                 FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid
+                                WHERE s.slot_name = %s AND s.active_pid IS NOT NULL
+                                  AND s.active_pid <> pg_backend_pid()""", (f"{APP_PREFIX} %", self.slot))
+                row = cur.fetchone()
+            self.conn.commit()
+            if row is None:
+                return
+            if time.monotonic() > deadline:
+                raise CaptureError(f"store {self.store.name}: replication slot {self.slot} is in use by process "
+                                   f"{row[0]} ({row[1] or 'not a session of this job'}) on the source")
+            time.sleep(0.1)
 
     def create(self, timeout: float) -> int:
         """Create the slot; where it starts (every change committed after it is decoded). Creating waits for the

@@ -136,6 +136,7 @@ def drop_source_state(store: Store | None, platform_schema: str, *, dry_run: boo
         if capture.state() is None:
             return []
         if not dry_run:
+            capture.release(10.0)
             capture.drop()
     return [f"  drop replication slot {capture.slot} on {sources.describe(store)}"]
 
