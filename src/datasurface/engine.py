@@ -55,9 +55,11 @@ def fingerprint(store: Store, datasets: tuple[str, ...]) -> str:
 
 
 def _fields(value: Any) -> Any:
-    """A model value as plain JSON data: a model class (a NamedTuple) as an object of its fields."""
+    """A model value as plain JSON data: a model class (a NamedTuple) as an object of its fields. A field the
+    model leaves out (None: a column's `source`) is left out, so a field added to the model keeps the
+    fingerprints of the batches opened before it."""
     if hasattr(value, "_asdict"):
-        return {name: _fields(v) for name, v in value._asdict().items()}
+        return {name: _fields(v) for name, v in value._asdict().items() if v is not None}
     if isinstance(value, tuple | list):
         return [_fields(v) for v in value]
     return value

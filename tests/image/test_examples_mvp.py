@@ -40,8 +40,11 @@ def platform_json(docs: list[dict[str, Any]], platform: str) -> dict[str, Any]:
 def test_example_model_is_valid_for_the_job() -> None:
     model = parse_model(EXAMPLE_MODEL.read_text(), str(EXAMPLE_MODEL))
     assert load_model(str(EXAMPLE_MODEL.parent)).stores == model.stores
-    (store,) = model.stores
-    assert store.name == "Store1"
+    store, changes = model.stores  # the same tables, as snapshots and as changes (ingestion: cdc)
+    assert (store.name, store.source.ingestion) == ("Store1", "snapshot")
+    assert (changes.name, changes.source.ingestion) == ("Store3", "cdc")
+    assert changes.datasets == store.datasets
+    assert changes.source == store.source._replace(ingestion="cdc", publication="ds_store3")
     assert (store.source.host, store.source.port, store.source.database) == (
         "mvp-datasurface-postgresql", 5432, "customer_db")
     assert store.source.credential == "source"
