@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent / "src" / PACKAGE
 
 # `__init__`: the package itself (its version)
 FOUNDATION = ("__init__", "errors", "faults", "interrupts", "credentials", "pgtypes", "mysqldb", "db", "sessions",
-              "localpg", "localmysql", "model")
+              "localpg", "localmysql", "model", "pipe")
 LAYERS: tuple[tuple[str, ...], ...] = (
     FOUNDATION,
     ("merge",),

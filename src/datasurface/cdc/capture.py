@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import struct
-import threading
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import psycopg2
 from psycopg2 import sql
 
-from datasurface import interrupts
 from datasurface.cdc.pgoutput import (
     UNCHANGED,
     Change,
@@ -40,11 +37,11 @@ from datasurface.errors import DataSurfaceError
 from datasurface.faults import killpoint
 from datasurface.merge.changes import COPY_COLUMNS
 from datasurface.model import Dataset, Store
+from datasurface.pipe import PIPE_CHUNK, PipeError, copy_through_pipe
 from datasurface.sessions import APP_PREFIX
 
 log = logging.getLogger(__name__)
 
-PIPE_CHUNK = 1 << 16
 MARKER = "datasurface"  # the prefix of the logical message that marks where a batch ends
 
 
@@ -278,45 +275,22 @@ class Capture:
             sql.Literal(sql.Identifier(self.publication).as_string(self.conn))).as_string(self.conn)
         in_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
             target, sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS))).as_string(merge)
-        read_fd, write_fd = os.pipe()
-        producer_error: list[BaseException] = []
 
-        def produce() -> None:
-            try:
-                with self.conn.cursor() as cur, os.fdopen(write_fd, "wb", buffering=PIPE_CHUNK) as out:
-                    encoder.out = out
-                    out.write(_COPY_HEADER)
-                    cur.copy_expert(out_sql, encoder, size=PIPE_CHUNK)
-                    encoder.finish()
-                    out.write(_COPY_TRAILER)
-            except BaseException as exc:  # reported by the consuming thread
-                producer_error.append(exc)
+        def produce(out: BinaryIO) -> None:
+            with self.conn.cursor() as cur:
+                encoder.out = out
+                out.write(_COPY_HEADER)
+                cur.copy_expert(out_sql, encoder, size=PIPE_CHUNK)
+                encoder.finish()
+                out.write(_COPY_TRAILER)
 
-        thread = threading.Thread(target=produce, name="cdc-read", daemon=True)
-        thread.start()
-        consumer_error: psycopg2.Error | None = None
-        reader = os.fdopen(read_fd, "rb", buffering=PIPE_CHUNK)
-        interrupted_before = interrupts.count()
         try:
-            with merge.cursor() as cur:
-                cur.copy_expert(in_sql, reader, size=PIPE_CHUNK)
-        except psycopg2.Error as exc:
-            consumer_error = exc
-            self.conn.cancel()
-        finally:
-            reader.close()
-            thread.join()
-        if consumer_error is not None:
-            interrupts.raise_if_interrupted(interrupted_before)
-        if producer_error and not (consumer_error is not None and isinstance(
-                producer_error[0], psycopg2.extensions.QueryCanceledError | OSError)):
-            failure = producer_error[0]
-            if isinstance(failure, DataSurfaceError):
-                raise failure
-            raise CaptureError(f"reading the changes of slot {self.slot}: {first_line(failure)}") from failure
-        if consumer_error is not None:
-            raise CaptureError(f"staging the changes of slot {self.slot}: {first_line(consumer_error)}") \
-                from consumer_error
+            copy_through_pipe(self.conn, produce, merge, in_sql, "cdc-read")
+        except PipeError as exc:
+            if isinstance(exc.cause, DataSurfaceError):
+                raise exc.cause from None
+            side = "reading" if exc.side == "source" else "staging"
+            raise CaptureError(f"{side} the changes of slot {self.slot}: {first_line(exc.cause)}") from exc.cause
         self.conn.commit()
         if not encoder.last_commit:
             raise CaptureError(f"the changes of slot {self.slot} lack the batch's own marker transaction")

@@ -76,6 +76,22 @@ def compared(lay: DatasetLayout, alias: str) -> sql.Composable:
     return sql.SQL(", ").join(parts)
 
 
+def materialize_diff(conn: PgConnection, query: sql.Composable) -> dict[str, int]:
+    """Run the CREATE TEMP TABLE of a diff into `pg_temp.ds_diff`, analyze it; its rows per `_ds_op`."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(DIFF_TABLE))
+        cur.execute(query)
+        cur.execute(sql.SQL("ANALYZE {}").format(DIFF_TABLE))
+        cur.execute(sql.SQL("SELECT _ds_op, count(*) FROM {} GROUP BY _ds_op").format(DIFF_TABLE))
+        return {row[0]: int(row[1]) for row in cur.fetchall()}
+
+
+def current_count(conn: PgConnection, lay: DatasetLayout) -> int:
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT count(*) FROM {} t").format(current_rows(lay)))
+        return int(cur.fetchone()[0])  # type: ignore[index]
+
+
 def compute_diff(conn: PgConnection, lay: DatasetLayout, snapshot_rows: int, current_hint: int | None = None) -> Counts:
     """`current_hint`: the current row count as the ledger knows it (the last committed batch's total),
     which spares counting the current rows; they are counted only when the identity does not hold."""
@@ -100,19 +116,11 @@ def compute_diff(conn: PgConnection, lay: DatasetLayout, snapshot_rows: int, cur
         staging=lay.qualified(lay.staging), current=current_rows(lay), match=key_match(lay, "s", "t"),
         changed=changed,
     )
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(DIFF_TABLE))
-        cur.execute(query)
-        cur.execute(sql.SQL("ANALYZE {}").format(DIFF_TABLE))
-        cur.execute(sql.SQL("SELECT _ds_op, count(*) FROM {} GROUP BY _ds_op").format(DIFF_TABLE))
-        by_op = {row[0]: int(row[1]) for row in cur.fetchall()}
+    by_op = materialize_diff(conn, query)
     counts = Counts(total=snapshot_rows, inserted=by_op.get("I", 0), updated=by_op.get("U", 0),
                     deleted=by_op.get("D", 0))
     if current_hint is None or snapshot_rows != current_hint - counts.deleted + counts.inserted:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT count(*) FROM {} t").format(current_rows(lay)))
-            current = int(cur.fetchone()[0])  # type: ignore[index]
-        if snapshot_rows != current - counts.deleted + counts.inserted:
+        if snapshot_rows != current_count(conn, lay) - counts.deleted + counts.inserted:
             raise duplicate_keys(conn, lay)
     return counts
 
@@ -141,15 +149,9 @@ def compute_change_diff(conn: PgConnection, lay: DatasetLayout, truncated: bool,
         query = query + sql.SQL(" UNION ALL SELECT 'D', {keys}{nulls} FROM {current} t WHERE NOT EXISTS "
                                 "(SELECT FROM {net} s WHERE {match})").format(
             keys=idents(lay.key, "t"), nulls=nulls, current=current_rows(lay), net=net, match=key_match(lay, "s", "t"))
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(DIFF_TABLE))
-        cur.execute(query)
-        cur.execute(sql.SQL("ANALYZE {}").format(DIFF_TABLE))
-        cur.execute(sql.SQL("SELECT _ds_op, count(*) FROM {} GROUP BY _ds_op").format(DIFF_TABLE))
-        by_op = {row[0]: int(row[1]) for row in cur.fetchall()}
-        if current_hint is None:
-            cur.execute(sql.SQL("SELECT count(*) FROM {} t").format(current_rows(lay)))
-            current_hint = int(cur.fetchone()[0])  # type: ignore[index]
+    by_op = materialize_diff(conn, query)
+    if current_hint is None:
+        current_hint = current_count(conn, lay)
     inserted, deleted = by_op.get("I", 0), by_op.get("D", 0)
     return Counts(total=current_hint - deleted + inserted, inserted=inserted, updated=by_op.get("U", 0),
                   deleted=deleted)

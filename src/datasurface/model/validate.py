@@ -366,8 +366,8 @@ class _Validator:
         return Model(stores=tuple(stores), origin=origin, workspaces=tuple(workspaces))
 
     def workspaces(self, value: object, stores: list[Store]) -> list[Workspace]:
-        """Contract §5. Which platform ingests which store is the chart's (the platforms' `stores`), not the
-        model's: `setup --platform P` checks that P's workspaces list only stores given to it."""
+        """Workspaces (docs/consumers.md). Which platform ingests which store is the chart's (the platforms'
+        `stores`), not the model's: `setup --platform P` checks that P's workspaces list only stores given to it."""
         result: list[Workspace] = []
         items = self.list_of(value, ("workspaces",), "workspaces")
         first_seen: dict[str, Path] = {}

@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
-import threading
 import time
 from collections.abc import Sequence
+from typing import BinaryIO
 
-import psycopg2
 from psycopg2 import sql
 
-from datasurface import interrupts
 from datasurface.db import PgConnection, first_line, idents
 from datasurface.errors import SnapshotError
 from datasurface.faults import killpoint
 from datasurface.merge.layout import DatasetLayout
 from datasurface.merge.staging import create_staging, staging_error
 from datasurface.model import Column
+from datasurface.pipe import PIPE_CHUNK, PipeError, copy_through_pipe
 
 log = logging.getLogger(__name__)
 
-PIPE_CHUNK = 1 << 16
 
 
 def begin_snapshot(source: PgConnection) -> datetime.datetime:
@@ -54,41 +51,15 @@ def copy_dataset(source: PgConnection, merge: PgConnection, lay: DatasetLayout, 
     in_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary, FREEZE)").format(
         lay.qualified(lay.staging), cols).as_string(merge)
 
-    read_fd, write_fd = os.pipe()
-    producer_error: list[BaseException] = []
+    def produce(writer: BinaryIO) -> None:
+        with source.cursor() as cur:
+            cur.copy_expert(out_sql, writer, size=PIPE_CHUNK)
 
-    def produce() -> None:
-        try:
-            with source.cursor() as cur, os.fdopen(write_fd, "wb", buffering=PIPE_CHUNK) as writer:
-                cur.copy_expert(out_sql, writer, size=PIPE_CHUNK)
-        except BaseException as exc:  # reported by the consuming thread
-            producer_error.append(exc)
-
-    thread = threading.Thread(target=produce, name=f"copy-{lay.table}", daemon=True)
-    thread.start()
-    consumer_error: psycopg2.Error | None = None
-    reader = os.fdopen(read_fd, "rb", buffering=PIPE_CHUNK)
-    interrupted_before = interrupts.count()
     try:
-        with merge.cursor() as cur:
-            cur.copy_expert(in_sql, reader, size=PIPE_CHUNK)
-            rows = cur.rowcount
-    except psycopg2.Error as exc:
-        consumer_error = exc
-        source.cancel()  # stop the source from sending more
-    finally:
-        reader.close()  # unblocks a producer waiting on a full pipe
-        thread.join()
-    if consumer_error is not None:
-        interrupts.raise_if_interrupted(interrupted_before)  # Ctrl-C inside a read of the pipe
-    # a producer error we caused (cancel, closed pipe) is not the cause: report the consumer's
-    if producer_error and not (
-        consumer_error is not None
-        and isinstance(producer_error[0], psycopg2.extensions.QueryCanceledError | OSError)
-    ):
-        raise _source_error(lay, producer_error[0]) from producer_error[0]
-    if consumer_error is not None:
-        raise staging_error(lay, consumer_error) from consumer_error
+        rows = copy_through_pipe(source, produce, merge, in_sql, f"copy-{lay.table}")
+    except PipeError as exc:
+        failure = _source_error(lay, exc.cause) if exc.side == "source" else staging_error(lay, exc.cause)
+        raise failure from exc.cause
     killpoint(f"ingest:{lay.dataset.name}:copied")
     log.info("snapshot %s: %s rows in %.1fs", lay.dataset.name, f"{rows:,}", time.monotonic() - started)
     return rows

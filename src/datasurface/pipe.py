@@ -1,0 +1,68 @@
+"""A producer thread's bytes into the merge side's COPY through an OS pipe: memory stays flat whatever the
+size of what is copied. Used by the snapshot (the source's COPY) and by change capture (decoded changes)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import BinaryIO
+
+import psycopg2
+
+from datasurface import interrupts
+from datasurface.db import PgConnection
+
+PIPE_CHUNK = 1 << 16
+
+
+class PipeError(Exception):
+    """One side of a piped COPY failed: `side` is "source" (the producer) or "merge" (the COPY)."""
+
+    def __init__(self, side: str, cause: BaseException):
+        super().__init__(side, cause)
+        self.side = side
+        self.cause = cause
+
+
+def copy_through_pipe(source: PgConnection, produce: Callable[[BinaryIO], None], merge: PgConnection,
+                      in_sql: str, name: str) -> int:
+    """Run `produce(writer)` (reading from `source`) in a thread while `in_sql` (a COPY … FROM STDIN on
+    `merge`) reads what it writes; the rows copied. A failure raises PipeError naming the side that caused
+    it: the producer's error caused by the COPY failing first (a cancel, a closed pipe) is not the cause."""
+    read_fd, write_fd = os.pipe()
+    producer_error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with os.fdopen(write_fd, "wb", buffering=PIPE_CHUNK) as writer:
+                produce(writer)
+        except BaseException as exc:  # reported by the consuming thread
+            producer_error.append(exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    consumer_error: psycopg2.Error | None = None
+    reader = os.fdopen(read_fd, "rb", buffering=PIPE_CHUNK)
+    interrupted_before = interrupts.count()
+    rows = 0
+    try:
+        with merge.cursor() as cur:
+            cur.copy_expert(in_sql, reader, size=PIPE_CHUNK)
+            rows = cur.rowcount
+    except psycopg2.Error as exc:
+        consumer_error = exc
+        source.cancel()  # stop the source from sending more
+    finally:
+        reader.close()  # unblocks a producer waiting on a full pipe
+        thread.join()
+    if consumer_error is not None:
+        interrupts.raise_if_interrupted(interrupted_before)  # Ctrl-C inside a read of the pipe
+    if producer_error and not (
+        consumer_error is not None
+        and isinstance(producer_error[0], psycopg2.extensions.QueryCanceledError | OSError)
+    ):
+        raise PipeError("source", producer_error[0])
+    if consumer_error is not None:
+        raise PipeError("merge", consumer_error)
+    return rows
