@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from helm import CHART_DIR, CI_VALUES, ci_id, find, render_chart, run_helm
+
+from tests.support.helm import CHART_DIR, CI_VALUES, ci_id, find, render_chart, run_helm
 
 Docs = list[dict[str, Any]]
 Render = Callable[..., Docs]

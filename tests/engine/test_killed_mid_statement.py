@@ -13,94 +13,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import make_databases
-from tests.engine.support import ctrl_c_when, one_dataset_model, run_job, write_model
+from tests.support.big_table import PLATFORMS, BigWorld
+from tests.support.engine import ctrl_c_when, run_job
 
-ROWS = 500_000
-COLUMNS = [("id", "integer"), ("grp", "integer"), ("note", "text"), ("amount", "numeric(12,2)")]
-PLATFORMS = {"live": "BigLive", "forensic": "BigForensic"}
 # the merge-side statement the fault lands in: staging COPY, the diff, the apply
 STATEMENTS = {"copy": 'COPY "%"."ds_stage_%FROM STDIN%', "diff": "CREATE TEMP TABLE %",
               "apply": 'UPDATE "%"."store1_big" t %'}
-
-
-class BigWorld:
-    def __init__(self, server: Any, tmp: Path):
-        self.server = server
-        self.dbs = make_databases(server)
-        self.src = self.dbs.connect(self.dbs.source)
-        self.flips = 0
-        with self.src.cursor() as cur:
-            cur.execute("CREATE TABLE big (id integer PRIMARY KEY, grp integer, note text, amount numeric(12,2))")
-            cur.execute(f"""INSERT INTO big SELECT g, g % 97, md5(g::text) || repeat('x', 160), g / 100.0
-                             FROM generate_series(1, {ROWS}) g""")
-        self.src.commit()
-        self.model = write_model(tmp / "model", one_dataset_model(self.dbs, "Store1", "big", COLUMNS))
-        for mode in PLATFORMS:
-            proc = run_job(self.args(mode), self.dbs.env, timeout=300)
-            assert proc.returncode == 0, proc.stderr
-
-    def args(self, mode: str) -> list[str]:
-        return ["merge", "--model", str(self.model), "--platform", PLATFORMS[mode], "--mode", mode,
-                "--store", "Store1", *self.dbs.merge_args()]
-
-    def flip(self) -> None:
-        """Change every row, so that the diff and the apply of the next batch are long."""
-        self.flips += 1
-        with self.src.cursor() as cur:
-            cur.execute("UPDATE big SET note = md5(note || %s), amount = amount + 1", (str(self.flips),))
-        self.src.commit()
-
-    def checksum(self, conn: Any, relation: str) -> str:
-        with conn.cursor() as cur:
-            cur.execute(f"SELECT count(*) || ':' || md5(string_agg(t::text, '|' ORDER BY id)) FROM {relation} t")
-            value = cur.fetchone()[0]
-        conn.rollback()
-        return str(value)
-
-    def assert_merged_equals_source(self, mode: str) -> None:
-        mrg = self.dbs.connect(self.dbs.merge)
-        try:
-            current = self.checksum(mrg, f"{PLATFORMS[mode].lower()}.store1_big_current")
-        finally:
-            mrg.close()
-        assert current == self.checksum(self.src, "big")
-
-    def ledger(self, mode: str) -> list[tuple[Any, ...]]:
-        mrg = self.dbs.connect(self.dbs.merge)
-        try:
-            with mrg.cursor() as cur:
-                cur.execute(f"SELECT batch_id, status, rows_total, rows_updated FROM {PLATFORMS[mode].lower()}"
-                            ".ds_batches ORDER BY batch_id")
-                return list(cur.fetchall())
-        finally:
-            mrg.close()
-
-    def wait_inside(self, proc: subprocess.Popen[str], pattern: str, timeout: float = 120) -> float:
-        """Wait until the job's merge session has been executing a statement matching `pattern` for a
-        moment (0.15 s, so the fault lands inside it); returns how long that statement had been running."""
-        admin = self.server.admin_connect(self.dbs.merge)
-        admin.autocommit = True
-        deadline = time.monotonic() + timeout
-        try:
-            with admin.cursor() as cur:
-                while time.monotonic() < deadline:
-                    assert proc.poll() is None, "the job ended before reaching the statement"
-                    cur.execute("""SELECT extract(epoch FROM clock_timestamp() - query_start) FROM pg_stat_activity
-                                    WHERE datname = %s AND application_name LIKE 'datasurface-job merge %%'
-                                      AND state = 'active' AND query LIKE %s""", (self.dbs.merge, pattern))
-                    row = cur.fetchone()
-                    if row is not None and row[0] >= 0.15:
-                        return float(row[0])
-                    time.sleep(0.05)
-        finally:
-            admin.close()
-        raise AssertionError(f"the job never ran {pattern!r}")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from datasurface.db import Endpoint
-from tests.engine.support import (
+from tests.support.engine import (
     DATASETS,
     create_source_tables,
     fetch,

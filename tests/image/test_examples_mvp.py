@@ -14,12 +14,10 @@ from typing import Any
 
 import jsonschema
 import yaml
-from dockerfile import DOCKERFILE, REPO_ROOT, key_values, stages
 
 from datasurface.model import load_model, parse_model
-
-sys.path.insert(0, str(REPO_ROOT / "tests" / "chart"))
-from helm import CHART_DIR, find, render_chart
+from tests.support.dockerfile import DOCKERFILE, REPO_ROOT, key_values, stages
+from tests.support.helm import CHART_DIR, find, render_chart
 
 EXAMPLE_MODEL = REPO_ROOT / "examples" / "model" / "datasurface.yaml"
 VALUES_MVP = REPO_ROOT / "examples" / "values-mvp.yaml"

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dockerfile import REPO_ROOT
+
+from tests.support.dockerfile import REPO_ROOT
 
 SCRIPTS = ["scripts/build-image.sh", "scripts/kind-up.sh", "scripts/kind-down.sh", "scripts/standin-base.sh"]
 VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dockerfile import REPO_ROOT
+
+from tests.support.dockerfile import REPO_ROOT
 
 WORKFLOW = REPO_ROOT / ".github" / "workflows" / "chart.yaml"
 BIN = Path(sys.executable).parent

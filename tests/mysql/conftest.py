@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_databases
+from tests.support.databases import make_databases
 
 _counter = itertools.count()
 

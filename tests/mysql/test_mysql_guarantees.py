@@ -17,10 +17,17 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.engine.conftest import assert_one_line_error
-from tests.engine.support import COMMON_DATASETS as DATASETS
-from tests.engine.support import ctrl_c_when, fetch, merge_args, next_snapshot, run_job, write_model
-from tests.mysql.support import create_mysql_tables, expected_rows, load_mysql_snapshot, mysql_model, rfc4122
+from tests.support.engine import COMMON_DATASETS as DATASETS
+from tests.support.engine import (
+    assert_one_line_error,
+    ctrl_c_when,
+    fetch,
+    merge_args,
+    next_snapshot,
+    run_job,
+    write_model,
+)
+from tests.support.mysql import create_mysql_tables, expected_rows, load_mysql_snapshot, mysql_model, rfc4122
 
 SMALL = {"pairs": DATASETS["pairs"]}
 ONE = {"alltypes": DATASETS["alltypes"]}

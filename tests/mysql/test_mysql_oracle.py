@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from datasurface.db import Endpoint
-from tests.engine.support import COMMON_DATASETS as DATASETS
-from tests.engine.support import merge_both_and_check, next_snapshot, write_model
-from tests.mysql.support import create_mysql_tables, expected_rows, load_mysql_snapshot, mysql_model, rfc4122
+from tests.support.engine import COMMON_DATASETS as DATASETS
+from tests.support.engine import merge_both_and_check, next_snapshot, write_model
+from tests.support.mysql import create_mysql_tables, expected_rows, load_mysql_snapshot, mysql_model, rfc4122
 
 SNAPSHOTS = 14
 

@@ -23,8 +23,8 @@ from datasurface.simulator import Simulator, ensure_tables, invariant_violations
 from datasurface.simulator.backends import backend_for
 from datasurface.simulator.operations import OPERATIONS
 from datasurface.simulator.tables import SEED_CUSTOMERS, TABLES
-from tests.engine.support import merge_args, run_job, write_model
-from tests.simulator.support import (
+from tests.support.engine import merge_args, run_job, write_model
+from tests.support.simulator import (
     OP_LINE,
     assert_consistent,
     assert_invariant_detects_breakage,

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.engine.support import merge_args, run_job, write_model
-from tests.mysql.support import mysql_model
+from tests.support.engine import merge_args, run_job, write_model
+from tests.support.mysql import mysql_model
 
 PAIR = [("id", "integer"), ("amount", "bigint")]
 DATASETS = {"accounts": (PAIR, ("id",)), "ledger": (PAIR, ("id",))}

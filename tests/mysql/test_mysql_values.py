@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from datasurface.ingest.mysql.types import MySqlType, accepts
-from tests.engine.conftest import assert_one_line_error
-from tests.engine.support import merge_args, run_job, write_model
-from tests.mysql.support import mysql_model
+from tests.support.engine import assert_one_line_error, merge_args, run_job, write_model
+from tests.support.mysql import mysql_model
 
 UTC = dt.UTC
 

@@ -19,7 +19,7 @@ from datasurface.db import Endpoint
 from datasurface.simulator import Simulator, ensure_tables, invariant_violations
 from datasurface.simulator.operations import OPERATIONS
 from datasurface.simulator.tables import SEED_CUSTOMERS, TABLES
-from tests.simulator.support import (
+from tests.support.simulator import (
     OP_LINE,
     assert_consistent,
     assert_invariant_detects_breakage,
@@ -267,7 +267,7 @@ def test_missing_credential_and_bad_arguments(dbs) -> None:  # type: ignore[no-u
 
 
 def _example_model(repo_root: Path, folder: Path, **source: object) -> Path:
-    from tests.engine.support import write_model
+    from tests.support.engine import write_model
 
     doc = yaml.safe_load((repo_root / "examples/model/datasurface.yaml").read_text())
     doc["stores"][0]["source"].update(source)
@@ -286,7 +286,7 @@ def _simulate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 def test_the_source_of_a_model_store_then_merge_ingests_it(dbs, repo_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`simulate --model M --store S` takes host, port, database, schema and credential from the store (here a
     schema other than public), and what it did is what `merge` of that store ingests."""
-    from tests.engine.support import merge_args, run_job
+    from tests.support.engine import merge_args, run_job
 
     src = dbs.connect(dbs.source)
     with src.cursor() as cur:

@@ -12,10 +12,12 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 COMMON_COLUMNS = [  # types both source kinds hold
@@ -308,3 +310,44 @@ def ctrl_c_when(job: subprocess.Popen[str], reached: Callable[[], None], timeout
     assert job.returncode == 130, out + err
     assert err.strip().splitlines()[-1] == "datasurface-job: interrupted", err
     assert out.strip().splitlines()[-1] == "DATASURFACE_RESULT_CODE=130"
+
+
+PLATFORM, SCHEMA = "Yellow", "yellow"
+SMALL = {"pairs": DATASETS["pairs"]}
+
+
+def first_live_batch(dbs: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """The `world` fixture's: a source with data, a model and one committed live batch."""
+    src = dbs.connect(dbs.source)
+    create_source_tables(src, SMALL)
+    rng = random.Random(5)
+    snap = next_snapshot(rng, {}, defaultdict(set))
+    load_snapshot(src, {"pairs": snap["pairs"]})
+    model_doc = model_dict(dbs.host, dbs.port, dbs.source, datasets=SMALL)
+    model = write_model(tmp_path / "model", model_doc)
+    first = run_job(merge_args(model, PLATFORM, "live", dbs), dbs.env)
+    assert first.returncode == 0, first.stderr
+    mrg = dbs.connect(dbs.merge)
+    yield {"dbs": dbs, "src": src, "mrg": mrg, "model": model, "doc": model_doc, "tmp": tmp_path}
+    src.close()
+    mrg.close()
+
+
+def on_every_version() -> Any:
+    """For a module: `world = on_every_version()` runs its `world` tests on PostgreSQL 15 and on 18."""
+
+    @pytest.fixture
+    def world(world_each: dict[str, Any]) -> dict[str, Any]:
+        return world_each
+
+    return world
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str, code: int = 1) -> None:
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("datasurface-job: error: "), proc.stderr
+    for f in fragments:
+        assert f in last, last
+    assert proc.stdout.strip().splitlines()[-1] == f"DATASURFACE_RESULT_CODE={code}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.engine.support import COMMON_DATASETS as DATASETS
-from tests.engine.support import model_dict
+from tests.support.engine import COMMON_DATASETS as DATASETS
+from tests.support.engine import model_dict
 
 # the MySQL type each model type of the test datasets is stored in (README: "MySQL and MariaDB sources")
 MYSQL_TYPES = {
