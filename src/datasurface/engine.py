@@ -27,12 +27,11 @@ from datasurface.cdc import plan as cdc_plan
 from datasurface.consumers import history as consumers_history
 from datasurface.consumers import workspaces
 from datasurface.db import Endpoint, PgConnection, driver_error, first_line, is_lost
-from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfaceError
+from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfaceError, SnapshotError
 from datasurface.faults import killpoint
-from datasurface.ingest import sources as dialects  # the name StreamRun calls the registry by
+from datasurface.ingest import sources
 from datasurface.ingest.sources import SourceSession
-from datasurface.merge import changes, ddl, layout
-from datasurface.merge import staging as snapshot  # the name StreamRun calls the staging helpers by
+from datasurface.merge import changes, ddl, layout, staging
 from datasurface.merge.diff import current_rows, loaded, no_current_rows
 from datasurface.merge.forensic import ForensicMerge
 from datasurface.merge.layout import DatasetLayout
@@ -146,11 +145,11 @@ class StreamRun:
     def run(self) -> bool:
         """Returns True when it finished a batch left open by an earlier run."""
         if self.ahead is not None:  # the source's session opens while the merge side is checked
-            dialects.open_ahead(self.store, "source", self.run_id, self.limits, self.ahead)
+            sources.open_ahead(self.store, "source", self.run_id, self.limits, self.ahead)
         open_batch = self.preflight()
         killpoint("batch:preflight")
         what = f"{self.stream.describe()} of platform {self.schema}"
-        with dialects.open_source(self.store, "source", self.run_id, self.limits, self.ahead) as source:
+        with sources.open_source(self.store, "source", self.run_id, self.limits, self.ahead) as source:
             if self.taken_over:  # the dead or frozen run's snapshot would hold back the source's vacuum
                 source.end_run_sessions(self.taken_over)
             source.check(tuple(lay.dataset for lay in self.lays))
@@ -182,7 +181,7 @@ class StreamRun:
             except Exception as exc:
                 with suppress(Exception):
                     self.merge.rollback()
-                if opened_here or isinstance(exc, snapshot.SnapshotError):
+                if opened_here or isinstance(exc, SnapshotError):
                     self._discard(batch)  # a handled failure (or a bad staged snapshot) leaves nothing behind
                 raise self._user_error(exc, source, f"batch {batch.batch_id} of {self.stream.describe()}") from exc
         self._report(batch, counts)
@@ -231,7 +230,7 @@ class StreamRun:
             return None
         rows = {}
         for lay in self.lays:
-            n = snapshot.staged_rows(self.merge, lay)
+            n = staging.staged_rows(self.merge, lay)
             if n is None or n != batch.staged_rows.get(lay.dataset.name):
                 log.warning("%s: staged data of batch %s is incomplete; taking the snapshot again",
                             self.stream.describe(), batch.batch_id)
@@ -392,7 +391,7 @@ class StreamRun:
         self.ledger.commit(batch, per_dataset)
         killpoint("ledger:updated")
         for lay in self.lays:
-            snapshot.drop_staging(self.merge, lay)
+            staging.drop_staging(self.merge, lay)
         killpoint("ledger:before_commit")
         self.merge.commit()
         killpoint("ledger:committed")
@@ -401,7 +400,7 @@ class StreamRun:
     def _discard(self, batch: Batch) -> None:
         with suppress(Exception):
             for lay in self.lays:
-                snapshot.drop_staging(self.merge, lay)
+                staging.drop_staging(self.merge, lay)
             for table in self._changes_tables():
                 changes.drop(self.merge, self.schema, table)
             self.ledger.discard(batch)

@@ -14,9 +14,6 @@ from datasurface.db import PgConnection, first_line, idents
 from datasurface.errors import SnapshotError
 from datasurface.merge.layout import DatasetLayout, column_defs
 
-# SnapshotError: the error these functions return, for a caller that handles what they raise
-__all__ = ["SnapshotError", "create_staging", "drop_staging", "duplicate_keys", "staged_rows", "staging_error"]
-
 
 def create_staging(merge: PgConnection, lay: DatasetLayout) -> None:
     """A fresh, empty staging table for the dataset (one left by an earlier attempt is dropped)."""
