@@ -2,13 +2,15 @@
 
 `pg_server` is the machine's PostgreSQL (15 here) or, without one, the embedded server;
 `pg_servers` offers every version available (system 15, embedded 16 and 18) for range tests.
-Each test gets its own source and merge databases with their own roles via `dbs`.
+Each test gets its own source and merge databases with their own roles via `dbs`. `mariadb` is a
+throwaway MariaDB server of the suite's own, for MySQL sources (skipped, loudly, without its binaries).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +45,19 @@ def pg_servers(pg_server: object) -> Iterator[dict[int, object]]:
     yield servers
     for s in extra:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[Any]:
+    from datasurface.localmysql import LocalMariaDB, find_server
+
+    server = find_server()
+    if server is None:
+        pytest.skip("SKIPPED LOUDLY: no MariaDB server binary (install Debian's mariadb-server; "
+                    "scripts/test.sh does)")
+    db = LocalMariaDB(server).start()
+    yield db
+    db.stop()
 
 
 @pytest.fixture(scope="session")

@@ -63,22 +63,22 @@ class BigWorld:
         return str(value)
 
     def assert_merged_equals_source(self, mode: str) -> None:
-        mrg = self.dbs.connect(self.dbs.merge)
+        merge = self.dbs.connect(self.dbs.merge)
         try:
-            current = self.checksum(mrg, f"{PLATFORMS[mode].lower()}.store1_big_current")
+            current = self.checksum(merge, f"{PLATFORMS[mode].lower()}.store1_big_current")
         finally:
-            mrg.close()
+            merge.close()
         assert current == self.checksum(self.src, "big")
 
     def ledger(self, mode: str) -> list[tuple[Any, ...]]:
-        mrg = self.dbs.connect(self.dbs.merge)
+        merge = self.dbs.connect(self.dbs.merge)
         try:
-            with mrg.cursor() as cur:
+            with merge.cursor() as cur:
                 cur.execute(f"SELECT batch_id, status, rows_total, rows_updated FROM {PLATFORMS[mode].lower()}"
                             ".ds_batches ORDER BY batch_id")
                 return list(cur.fetchall())
         finally:
-            mrg.close()
+            merge.close()
 
     def wait_inside(self, proc: subprocess.Popen[str], pattern: str, timeout: float = 120) -> float:
         """Wait until the job's merge session has been executing a statement matching `pattern` for a

@@ -164,7 +164,7 @@ def next_snapshot(rng: random.Random, prev: dict[str, dict[tuple[Any, ...], tupl
                   removed: dict[str, set[tuple[Any, ...]]], datasets: Datasets = DATASETS
                   ) -> dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]:
     """Deletes, updates (one or all values; NULL/''/value flips), inserts and re-adds of deleted keys."""
-    snap = {}
+    snapshot = {}
     for name in datasets:
         rows = dict(prev.get(name, {}))
         cols, keycols = datasets[name]
@@ -187,15 +187,15 @@ def next_snapshot(rng: random.Random, prev: dict[str, dict[tuple[Any, ...], tupl
             if k not in rows and rng.random() < 0.3:  # delete, then re-add
                 rows[k] = random_row(rng, name, k, datasets)
                 removed[name].discard(k)
-        snap[name] = rows
-    return snap
+        snapshot[name] = rows
+    return snapshot
 
 
-def load_snapshot(conn: Any, snap: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]) -> None:
+def load_snapshot(conn: Any, snapshot: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]) -> None:
     from psycopg2.extras import execute_values
 
     with conn.cursor() as cur:
-        for name, rows in snap.items():
+        for name, rows in snapshot.items():
             cols = [c for c, _ in DATASETS[name][0]]
             cur.execute(f'TRUNCATE "{name}"')
             if rows:
@@ -263,7 +263,7 @@ def merge_args(model: Path, platform: str, mode: str, dbs: Any, store: str = "St
             *dbs.merge_args()]
 
 
-def merge_both_and_check(mrg: Any, model: Path, endpoint: Any, expected: dict[str, list[list[Any]]], n: int,
+def merge_both_and_check(merge: Any, model: Path, endpoint: Any, expected: dict[str, list[list[Any]]], n: int,
                          datasets: Datasets = DATASETS) -> None:
     """Batch n on the oracle platforms (OracleLive, OracleForensic) equals the oracle: tables, views, every
     forensic as-of of batches 1..n, and the ledger's counts per dataset."""
@@ -277,22 +277,22 @@ def merge_both_and_check(mrg: Any, model: Path, endpoint: Any, expected: dict[st
     for name, (_cols, key) in datasets.items():
         want = expected[name][n]
         table = f"store1_{name}"
-        assert fetch(mrg, f"oraclelive.{table}", name, datasets=datasets) == want, f"live table, batch {n}"
-        assert fetch(mrg, f"oraclelive.{table}_current", name, datasets=datasets) == want, f"live view, batch {n}"
-        assert fetch(mrg, f"oracleforensic.{table}_current", name, datasets=datasets) == want, \
+        assert fetch(merge, f"oraclelive.{table}", name, datasets=datasets) == want, f"live table, batch {n}"
+        assert fetch(merge, f"oraclelive.{table}_current", name, datasets=datasets) == want, f"live view, batch {n}"
+        assert fetch(merge, f"oracleforensic.{table}_current", name, datasets=datasets) == want, \
             f"forensic view, batch {n}"
         for m in range(1, n + 1):
-            as_of = fetch(mrg, f"oracleforensic.{table}", name,
+            as_of = fetch(merge, f"oracleforensic.{table}", name,
                           "WHERE ds_batch_in <= %s AND %s < ds_batch_out", (m, m), datasets)
             assert as_of == expected[name][m], f"forensic as of {m} after batch {n}"
         oracle = oracle_counts(expected[name][n - 1], want, len(key))
         for schema in ("oraclelive", "oracleforensic"):
-            with mrg.cursor() as cur:
+            with merge.cursor() as cur:
                 cur.execute(f"""SELECT rows_total, rows_inserted, rows_updated, rows_deleted
                                   FROM {schema}.ds_batch_datasets WHERE batch_id = %s AND dataset = %s""",
                             (n, name))
                 got = dict(zip(("total", "inserted", "updated", "deleted"), cur.fetchone(), strict=True))
-            mrg.rollback()
+            merge.rollback()
             assert got == oracle, f"{schema} counts of {name}, batch {n}"
 
 
@@ -318,19 +318,19 @@ SMALL = {"pairs": DATASETS["pairs"]}
 
 def first_live_batch(dbs: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """The `world` fixture's: a source with data, a model and one committed live batch."""
-    src = dbs.connect(dbs.source)
-    create_source_tables(src, SMALL)
+    source = dbs.connect(dbs.source)
+    create_source_tables(source, SMALL)
     rng = random.Random(5)
-    snap = next_snapshot(rng, {}, defaultdict(set))
-    load_snapshot(src, {"pairs": snap["pairs"]})
+    snapshot = next_snapshot(rng, {}, defaultdict(set))
+    load_snapshot(source, {"pairs": snapshot["pairs"]})
     model_doc = model_dict(dbs.host, dbs.port, dbs.source, datasets=SMALL)
     model = write_model(tmp_path / "model", model_doc)
     first = run_job(merge_args(model, PLATFORM, "live", dbs), dbs.env)
     assert first.returncode == 0, first.stderr
-    mrg = dbs.connect(dbs.merge)
-    yield {"dbs": dbs, "src": src, "mrg": mrg, "model": model, "doc": model_doc, "tmp": tmp_path}
-    src.close()
-    mrg.close()
+    merge = dbs.connect(dbs.merge)
+    yield {"dbs": dbs, "src": source, "mrg": merge, "model": model, "doc": model_doc, "tmp": tmp_path}
+    source.close()
+    merge.close()
 
 
 def on_every_version() -> Any:
