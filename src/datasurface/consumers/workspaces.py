@@ -43,7 +43,7 @@ def schema_mark(platform_schema: str) -> str:
 
 
 def of_platform(model: Model, platform_schema: str) -> list[Workspace]:
-    return [ws for ws in model.workspaces if ws.platform.lower() == platform_schema]
+    return [workspace for workspace in model.workspaces if workspace.platform.lower() == platform_schema]
 
 
 class Target(NamedTuple):
@@ -63,18 +63,18 @@ def targets(model: Model, platform_schema: str, layouts: list[DatasetLayout], st
     by_key = {(layout.store, layout.dataset.name): layout for layout in layouts}
     chosen = {s.name: s for s in stores}
     result = []
-    for i, ws in enumerate(model.workspaces):
-        if ws.platform.lower() != platform_schema:
+    for i, workspace in enumerate(model.workspaces):
+        if workspace.platform.lower() != platform_schema:
             continue
-        for j, item in enumerate(ws.datasets):
+        for j, item in enumerate(workspace.datasets):
             if item.store not in chosen:
                 raise DataSurfaceError(
-                    f"workspace {ws.name} (workspaces[{i}].datasets[{j}]) lists store {item.store}, which platform "
-                    f"{ws.platform} does not ingest (its stores here: {', '.join(chosen) or 'none'}); add the store "
-                    f"to the platform or remove it from the workspace")
-        workspace_layouts = tuple(by_key[(d.store, d.dataset)] for d in ws.datasets)
-        stores = tuple(chosen[name] for name in dict.fromkeys(d.store for d in ws.datasets))
-        result.append(Target(ws, workspace_layouts, stores))
+                    f"workspace {workspace.name} (workspaces[{i}].datasets[{j}]) lists store {item.store}, which "
+                    f"platform {workspace.platform} does not ingest (its stores here: {', '.join(chosen) or 'none'}); "
+                    f"add the store to the platform or remove it from the workspace")
+        workspace_layouts = tuple(by_key[(d.store, d.dataset)] for d in workspace.datasets)
+        stores = tuple(chosen[name] for name in dict.fromkeys(d.store for d in workspace.datasets))
+        result.append(Target(workspace, workspace_layouts, stores))
     return result
 
 
@@ -130,8 +130,8 @@ def _dataset_objects(conn: PgConnection, schema: str, layout: DatasetLayout, sto
         cols = objects.view_columns(conn, layout.schema, hist)
         changed |= objects.ensure_view(conn, schema, hist, [(c, sql.Identifier("h", c)) for c in cols],
                                        sql.SQL("FROM {} h").format(layout.qualified(hist)), barrier=True)
-    fn = history.as_of_function(layout)
-    if only is None or ("function", fn) in only:
+    function = history.as_of_function(layout)
+    if only is None or ("function", function) in only:
         dataset = layout.dataset.name if store.consistency == "single_dataset" else None
         same_stream = sql.SQL("b.dataset IS NULL") if dataset is None else sql.SQL("b.dataset = {}").format(
             sql.Literal(dataset))
@@ -141,8 +141,8 @@ def _dataset_objects(conn: PgConnection, schema: str, layout: DatasetLayout, sto
         body = sql.SQL("SELECT {cols} FROM {h} h WHERE h.ds_batch_in <= {b} AND (h.ds_batch_out IS NULL OR "
                        "h.ds_batch_out > {b})").format(
             cols=sql.SQL(", ").join(sql.Identifier("h", c) for c in cols), h=sql.Identifier(schema, hist), b=latest)
-        changed |= objects.ensure_function(conn, schema, fn, ("at", "timestamptz"), sql.Identifier(schema, current),
-                                           body)
+        changed |= objects.ensure_function(conn, schema, function, ("at", "timestamptz"),
+                                           sql.Identifier(schema, current), body)
     return changed
 
 
@@ -282,12 +282,12 @@ def evolve(conn: PgConnection, model: Model, platform_schema: str, store: Store,
     """merge: the existing workspace objects of these datasets follow the platform's views (an added column
     appears in them). Creates nothing new and grants nothing: that is setup's."""
     changed = False
-    for ws in of_platform(model, platform_schema):
-        exists, comment = _schema_comment(conn, ws.schema)
+    for workspace in of_platform(model, platform_schema):
+        exists, comment = _schema_comment(conn, workspace.schema)
         if not exists or comment != schema_mark(platform_schema):
             continue
-        mine = set(objects.owned(conn, ws.schema))
+        mine = set(objects.owned(conn, workspace.schema))
         for layout in layouts:
-            if any(d.store == store.name and d.dataset == layout.dataset.name for d in ws.datasets):
-                changed |= _dataset_objects(conn, ws.schema, layout, store, only=mine)
+            if any(d.store == store.name and d.dataset == layout.dataset.name for d in workspace.datasets):
+                changed |= _dataset_objects(conn, workspace.schema, layout, store, only=mine)
     return changed

@@ -384,16 +384,16 @@ class _Validator:
         first_seen: dict[str, Path] = {}
         for i, item in enumerate(items or ()):
             path: Path = ("workspaces", i)
-            ws = self.workspace(item, path, stores)
-            if ws is None:
+            workspace = self.workspace(item, path, stores)
+            if workspace is None:
                 continue
-            key = ws.name.lower()
+            key = workspace.name.lower()
             if key in first_seen:
-                self.add((*path, "name"), f"duplicate workspace name {ws.name!r} (same as "
+                self.add((*path, "name"), f"duplicate workspace name {workspace.name!r} (same as "
                          f"{format_path(first_seen[key])}, names are compared case-insensitively)")
                 continue
             first_seen[key] = (*path, "name")
-            result.append(ws)
+            result.append(workspace)
         return result
 
     def workspace(self, value: object, path: Path, stores: list[Store]) -> Workspace | None:

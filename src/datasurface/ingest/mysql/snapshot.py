@@ -129,8 +129,11 @@ class MySqlSnapshot:
             # the run is interrupted: Ctrl-C, SIGTERM's KeyboardInterrupt-like exits)
             with suppress(Exception):
                 self.conn.invalidate()
-            if cursor is not None:  # its result went with the connection: nothing to drain when it is collected
-                cursor.connection = None
+            if cursor is not None:  # its result went with the connection: nothing to drain when it is collected,
+                cursor.connection = None  # by the cursor or by the result itself (at exit, after the error line)
+                result = getattr(cursor, "_result", None)
+                if result is not None:
+                    result.unbuffered_active = False
             if isinstance(exc, DataSurfaceError) or not isinstance(exc, Exception):  # the source's read failed
                 raise
             raise (self._diagnose(layout, kinds) or staging_error(layout, exc, load_batch)) from exc
