@@ -6,7 +6,6 @@ the four things the issue asks, and every file of this repository it names exist
 from __future__ import annotations
 
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import yaml
 
 from tests.support.dockerfile import REPO_ROOT
+from tests.support.shell import commands
 
 WORKFLOW = REPO_ROOT / ".github" / "workflows" / "chart.yaml"
 BIN = Path(sys.executable).parent
@@ -27,20 +27,6 @@ def workflow() -> dict[str, Any]:
 
 def steps() -> list[dict[str, Any]]:
     return [step for job in workflow()["jobs"].values() for step in job["steps"]]
-
-
-def commands(script: str) -> list[list[str]]:
-    """The simple commands of a shell script, one per line, as argv lists (a line that does not split on its
-    own, inside a multi-line string, is no command of its own)."""
-    found = []
-    for line in script.replace("\\\n", " ").splitlines():
-        try:
-            argv = shlex.split(line, comments=True)
-        except ValueError:
-            continue
-        if argv:
-            found.append(argv)
-    return found
 
 
 def step_commands() -> list[list[str]]:
