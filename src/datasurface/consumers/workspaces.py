@@ -102,15 +102,15 @@ def relations(wanted: list[Target]) -> list[str]:
 
 # --- the objects of one workspace -------------------------------------------------------------------------
 
-def _batches_view(conn: PgConnection, t: Target, platform_schema: str) -> bool:
+def _batches_view(conn: PgConnection, target: Target, platform_schema: str) -> bool:
     per_store = []
-    for store in t.stores:
-        listed = [d.dataset for d in t.workspace.datasets if d.store == store.name]
+    for store in target.stores:
+        listed = [d.dataset for d in target.workspace.datasets if d.store == store.name]
         per_store.append(sql.SQL("(b.store = {} AND (b.dataset IS NULL OR b.dataset IN ({})))").format(
             sql.Literal(store.name), sql.SQL(", ").join(sql.Literal(d) for d in listed)))
     rest = sql.SQL("FROM {} b WHERE b.status = 'committed' AND ({})").format(
         sql.Identifier(platform_schema, "ds_batches"), sql.SQL(" OR ").join(per_store))
-    return objects.ensure_view(conn, t.schema, BATCHES, [(c, sql.Identifier("b", c)) for c in BATCH_COLUMNS], rest,
+    return objects.ensure_view(conn, target.schema, BATCHES, [(c, sql.Identifier("b", c)) for c in BATCH_COLUMNS], rest,
                                barrier=True)
 
 
@@ -146,9 +146,9 @@ def _dataset_objects(conn: PgConnection, schema: str, layout: DatasetLayout, sto
     return changed
 
 
-def _wanted_names(t: Target) -> set[tuple[str, str]]:
+def _wanted_names(target: Target) -> set[tuple[str, str]]:
     names = {("view", BATCHES)}
-    for layout in t.layouts:
+    for layout in target.layouts:
         names.add(("view", layout.table))
         if layout.mode == FORENSIC:
             names |= {("view", history.history_view(layout)), ("function", history.as_of_function(layout))}

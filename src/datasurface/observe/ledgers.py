@@ -90,15 +90,15 @@ class PlatformState:
     has_ledger: bool
     streams: dict[StreamKey, StreamState]
 
-    def snapshot_age(self, s: StreamState) -> float | None:
+    def snapshot_age(self, stream: StreamState) -> float | None:
         """Seconds since the snapshot of the last committed batch (its start, for batches from before
         snapshot_at existed: an upper bound of the age)."""
-        if s.committed is None:
+        if stream.committed is None:
             return None
-        return (self.now - (s.committed.snapshot_at or s.committed.started_at)).total_seconds()
+        return (self.now - (stream.committed.snapshot_at or stream.committed.started_at)).total_seconds()
 
-    def open_age(self, s: StreamState) -> float:
-        return 0.0 if s.open is None else max(0.0, (self.now - s.open.started_at).total_seconds())
+    def open_age(self, stream: StreamState) -> float:
+        return 0.0 if stream.open is None else max(0.0, (self.now - stream.open.started_at).total_seconds())
 
 
 def _exists(conn: PgConnection, schema: str, table: str) -> bool:

@@ -44,13 +44,13 @@ def _when(at: datetime.datetime, now: datetime.datetime) -> str:
     return f"{at.astimezone(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC ({age((now - at).total_seconds())} ago)"
 
 
-def _state(state: PlatformState, s: StreamState) -> str:
+def _state(state: PlatformState, stream: StreamState) -> str:
     parts = []
-    if s.open is not None:
-        parts.append(f"open batch {s.open.batch_id} ({s.open.status}, {age(state.open_age(s))})")
-    if s.failures_in_a_row:
-        parts.append(f"[red]failing: {s.failures_in_a_row} run(s)[/red]")
-    if s.committed is None and s.open is None and not s.failures_in_a_row:
+    if stream.open is not None:
+        parts.append(f"open batch {stream.open.batch_id} ({stream.open.status}, {age(state.open_age(stream))})")
+    if stream.failures_in_a_row:
+        parts.append(f"[red]failing: {stream.failures_in_a_row} run(s)[/red]")
+    if stream.committed is None and stream.open is None and not stream.failures_in_a_row:
         parts.append("no batch yet")
     return "; ".join(parts) or "[green]ok[/green]"
 
@@ -89,14 +89,14 @@ def failures(state: PlatformState) -> list[str]:
     return lines
 
 
-def size(n: int) -> str:
+def size(count: int) -> str:
     """`512 B`, `3.4 MiB`, `1.2 GiB`."""
-    value, unit = float(n), "B"
+    value, unit = float(count), "B"
     for next_unit in ("KiB", "MiB", "GiB", "TiB"):
         if value < 1024:
             break
         value, unit = value / 1024, next_unit
-    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+    return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
 def slot_lines(schema: str, wal: dict[str, int | str | None]) -> list[str]:

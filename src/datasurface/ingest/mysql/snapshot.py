@@ -240,11 +240,11 @@ _INVALID = {
 DAY = datetime.timedelta(days=1)
 
 
-def _time(v: datetime.timedelta) -> str:
+def _time(value: datetime.timedelta) -> str:
     """`HH:MM:SS.ffffff` for a time of day; a duration outside one day is left for PostgreSQL to refuse."""
-    if not datetime.timedelta(0) <= v < DAY:
-        return str(v)
-    secs, micros = v.seconds, v.microseconds
+    if not datetime.timedelta(0) <= value < DAY:
+        return str(value)
+    secs, micros = value.seconds, value.microseconds
     return f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{micros:06d}"
 
 
