@@ -255,6 +255,13 @@ def test_wrong_password_fails_at_once(dbs) -> None:  # type: ignore[no-untyped-d
     assert "not-the-password" not in proc.stderr + proc.stdout
 
 
+def test_db_type_choices_are_the_source_types() -> None:
+    """`simulate --db-type` offers exactly the model's source types (the simulator drives each of them)."""
+    from datasurface.cli.app import DbType
+
+    assert [choice.value for choice in DbType] == list(SOURCE_TYPES)
+
+
 def test_missing_credential_and_bad_arguments(dbs) -> None:  # type: ignore[no-untyped-def]
     proc = run_simulate(dbs, None, env={})
     assert proc.returncode == 1
