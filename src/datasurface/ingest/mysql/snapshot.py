@@ -131,6 +131,11 @@ class MySqlSnapshot:
                 self.conn.invalidate()
             if cursor is not None:  # its result went with the connection: nothing to drain when it is collected
                 cursor.connection = None
+                # nor by the result itself: collected later (by the reading thread's end, or at exit), an active
+                # unbuffered result reads its rest from the closed socket and prints a traceback to stderr
+                result = getattr(cursor, "_result", None)
+                if result is not None:
+                    result.unbuffered_active = False
             if isinstance(exc, DataSurfaceError) or not isinstance(exc, Exception):  # the source's read failed
                 raise
             raise (self._diagnose(lay, kinds) or staging_error(lay, exc, load_batch)) from exc
