@@ -175,7 +175,7 @@ def test_every_client_works_over_verified_tls(release: ExternalRelease, api: Air
     # client left at libpq's default `prefer` would connect without a word)
     for name in ("scheduler", "api-server", "dag-processor", "exporter"):
         out = release.pods[name].exec(["python", "-c", WRONG_NAME, "pg-tls.default.svc"], timeout=60)
-        assert out.returncode == 3 and "does not match host name" in out.stderr, (name, out)
+        assert out.returncode == 3 and "does not match host name" in out.stderr, (name, out.stderr)
 
 
 WRONG_NAME = """
@@ -291,7 +291,7 @@ def test_fab_login(release: ExternalRelease, api: AirflowApi) -> None:
 # --- upgrade -------------------------------------------------------------------------------------------------
 
 
-def test_an_upgrade_changing_the_airflow_image_tag(release: ExternalRelease, api: AirflowApi) -> None:
+def test_an_upgrade_changing_the_airflow_image_tag(release: ExternalRelease) -> None:
     """A new Airflow image tag renders a new migration Job (its name follows its spec) beside the old one:
     `kubectl apply` of the new render creates it and leaves the old Job as it was (a Job of the old name
     with the new pod template is refused as immutable: what a fixed name did); the new Job migrates, and
