@@ -82,7 +82,7 @@ say "ruff, mypy, shellcheck"
 
 say "pytest: job, simulator, chart, image"
 status=0
-.venv/bin/pytest --ignore=tests/dags --ignore=tests/system "$@" || status=$?
+.venv/bin/pytest --durations=30 --ignore=tests/dags --ignore=tests/system "$@" || status=$?
 
 say "pytest: Airflow DAGs and the package beside Airflow (real Airflow in .venv-airflow)"
 PATH="$root/.venv-airflow/bin:$PATH" .venv-airflow/bin/pytest tests/dags "$@" || status=$?

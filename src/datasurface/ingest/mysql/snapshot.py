@@ -129,8 +129,10 @@ class MySqlSnapshot:
             # the run is interrupted: Ctrl-C, SIGTERM's KeyboardInterrupt-like exits)
             with suppress(Exception):
                 self.conn.invalidate()
-            if cursor is not None:  # its result went with the connection: nothing to drain when it is collected,
-                cursor.connection = None  # by the cursor or by the result itself (at exit, after the error line)
+            if cursor is not None:  # its result went with the connection: nothing to drain when it is collected
+                cursor.connection = None
+                # nor by the result itself: collected later (by the reading thread's end, or at exit), an active
+                # unbuffered result reads its rest from the closed socket and prints a traceback to stderr
                 result = getattr(cursor, "_result", None)
                 if result is not None:
                     result.unbuffered_active = False
