@@ -1,5 +1,6 @@
 """Helpers for the merge engine tests: a two-dataset source covering every model type, random
-snapshot sequences, an oracle for counts, and readers of the merge tables."""
+snapshot sequences, an oracle for counts, readers of the merge tables, the job run as a process and its
+one-line errors, and the `world` fixtures' first live batch (platform Yellow)."""
 
 from __future__ import annotations
 

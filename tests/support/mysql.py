@@ -1,4 +1,5 @@
-"""MariaDB versions of the engine tests' helpers: the same datasets (every model type), in MySQL types."""
+"""MariaDB versions of the engine tests' helpers: the same datasets (every model type), in MySQL types, and
+a MariaDB source database beside a PostgreSQL merge database for one test (`MySqlDatabases`)."""
 
 from __future__ import annotations
 
