@@ -21,9 +21,8 @@ import psycopg2
 from psycopg2 import sql
 
 from datasurface import credentials
-from datasurface.cdc import capture as cdc_capture
-from datasurface.cdc import pgoutput
-from datasurface.cdc import plan as cdc_plan
+from datasurface.cdc import pgoutput, plan
+from datasurface.cdc.capture import Capture, SlotState
 from datasurface.consumers import history as consumers_history
 from datasurface.consumers import workspaces
 from datasurface.db import Endpoint, PgConnection, driver_error, first_line, is_lost
@@ -164,7 +163,7 @@ class StreamRun:
                 source.end_run_sessions(self.taken_over)
             source.check(tuple(layout.dataset for layout in self.layouts))
             if self.store.source.ingestion == "cdc":  # before the batch opens: a refusal changes nothing
-                cdc_capture.Capture(source.conn, self.store, self.schema).check(  # type: ignore[attr-defined]
+                Capture(source.conn, self.store, self.schema).check(  # type: ignore[attr-defined]
                     [layout.dataset for layout in self.layouts])
             killpoint("source:checked")
             batch = self.locks.run(f"preparing the merge tables of {what}", lambda: self._open(open_batch),
@@ -255,7 +254,7 @@ class StreamRun:
         """A batch of a store that reads changes (cdc/): the slot's changes since the last batch, or a full
         snapshot where the changes cannot say the whole truth (cdc/plan.py). The slot is advanced only after the
         batch committed; a run stopped before that leaves it behind the ledger, and the next run catches up."""
-        capture = cdc_capture.Capture(source.conn, self.store, self.schema)  # type: ignore[attr-defined]
+        capture = Capture(source.conn, self.store, self.schema)  # type: ignore[attr-defined]
         capture.release(self.limits.lock_wait)  # a killed run's backend may still be decoding from the slot
         table = changes.table_name(self.schema, self.store.name)
         if batch.status == STAGED and batch.source_lsn is not None \
@@ -266,7 +265,7 @@ class StreamRun:
                                   lambda: self._merge(batch, batch.staged_rows), lambda: self._merge_relations())
         else:
             state = capture.state()
-            decided = cdc_plan.plan(capture.slot, state, self.ledger.last_committed(self.stream), self.fingerprint)
+            decided = plan.plan(capture.slot, state, self.ledger.last_committed(self.stream), self.fingerprint)
             if decided.snapshot:
                 return self._capture_snapshot(source, capture, state, batch, what, decided.reason)
             if decided.catch_up is not None:
@@ -289,8 +288,8 @@ class StreamRun:
                 source.conn.rollback()  # type: ignore[attr-defined]
         return counts
 
-    def _capture_snapshot(self, source: SourceSession, capture: cdc_capture.Capture,
-                          state: cdc_capture.SlotState | None, batch: Batch, what: str,
+    def _capture_snapshot(self, source: SourceSession, capture: Capture,
+                          state: SlotState | None, batch: Batch, what: str,
                           reason: str | None) -> dict[str, Counts]:
         if reason is not None:
             log.warning("%s: %s; this batch is a full snapshot", self.stream.describe(), reason)
@@ -307,7 +306,7 @@ class StreamRun:
         return self.locks.run(f"merging batch {batch.batch_id} of {what}",
                               lambda: self._merge(batch, rows), lambda: self._merge_relations())
 
-    def _stage_changes(self, capture: cdc_capture.Capture, batch: Batch, table: str) -> Batch:
+    def _stage_changes(self, capture: Capture, batch: Batch, table: str) -> Batch:
         fixed_at = capture.mark()
         changes.create(self.merge, self.schema, table)
         rows, end = capture.copy_changes(self.merge, sql.Identifier(self.schema, table),
