@@ -67,6 +67,7 @@ class Figures:
     jobs_cpu_s: float = 0.0
     jobs: int = 0  # job processes started in the window
     failed_runs: int = 0
+    errors: list[str] = field(default_factory=list)  # a few distinct errors of the failed runs
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the machine's load average at the end
     machine_busy_cores: float = 0.0  # every process of the machine, over the window
 
@@ -94,6 +95,7 @@ class Figures:
             f"scale: {self.stores} stores, storesPerTask {self.per_task}, parallelStores {self.parallel}, "
             f"one-minute schedule, {self.window_s / 60:.1f} min window",
             f"  streams with batches: {self.streams}/{self.stores}; failed runs: {self.failed_runs}",
+            *(f"    failed: {e}" for e in self.errors),
             f"  data age p95 per stream ({self.scrapes} scrapes): median {median:.0f} s, "
             f"worst {self.worst_age_p95_s:.0f} s",
             f"  CPU: Airflow {self.airflow_cores:.2f} cores ({self.airflow_cpu_s / self.window_s * 60:.1f} s a minute),"
@@ -174,23 +176,36 @@ def _is_job(pid: int) -> bool:
 
 class JobWatcher(threading.Thread):
     """Moves every new job process of the scheduler container (its mount namespace `ns`) into the jobs
-    group as soon as it is seen."""
+    group as soon as it is seen. A process is looked at until it is a second old: a job starts as a fork
+    of its task process and becomes `datasurface-job` only at its exec, a moment later."""
 
     def __init__(self, cgroups: CpuGroups, ns: str) -> None:
         super().__init__(name="job-watcher", daemon=True)
         self.cgroups = cgroups
         self.ns = ns
-        self.seen: set[int] = set()
+        self.settled: set[int] = set()  # moved, or older than a second and not a job
         self.moved = 0
         self.stopping = threading.Event()
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def _age(self, pid: int) -> float:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return math.inf
+        start = int(stat.rsplit(")", 1)[1].split()[19]) / self.tick
+        return float(Path("/proc/uptime").read_text().split()[0]) - start
 
     def run(self) -> None:
         while not self.stopping.wait(JOB_POLL_SECONDS):
             for entry in os.listdir("/proc"):
-                if entry.isdigit() and (pid := int(entry)) not in self.seen:
-                    self.seen.add(pid)
-                    if _is_job(pid) and _mnt_ns(pid) == self.ns and self.cgroups.move("jobs", pid):
-                        self.moved += 1
+                if not entry.isdigit() or (pid := int(entry)) in self.settled:
+                    continue
+                if _is_job(pid) and _mnt_ns(pid) == self.ns:
+                    self.settled.add(pid)
+                    self.moved += self.cgroups.move("jobs", pid)
+                elif self._age(pid) > 1.0:
+                    self.settled.add(pid)
 
 
 def _busy_ticks() -> tuple[int, int]:
@@ -222,6 +237,14 @@ def create_sources(release: Release, stores: list[str]) -> None:
             cur.execute(f'CREATE TABLE IF NOT EXISTS public."{table}" (id integer PRIMARY KEY, v varchar(40))')
             cur.execute(f'INSERT INTO public."{table}" SELECT g, md5(g::text) FROM generate_series(1, %s) g '
                         "ON CONFLICT DO NOTHING", [ROWS])
+
+
+def run_errors(release: Release, since: float) -> list[str]:
+    """A few distinct errors of the merge runs that failed since `since` (Unix time)."""
+    with release.connect("merge_db", "merge") as conn, conn.cursor() as cur:
+        cur.execute(f'SELECT DISTINCT left(error, 300) FROM "{PLATFORM.lower()}".ds_runs WHERE exit_status '
+                    "NOT IN (0, 10) AND started_at >= to_timestamp(%s) LIMIT 5", [since])
+        return [str(row[0]) for row in cur.fetchall()]
 
 
 def committed(release: Release) -> dict[str, int]:
@@ -287,7 +310,7 @@ def measure(release: Release, stores: list[str], per_task: int, parallel: int, m
         samples: dict[str, list[float]] = {s: [] for s in stores}
         busy0, total0 = _busy_ticks()
         cpu0 = {g: cgroups.usage(g) for g in cgroups.groups}
-        started = time.monotonic()
+        started, since = time.monotonic(), time.time()
         end = started + figures.window_s
         while (now := time.monotonic()) < end:
             for store, age in scrape_ages(port).items():
@@ -305,6 +328,7 @@ def measure(release: Release, stores: list[str], per_task: int, parallel: int, m
         after = committed(release)
         figures.streams = sum(1 for s in stores if after.get(s, 0) > before.get(s, 0))
         figures.failed_runs = after.get("", 0) - before.get("", 0)
+        figures.errors = run_errors(release, since) if figures.failed_runs else []
         figures.age_p95_s = {s: p95(v) for s, v in samples.items() if v}
         return figures
     finally:
