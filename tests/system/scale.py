@@ -273,6 +273,7 @@ def scaled_release(stores: list[str], per_task: int, parallel: int) -> Iterator[
         create_sources(release, stores)
         release.start_airflow()
         triggerer = release.cluster.start_pod("Deployment", f"{release.fullname}-airflow-triggerer")
+        triggerer.wait_ready(240)  # its liveness probe: the triggerer's job heartbeats
         release.pods["triggerer"] = triggerer
         exporter = release.cluster.start_pod("Deployment", f"{release.fullname}-exporter")
         exporter.wait_ready(120)

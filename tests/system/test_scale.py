@@ -17,12 +17,15 @@ def test_a_small_platform_at_scale() -> None:
     stores = store_names(STORES)
     with scaled_release(stores, PER_TASK, 1) as release:
         figures = measure(release, stores, PER_TASK, 1, minutes=1.1, warmup_timeout=300)
-        listed = AirflowApi(release).call("GET", "/api/v2/dags?limit=100")["dags"]
-        dags = {d["dag_id"] for d in listed}
+        api = AirflowApi(release)
+        dags = {d["dag_id"] for d in api.call("GET", "/api/v2/dags?limit=100")["dags"]}
+        run = api.runs("scale__group1_ingestion")[-1]
+        merge = api.task_instances("scale__group1_ingestion", run["dag_run_id"])["merge"]
         triggerer = release.pods["triggerer"].container()
         assert triggerer.running, triggerer.logs()[-3000:]
     print(figures.report())
     assert dags == {"scale__group1_ingestion", "scale__group2_ingestion", "scale_infrastructure"}
+    assert merge["pool"] == "datasurface"  # the chart's job pool, made by the scheduler's init container
     assert figures.streams == STORES, figures.report()  # a scheduled cycle merged every stream
     assert figures.failed_runs == 0
     assert set(figures.age_p95_s) == set(stores) and figures.scrapes >= 5
