@@ -325,8 +325,8 @@ def _kind_name(types: type | tuple[type, ...]) -> str:
 
 
 _TOP_KEYS = ("version", "platform", "mode", "stores", "schedule", "infrastructureSchedule", "runner",
-             "retries", "retryDelaySeconds", "executionTimeoutSeconds", "storesPerTask", "parallelStores", "deferrable", "pool", "model",
-             "merge", "secretEnv", "env", "slackWebhookEnv", "kubernetes")
+             "retries", "retryDelaySeconds", "executionTimeoutSeconds", "storesPerTask", "parallelStores",
+             "deferrable", "pool", "model", "merge", "secretEnv", "env", "slackWebhookEnv", "kubernetes")
 _K8S_KEYS = ("namespace", "image", "imagePullPolicy", "imagePullSecrets", "serviceAccountName", "resources",
              "labels", "startupTimeoutSeconds", "modelConfigMap", "securityContext",
              "containerSecurityContext", "secretMounts", "nodeSelector", "tolerations", "affinity", "annotations")
@@ -420,8 +420,8 @@ def parse_settings(data: Any) -> PlatformSettings:
                             schedule=schedule, infrastructure_schedule=infra_schedule, runner=runner,
                             retries=retries, retry_delay_seconds=retry_delay,
                             execution_timeout_seconds=execution_timeout, stores_per_task=stores_per_task,
-                            parallel_stores=parallel_stores, deferrable=deferrable, pool=pool, secret_env=tuple(secret_env), env=env,
-                            slack_webhook_env=slack, kubernetes=kubernetes)
+                            parallel_stores=parallel_stores, deferrable=deferrable, pool=pool,
+                            secret_env=tuple(secret_env), env=env, slack_webhook_env=slack, kubernetes=kubernetes)
 
 
 def _job_env_names() -> set[str]:
