@@ -2,45 +2,31 @@
 
 `pg_server` is the machine's PostgreSQL (15 here) or, without one, the embedded server;
 `pg_servers` offers every version available (system 15, embedded 16 and 18) for range tests.
-Each test gets its own source and merge databases with their own roles via `dbs`.
+Each test gets its own source and merge databases with their own roles via `dbs`. `mariadb` is a
+throwaway MariaDB server of the suite's own, for MySQL sources (skipped, loudly, without its binaries).
 """
 
 from __future__ import annotations
 
-import itertools
-import os
-import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-_counter = itertools.count()
+from tests.support.databases import Databases, make_databases
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-@dataclass
-class Databases:
-    """A source and a merge database on one server, with credential env vars for the job."""
-
-    server: object  # LocalPostgres
-    source: str
-    merge: str
-    host: str
-    port: int
-    env: dict[str, str] = field(default_factory=dict)
-
-    def connect(self, database: str):  # type: ignore[no-untyped-def]
-        import psycopg2
-
-        role = "src" if database == self.source else "mrg"
-        prefix = "SOURCE" if role == "src" else "MERGE"
-        return psycopg2.connect(host=self.host, port=self.port, dbname=database,
-                                user=self.env[f"{prefix}_USER"], password=self.env[f"{prefix}_PASSWORD"])
-
-    def merge_args(self) -> list[str]:
-        return ["--merge-host", self.host, "--merge-port", str(self.port), "--merge-database", self.merge,
-                "--merge-credential", "merge"]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """For pytest-xdist's `--dist loadgroup` (scripts/test.sh): a file's tests run on one worker, so its
+    module fixtures (big tables, servers) are made once, and the files that build or run images share one
+    worker, as buildah's storage is one."""
+    for item in items:
+        parts = item.path.relative_to(ROOT).parts
+        group = "images" if parts[:2] in (("tests", "image"), ("tests", "image_build")) else "/".join(parts)
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def _start(prefer: str):  # type: ignore[no-untyped-def]
@@ -73,21 +59,17 @@ def pg_servers(pg_server: object) -> Iterator[dict[int, object]]:
         s.stop()
 
 
-def make_databases(server: object) -> Databases:
-    # `from tests.conftest import make_databases` loads this file a second time (pytest's own copy is module
-    # `conftest`), with a counter of its own: the random part keeps the names of both copies apart
-    n = next(_counter)
-    tag = f"{os.getpid()}_{n}_{secrets.token_hex(2)}"
-    src_user, mrg_user = f"src_{tag}", f"mrg_{tag}"
-    src_pw, mrg_pw = secrets.token_hex(8), secrets.token_hex(8)
-    server.create_role(src_user, src_pw)  # type: ignore[attr-defined]
-    server.create_role(mrg_user, mrg_pw)  # type: ignore[attr-defined]
-    source, merge = f"source_{tag}", f"merge_{tag}"
-    server.create_database(source, owner=src_user)  # type: ignore[attr-defined]
-    server.create_database(merge, owner=mrg_user)  # type: ignore[attr-defined]
-    env = {"SOURCE_USER": src_user, "SOURCE_PASSWORD": src_pw, "MERGE_USER": mrg_user, "MERGE_PASSWORD": mrg_pw}
-    return Databases(server=server, source=source, merge=merge,
-                     host=server.socket_dir, port=server.port, env=env)  # type: ignore[attr-defined]
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[Any]:
+    from datasurface.localmysql import LocalMariaDB, find_server
+
+    server = find_server()
+    if server is None:
+        pytest.skip("SKIPPED LOUDLY: no MariaDB server binary (install Debian's mariadb-server; "
+                    "scripts/test.sh does)")
+    db = LocalMariaDB(server).start()
+    yield db
+    db.stop()
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from psycopg2 import sql
 
 from datasurface.localpg import LocalPostgres
 from datasurface.merge.diff import compared
-from datasurface.merge.layout import layouts
+from datasurface.merge.layout import dataset_layouts
 from datasurface.model import parse_model
 
 from .report import human
@@ -266,7 +266,7 @@ class Bench:
 
     def layout(self, shape: str, mode: str) -> Any:
         model = parse_model((self.workdir / f"model-{shape}" / "datasurface.yaml").read_text(), "bench")
-        return layouts(f"bench_{mode}", model.stores[0], mode)[0]
+        return dataset_layouts(f"bench_{mode}", model.stores[0], mode)[0]
 
     def floor_writes(self, shape: str, mode: str) -> float:
         """The second floor: the COPY (as measured by `floor`) + the diff materialised + the minimal writes

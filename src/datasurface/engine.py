@@ -21,21 +21,29 @@ import psycopg2
 from psycopg2 import sql
 
 from datasurface import credentials
-from datasurface.cdc import capture as cdc_capture
-from datasurface.cdc import pgoutput
-from datasurface.cdc import plan as cdc_plan
+from datasurface.cdc import pgoutput, plan
+from datasurface.cdc.capture import Capture, SlotState
 from datasurface.consumers import history as consumers_history
 from datasurface.consumers import workspaces
 from datasurface.db import Endpoint, PgConnection, driver_error, first_line, is_lost
-from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfaceError
+from datasurface.errors import EXIT_OK, EXIT_RECOVERED, DatabaseError, DataSurfaceError, SnapshotError
 from datasurface.faults import killpoint
-from datasurface.ingest import sources as dialects  # the name StreamRun calls the registry by
+from datasurface.ingest import sources
 from datasurface.ingest.sources import SourceSession
-from datasurface.merge import changes, ddl, layout
-from datasurface.merge import staging as snapshot  # the name StreamRun calls the staging helpers by
+from datasurface.merge import changes, ddl, staging
 from datasurface.merge.diff import current_rows, loaded, no_current_rows
 from datasurface.merge.forensic import ForensicMerge
-from datasurface.merge.layout import DatasetLayout
+from datasurface.merge.layout import (
+    LIVE,
+    DatasetLayout,
+    Mode,
+    check_mode,
+    dataset_layouts,
+    ensure_dataset,
+    ensure_schema,
+    plan_evolution,
+    platform_schema,
+)
 from datasurface.merge.ledger import COMMITTED, INGESTING, STAGED, Batch, BatchLedger, Counts, Stream
 from datasurface.merge.live import LiveMerge
 from datasurface.merge.locks import LockRetry, StreamLock
@@ -65,31 +73,31 @@ def _fields(value: Any) -> Any:
     return value
 
 
-def layout_relations(schema: str, lays: list[DatasetLayout]) -> list[str]:
+def layout_relations(schema: str, layouts: list[DatasetLayout]) -> list[str]:
     """What creating or evolving the layout locks: to name the sessions that block it."""
-    names = ["ds_batches", "ds_batch_datasets", *(n for lay in lays for n in (lay.table, lay.view))]
-    return [f'"{schema}"."{n}"' for n in names] + [r for lay in lays for r in consumers_history.relations(lay)]
+    names = ["ds_batches", "ds_batch_datasets", *(n for layout in layouts for n in (layout.table, layout.view))]
+    return [f'"{schema}"."{n}"' for n in names] + [r for layout in layouts for r in consumers_history.relations(layout)]
 
 
-def ensure_layout(conn: PgConnection, schema: str, lays: list[DatasetLayout], stores: list[Store]) -> None:
+def ensure_layout(conn: PgConnection, schema: str, layouts: list[DatasetLayout], stores: list[Store]) -> None:
     """Create or evolve schema, ledger, tables and views (and, forensic, the history view and as-of
     functions: consumers/history.py), in the caller's transaction. Under the platform's DDL lock (merge/ddl.py),
     which the caller takes."""
-    layout.ensure_schema(conn, schema)
+    ensure_schema(conn, schema)
     BatchLedger(conn, schema).ensure()
     by_name = {s.name: s for s in stores}
-    for lay in lays:
-        if layout.ensure_dataset(conn, lay):
-            log.info("evolved %s.%s", schema, lay.table)
-        if consumers_history.ensure(conn, lay, by_name[lay.store]):
-            log.info("history of %s.%s created or evolved", schema, lay.table)
+    for layout in layouts:
+        if ensure_dataset(conn, layout):
+            log.info("evolved %s.%s", schema, layout.table)
+        if consumers_history.ensure(conn, layout, by_name[layout.store]):
+            log.info("history of %s.%s created or evolved", schema, layout.table)
 
 
 class StreamRun:
     """Brings one stream forward by one committed batch."""
 
-    def __init__(self, merge: PgConnection, store: Store, stream: Stream, lays: list[DatasetLayout],
-                 mode: str, run_id: str, limits: SessionLimits, merge_where: str, taken_over: str | None = None,
+    def __init__(self, merge: PgConnection, store: Store, stream: Stream, layouts: list[DatasetLayout],
+                 mode: Mode, run_id: str, limits: SessionLimits, merge_where: str, taken_over: str | None = None,
                  model: Model | None = None, ahead: Ahead | None = None):
         self.merge = merge
         self.ahead = ahead
@@ -101,11 +109,11 @@ class StreamRun:
         self.locks = LockRetry(merge, limits)
         self.store = store
         self.stream = stream
-        self.lays = lays
+        self.layouts = layouts
         self.mode = mode
-        self.schema = lays[0].schema
+        self.schema = layouts[0].schema
         self.ledger = BatchLedger(merge, self.schema)
-        self.fingerprint = fingerprint(store, tuple(lay.dataset.name for lay in lays))
+        self.fingerprint = fingerprint(store, tuple(layout.dataset.name for layout in layouts))
         self.batch_id: int | None = None  # the batch this run opened or resumed (for the run history)
 
     def preflight(self) -> Batch | None:
@@ -124,8 +132,8 @@ class StreamRun:
                         + (f" --dataset {self.stream.dataset}" if self.stream.dataset else "")
                         + "` to discard it, then merge again"
                     )
-        for lay in self.lays:
-            layout.plan_evolution(self.merge, lay)  # raises on a non-additive change
+        for layout in self.layouts:
+            plan_evolution(self.merge, layout)  # raises on a non-additive change
         self.merge.rollback()
         return open_batch
 
@@ -146,20 +154,20 @@ class StreamRun:
     def run(self) -> bool:
         """Returns True when it finished a batch left open by an earlier run."""
         if self.ahead is not None:  # the source's session opens while the merge side is checked
-            dialects.open_ahead(self.store, "source", self.run_id, self.limits, self.ahead)
+            sources.open_ahead(self.store, "source", self.run_id, self.limits, self.ahead)
         open_batch = self.preflight()
         killpoint("batch:preflight")
         what = f"{self.stream.describe()} of platform {self.schema}"
-        with dialects.open_source(self.store, "source", self.run_id, self.limits, self.ahead) as source:
+        with sources.open_source(self.store, "source", self.run_id, self.limits, self.ahead) as source:
             if self.taken_over:  # the dead or frozen run's snapshot would hold back the source's vacuum
                 source.end_run_sessions(self.taken_over)
-            source.check(tuple(lay.dataset for lay in self.lays))
+            source.check(tuple(layout.dataset for layout in self.layouts))
             if self.store.source.ingestion == "cdc":  # before the batch opens: a refusal changes nothing
-                cdc_capture.Capture(source.conn, self.store, self.schema).check(  # type: ignore[attr-defined]
-                    [lay.dataset for lay in self.lays])
+                Capture(source.conn, self.store, self.schema).check(  # type: ignore[attr-defined]
+                    [layout.dataset for layout in self.layouts])
             killpoint("source:checked")
             batch = self.locks.run(f"preparing the merge tables of {what}", lambda: self._open(open_batch),
-                                   lambda: layout_relations(self.schema, self.lays), exclusive=True)
+                                   lambda: layout_relations(self.schema, self.layouts), exclusive=True)
             killpoint("batch:opened")
             opened_here = open_batch is None
             if not opened_here:
@@ -182,7 +190,7 @@ class StreamRun:
             except Exception as exc:
                 with suppress(Exception):
                     self.merge.rollback()
-                if opened_here or isinstance(exc, snapshot.SnapshotError):
+                if opened_here or isinstance(exc, SnapshotError):
                     self._discard(batch)  # a handled failure (or a bad staged snapshot) leaves nothing behind
                 raise self._user_error(exc, source, f"batch {batch.batch_id} of {self.stream.describe()}") from exc
         self._report(batch, counts)
@@ -194,22 +202,22 @@ class StreamRun:
         batches of the platform's other stores are not held up by this one's checks."""
 
         def objects() -> bool:
-            ensure_layout(self.merge, self.schema, self.lays, [self.store])
+            ensure_layout(self.merge, self.schema, self.layouts, [self.store])
             return self.model is not None and workspaces.evolve(self.merge, self.model, self.schema, self.store,
-                                                                 self.lays)
+                                                                 self.layouts)
 
         evolved, _ = ddl.ensure(self.merge, self.schema, objects)
         if evolved:
             log.info("workspace views of %s evolved", self.stream.describe())
-        batch = open_batch or self.ledger.open_batch(self.stream, self.mode, self.fingerprint,
-                                                     [lay.staging for lay in self.lays] + self._changes_tables())
+        staging_tables = [layout.staging for layout in self.layouts] + self._changes_tables()
+        batch = open_batch or self.ledger.open_batch(self.stream, self.mode, self.fingerprint, staging_tables)
         self.batch_id = batch.batch_id
         killpoint("batch:opening")
         self.merge.commit()
         return batch
 
     def _merge_relations(self) -> list[str]:
-        names = ("ds_batches", "ds_batch_datasets", *(lay.table for lay in self.lays))
+        names = ("ds_batches", "ds_batch_datasets", *(layout.table for layout in self.layouts))
         return [f'"{self.schema}"."{n}"' for n in names]
 
     def _user_error(self, exc: BaseException, source: SourceSession, what: str) -> BaseException:
@@ -230,13 +238,13 @@ class StreamRun:
         if batch.status == INGESTING:
             return None
         rows = {}
-        for lay in self.lays:
-            n = snapshot.staged_rows(self.merge, lay)
-            if n is None or n != batch.staged_rows.get(lay.dataset.name):
+        for layout in self.layouts:
+            n = staging.staged_rows(self.merge, layout)
+            if n is None or n != batch.staged_rows.get(layout.dataset.name):
                 log.warning("%s: staged data of batch %s is incomplete; taking the snapshot again",
                             self.stream.describe(), batch.batch_id)
                 return None
-            rows[lay.dataset.name] = n
+            rows[layout.dataset.name] = n
         return rows
 
     def _changes_tables(self) -> list[str]:
@@ -246,18 +254,18 @@ class StreamRun:
         """A batch of a store that reads changes (cdc/): the slot's changes since the last batch, or a full
         snapshot where the changes cannot say the whole truth (cdc/plan.py). The slot is advanced only after the
         batch committed; a run stopped before that leaves it behind the ledger, and the next run catches up."""
-        capture = cdc_capture.Capture(source.conn, self.store, self.schema)  # type: ignore[attr-defined]
+        capture = Capture(source.conn, self.store, self.schema)  # type: ignore[attr-defined]
         capture.release(self.limits.lock_wait)  # a killed run's backend may still be decoding from the slot
         table = changes.table_name(self.schema, self.store.name)
         if batch.status == STAGED and batch.source_lsn is not None \
-                and changes.staged_rows(self.merge, self.schema, table, self.lays) == batch.staged_rows:
+                and changes.staged_rows(self.merge, self.schema, table, self.layouts) == batch.staged_rows:
             staged = batch
         elif batch.status == STAGED and batch.source_lsn is None and self._staged_rows(batch) is not None:
             return self.locks.run(f"merging batch {batch.batch_id} of {what}",
                                   lambda: self._merge(batch, batch.staged_rows), lambda: self._merge_relations())
         else:
             state = capture.state()
-            decided = cdc_plan.plan(capture.slot, state, self.ledger.last_committed(self.stream), self.fingerprint)
+            decided = plan.plan(capture.slot, state, self.ledger.last_committed(self.stream), self.fingerprint)
             if decided.snapshot:
                 return self._capture_snapshot(source, capture, state, batch, what, decided.reason)
             if decided.catch_up is not None:
@@ -280,8 +288,8 @@ class StreamRun:
                 source.conn.rollback()  # type: ignore[attr-defined]
         return counts
 
-    def _capture_snapshot(self, source: SourceSession, capture: cdc_capture.Capture,
-                          state: cdc_capture.SlotState | None, batch: Batch, what: str,
+    def _capture_snapshot(self, source: SourceSession, capture: Capture,
+                          state: SlotState | None, batch: Batch, what: str,
                           reason: str | None) -> dict[str, Counts]:
         if reason is not None:
             log.warning("%s: %s; this batch is a full snapshot", self.stream.describe(), reason)
@@ -298,11 +306,11 @@ class StreamRun:
         return self.locks.run(f"merging batch {batch.batch_id} of {what}",
                               lambda: self._merge(batch, rows), lambda: self._merge_relations())
 
-    def _stage_changes(self, capture: cdc_capture.Capture, batch: Batch, table: str) -> Batch:
+    def _stage_changes(self, capture: Capture, batch: Batch, table: str) -> Batch:
         fixed_at = capture.mark()
         changes.create(self.merge, self.schema, table)
         rows, end = capture.copy_changes(self.merge, sql.Identifier(self.schema, table),
-                                         [lay.dataset for lay in self.lays])
+                                         [layout.dataset for layout in self.layouts])
         lsn = pgoutput.format_lsn(end)
         staged = self.ledger.mark_staged(batch, rows, fixed_at, source_lsn=lsn, slot_lsn=lsn)
         killpoint("ingest:before_commit")
@@ -313,13 +321,13 @@ class StreamRun:
     def _merge_changes(self, batch: Batch, table: str) -> dict[str, Counts]:
         """Every dataset's net changes and the ledger entry: one transaction."""
         per_dataset = {}
-        strategy = LiveMerge if self.mode == layout.LIVE else ForensicMerge
+        strategy = LiveMerge if self.mode == LIVE else ForensicMerge
         target = sql.Identifier(self.schema, table)
         self._lock_merge_tables()
-        for index, lay in enumerate(self.lays):
-            name = lay.dataset.name
-            truncated = changes.build_net(self.merge, lay, target, index, current_rows(lay))
-            per_dataset[name] = strategy(self.merge, lay).apply_changes(
+        for index, layout in enumerate(self.layouts):
+            name = layout.dataset.name
+            truncated = changes.build_net(self.merge, layout, target, index, current_rows(layout))
+            per_dataset[name] = strategy(self.merge, layout).apply_changes(
                 batch.batch_id, truncated, self.ledger.last_total(self.store.name, name))
             killpoint(f"merge:{name}:applied")
         self.ledger.commit(batch, per_dataset)
@@ -334,10 +342,10 @@ class StreamRun:
         try:
             snapshot_at = source.begin_snapshot()
             rows = {}
-            for lay in self.lays:
-                killpoint(f"ingest:{lay.dataset.name}:start")
-                rows[lay.dataset.name] = source.copy_dataset(self.merge, lay)
-                killpoint(f"ingest:{lay.dataset.name}:staged")
+            for layout in self.layouts:
+                killpoint(f"ingest:{layout.dataset.name}:start")
+                rows[layout.dataset.name] = source.copy_dataset(self.merge, layout)
+                killpoint(f"ingest:{layout.dataset.name}:staged")
         finally:
             source.end_snapshot()  # read-only: nothing to keep
         self.ledger.mark_staged(batch, rows, snapshot_at, slot_lsn=slot_lsn)
@@ -348,8 +356,8 @@ class StreamRun:
 
     def _first_load(self) -> bool:
         """No dataset's merge table has current rows (the stream's first batch, or one after empty snapshots)."""
-        return all(self.ledger.last_total(self.store.name, lay.dataset.name) == 0
-                   and no_current_rows(self.merge, lay) for lay in self.lays)
+        return all(self.ledger.last_total(self.store.name, layout.dataset.name) == 0
+                   and no_current_rows(self.merge, layout) for layout in self.layouts)
 
     def _lock_merge_tables(self) -> None:
         """Every lock the apply needs, first: a wait (bounded, retried) then happens before the batch's work."""
@@ -365,11 +373,11 @@ class StreamRun:
         rows, per_dataset = {}, {}
         try:
             snapshot_at = source.begin_snapshot()
-            for lay in self.lays:
-                killpoint(f"ingest:{lay.dataset.name}:start")
-                rows[lay.dataset.name] = source.copy_dataset(self.merge, lay, batch.batch_id)
-                per_dataset[lay.dataset.name] = loaded(self.merge, lay, rows[lay.dataset.name])
-                killpoint(f"merge:{lay.dataset.name}:applied")
+            for layout in self.layouts:
+                killpoint(f"ingest:{layout.dataset.name}:start")
+                rows[layout.dataset.name] = source.copy_dataset(self.merge, layout, batch.batch_id)
+                per_dataset[layout.dataset.name] = loaded(self.merge, layout, rows[layout.dataset.name])
+                killpoint(f"merge:{layout.dataset.name}:applied")
         finally:
             source.end_snapshot()  # read-only: nothing to keep
         self.ledger.mark_staged(batch, rows, snapshot_at)  # the snapshot's time and counts, as a staged batch's
@@ -382,17 +390,17 @@ class StreamRun:
     def _merge(self, batch: Batch, rows: dict[str, int]) -> dict[str, Counts]:
         """All datasets' changes and the ledger entry: one transaction."""
         per_dataset = {}
-        strategy = LiveMerge if self.mode == layout.LIVE else ForensicMerge
+        strategy = LiveMerge if self.mode == LIVE else ForensicMerge
         self._lock_merge_tables()
-        for lay in self.lays:
-            name = lay.dataset.name
-            per_dataset[name] = strategy(self.merge, lay).apply(
+        for layout in self.layouts:
+            name = layout.dataset.name
+            per_dataset[name] = strategy(self.merge, layout).apply(
                 batch.batch_id, rows[name], self.ledger.last_total(self.store.name, name))
-            killpoint(f"merge:{lay.dataset.name}:applied")
+            killpoint(f"merge:{layout.dataset.name}:applied")
         self.ledger.commit(batch, per_dataset)
         killpoint("ledger:updated")
-        for lay in self.lays:
-            snapshot.drop_staging(self.merge, lay)
+        for layout in self.layouts:
+            staging.drop_staging(self.merge, layout)
         killpoint("ledger:before_commit")
         self.merge.commit()
         killpoint("ledger:committed")
@@ -400,8 +408,8 @@ class StreamRun:
 
     def _discard(self, batch: Batch) -> None:
         with suppress(Exception):
-            for lay in self.lays:
-                snapshot.drop_staging(self.merge, lay)
+            for layout in self.layouts:
+                staging.drop_staging(self.merge, layout)
             for table in self._changes_tables():
                 changes.drop(self.merge, self.schema, table)
             self.ledger.discard(batch)
@@ -437,41 +445,42 @@ def run_merge(*, model: str, model_ref: str | None, model_path: str, platform: s
         ahead.close()
 
 
-def _run_merge(model: str, model_ref: str | None, model_path: str, platform: str, mode: str, store: str,
-               merge: Endpoint, merge_credential: str, limits: SessionLimits, run_id: str, ahead: Ahead) -> int:
-    schema = layout.platform_schema(platform)
-    with runs.recorded(merge, merge_credential, schema, runs.MERGE, store, run_id, ahead) as history:
-        layout.check_mode(mode)
-        mdl = load_model(model, model_ref, model_path)
+def _run_merge(model_source: str, model_ref: str | None, model_path: str, platform: str, mode_name: str,
+               store_name: str, merge: Endpoint, merge_credential: str, limits: SessionLimits, run_id: str,
+               ahead: Ahead) -> int:
+    schema = platform_schema(platform)
+    with runs.recorded(merge, merge_credential, schema, runs.MERGE, store_name, run_id, ahead) as history:
+        mode = check_mode(mode_name)
+        model = load_model(model_source, model_ref, model_path)
         killpoint("model:loaded")
-        st, lays = store_layouts(mdl, schema, store, mode)
+        store, layouts = store_layouts(model, schema, store_name, mode)
         with heartbeat(merge, merge_credential, run_id, limits, ahead), \
                 connection(merge, merge_credential, "merge", run_id, limits, ahead=ahead) as conn:
-            return merge_streams(conn, mdl, st, lays, mode, history, merge, run_id, limits, ahead)
+            return merge_streams(conn, model, store, layouts, mode, history, merge, run_id, limits, ahead)
 
 
-def store_layouts(mdl: Model, schema: str, store: str, mode: str) -> tuple[Store, list[DatasetLayout]]:
+def store_layouts(model: Model, schema: str, store_name: str, mode: Mode) -> tuple[Store, list[DatasetLayout]]:
     """The store and its datasets' layouts; fails before touching the source or writing anything."""
-    st = find_store(mdl, store)
-    credentials.resolve(st.source.credential)
-    return st, layout.layouts(schema, st, mode)
+    store = find_store(model, store_name)
+    credentials.resolve(store.source.credential)
+    return store, dataset_layouts(schema, store, mode)
 
 
-def merge_streams(conn: PgConnection, mdl: Model, st: Store, lays: list[DatasetLayout], mode: str,
+def merge_streams(conn: PgConnection, model: Model, store: Store, layouts: list[DatasetLayout], mode: Mode,
                   history: runs.CommandRuns, merge: Endpoint, run_id: str, limits: SessionLimits,
                   ahead: Ahead | None) -> int:
     """Each stream of the store forward by one batch, under its stream lock, on the run's merge session."""
     schema = history.history.schema
     recovered = False
-    for stream in streams_of(st):
+    for stream in streams_of(store):
         with history.stream(stream.dataset) as record:
-            stream_lays = [lay for lay in lays if stream.dataset in (None, lay.dataset.name)]
+            stream_layouts = [layout for layout in layouts if stream.dataset in (None, layout.dataset.name)]
             lock = StreamLock(conn, schema, stream, limits)
             lock.acquire()
             killpoint("stream:locked")
             try:
-                stream_run = StreamRun(conn, st, stream, stream_lays, mode, run_id, limits,
-                                       merge.named("merge"), lock.taken_over, mdl, ahead)
+                stream_run = StreamRun(conn, store, stream, stream_layouts, mode, run_id, limits,
+                                       merge.named("merge"), lock.taken_over, model, ahead)
                 record.watch(stream_run)
                 if stream_run.run():
                     record.exit_status = EXIT_RECOVERED

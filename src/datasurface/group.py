@@ -27,7 +27,7 @@ from datasurface import engine, interrupts
 from datasurface.db import Endpoint, PgConnection, driver_error
 from datasurface.errors import EXIT_FAILURE, EXIT_OK, EXIT_RECOVERED, DataSurfaceError, UsageError, failure_line
 from datasurface.faults import killpoint
-from datasurface.merge import layout
+from datasurface.merge.layout import check_mode, platform_schema
 from datasurface.model import Model, load_model
 from datasurface.observe import runs
 from datasurface.sessions import (
@@ -95,7 +95,7 @@ class Group:
         self.model, self.model_ref, self.model_path = model, model_ref, model_path
         self.mode = mode
         self.stores = store_names(stores)
-        self.schema = layout.platform_schema(platform)
+        self.schema = platform_schema(platform)
         self.merge = merge
         self.merge_credential = merge_credential
         self.limits = limits
@@ -110,8 +110,8 @@ class Group:
         """1 if any store failed, else 10 if any finished a batch left open, else 0."""
         with interrupts.sigterm_interrupts():
             try:
-                layout.check_mode(self.mode)
-                mdl = load_model(self.model, self.model_ref, self.model_path)
+                check_mode(self.mode)
+                model = load_model(self.model, self.model_ref, self.model_path)
                 killpoint("model:loaded")
                 beat = Heartbeat(self.merge, self.merge_credential, self.run_id, self.limits, ahead).start()
             except Exception as exc:  # what every store needs: each fails with it, as it would alone
@@ -120,7 +120,7 @@ class Group:
                 self._all_failed(exc, ahead)
             else:
                 try:
-                    self._merge_all(mdl, ahead)
+                    self._merge_all(model, ahead)
                 finally:
                     beat.stop()
         codes = {self.results.get(store, EXIT_FAILURE) for store in self.stores}  # a store never merged: failed
@@ -134,8 +134,8 @@ class Group:
         finally:
             worker.close()
 
-    def _merge_all(self, mdl: Model, ahead: Ahead) -> None:
-        workers = [_Worker(self, mdl, ahead if i == 0 else None) for i in range(min(self.parallel, len(self.stores)))]
+    def _merge_all(self, model: Model, ahead: Ahead) -> None:
+        workers = [_Worker(self, model, ahead if i == 0 else None) for i in range(min(self.parallel, len(self.stores)))]
         threads = [threading.Thread(target=w.run, name=f"merge-{i}", daemon=True)
                    for i, w in enumerate(workers[1:], start=1)]
         for thread in threads:
@@ -157,9 +157,9 @@ class Group:
 class _Worker:
     """Merges stores one after another on sessions of its own, kept from store to store."""
 
-    def __init__(self, group: Group, mdl: Model | None, ahead: Ahead | None):
+    def __init__(self, group: Group, model: Model | None, ahead: Ahead | None):
         self.group = group
-        self.mdl = mdl
+        self.model = model
         self.ahead = ahead  # the run's sessions opened ahead: the first worker takes them
         self.conn: PgConnection | None = None
         self.history = runs.RunHistory(group.merge, group.merge_credential, group.schema, runs.MERGE,
@@ -175,17 +175,18 @@ class _Worker:
             self.close()
 
     def merge_store(self, store: str) -> int:
-        g = self.group
-        assert self.mdl is not None
+        group = self.group
+        assert self.model is not None
         sources = Ahead()  # the store's source session opens while its merge side is checked (engine)
         try:
-            with runs.recorded(g.merge, g.merge_credential, g.schema, runs.MERGE, store, g.run_id,
+            with runs.recorded(group.merge, group.merge_credential, group.schema, runs.MERGE, store, group.run_id,
                                history=self.history) as history:
                 try:
-                    st, lays = engine.store_layouts(self.mdl, g.schema, store, g.mode)
+                    mode = check_mode(group.mode)  # checked once for the group in Group.run
+                    model_store, layouts = engine.store_layouts(self.model, group.schema, store, mode)
                     with self.session() as conn:
-                        return engine.merge_streams(conn, self.mdl, st, lays, g.mode, history, g.merge, g.run_id,
-                                                    g.limits, sources)
+                        return engine.merge_streams(conn, self.model, model_store, layouts, mode, history, group.merge,
+                                                    group.run_id, group.limits, sources)
                 except Exception as exc:
                     raise StoreFailed(store, exc) from exc
         except StoreFailed as exc:
@@ -195,9 +196,9 @@ class _Worker:
 
     def fail(self, store: str, cause: Exception) -> int:
         """Record and report the store as failed with what every store of the group needed."""
-        g = self.group
+        group = self.group
         try:
-            with runs.recorded(g.merge, g.merge_credential, g.schema, runs.MERGE, store, g.run_id,
+            with runs.recorded(group.merge, group.merge_credential, group.schema, runs.MERGE, store, group.run_id,
                                history=self.history):
                 raise StoreFailed(store, cause) from cause
         except StoreFailed as exc:
@@ -207,14 +208,15 @@ class _Worker:
     def session(self) -> Iterator[PgConnection]:
         """The worker's merge session for one store: the last store's, if that one succeeded and the server
         has not ended it; a driver error inside becomes one line naming the server, as `connection` does."""
-        g = self.group
-        where = g.merge.named("merge")
+        group = self.group
+        where = group.merge.named("merge")
         if self.conn is not None and not alive(self.conn):
             self.close_session()
         if self.conn is None:
             ahead, self.ahead = self.ahead, None
             try:
-                self.conn = taken(ahead, *session(g.merge, g.merge_credential, "merge", g.run_id, g.limits))
+                self.conn = taken(ahead, *session(group.merge, group.merge_credential, "merge", group.run_id,
+                                                  group.limits))
             except psycopg2.Error as exc:
                 raise driver_error(exc, where) from exc
         conn = self.conn

@@ -145,12 +145,14 @@ class LocalMariaDB:
         conn.close()
 
     def stop(self, remove: bool | None = None) -> None:
+        remove = self._root is not None and (remove if remove is not None else self._owns_root)
         if self._proc is not None and self._proc.poll() is None:
-            # the server runs as another user: signal it through its pid file, never by name
+            # the server runs as another user: signal it through its pid file, never by name; one whose
+            # files are removed next has nothing to flush, and is killed at once
             pid_file = self._root / "mysqld.pid" if self._root else None
             try:
                 pid = int(pid_file.read_text().strip()) if pid_file and pid_file.exists() else self._proc.pid
-                os.kill(pid, 15)
+                os.kill(pid, 9 if remove else 15)
             except (OSError, ValueError):
                 pass
             try:
@@ -159,7 +161,7 @@ class LocalMariaDB:
                 os.killpg(self._proc.pid, 9)
                 self._proc.wait()
         self._proc = None
-        if self._root is not None and (remove if remove is not None else self._owns_root):
+        if remove and self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
 
     def __enter__(self) -> LocalMariaDB:

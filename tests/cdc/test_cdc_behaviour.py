@@ -13,9 +13,8 @@ import pytest
 import yaml
 from psycopg2 import sql
 
-from tests.cdc.support import allow_replication, cdc_model, drop_slots
-from tests.engine.conftest import assert_one_line_error
-from tests.engine.support import merge_state, one_dataset_model, run_job, write_model
+from tests.support.cdc import allow_replication, cdc_model, drop_slots
+from tests.support.engine import assert_one_line_error, merge_state, one_dataset_model, run_job, write_model
 
 PLATFORM, SCHEMA = "Cdc", "cdc"
 DOCS = [("id", "integer"), ("title", "text"), ("body", "text"), ("n", "integer")]
@@ -275,7 +274,7 @@ def test_the_job_creates_the_publication_it_may(make: Any) -> None:
 
 def test_wal_level_replica_is_refused(tmp_path: Path) -> None:
     from datasurface.localpg import LocalPostgres, find_bin_dir
-    from tests.conftest import make_databases
+    from tests.support.databases import make_databases
 
     server = LocalPostgres(find_bin_dir("any")).start()
     try:

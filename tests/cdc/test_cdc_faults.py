@@ -18,21 +18,19 @@ from typing import Any
 
 import pytest
 
-from tests.cdc.support import allow_replication, apply_as_changes, cdc_model, drop_slots
-from tests.conftest import make_databases
-from tests.engine.support import (
+from tests.support.big_table import BigWorld
+from tests.support.cdc import allow_replication, apply_as_changes, cdc_model, drop_slots
+from tests.support.engine import (
     DATASETS,
     create_source_tables,
     fetch,
     merge_args,
     model_dict,
     next_snapshot,
-    one_dataset_model,
     oracle_counts,
     run_job,
     write_model,
 )
-from tests.engine.test_killed_mid_statement import BigWorld
 
 BEFORE_OPEN = ["model:loaded", "stream:locked", "batch:preflight", "source:checked", "batch:opening"]
 OPEN = ["batch:opened", "cdc:copied", "ingest:before_commit", "after_ingest",
@@ -119,27 +117,19 @@ def test_kill_at_every_point_of_a_change_batch(point: str, mode: str, dbs: Any, 
     mrg.close()
 
 
+ROWS = 100_000
+
+
 class BigChanges(BigWorld):
     """A cdc store of ROWS rows whose every row changes in one source transaction before each batch."""
 
-    def __init__(self, server: Any, tmp: Path):
-        self.server = server
-        self.dbs = make_databases(server)
+    rows = ROWS
+
+    def prepare_source(self) -> None:
         allow_replication(self.dbs)
-        self.src = self.dbs.connect(self.dbs.source)
-        self.flips = 0
-        with self.src.cursor() as cur:
-            cur.execute("CREATE TABLE big (id integer PRIMARY KEY, grp integer, note text, amount numeric(12,2))")
-            cur.execute("""INSERT INTO big SELECT g, g %% 97, md5(g::text) || repeat('x', 160), g / 100.0
-                             FROM generate_series(1, %s) g""", (ROWS,))
-        self.src.commit()
-        doc = cdc_model(one_dataset_model(self.dbs, "Store1", "big",
-                                          [("id", "integer"), ("grp", "integer"), ("note", "text"),
-                                           ("amount", "numeric(12,2)")]))
-        self.model = write_model(tmp / "model", doc)
-        for mode in ("live", "forensic"):
-            proc = run_job(self.args(mode), self.dbs.env, timeout=300)
-            assert proc.returncode == 0, proc.stderr
+
+    def model_doc(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return cdc_model(doc)
 
     def wait_inside_source(self, proc: subprocess.Popen[str], timeout: float = 120) -> None:
         """Until the job's source session has been decoding for a moment."""
@@ -170,7 +160,6 @@ def big(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bi
     drop_slots(world.dbs)
 
 
-ROWS = 100_000
 STATEMENTS = {"copy": 'COPY "%"."ds_changes_%FROM STDIN%', "net": "CREATE TEMP TABLE %ds_net%",
               "apply": 'UPDATE "%"."store1_big" t %'}
 CASES = [(signal.SIGKILL, s, "live") for s in ("read", *STATEMENTS)] + \

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from datasurface.db import Endpoint
-from tests.cdc.support import allow_replication, apply_as_changes, cdc_model, drop_slots
-from tests.engine.support import (
+from tests.support.cdc import allow_replication, apply_as_changes, cdc_model, drop_slots
+from tests.support.engine import (
     DATASETS,
     create_source_tables,
     fetch,

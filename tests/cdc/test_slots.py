@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 from psycopg2 import sql
 
-from tests.cdc.support import allow_replication, cdc_model, drop_slots
-from tests.engine.conftest import SMALL
-from tests.engine.support import create_source_tables, merge_args, model_dict, run_job, write_model
-from tests.observe.conftest import wait_for
+from tests.support.cdc import allow_replication, cdc_model, drop_slots
+from tests.support.engine import SMALL, create_source_tables, merge_args, model_dict, run_job, write_model
+from tests.support.exporter import wait_for
 
 
 def slots(dbs: Any) -> set[str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helm import render_chart
+
+from tests.support.helm import render_chart
 
 
 @pytest.fixture(scope="session")

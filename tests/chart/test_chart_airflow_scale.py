@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helm import CHART_DIR, find, run_helm
+
+from tests.support.helm import CHART_DIR, find, run_helm
 
 Render = Callable[..., list[dict[str, Any]]]
 AF = "mvp-datasurface-airflow"

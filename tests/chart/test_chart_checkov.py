@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helm import CHART_DIR, REPO_ROOT, helm_env
+
+from tests.support.helm import CHART_DIR, REPO_ROOT, helm_env
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helm import find, render_chart
+
+from tests.support.helm import find, render_chart
 
 Render = Callable[..., list[dict[str, Any]]]
 STORES = [f"S{i:03d}" for i in range(1, 8)]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.helm import CHART_DIR, CI_VALUES, REPO_ROOT, ci_id, helm_env, render_chart
+from tests.support.helm import CHART_DIR, CI_VALUES, REPO_ROOT, ci_id, helm_env, render_chart
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from helm import CI_VALUES, ci_id
+
+from tests.support.helm import CI_VALUES, ci_id
 
 KUBERNETES_VERSIONS = [f"1.{minor}.0" for minor in range(30, 36)]
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import yamale
-from helm import CHART_DIR, CI_VALUES, REPO_ROOT, ci_id, helm_bin, run_helm
 from yamllint import linter
 from yamllint.config import YamlLintConfig
+
+from tests.support.helm import CHART_DIR, CI_VALUES, REPO_ROOT, ci_id, helm_bin, run_helm
 
 HERE = Path(__file__).parent
 YAML_FILES = [CHART_DIR / "Chart.yaml", CHART_DIR / "values.yaml", *CI_VALUES]

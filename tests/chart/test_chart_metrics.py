@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helm import CHART_DIR, find, render_chart, render_chart_text
+
+from tests.support.helm import CHART_DIR, find, render_chart, render_chart_text
 
 Docs = list[dict[str, Any]]
 Render = Callable[..., Docs]

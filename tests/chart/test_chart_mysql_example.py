@@ -7,10 +7,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from helm import REPO_ROOT, find
-
 from datasurface.credentials import env_prefix
 from datasurface.model import parse_model
+from tests.support.helm import REPO_ROOT, find
 
 EXAMPLE = REPO_ROOT / "examples" / "mysql"
 

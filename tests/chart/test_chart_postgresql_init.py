@@ -11,9 +11,9 @@ from typing import Any
 
 import psycopg2
 import pytest
-from helm import find, render_chart
 
 from datasurface.localpg import SUPERUSER, LocalPostgres, find_bin_dir
+from tests.support.helm import find, render_chart
 
 PASSWORDS = {"source": "s'ource \"pw\" $x", "merge": "m3rge-pw;--", "airflow": "a1rflow:pw@/"}
 

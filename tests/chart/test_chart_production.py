@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from helm import CHART_DIR, CI_VALUES, ci_id, find, render_chart, run_helm
+
+from tests.support.helm import CHART_DIR, CI_VALUES, ci_id, find, render_chart, run_helm
 
 Docs = list[dict[str, Any]]
 Render = Callable[..., Docs]
@@ -270,7 +271,7 @@ def test_a_bad_infrastructure_schedule_fails_naming_the_key(tmp_path: Any) -> No
         ["--set", "platformDefaults.infrastructureSchedule=daily"])
 
 
-@pytest.mark.parametrize("key", ["airflow.image.tag", "postgresql.image.tag"])
+@pytest.mark.parametrize("key", ["image.tag", "airflow.image.tag", "postgresql.image.tag"])
 @pytest.mark.parametrize("tag", ["", " "])
 def test_an_empty_image_tag_fails_naming_the_key(key: str, tag: str) -> None:
     stderr = helm_fails(["--set-string", f"{key}={tag}"])
@@ -279,6 +280,7 @@ def test_an_empty_image_tag_fails_naming_the_key(key: str, tag: str) -> None:
 
 def test_the_job_image_tag_defaults_to_the_app_version(defaults: Docs) -> None:
     version = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["appVersion"]
+    assert yaml.safe_load((CHART_DIR / "values.yaml").read_text())["image"]["tag"] == version
     assert platform_json(defaults, "yellowlive")["kubernetes"]["image"].endswith(f":{version}")
 
 

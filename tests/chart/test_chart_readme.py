@@ -10,7 +10,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from helm import CHART_DIR, REPO_ROOT
+
+from tests.support.helm import CHART_DIR, REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "chart-readme.py"
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from helm import CHART_DIR, REPO_ROOT, find, render_chart, render_chart_text, run_helm
+
+from tests.support.helm import CHART_DIR, REPO_ROOT, find, render_chart, render_chart_text, run_helm
 
 Docs = list[dict[str, Any]]
 Render = Callable[..., Docs]

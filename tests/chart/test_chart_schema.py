@@ -11,7 +11,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from helm import CHART_DIR, CI_VALUES, ci_id
+
+from tests.support.helm import CHART_DIR, CI_VALUES, ci_id
 
 SCHEMA = json.loads((CHART_DIR / "values.schema.json").read_text())
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from helm import CHART_DIR, render_chart_text
+
+from tests.support.helm import CHART_DIR, render_chart_text
 
 SUITES = sorted((CHART_DIR / "tests").glob("*_test.yaml"))
 _TOKEN = re.compile(r'([^.\[\]]+)|\[(\d+)\]|\["([^"]+)"\]')

@@ -16,7 +16,7 @@ import pytest
 from datasurface.db import Endpoint
 from datasurface.engine import run_merge
 from datasurface.errors import EXIT_OK
-from tests.engine.support import (
+from tests.support.engine import (
     AS_TEXT,
     DATASETS,
     create_source_tables,

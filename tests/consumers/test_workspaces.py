@@ -16,9 +16,9 @@ import psycopg2
 import pytest
 
 from datasurface.consumers.workspaces import BATCH_COLUMNS
-from tests.engine.conftest import assert_one_line_error
-from tests.engine.support import (
+from tests.support.engine import (
     DATASETS,
+    assert_one_line_error,
     create_source_tables,
     load_snapshot,
     model_dict,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -99,17 +98,3 @@ def dag_bag(folder: Path) -> Any:
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(folder))
-
-
-
-
-def chart_helm() -> Any:
-    """tests/chart/helm.py (render_chart over the real helm binary), loaded by path: tests/chart is no package."""
-    name = "datasurface_chart_helm"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tests" / "chart" / "helm.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dag_support import DAG_MODULE, chart_helm, dag_bag, example_settings, write_platform
+from dag_support import DAG_MODULE, dag_bag, example_settings, write_platform
+
+from tests.support import helm
 
 INGESTION_GRAPH = {"merge": ["done", "retrigger"], "retrigger": [], "done": []}
 
@@ -48,7 +50,7 @@ def env_of(task: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def default_render() -> list[dict[str, Any]]:
-    return chart_helm().render_chart()
+    return helm.render_chart()
 
 
 def test_default_values_render_one_configmap_per_platform_with_the_module_verbatim(
@@ -131,7 +133,7 @@ THREE_PLATFORMS = {
 
 
 def test_three_platforms_without_airflow(tmp_path: Path) -> None:
-    docs = chart_helm().render_chart(values=THREE_PLATFORMS)
+    docs = helm.render_chart(values=THREE_PLATFORMS)
     cms = platform_configmaps(docs)
     assert sorted(cms) == ["blue_dev", "yellowforensic", "yellowlive"]
     assert not [d for d in docs if d["kind"] in ("Deployment", "StatefulSet") and "airflow" in d["metadata"]["name"]]
@@ -259,7 +261,6 @@ def test_job_pod_of_an_external_tls_database(tmp_path: Path, kubeconfig: Path) -
     """externalDatabase.sslMode/caSecret reach the job pod: libpq's env and the CA mounted where it points."""
     from kubernetes.client import ApiClient
 
-    helm = chart_helm()
     docs = helm.render_chart(values_files=[helm.CHART_DIR / "ci" / "external-tls-values.yaml"])
     bag = dag_bag(write_dags_folder(platform_configmaps(docs), tmp_path / "dags"))
     for dag_id, task_id in (("yellowlive__Store1_ingestion", "merge"), ("yellowlive_infrastructure", "setup")):
@@ -284,7 +285,7 @@ def test_job_pod_placement_and_annotations(tmp_path: Path, kubeconfig: Path) -> 
             "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
                 {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
             "podAnnotations": {"example.com/team": "data"}}
-    docs = chart_helm().render_chart(values={"jobs": jobs})
+    docs = helm.render_chart(values={"jobs": jobs})
     bag = dag_bag(write_dags_folder(platform_configmaps(docs), tmp_path / "dags"))
     pod = ApiClient().sanitize_for_serialization(
         bag.dags["yellowlive__Store1_ingestion"].get_task("merge").build_pod_request_obj())

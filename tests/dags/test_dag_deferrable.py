@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dag_support import chart_helm, dag_bag, example_settings
+from dag_support import dag_bag, example_settings
 from test_dag_bag import platform_configmaps, write_dags_folder
+
+from tests.support import helm
 
 pytestmark = pytest.mark.timeout(300, method="thread")
 
@@ -31,7 +33,7 @@ class _TaskInstance:
 
 
 def _rendered_bag(tmp_path: Path, values: dict[str, Any]) -> Any:
-    return dag_bag(write_dags_folder(platform_configmaps(chart_helm().render_chart(values)), tmp_path / "dags"))
+    return dag_bag(write_dags_folder(platform_configmaps(helm.render_chart(values)), tmp_path / "dags"))
 
 
 def test_deferrable_pod_tasks_defer_to_the_triggerer_once_the_pod_runs(tmp_path: Path, kubeconfig: Path) -> None:
@@ -89,7 +91,7 @@ def test_by_default_tasks_hold_their_slot_in_the_default_pool(tmp_path: Path) ->
     bag = _rendered_bag(tmp_path, {})
     task = bag.dags["yellowlive__Store1_ingestion"].get_task("merge")
     assert (task.deferrable, task.pool) == (False, "default_pool")
-    settings = json.loads(platform_configmaps(chart_helm().render_chart())["yellowlive"]["data"]["platform.json"])
+    settings = json.loads(platform_configmaps(helm.render_chart())["yellowlive"]["data"]["platform.json"])
     assert "deferrable" not in settings and "pool" not in settings  # platform.json as before
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dag_support import chart_helm
+from tests.support import helm
 
 LOGIN = """
 import os, sys
@@ -30,7 +30,6 @@ def _fab_admin(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, di
 
 
 def test_the_fab_admin_logs_in_with_the_secrets_password(tmp_path: Path) -> None:
-    helm = chart_helm()
     docs = helm.render_chart(values_files=[helm.CHART_DIR / "ci" / "fab-ingress-values.yaml"])
     admin, env = _fab_admin(docs)
     assert admin["args"][:2] == ["python", "-c"]

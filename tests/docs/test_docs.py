@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import pytest
 
+from datasurface.model.schema import CONSISTENCIES, INGESTIONS, SOURCE_TYPES
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
 PAGES = [README, REPO_ROOT / "CHANGELOG.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
@@ -230,6 +232,23 @@ def test_every_docs_page_is_linked_from_the_readme() -> None:
     linked = {m.group(1).partition("#")[0] for m in LINK.finditer(README.read_text())}
     for page in (REPO_ROOT / "docs").glob("*.md"):
         assert f"docs/{page.name}" in linked, page.name
+
+
+def model_table_values(key: str) -> tuple[str, ...]:
+    """The values docs/model.md's key table lists for `key`: the code spans of its second column."""
+    for line in (REPO_ROOT / "docs" / "model.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) > 1 and cells[0] == f"`{key}`":
+            return tuple(span.strip("`") for span in INLINE_CODE.findall(cells[1]))
+    raise AssertionError(f"docs/model.md has no row for {key!r}")
+
+
+@pytest.mark.parametrize(("key", "values"), [
+    ("type", SOURCE_TYPES), ("consistency", CONSISTENCIES), ("ingestion", INGESTIONS),
+], ids=["type", "consistency", "ingestion"])
+def test_model_page_lists_the_values_the_model_accepts(key: str, values: tuple[str, ...]) -> None:
+    """docs/model.md names each choice the model's own list has (model/schema.py), no more and no other."""
+    assert sorted(model_table_values(key)) == sorted(values)
 
 
 # --- the checks can fail ---------------------------------------------------------------------------------

@@ -15,8 +15,16 @@ from typing import Any
 
 import yaml
 
-from tests.engine.conftest import PLATFORM, SCHEMA, assert_one_line_error, on_every_version
-from tests.engine.support import merge_args, merge_state, run_job, write_model
+from tests.support.engine import (
+    PLATFORM,
+    SCHEMA,
+    assert_one_line_error,
+    merge_args,
+    merge_state,
+    on_every_version,
+    run_job,
+    write_model,
+)
 
 world = on_every_version()
 

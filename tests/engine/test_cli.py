@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.engine.conftest import PLATFORM, SCHEMA, assert_one_line_error
-from tests.engine.support import (
+from tests.support.engine import (
     DATASETS,
+    PLATFORM,
+    SCHEMA,
+    assert_one_line_error,
     create_source_tables,
     fetch,
     load_snapshot,

@@ -15,7 +15,7 @@ import typer
 
 from datasurface.cli import fast
 from datasurface.cli.app import app
-from tests.engine.support import merge_args
+from tests.support.engine import merge_args
 
 
 def _options(command: Any) -> dict[str, Any]:

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import make_databases
-from tests.engine.conftest import assert_one_line_error
-from tests.engine.support import merge_args, merge_state, one_dataset_model, run_job, write_model
+from tests.support.databases import make_databases
+from tests.support.engine import assert_one_line_error, merge_args, merge_state, one_dataset_model, run_job, write_model
 
 
 def test_a_missing_privilege_is_one_line_naming_it(world: dict[str, Any]) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.cdc.support import allow_replication, cdc_model, drop_slots
-from tests.engine.support import run_job, write_model
+from tests.support.cdc import allow_replication, cdc_model, drop_slots
+from tests.support.engine import run_job, write_model
 
 TABLE = 'Customer Orders "2026" ✓'
 SOURCE_DDL = (

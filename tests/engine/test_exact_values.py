@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine.support import one_dataset_model, run_job, write_model
+from tests.support.engine import one_dataset_model, run_job, write_model
 
 COLUMNS = [("id", "integer"), ("n", "numeric"), ("ns", "numeric(10,2)"), ("f", "double precision"),
            ("r", "real"), ("j", "jsonb"), ("c", "char(5)"), ("ts", "timestamptz")]

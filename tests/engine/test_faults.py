@@ -18,7 +18,7 @@ import pytest
 from datasurface.db import Endpoint
 from datasurface.engine import run_merge
 from datasurface.errors import EXIT_OK, EXIT_RECOVERED
-from tests.engine.support import (
+from tests.support.engine import (
     DATASETS,
     create_source_tables,
     fetch,

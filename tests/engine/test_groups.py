@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine.support import ctrl_c_when, run_job, write_model
+from tests.support.engine import ctrl_c_when, run_job, write_model
 
 PLATFORM, SCHEMA = "Groups", "groups"
 GOOD = ["S1", "S2", "S3"]

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine.conftest import assert_one_line_error
-from tests.engine.support import fetch, merge_args, run_job
+from tests.support.engine import assert_one_line_error, fetch, merge_args, run_job
 
 
 def _batches(mrg: Any, schema: str) -> list[tuple[Any, ...]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine.support import merge_args, one_dataset_model, run_job, write_model
+from tests.support.engine import merge_args, one_dataset_model, run_job, write_model
 
 COLUMNS = [("id", "integer"), ("v", "text")]
 

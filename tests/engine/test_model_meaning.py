@@ -8,8 +8,16 @@ from typing import Any
 
 import yaml
 
-from tests.engine.conftest import PLATFORM, SCHEMA, assert_one_line_error, on_every_version
-from tests.engine.support import merge_args, merge_state, run_job, write_model
+from tests.support.engine import (
+    PLATFORM,
+    SCHEMA,
+    assert_one_line_error,
+    merge_args,
+    merge_state,
+    on_every_version,
+    run_job,
+    write_model,
+)
 
 world = on_every_version()
 
@@ -116,7 +124,7 @@ def test_a_batch_fingerprint_is_the_one_earlier_versions_stored() -> None:
     model"). These values were computed by the job before its model classes became tuples."""
     from datasurface.engine import fingerprint
     from datasurface.model.loader import parse_model
-    from tests.engine.support import model_dict
+    from tests.support.engine import model_dict
 
     doc = model_dict("db.example", 5432, "src", datasets=EARLIER_DATASETS)
     doc["stores"][0]["datasets"][1]["columns"][2]["nullable"] = False

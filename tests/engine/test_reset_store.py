@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from datasurface.merge.layout import staging_name
-from tests.engine.conftest import assert_one_line_error
-from tests.engine.support import (
+from tests.support.engine import (
     DATASETS,
+    assert_one_line_error,
     create_source_tables,
     fetch,
     load_snapshot,

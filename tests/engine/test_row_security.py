@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from psycopg2 import sql
 
-from tests.engine.conftest import PLATFORM, SCHEMA, assert_one_line_error
-from tests.engine.support import fetch, merge_args, merge_state, run_job
+from tests.support.engine import PLATFORM, SCHEMA, assert_one_line_error, fetch, merge_args, merge_state, run_job
 
 HIDE_ODD = "CREATE POLICY even_only ON pairs FOR SELECT USING (code % 2 = 0)"
 

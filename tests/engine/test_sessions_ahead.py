@@ -19,8 +19,7 @@ from datasurface.db import Endpoint
 from datasurface.engine import run_merge
 from datasurface.errors import DatabaseError
 from datasurface.sessions import Ahead, SessionLimits, _session, connection
-from tests.engine.conftest import PLATFORM, SCHEMA
-from tests.engine.support import merge_args
+from tests.support.engine import PLATFORM, SCHEMA, merge_args
 
 
 def _sessions(conn: Any, run_id: str | None = None) -> dict[str, int]:

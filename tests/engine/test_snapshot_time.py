@@ -5,8 +5,7 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from tests.engine.conftest import PLATFORM, SCHEMA
-from tests.engine.support import merge_args, run_job
+from tests.support.engine import PLATFORM, SCHEMA, merge_args, run_job
 
 
 def _ledger(mrg: Any) -> list[tuple[Any, ...]]:

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine.conftest import assert_one_line_error
-from tests.engine.support import one_dataset_model, run_job, write_model
+from tests.support.engine import assert_one_line_error, one_dataset_model, run_job, write_model
 
 VERSIONS = [15, 18]
 

@@ -20,8 +20,8 @@ import psycopg2
 import pytest
 
 from datasurface.localpg import SUPERUSER, LocalPostgres, _is_root, find_bin_dir
-from tests.conftest import Databases, make_databases
-from tests.engine.support import create_source_tables, load_snapshot, merge_args, model_dict, run_job, write_model
+from tests.support.databases import Databases, make_databases
+from tests.support.engine import create_source_tables, load_snapshot, merge_args, model_dict, run_job, write_model
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 

@@ -14,12 +14,11 @@ from typing import Any
 
 import jsonschema
 import yaml
-from dockerfile import DOCKERFILE, REPO_ROOT, key_values, stages
 
 from datasurface.model import load_model, parse_model
-
-sys.path.insert(0, str(REPO_ROOT / "tests" / "chart"))
-from helm import CHART_DIR, find, render_chart
+from tests.support.dockerfile import DOCKERFILE, REPO_ROOT, key_values, stages
+from tests.support.helm import CHART_DIR, find, render_chart
+from tests.support.shell import commands
 
 EXAMPLE_MODEL = REPO_ROOT / "examples" / "model" / "datasurface.yaml"
 VALUES_MVP = REPO_ROOT / "examples" / "values-mvp.yaml"
@@ -172,7 +171,9 @@ def test_kind_up_status_pod_is_a_valid_restricted_job_pod(tmp_path: Path) -> Non
 
 def test_kind_up_finds_the_scheduler_by_the_charts_labels() -> None:
     """kind-up.sh execs `airflow dags trigger` in the pod labelled instance=<release>, component=scheduler."""
-    assert "app.kubernetes.io/instance=$release,app.kubernetes.io/component=scheduler" in KIND_UP.read_text()
+    selectors = [argv[argv.index("-l") + 1] for argv in commands(KIND_UP.read_text())
+                 if "pods" in argv and "-l" in argv[:-1]]
+    assert "app.kubernetes.io/instance=$release,app.kubernetes.io/component=scheduler" in selectors
     docs = render_chart(values_files=[VALUES_MVP])
     matching = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")
                 and d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == "scheduler"

@@ -16,7 +16,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from dockerfile import (
+
+from tests.support.dockerfile import (
     DOCKERFILE,
     DOCKERIGNORE,
     REPO_ROOT,

@@ -8,6 +8,7 @@ scripts' logic is what is tested); the model server's own script runs for real, 
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import signal
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dockerfile import REPO_ROOT
+
+from tests.support.dockerfile import REPO_ROOT
 
 SCRIPTS = ["scripts/build-image.sh", "scripts/kind-up.sh", "scripts/kind-down.sh", "scripts/standin-base.sh"]
 VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -79,6 +81,23 @@ def calls(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
+def options(call: str) -> list[tuple[str, str]]:
+    """The options of a logged call, in order: (`--flag`, its value), '' for a flag followed by another."""
+    argv = call.split()
+    return [(arg, argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "")
+            for i, arg in enumerate(argv) if arg.startswith("--")]
+
+
+def build_args(call: str) -> dict[str, str]:
+    """The `--build-arg NAME=value` of a logged build, as {NAME: value}."""
+    return dict(value.partition("=")[::2] for flag, value in options(call) if flag == "--build-arg")
+
+
+def revision() -> str:
+    return subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 # --- build-image.sh ------------------------------------------------------------------------------------
 
 
@@ -97,10 +116,12 @@ def test_build_image_picks_docker_then_podman_then_buildah(tmp_path: Path, insta
     argv = call.split()
     assert argv[:2] == [expected, "build"]
     assert argv[-1] == str(REPO_ROOT)
-    assert f"--file {REPO_ROOT}/image/Dockerfile" in call
-    assert f"--tag datasurface-job:{VERSION}" in call
-    assert f"--build-arg VERSION={VERSION}" in call
-    assert "--build-arg REVISION=" in call and "--build-arg REVISION=unknown" not in call
+    assert ("--file", f"{REPO_ROOT}/image/Dockerfile") in options(call)
+    assert [value for flag, value in options(call) if flag == "--tag"] == [f"datasurface-job:{VERSION}"]
+    args = build_args(call)
+    created = datetime.datetime.strptime(args.pop("CREATED"), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    assert abs((datetime.datetime.now(datetime.UTC) - created).total_seconds()) < 60
+    assert args == {"VERSION": VERSION, "REVISION": revision()}
 
 
 def test_build_image_tags_and_pushes_to_a_registry(tmp_path: Path) -> None:
@@ -109,7 +130,8 @@ def test_build_image_tags_and_pushes_to_a_registry(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["ghcr.io/me/datasurface-job:dev"]
     build, push = calls(log)
-    assert "--tag datasurface-job:dev --tag ghcr.io/me/datasurface-job:dev" in build
+    assert [value for flag, value in options(build) if flag == "--tag"] == ["datasurface-job:dev",
+                                                                             "ghcr.io/me/datasurface-job:dev"]
     assert push == "podman push ghcr.io/me/datasurface-job:dev"
 
 
@@ -120,8 +142,10 @@ def test_build_image_takes_buildah_where_docker_has_no_engine(tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     docker_info, build = calls(log)
     assert docker_info == "docker info"
-    assert build.startswith("buildah build --isolation chroot --layers --force-rm --file ")
-    assert "--secret" not in build and "PYTHON_IMAGE" not in build
+    assert build.split()[:2] == ["buildah", "build"]
+    assert options(build)[:4] == [("--isolation", "chroot"), ("--layers", ""), ("--force-rm", ""),
+                                  ("--file", f"{REPO_ROOT}/image/Dockerfile")]
+    assert "--secret" not in dict(options(build)) and "PYTHON_IMAGE" not in build_args(build)
 
 
 def test_build_image_buildah_base_and_ca_bundle(tmp_path: Path) -> None:
@@ -133,9 +157,10 @@ def test_build_image_buildah_base_and_ca_bundle(tmp_path: Path) -> None:
                       {"BUILDAH_ISOLATION": "oci"})
     assert proc.returncode == 0, proc.stderr
     (build,) = calls(log)
-    assert build.startswith("buildah build --isolation oci --layers --force-rm ")
-    assert "--build-arg PYTHON_IMAGE=localhost/standin:1" in build
-    assert f"--secret id=pip-ca,src={bundle}" in build
+    assert build.split()[:2] == ["buildah", "build"]
+    assert options(build)[:3] == [("--isolation", "oci"), ("--layers", ""), ("--force-rm", "")]
+    assert build_args(build)["PYTHON_IMAGE"] == "localhost/standin:1"
+    assert ("--secret", f"id=pip-ca,src={bundle}") in options(build)
     assert build.split()[-2:] == ["--no-cache", str(REPO_ROOT)]
 
 
@@ -149,12 +174,12 @@ def test_build_image_reads_the_ca_bundle_from_pip_config(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr
     pip_call, build = calls(log)
     assert pip_call == "fake-python -m pip config list"
-    assert f"--secret id=pip-ca,src={bundle}" in build
+    assert ("--secret", f"id=pip-ca,src={bundle}") in options(build)
 
     log.unlink()
     proc = run_script("scripts/build-image.sh", ["--ca-bundle", "none"], path, {"PYTHON": "fake-python"})
     assert proc.returncode == 0, proc.stderr
-    assert "--secret" not in calls(log)[-1]
+    assert "--secret" not in dict(options(calls(log)[-1]))
 
 
 @pytest.mark.parametrize(("args", "fakes", "message"), [

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from typing import Any
 
 import jsonschema
 import yaml
-from dockerfile import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "tests" / "chart"))
-from helm import CHART_DIR, find, render_chart
+from tests.support.dockerfile import REPO_ROOT
+from tests.support.helm import CHART_DIR, find, render_chart
 
 README = (REPO_ROOT / "docs" / "install.md").read_text()
 VALUES_MVP = REPO_ROOT / "examples" / "values-mvp.yaml"

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.image_build.support import (
+from tests.support.image_build import (
     FIGURES,
     IMAGE_NAME,
     REPO_ROOT,

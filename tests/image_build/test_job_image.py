@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine.support import (
+from tests.support.engine import (
     DATASETS,
     create_source_tables,
     fetch,
@@ -34,8 +34,8 @@ from tests.engine.support import (
     oracle_counts,
     write_model,
 )
-from tests.image_build.support import IMAGE_NAME, JOB_UID, REPO_ROOT, BuiltImage, Container, buildah, report
-from tests.model.git_servers import free_port, git_daemon, smart_http
+from tests.support.git_servers import free_port, git_daemon, smart_http
+from tests.support.image_build import IMAGE_NAME, JOB_UID, REPO_ROOT, BuiltImage, Container, buildah, report
 
 MODEL_MOUNT = "/srv/model.git"
 PLATFORMS = (("ImageLive", "live"), ("ImageForensic", "forensic"))

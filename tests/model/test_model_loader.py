@@ -22,7 +22,7 @@ import pytest
 from datasurface.errors import ModelError
 from datasurface.model import load_model
 from datasurface.model.loader import is_git_url, redact_url
-from tests.model.git_servers import Served, smart_http
+from tests.support.git_servers import Served, smart_http
 
 TOKEN = "sentinel-token-3f9a7c1e"  # looked for everywhere it must not be
 TOKEN_ENV = "DATASURFACE_GIT_TOKEN"

@@ -14,7 +14,7 @@ from datasurface.errors import ModelError
 from datasurface.merge import layout
 from datasurface.model import Dataset, parse_model
 from datasurface.model.names import IDENTIFIER_MAX, RESERVED_PREFIX, dataset_names, is_reserved
-from tests.engine.support import DATASETS, create_source_tables, merge_args, model_dict, run_job, write_model
+from tests.support.engine import DATASETS, create_source_tables, merge_args, model_dict, run_job, write_model
 
 FILE = "datasurface.yaml"
 

@@ -17,25 +17,32 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.engine.conftest import assert_one_line_error
-from tests.engine.support import COMMON_DATASETS as DATASETS
-from tests.engine.support import ctrl_c_when, fetch, merge_args, next_snapshot, run_job, write_model
-from tests.mysql.support import create_mysql_tables, expected_rows, load_mysql_snapshot, mysql_model, rfc4122
+from tests.support.engine import COMMON_DATASETS as DATASETS
+from tests.support.engine import (
+    assert_one_line_error,
+    ctrl_c_when,
+    fetch,
+    merge_args,
+    next_snapshot,
+    run_job,
+    write_model,
+)
+from tests.support.mysql import create_mysql_tables, expected_rows, load_mysql_snapshot, mysql_model, rfc4122
 
 SMALL = {"pairs": DATASETS["pairs"]}
 ONE = {"alltypes": DATASETS["alltypes"]}
 
 
 @pytest.fixture
-def world(mdbs: Any, tmp_path: Path) -> Any:
+def world(mysql_dbs: Any, tmp_path: Path) -> Any:
     """A MariaDB source with the `pairs` dataset loaded, and its model."""
-    src = mdbs.connect_source()
+    src = mysql_dbs.connect_source()
     create_mysql_tables(src, SMALL)
     snap = next_snapshot(random.Random(3), {}, defaultdict(set), DATASETS)
     load_mysql_snapshot(src, {"pairs": snap["pairs"]})
-    doc = mysql_model(mdbs.host, mdbs.source, datasets=SMALL)
+    doc = mysql_model(mysql_dbs.host, mysql_dbs.source, datasets=SMALL)
     model = write_model(tmp_path / "model", doc)
-    yield {"mdbs": mdbs, "src": src, "doc": doc, "model": model, "snap": snap, "tmp": tmp_path}
+    yield {"mysql_dbs": mysql_dbs, "src": src, "doc": doc, "model": model, "snap": snap, "tmp": tmp_path}
     src.close()
 
 
@@ -58,8 +65,8 @@ KILLS = [("ingest:alltypes:reading", 1, "ingesting"), ("ingest:pairs:reading", 1
 
 @pytest.mark.parametrize(("point", "batch", "left"), KILLS)
 def test_sigkill_during_the_read_leaves_the_batch_open_and_the_next_run_recovers(
-        point: str, batch: int, left: str, mdbs: Any, tmp_path: Path) -> None:
-    src = mdbs.connect_source()
+        point: str, batch: int, left: str, mysql_dbs: Any, tmp_path: Path) -> None:
+    src = mysql_dbs.connect_source()
     create_mysql_tables(src)
     rng = random.Random(11)
     snap = rfc4122(next_snapshot(rng, {}, defaultdict(set), DATASETS))
@@ -67,23 +74,23 @@ def test_sigkill_during_the_read_leaves_the_batch_open_and_the_next_run_recovers
         cur.execute("INSERT INTO alltypes (id, c_text) SELECT seq + 1000, 'bulk' FROM seq_0_to_11999")
     src.commit()
     load_mysql_snapshot(src, {"pairs": snap["pairs"]})
-    model = write_model(tmp_path / "model", mysql_model(mdbs.host, mdbs.source))
-    args = merge_args(model, "Crash", "forensic", mdbs)
-    mrg = mdbs.connect_merge()
+    model = write_model(tmp_path / "model", mysql_model(mysql_dbs.host, mysql_dbs.source))
+    args = merge_args(model, "Crash", "forensic", mysql_dbs)
+    mrg = mysql_dbs.connect_merge()
     committed = []
     if batch == 2:
-        assert run_job(args, mdbs.env).returncode == 0
+        assert run_job(args, mysql_dbs.env).returncode == 0
         committed = [(1, "committed")]
         snap = rfc4122(next_snapshot(rng, snap, defaultdict(set), DATASETS))
         load_mysql_snapshot(src, {"pairs": snap["pairs"]})
-    killed = run_job(args, mdbs.env, {"DATASURFACE_TEST_KILL_AT": point})
+    killed = run_job(args, mysql_dbs.env, {"DATASURFACE_TEST_KILL_AT": point})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert _batches(mrg, "crash") == [*committed, (batch, left)]
     with mrg.cursor() as cur:  # nothing of the killed batch is visible
         cur.execute("SELECT count(*) FROM crash.store1_alltypes_current")
         assert cur.fetchone()[0] == (0 if batch == 1 else 12000)
     mrg.rollback()
-    recovered = run_job(args, mdbs.env)
+    recovered = run_job(args, mysql_dbs.env)
     assert recovered.returncode == 10, recovered.stderr
     assert recovered.stdout.strip().splitlines()[-1] == "DATASURFACE_RESULT_CODE=10"
     assert _batches(mrg, "crash") == [*committed, (batch, "committed")]
@@ -92,7 +99,7 @@ def test_sigkill_during_the_read_leaves_the_batch_open_and_the_next_run_recovers
         assert cur.fetchone()[0] == 12000
     mrg.rollback()
     assert fetch(mrg, "crash.store1_pairs_current", "pairs", datasets=DATASETS) == expected_rows("pairs", snap["pairs"])
-    again = run_job(args, mdbs.env)
+    again = run_job(args, mysql_dbs.env)
     assert again.returncode == 0, again.stderr
     assert _batches(mrg, "crash") == [*committed, (batch, "committed"), (batch + 1, "committed")]
     mrg.close()
@@ -100,12 +107,12 @@ def test_sigkill_during_the_read_leaves_the_batch_open_and_the_next_run_recovers
 
 
 def test_two_processes_never_both_apply(world: Any) -> None:
-    mdbs = world["mdbs"]
-    args = merge_args(world["model"], "Lock", "live", mdbs)
+    mysql_dbs = world["mysql_dbs"]
+    args = merge_args(world["model"], "Lock", "live", mysql_dbs)
     holder = subprocess.Popen([sys.executable, "-m", "datasurface.cli", *args],
-                              env={**os.environ, **mdbs.env, "DATASURFACE_TEST_PAUSE_AT": "batch:opened=3"},
+                              env={**os.environ, **mysql_dbs.env, "DATASURFACE_TEST_PAUSE_AT": "batch:opened=3"},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    mrg = mdbs.connect_merge()
+    mrg = mysql_dbs.connect_merge()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -114,9 +121,9 @@ def test_two_processes_never_both_apply(world: Any) -> None:
         except Exception:
             mrg.rollback()
         time.sleep(0.1)
-    loser = run_job([*args, "--lock-wait", "0"], mdbs.env)
+    loser = run_job([*args, "--lock-wait", "0"], mysql_dbs.env)
     assert_one_line_error(loser, "another session holds store Store1")
-    waiter = subprocess.Popen([sys.executable, "-m", "datasurface.cli", *args], env={**os.environ, **mdbs.env},
+    waiter = subprocess.Popen([sys.executable, "-m", "datasurface.cli", *args], env={**os.environ, **mysql_dbs.env},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _out, err = holder.communicate(timeout=60)
     assert holder.returncode == 0, err
@@ -127,9 +134,9 @@ def test_two_processes_never_both_apply(world: Any) -> None:
 
 
 def test_added_nullable_column_evolves_the_merge_tables(world: Any) -> None:
-    mdbs, src, doc = world["mdbs"], world["src"], world["doc"]
+    mysql_dbs, src, doc = world["mysql_dbs"], world["src"], world["doc"]
     for mode in ("live", "forensic"):
-        assert run_job(merge_args(world["model"], f"Evo{mode}", mode, mdbs), mdbs.env).returncode == 0
+        assert run_job(merge_args(world["model"], f"Evo{mode}", mode, mysql_dbs), mysql_dbs.env).returncode == 0
     with src.cursor() as cur:
         cur.execute("ALTER TABLE pairs ADD COLUMN memo varchar(20) NULL")
         cur.execute("UPDATE pairs SET memo = 'm😀' WHERE code % 2 = 0")
@@ -138,9 +145,9 @@ def test_added_nullable_column_evolves_the_merge_tables(world: Any) -> None:
     src.commit()
     doc["stores"][0]["datasets"][0]["columns"].append({"name": "memo", "type": "varchar(20)"})
     (world["model"] / "datasurface.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    mrg = mdbs.connect_merge()
+    mrg = mysql_dbs.connect_merge()
     for mode in ("live", "forensic"):
-        proc = run_job(merge_args(world["model"], f"Evo{mode}", mode, mdbs), mdbs.env)
+        proc = run_job(merge_args(world["model"], f"Evo{mode}", mode, mysql_dbs), mysql_dbs.env)
         assert proc.returncode == 0, proc.stderr
         assert f"updated={changed} " in proc.stdout
         with mrg.cursor() as cur:
@@ -165,7 +172,7 @@ def _rewrite(world: Any, **source: Any) -> None:
 
 
 def _merge(world: Any, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return run_job(merge_args(world["model"], "Bad", "live", world["mdbs"]), world["mdbs"].env, extra_env)
+    return run_job(merge_args(world["model"], "Bad", "live", world["mysql_dbs"]), world["mysql_dbs"].env, extra_env)
 
 
 def test_unreachable_server(world: Any) -> None:
@@ -179,14 +186,14 @@ def test_wrong_password_is_one_line_and_never_shows_a_password(world: Any) -> No
     proc = _merge(world, {"SOURCE_PASSWORD": "not-the-Secret-42"})
     assert_one_line_error(proc, "cannot connect to MySQL database", "(1045) Access denied")
     assert "not-the-Secret-42" not in proc.stdout + proc.stderr
-    assert world["mdbs"].env["SOURCE_PASSWORD"] not in proc.stdout + proc.stderr
+    assert world["mysql_dbs"].env["SOURCE_PASSWORD"] not in proc.stdout + proc.stderr
 
 
 def test_missing_table(world: Any) -> None:
     with world["src"].cursor() as cur:
         cur.execute("RENAME TABLE pairs TO pairs_old")
     proc = _merge(world)
-    assert_one_line_error(proc, f"source table {world['mdbs'].source}.pairs", "does not exist")
+    assert_one_line_error(proc, f"source table {world['mysql_dbs'].source}.pairs", "does not exist")
 
 
 def test_missing_column(world: Any) -> None:
@@ -215,33 +222,33 @@ def test_myisam_table_is_refused(world: Any) -> None:
     ([("north", 1), (None, 2)], "has a NULL in column 'region', a primary key column"),
 ])
 @pytest.mark.parametrize("mode", ["live", "forensic"])
-def test_duplicate_or_null_keys(mdbs: Any, tmp_path: Path, values: list[Any], fragment: str, mode: str) -> None:
+def test_duplicate_or_null_keys(mysql_dbs: Any, tmp_path: Path, values: list[Any], fragment: str, mode: str) -> None:
     """Refused with the model's key named, also by a first load straight into the merge table (whose forensic
     primary key has the version's batch too)."""
-    src = mdbs.connect_source()
+    src = mysql_dbs.connect_source()
     create_mysql_tables(src, SMALL, primary_key=False)  # a table without a primary key can hold both
     with src.cursor() as cur:
         cur.executemany("INSERT INTO pairs (region, code) VALUES (%s, %s)", values)
     src.commit()
-    model = write_model(tmp_path / "model", mysql_model(mdbs.host, mdbs.source, datasets=SMALL))
-    proc = run_job(merge_args(model, "Keys", mode, mdbs), mdbs.env)
+    model = write_model(tmp_path / "model", mysql_model(mysql_dbs.host, mysql_dbs.source, datasets=SMALL))
+    proc = run_job(merge_args(model, "Keys", mode, mysql_dbs), mysql_dbs.env)
     assert_one_line_error(proc, fragment)
     assert "ds_batch_in" not in proc.stderr.strip().splitlines()[-1]
-    mrg = mdbs.connect_merge()
+    mrg = mysql_dbs.connect_merge()
     assert _batches(mrg, "keys") == []  # nothing half-written
     mrg.close()
     src.close()
 
 
 def test_check_command_reports_the_mysql_source(world: Any) -> None:
-    mdbs = world["mdbs"]
-    args = ["check", "--model", str(world["model"]), *mdbs.merge_args()]
-    ok = run_job(args, mdbs.env)
+    mysql_dbs = world["mysql_dbs"]
+    args = ["check", "--model", str(world["model"]), *mysql_dbs.merge_args()]
+    ok = run_job(args, mysql_dbs.env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert f"ok   source of store Store1: MySQL database '{mdbs.source}' at socket {mdbs.host}" in ok.stdout
+    assert f"ok   source of store Store1: MySQL database '{mysql_dbs.source}' at socket {mysql_dbs.host}" in ok.stdout
     with world["src"].cursor() as cur:
         cur.execute("ALTER TABLE pairs DROP COLUMN note")
-    bad = run_job(args, mdbs.env)
+    bad = run_job(args, mysql_dbs.env)
     assert bad.returncode == 1
     assert "FAIL source of store Store1: " in bad.stdout and "column 'note'" in bad.stdout
 
@@ -256,7 +263,7 @@ def test_the_source_session_is_bounded_and_named_like_the_job_s_others(world: An
     from datasurface.sessions import SessionLimits
 
     store = parse_model(yaml.safe_dump(world["doc"]), "model").stores[0]
-    for key, value in world["mdbs"].env.items():
+    for key, value in world["mysql_dbs"].env.items():
         monkeypatch.setenv(key, value)
     with open_source(store, "source", "1a2b3c4d", SessionLimits(idle_timeout=42, lock_timeout=77)) as src:
         row = src.conn.exec_driver_sql(
@@ -290,12 +297,12 @@ def test_a_first_load_goes_straight_into_the_merge_table(world: Any) -> None:
     """The first batch's COPY writes the merge table itself, under the apply's ROW EXCLUSIVE lock, and creates
     no staging table; a later batch stages its snapshot (a table of its own, created in the COPY's
     transaction) and takes the merge tables' locks only to apply it."""
-    mdbs, model = world["mdbs"], world["model"]
-    mrg = mdbs.connect_merge()
-    args = [sys.executable, "-m", "datasurface.cli", *merge_args(model, "Direct", "forensic", mdbs)]
+    mysql_dbs, model = world["mysql_dbs"], world["model"]
+    mrg = mysql_dbs.connect_merge()
+    args = [sys.executable, "-m", "datasurface.cli", *merge_args(model, "Direct", "forensic", mysql_dbs)]
     seen = []
     for _ in range(2):
-        env = {**os.environ, **mdbs.env, "DATASURFACE_TEST_PAUSE_AT": "ingest:pairs:copied=2"}
+        env = {**os.environ, **mysql_dbs.env, "DATASURFACE_TEST_PAUSE_AT": "ingest:pairs:copied=2"}
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         locks: set[tuple[str, str]] = set()
@@ -315,24 +322,24 @@ def test_a_first_load_goes_straight_into_the_merge_table(world: Any) -> None:
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_ctrl_c_inside_the_read_is_an_interruption(batch: int, mdbs: Any, tmp_path: Path) -> None:
+def test_ctrl_c_inside_the_read_is_an_interruption(batch: int, mysql_dbs: Any, tmp_path: Path) -> None:
     """Ctrl-C (SIGINT) while the merge side's COPY waits for rows that the reading thread has not read yet
     (it is held after its first fetch): the run stops as interrupted (exit 130, one line) without waiting
     for that thread, nothing of the batch is visible, and the next merge goes on. Batch 1 is a first load
     (straight into the merge table), batch 2 a staged one."""
-    src = mdbs.connect_source()
+    src = mysql_dbs.connect_source()
     create_mysql_tables(src, ONE)
     with src.cursor() as cur:  # several fetch batches
         cur.execute("INSERT INTO alltypes (id, c_text) SELECT seq, 'bulk' FROM seq_1_to_12000")
     src.commit()
-    model = write_model(tmp_path / "model", mysql_model(mdbs.host, mdbs.source, datasets=ONE))
-    args = merge_args(model, "Intr", "forensic", mdbs)
-    mrg = mdbs.connect_merge()
+    model = write_model(tmp_path / "model", mysql_model(mysql_dbs.host, mysql_dbs.source, datasets=ONE))
+    args = merge_args(model, "Intr", "forensic", mysql_dbs)
+    mrg = mysql_dbs.connect_merge()
     before = []
     if batch == 2:
-        assert run_job(args, mdbs.env).returncode == 0
+        assert run_job(args, mysql_dbs.env).returncode == 0
         before = _batches(mrg, "intr")
-    env = {**os.environ, **mdbs.env, "DATASURFACE_TEST_PAUSE_AT": "ingest:alltypes:reading=120"}
+    env = {**os.environ, **mysql_dbs.env, "DATASURFACE_TEST_PAUSE_AT": "ingest:alltypes:reading=120"}
     job = subprocess.Popen([sys.executable, "-m", "datasurface.cli", *args], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True,
                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -351,7 +358,7 @@ def test_ctrl_c_inside_the_read_is_an_interruption(batch: int, mdbs: Any, tmp_pa
 
     ctrl_c_when(job, copying)  # within 60 s, not the 120 s the reading thread is held for
     assert [b for b in _batches(mrg, "intr") if b[1] == "committed"] == [b for b in before if b[1] == "committed"]
-    nxt = run_job(args, mdbs.env)
+    nxt = run_job(args, mysql_dbs.env)
     assert nxt.returncode in (0, 10), nxt.stdout + nxt.stderr
     with mrg.cursor() as cur:
         cur.execute("SELECT count(*) FROM intr.store1_alltypes_current")
@@ -360,21 +367,21 @@ def test_ctrl_c_inside_the_read_is_an_interruption(batch: int, mdbs: Any, tmp_pa
     src.close()
 
 
-def test_a_staged_snapshot_is_written_frozen(mdbs: Any, tmp_path: Path) -> None:
+def test_a_staged_snapshot_is_written_frozen(mysql_dbs: Any, tmp_path: Path) -> None:
     """A later batch's staging table is created in the COPY's transaction and copied with FREEZE, as a
     PostgreSQL source's is: its pages are all-frozen in the visibility map, so the diff's first read of it
     sets no hint bits (which would dirty, and write back, every page of the snapshot)."""
-    src = mdbs.connect_source()
+    src = mysql_dbs.connect_source()
     create_mysql_tables(src, ONE)
     with src.cursor() as cur:
         cur.execute("INSERT INTO alltypes (id, c_text) SELECT seq, 'bulk' FROM seq_1_to_12000")
     src.commit()
-    model = write_model(tmp_path / "model", mysql_model(mdbs.host, mdbs.source, datasets=ONE))
-    args = merge_args(model, "Frozen", "live", mdbs)
-    assert run_job(args, mdbs.env).returncode == 0
-    staged = run_job(args, mdbs.env, {"DATASURFACE_TEST_KILL_AT": "after_ingest"})
+    model = write_model(tmp_path / "model", mysql_model(mysql_dbs.host, mysql_dbs.source, datasets=ONE))
+    args = merge_args(model, "Frozen", "live", mysql_dbs)
+    assert run_job(args, mysql_dbs.env).returncode == 0
+    staged = run_job(args, mysql_dbs.env, {"DATASURFACE_TEST_KILL_AT": "after_ingest"})
     assert staged.returncode == -signal.SIGKILL, staged.stderr
-    admin = mdbs.pg.server.admin_connect(mdbs.pg.merge)
+    admin = mysql_dbs.pg.server.admin_connect(mysql_dbs.pg.merge)
     try:
         with admin.cursor() as cur:
             cur.execute("CREATE EXTENSION IF NOT EXISTS pg_visibility")
@@ -386,4 +393,4 @@ def test_a_staged_snapshot_is_written_frozen(mdbs: Any, tmp_path: Path) -> None:
     finally:
         admin.close()
     assert pages > 10 and frozen, (pages, frozen)
-    assert run_job(args, mdbs.env).returncode == 10
+    assert run_job(args, mysql_dbs.env).returncode == 10

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.engine.support import merge_args, run_job, write_model
-from tests.mysql.support import mysql_model
+from tests.support.engine import merge_args, run_job, write_model
+from tests.support.mysql import mysql_model
 
 PAIR = [("id", "integer"), ("amount", "bigint")]
 DATASETS = {"accounts": (PAIR, ("id",)), "ledger": (PAIR, ("id",))}
@@ -23,11 +23,11 @@ ROWS, TOTAL_EACH = 200, 1000  # row 1 of each table starts with TOTAL_EACH: the 
 BATCHES = 3
 
 
-def _writer(mdbs: Any, stop: threading.Event, seed: int, errors: list[BaseException], commits: list[int]) -> None:
+def _writer(mysql_dbs: Any, stop: threading.Event, seed: int, errors: list[BaseException], commits: list[int]) -> None:
     import pymysql
 
     rng = random.Random(seed)
-    conn = mdbs.connect_source(autocommit=False)
+    conn = mysql_dbs.connect_source(autocommit=False)
     next_id = 10_000 * (seed + 1)
     try:
         with conn.cursor() as cur:
@@ -78,17 +78,17 @@ def _invariant(mrg: Any, accounts: str, ledger: str) -> tuple[int, bool]:
     return int(total), bool(same_ids)
 
 
-def test_invariant_holds_in_every_batch(mdbs: Any, tmp_path: Path) -> None:
-    src = mdbs.connect_source()
+def test_invariant_holds_in_every_batch(mysql_dbs: Any, tmp_path: Path) -> None:
+    src = mysql_dbs.connect_source()
     with src.cursor() as cur:
         for t in DATASETS:
             cur.execute(f"CREATE TABLE `{t}` (id int PRIMARY KEY, amount bigint NOT NULL) ENGINE=InnoDB")
             cur.executemany(f"INSERT INTO `{t}` VALUES (%s, %s)",
                             [(i, TOTAL_EACH if i == 1 else 0) for i in range(1, ROWS + 1)])
     src.commit()
-    model = write_model(tmp_path / "model", mysql_model(mdbs.host, mdbs.source, datasets=DATASETS))
+    model = write_model(tmp_path / "model", mysql_model(mysql_dbs.host, mysql_dbs.source, datasets=DATASETS))
     stop, errors, commits = threading.Event(), [], []
-    writers = [threading.Thread(target=_writer, args=(mdbs, stop, s, errors, commits)) for s in range(3)]
+    writers = [threading.Thread(target=_writer, args=(mysql_dbs, stop, s, errors, commits)) for s in range(3)]
     for w in writers:
         w.start()
     try:
@@ -96,7 +96,7 @@ def test_invariant_holds_in_every_batch(mdbs: Any, tmp_path: Path) -> None:
         for _ in range(BATCHES):
             for mode in ("live", "forensic"):
                 before = len(commits)
-                proc = run_job(merge_args(model, f"Inv{mode}", mode, mdbs), mdbs.env,
+                proc = run_job(merge_args(model, f"Inv{mode}", mode, mysql_dbs), mysql_dbs.env,
                                {"DATASURFACE_TEST_PAUSE_AT": "ingest:accounts:staged=0.3"})
                 assert proc.returncode == 0, proc.stderr
                 assert len(commits) > before, "writers must commit while the batch is read"
@@ -105,7 +105,7 @@ def test_invariant_holds_in_every_batch(mdbs: Any, tmp_path: Path) -> None:
         for w in writers:
             w.join()
     assert not errors, errors
-    mrg = mdbs.connect_merge()
+    mrg = mysql_dbs.connect_merge()
     for n in range(1, BATCHES + 1):
         as_of = f"(SELECT * FROM invforensic.store1_{{0}} WHERE ds_batch_in <= {n} AND {n} < ds_batch_out) v"
         total, same = _invariant(mrg, as_of.format("accounts"), as_of.format("ledger"))

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from datasurface.ingest.mysql.types import MySqlType, accepts
-from tests.engine.conftest import assert_one_line_error
-from tests.engine.support import merge_args, run_job, write_model
-from tests.mysql.support import mysql_model
+from tests.support.engine import assert_one_line_error, merge_args, run_job, write_model
+from tests.support.mysql import mysql_model
 
 UTC = dt.UTC
 
@@ -80,9 +79,9 @@ COLUMNS = [
 ]
 
 
-def _table(mdbs: Any, tmp_path: Path, columns: list[tuple[str, str, str]] = COLUMNS,
+def _table(mysql_dbs: Any, tmp_path: Path, columns: list[tuple[str, str, str]] = COLUMNS,
            rows: list[tuple[Any, ...]] = (), sql_mode: str | None = None, tz: str = "+00:00") -> Path:
-    src = mdbs.connect_source()
+    src = mysql_dbs.connect_source()
     with src.cursor() as cur:
         cur.execute(f"SET time_zone = '{tz}'")
         if sql_mode is not None:
@@ -94,10 +93,10 @@ def _table(mdbs: Any, tmp_path: Path, columns: list[tuple[str, str, str]] = COLU
     src.commit()
     src.close()
     datasets = {"t": ([(n, m) for n, _, m in columns], ("id",))}
-    return write_model(tmp_path / "model", mysql_model(mdbs.host, mdbs.source, datasets=datasets))
+    return write_model(tmp_path / "model", mysql_model(mysql_dbs.host, mysql_dbs.source, datasets=datasets))
 
 
-def test_values_are_exact(mdbs: Any, tmp_path: Path) -> None:
+def test_values_are_exact(mysql_dbs: Any, tmp_path: Path) -> None:
     text = "emoji 😀 𝄞 ünï \"q\" 'a',\n\t\\ NULL\r\n\\N \\."
     full = (1, 1, 255, 18446744073709551615, decimal.Decimal("-123456789.125"), 0.1, 0.1, 0.1, "ab", text, "",
             dt.date(2024, 2, 29), dt.datetime(2021, 3, 28, 2, 30, 0, 123456),
@@ -105,14 +104,14 @@ def test_values_are_exact(mdbs: Any, tmp_path: Path) -> None:
             dt.timedelta(hours=23, minutes=59, seconds=59, milliseconds=999),
             '{"b": [1, 2.5, null], "a": "😀", "c": "tab\\t line\\n back\\\\"}',
             b"\x00\xff", b"\x00\x01\\\n,", "6ccd780c-baba-1026-9564-5b8c656024db")
-    model = _table(mdbs, tmp_path, rows=[full, (2, 0), (3,)], tz="+05:00")
-    mdbs.server.admin_connect().cursor().execute("SET GLOBAL time_zone = '+05:00'")  # the job must not use it
+    model = _table(mysql_dbs, tmp_path, rows=[full, (2, 0), (3,)], tz="+05:00")
+    mysql_dbs.server.admin_connect().cursor().execute("SET GLOBAL time_zone = '+05:00'")  # the job must not use it
     try:
-        proc = run_job(merge_args(model, "Val", "live", mdbs), mdbs.env)
+        proc = run_job(merge_args(model, "Val", "live", mysql_dbs), mysql_dbs.env)
     finally:
-        mdbs.server.admin_connect().cursor().execute("SET GLOBAL time_zone = '+00:00'")
+        mysql_dbs.server.admin_connect().cursor().execute("SET GLOBAL time_zone = '+00:00'")
     assert proc.returncode == 0, proc.stderr
-    mrg = mdbs.connect_merge()
+    mrg = mysql_dbs.connect_merge()
     with mrg.cursor() as cur:
         cur.execute("SET TimeZone = 'UTC'")
         cur.execute("SELECT * FROM val.t_current ORDER BY id".replace("t_current", "store1_t_current"))
@@ -144,10 +143,10 @@ def test_values_are_exact(mdbs: Any, tmp_path: Path) -> None:
     (("clock", "time", "time"), "-01:00:00", "holds '-01:00:00', a time outside 00:00:00..23:59:59.999999"),
     (("note", "varchar(20)", "text"), "a\x00b", "column 'note' holds 'a\\x00b', a NUL character, which PostgreSQL"),
 ])
-def test_values_postgresql_cannot_hold_are_refused_naming_the_key(mdbs: Any, tmp_path: Path, column: Any, value: Any,
-                                                                 fragment: str) -> None:
-    model = _table(mdbs, tmp_path, [("id", "int", "integer"), column], [(1, None), (41, value)], sql_mode="")
-    proc = run_job(merge_args(model, "Zero", "live", mdbs), mdbs.env)
+def test_values_postgresql_cannot_hold_are_refused_naming_the_key(mysql_dbs: Any, tmp_path: Path, column: Any,
+                                                                 value: Any, fragment: str) -> None:
+    model = _table(mysql_dbs, tmp_path, [("id", "int", "integer"), column], [(1, None), (41, value)], sql_mode="")
+    proc = run_job(merge_args(model, "Zero", "live", mysql_dbs), mysql_dbs.env)
     assert_one_line_error(proc, "source table t (dataset t), key (id)=(41)", fragment)
 
 
@@ -163,19 +162,20 @@ def test_values_postgresql_cannot_hold_are_refused_naming_the_key(mdbs: Any, tmp
      "exactly the values of integer[] (a integer[] column reads none: MySQL has no arrays)"),
     ("longtext", "json", "column 'c' is longtext in the source but json in the model"),
 ])
-def test_types_without_exact_values_are_refused(mdbs: Any, tmp_path: Path, mysql: str, model: str,
+def test_types_without_exact_values_are_refused(mysql_dbs: Any, tmp_path: Path, mysql: str, model: str,
                                                 fragment: str) -> None:
-    path = _table(mdbs, tmp_path, [("id", "int", "integer"), ("c", mysql, model)])
-    proc = run_job(merge_args(path, "Types", "live", mdbs), mdbs.env)
+    path = _table(mysql_dbs, tmp_path, [("id", "int", "integer"), ("c", mysql, model)])
+    proc = run_job(merge_args(path, "Types", "live", mysql_dbs), mysql_dbs.env)
     assert_one_line_error(proc, fragment)
 
 
-def test_null_and_empty_text_and_extreme_values_whatever_the_columns_nullability(mdbs: Any, tmp_path: Path) -> None:
+def test_null_and_empty_text_and_extreme_values_whatever_the_columns_nullability(mysql_dbs: Any,
+                                                                                 tmp_path: Path) -> None:
     """The read leaves NULL handling to the text columns the result says can be NULL: a NOT NULL column's
     '' stays '', a nullable column's NULL stays NULL, and a NOT NULL column seen through a view's outer join
     (NULL there) is NULL too. Extreme numbers and dates arrive as the server's text, exactly."""
     most = decimal.Decimal("-" + "9" * 35 + "." + "9" * 30)  # decimal(65,30)'s smallest value
-    src = mdbs.connect_source()
+    src = mysql_dbs.connect_source()
     with src.cursor() as cur:
         cur.execute("CREATE TABLE t (id bigint NOT NULL PRIMARY KEY, a varchar(10) NOT NULL, b text NOT NULL, "
                     "c varchar(10), d double, n decimal(65,30), day date, at datetime(6)) ENGINE=InnoDB")
@@ -193,10 +193,10 @@ def test_null_and_empty_text_and_extreme_values_whatever_the_columns_nullability
     datasets = {"t": ([("id", "bigint"), ("a", "varchar(10)"), ("b", "text"), ("c", "varchar(10)"),
                        ("d", "double precision"), ("n", "numeric"), ("day", "date"), ("at", "timestamp")], ("id",)),
                 "v": ([("id", "bigint"), ("name", "varchar(10)")], ("id",))}
-    model = write_model(tmp_path / "model", mysql_model(mdbs.host, mdbs.source, datasets=datasets))
-    proc = run_job(merge_args(model, "Nulls", "live", mdbs), mdbs.env)
+    model = write_model(tmp_path / "model", mysql_model(mysql_dbs.host, mysql_dbs.source, datasets=datasets))
+    proc = run_job(merge_args(model, "Nulls", "live", mysql_dbs), mysql_dbs.env)
     assert proc.returncode == 0, proc.stderr
-    mrg = mdbs.connect_merge()
+    mrg = mysql_dbs.connect_merge()
     with mrg.cursor() as cur:
         cur.execute("SELECT * FROM nulls.store1_t_current ORDER BY id")
         got = cur.fetchall()
@@ -212,25 +212,25 @@ def test_null_and_empty_text_and_extreme_values_whatever_the_columns_nullability
     assert view == [(-9223372036854775808, None), (3, ""), (9223372036854775807, None)]
 
 
-def test_json_keeps_the_text_the_source_shows(mdbs: Any, tmp_path: Path) -> None:
+def test_json_keeps_the_text_the_source_shows(mysql_dbs: Any, tmp_path: Path) -> None:
     """Model json holds MariaDB's JSON text as written: a change of spacing or key order is an update; the
     same source column read as jsonb sees no change."""
     columns = [("id", "int", "integer"), ("j", "json", "json"), ("jb", "json", "jsonb")]
-    model = _table(mdbs, tmp_path, columns, [(1, '{"a":1,"b":2}', '{"a":1,"b":2}'), (2, "[1, 2.50]", "[1, 2.50]")])
-    args = merge_args(model, "Js", "forensic", mdbs)
-    first = run_job(args, mdbs.env)
+    model = _table(mysql_dbs, tmp_path, columns, [(1, '{"a":1,"b":2}', '{"a":1,"b":2}'), (2, "[1, 2.50]", "[1, 2.50]")])
+    args = merge_args(model, "Js", "forensic", mysql_dbs)
+    first = run_job(args, mysql_dbs.env)
     assert first.returncode == 0, first.stderr
-    src = mdbs.connect_source()
+    src = mysql_dbs.connect_source()
     with src.cursor() as cur:
         cur.execute("""UPDATE t SET j = '{"b": 2, "a": 1}', jb = '{"b": 2, "a": 1}' WHERE id = 1""")
         cur.execute("SELECT id, j FROM t ORDER BY id")
         source = cur.fetchall()
     src.commit()
     src.close()
-    second = run_job(args, mdbs.env)
+    second = run_job(args, mysql_dbs.env)
     assert second.returncode == 0, second.stderr
     assert "inserted=0 updated=1 deleted=0" in second.stdout
-    mrg = mdbs.connect_merge()
+    mrg = mysql_dbs.connect_merge()
     with mrg.cursor() as cur:
         cur.execute("SELECT id, j::text FROM js.store1_t_current ORDER BY id")
         assert cur.fetchall() == list(source)
@@ -239,8 +239,8 @@ def test_json_keeps_the_text_the_source_shows(mdbs: Any, tmp_path: Path) -> None
     mrg.close()
 
 
-def test_exact_names_and_keywords_in_backticks(mdbs: Any, tmp_path: Path) -> None:
-    src = mdbs.connect_source()
+def test_exact_names_and_keywords_in_backticks(mysql_dbs: Any, tmp_path: Path) -> None:
+    src = mysql_dbs.connect_source()
     with src.cursor() as cur:
         cur.execute("CREATE TABLE `Customer Orders ✓` (`CustomerID` int NOT NULL, `user` int NOT NULL, "
                     "`Straße Name` varchar(20), `order` date, `Sel``ect` text, PRIMARY KEY (`CustomerID`, `user`)) "
@@ -251,13 +251,13 @@ def test_exact_names_and_keywords_in_backticks(mdbs: Any, tmp_path: Path) -> Non
     columns = [{"name": "customer_id", "source": "CustomerID", "type": "integer"}, {"name": "user", "type": "integer"},
                {"name": "street", "source": "Straße Name", "type": "varchar(20)"}, {"name": "order", "type": "date"},
                {"name": "quoted", "source": "Sel`ect", "type": "text"}]
-    doc = mysql_model(mdbs.host, mdbs.source, datasets={})
+    doc = mysql_model(mysql_dbs.host, mysql_dbs.source, datasets={})
     doc["stores"][0]["datasets"] = [{"name": "orders", "table": "Customer Orders ✓",
                                      "primaryKey": ["customer_id", "user"], "columns": columns}]
     model = write_model(tmp_path / "model", doc)
-    proc = run_job(merge_args(model, "Names", "live", mdbs), mdbs.env)
+    proc = run_job(merge_args(model, "Names", "live", mysql_dbs), mysql_dbs.env)
     assert proc.returncode == 0, proc.stderr
-    mrg = mdbs.connect_merge()
+    mrg = mysql_dbs.connect_merge()
     with mrg.cursor() as cur:
         cur.execute('SELECT customer_id, "user", street, "order", quoted FROM names.store1_orders_current ORDER BY 1')
         assert cur.fetchall() == [(1, 10, "Haupt", dt.date(2024, 2, 29), "q"), (2, 20, None, None, None)]
@@ -268,5 +268,5 @@ def test_exact_names_and_keywords_in_backticks(mdbs: Any, tmp_path: Path) -> Non
         cur.execute("INSERT INTO `Customer Orders ✓` VALUES (3, 30, NULL, '0000-00-00', NULL)")
     src.commit()
     src.close()
-    proc = run_job(merge_args(model, "Names", "live", mdbs), mdbs.env)
+    proc = run_job(merge_args(model, "Names", "live", mysql_dbs), mysql_dbs.env)
     assert_one_line_error(proc, "key (customer_id, user)=(3, 30): column 'order' holds '0000-00-00'")

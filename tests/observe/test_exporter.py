@@ -13,27 +13,11 @@ from contextlib import suppress
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.engine.conftest import SMALL
-from tests.engine.support import create_source_tables, merge_args, model_dict, run_job, write_model
-from tests.observe.conftest import PLATFORM, Exporter, start_exporter, wait_for
+from tests.support.engine import PLATFORM, SMALL, create_source_tables, merge_args, model_dict, run_job, write_model
+from tests.support.exporter import Exporter, scrape, start_exporter, value, wait_for
 
 STREAM = {"platform": PLATFORM, "store": "Store1", "dataset": ""}
-
-
-def scrape(exp: Exporter, timeout: float = 30) -> dict[str, Any]:
-    """{family name: (type, {frozenset(labels): value})} of one scrape."""
-    status, text = exp.get("/metrics", timeout)
-    assert status == 200
-    families = {}
-    for fam in text_string_to_metric_families(text):
-        families[fam.name] = (fam.type, {frozenset(s.labels.items()): s.value for s in fam.samples})
-    return families
-
-
-def value(families: dict[str, Any], name: str, **labels: str) -> float:
-    return families[name][1][frozenset(labels.items())]  # type: ignore[no-any-return]
 
 
 def test_metrics_are_exactly_the_documented_table(world: dict[str, Any], exporter: Exporter) -> None:

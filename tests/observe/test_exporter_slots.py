@@ -13,11 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.cdc.support import allow_replication, cdc_model, drop_slots
-from tests.engine.conftest import SMALL
-from tests.engine.support import create_source_tables, merge_args, model_dict, run_job, write_model
-from tests.observe.conftest import PLATFORM, start_exporter, wait_for
-from tests.observe.test_exporter import scrape
+from tests.support.cdc import allow_replication, cdc_model, drop_slots
+from tests.support.engine import PLATFORM, SMALL, create_source_tables, merge_args, model_dict, run_job, write_model
+from tests.support.exporter import scrape, start_exporter, wait_for
 
 SLOTS = "datasurface_source_slot_retained_bytes"
 

@@ -28,11 +28,19 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.helm import find, render_chart
-from tests.engine.conftest import SMALL
-from tests.engine.support import create_source_tables, load_snapshot, merge_args, model_dict, next_snapshot, run_job
-from tests.engine.support import write_model as write_model_dir
-from tests.observe.conftest import PLATFORM, start_exporter, wait_for
+from tests.support.engine import (
+    PLATFORM,
+    SMALL,
+    create_source_tables,
+    load_snapshot,
+    merge_args,
+    model_dict,
+    next_snapshot,
+    run_job,
+)
+from tests.support.engine import write_model as write_model_dir
+from tests.support.exporter import start_exporter, wait_for
+from tests.support.helm import find, render_chart
 
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
 pytestmark = pytest.mark.skipif(

@@ -7,9 +7,12 @@ import random
 from collections import defaultdict
 from typing import Any
 
-from tests.engine.conftest import SMALL, assert_one_line_error
-from tests.engine.support import (
+from tests.support.engine import (
     DATASETS,
+    PLATFORM,
+    SCHEMA,
+    SMALL,
+    assert_one_line_error,
     create_source_tables,
     load_snapshot,
     merge_args,
@@ -18,7 +21,6 @@ from tests.engine.support import (
     run_job,
     write_model,
 )
-from tests.observe.conftest import PLATFORM, SCHEMA
 
 COLS = "store, dataset, command, exit_status, batch_id, error, finished_at IS NOT NULL, finished_at >= started_at"
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.engine.conftest import assert_one_line_error
-from tests.engine.support import merge_args, run_job
-from tests.observe.conftest import PLATFORM
+from tests.support.engine import PLATFORM, assert_one_line_error, merge_args, run_job
 
 
 def status(world: dict[str, Any], *extra: str) -> Any:

@@ -56,9 +56,9 @@ app.kubernetes.io/part-of: datasurface
 
 {{/* Images ---------------------------------------------------------------------------------------- */}}
 {{/* "repository:tag"; an empty tag fails naming its key, so no pod is ever made with "repo:".
-     Call with (dict "image" .Values.x.image "key" "x.image" ["fallback" default-tag]). */}}
+     Call with (dict "image" .Values.x.image "key" "x.image"). */}}
 {{- define "datasurface.image" -}}
-{{- $tag := .image.tag | default .fallback | default "" | toString | trim -}}
+{{- $tag := .image.tag | default "" | toString | trim -}}
 {{- if not $tag -}}
 {{- fail (printf "%s.tag is empty: set the image tag (a version, e.g. --set %s.tag=1.2.3)" .key .key) -}}
 {{- end -}}
@@ -66,7 +66,7 @@ app.kubernetes.io/part-of: datasurface
 {{- end -}}
 
 {{- define "datasurface.jobImage" -}}
-{{- include "datasurface.image" (dict "image" .Values.image "key" "image" "fallback" .Chart.AppVersion) -}}
+{{- include "datasurface.image" (dict "image" .Values.image "key" "image") -}}
 {{- end -}}
 
 {{- define "datasurface.airflowImage" -}}

@@ -15,20 +15,20 @@ def run_check(*, model: str, model_ref: str | None, model_path: str, merge: Endp
     """Connectivity to model, every source and the merge database; one line each; fails if any fails."""
     failures = []
     try:
-        mdl = load_model(model, model_ref, model_path)
-        print(f"ok   model {mdl.origin or model}: {len(mdl.stores)} store(s)")
+        loaded = load_model(model, model_ref, model_path)
+        print(f"ok   model {loaded.origin or model}: {len(loaded.stores)} store(s)")
     except DataSurfaceError as exc:
         raise DataSurfaceError(f"model: {exc}") from exc
-    for st in mdl.stores:
+    for store in loaded.stores:
         try:
-            with sources.open_source(st, "check") as source:
-                source.check(st.datasets)
-                if st.source.ingestion == "cdc":  # what a merge would refuse; the publication it may create
-                    Capture(source.conn, st, "").requirements(st.datasets)  # type: ignore[attr-defined]
-            print(f"ok   source of store {st.name}: {sources.describe(st)}")
+            with sources.open_source(store, "check") as source:
+                source.check(store.datasets)
+                if store.source.ingestion == "cdc":  # what a merge would refuse; the publication it may create
+                    Capture(source.conn, store, "").requirements(store.datasets)  # type: ignore[attr-defined]
+            print(f"ok   source of store {store.name}: {sources.describe(store)}")
         except DataSurfaceError as exc:
-            print(f"FAIL source of store {st.name}: {exc}")
-            failures.append(f"store {st.name}")
+            print(f"FAIL source of store {store.name}: {exc}")
+            failures.append(f"store {store.name}")
     try:
         with connection(merge, merge_credential, "check") as conn, conn.cursor() as cur:
             cur.execute("SELECT 1")

@@ -317,12 +317,12 @@ def discover(conn: PgConnection, schema: str, store: str, model: Model) -> Plan:
         platform_wanted[("function", names[t].as_of)] = "function"
         platform_wanted[("function", names[t].as_of_batch)] = "function"
     items += _owned_items(conn, schema, platform_wanted)
-    ws_wanted = {}
+    workspace_wanted = {}
     for t in tables:
-        ws_wanted[("view", t)] = ws_wanted[("view", names[t].history)] = "workspace view"
-        ws_wanted[("function", names[t].as_of)] = "workspace function"
-    for ws in _workspace_schemas(conn, schema):
-        items += _owned_items(conn, ws, ws_wanted)
+        workspace_wanted[("view", t)] = workspace_wanted[("view", names[t].history)] = "workspace view"
+        workspace_wanted[("function", names[t].as_of)] = "workspace function"
+    for workspace_schema in _workspace_schemas(conn, schema):
+        items += _owned_items(conn, workspace_schema, workspace_wanted)
     items.sort(key=lambda i: (_ORDER.index(i.kind), i.schema, i.name))
 
     rows = tuple((t, int(_column(conn, "SELECT count(*) FROM {} WHERE store = %s", schema, t, store)[0]))
@@ -442,12 +442,12 @@ def run_reset_store(*, model: str, model_ref: str | None, model_path: str, platf
                     limits: SessionLimits | None = None) -> None:
     limits = limits or SessionLimits()
     schema = layout.platform_schema(platform)
-    mdl = load_model(model, model_ref, model_path)
-    model_store = next((s for s in mdl.stores if s.name == store), None)
+    loaded = load_model(model, model_ref, model_path)
+    model_store = next((s for s in loaded.stores if s.name == store), None)
     run_id = new_run_id()
     with heartbeat(merge, merge_credential, run_id, limits), \
             connection(merge, merge_credential, "merge", run_id, limits) as conn:
-        first = discover(conn, schema, store, mdl)
+        first = discover(conn, schema, store, loaded)
         conn.rollback()
         if first.empty:
             print(f"store {store} on platform {schema}: nothing to reset")
@@ -462,7 +462,7 @@ def run_reset_store(*, model: str, model_ref: str | None, model_path: str, platf
             raise UsageError("reset-store drops what is listed above, for good: run it again with --yes to drop it "
                              "(--dry-run only lists it)")
         first.refuse()
-        plan, source = _reset(conn, first, model_store, mdl, limits)
+        plan, source = _reset(conn, first, model_store, loaded, limits)
     for line in plan.lines(platform, source):
         print(line)
     print(f"store {store} on platform {schema}: reset")

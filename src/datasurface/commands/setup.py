@@ -7,7 +7,8 @@ from datasurface.consumers import history as consumers_history
 from datasurface.consumers import workspaces
 from datasurface.db import Endpoint
 from datasurface.engine import ensure_layout, layout_relations
-from datasurface.merge import ddl, layout
+from datasurface.merge import ddl
+from datasurface.merge.layout import FORENSIC, check_mode, dataset_layouts, plan_evolution, platform_schema
 from datasurface.merge.locks import LockRetry
 from datasurface.model import find_store, load_model
 from datasurface.observe import runs
@@ -18,34 +19,34 @@ def run_setup(*, model: str, model_ref: str | None, model_path: str, platform: s
               stores: list[str] | None, merge: Endpoint, merge_credential: str,
               limits: SessionLimits | None = None) -> None:
     limits = limits or SessionLimits()
-    schema = layout.platform_schema(platform)
+    schema = platform_schema(platform)
     history = runs.RunHistory(merge, merge_credential, schema, runs.SETUP)
     lines: list[str] = []
     with history.run(stores[0] if stores and len(stores) == 1 else None):
-        layout.check_mode(mode)
-        mdl = load_model(model, model_ref, model_path)
-        chosen = [find_store(mdl, s) for s in stores] if stores else list(mdl.stores)
-        lays = [lay for st in chosen for lay in layout.layouts(schema, st, mode)]
-        for lay in lays:
-            if mode == layout.FORENSIC:
-                consumers_history.check_names(lay)
-        spaces = workspaces.targets(mdl, schema, lays, chosen)
+        checked_mode = check_mode(mode)
+        loaded = load_model(model, model_ref, model_path)
+        chosen = [find_store(loaded, name) for name in stores] if stores else list(loaded.stores)
+        layouts = [layout for store in chosen for layout in dataset_layouts(schema, store, checked_mode)]
+        for layout in layouts:
+            if mode == FORENSIC:
+                consumers_history.check_names(layout)
+        spaces = workspaces.targets(loaded, schema, layouts, chosen)
         with connection(merge, merge_credential, "merge", limits=limits) as conn:
-            for lay in lays:
-                layout.plan_evolution(conn, lay)  # refuse before changing anything
+            for layout in layouts:
+                plan_evolution(conn, layout)  # refuse before changing anything
             workspaces.check_roles(conn, spaces)
             conn.rollback()
 
             def step() -> None:
                 ddl.lock(conn, schema)  # setup reconciles grants and workspaces too: always under the lock
-                ensure_layout(conn, schema, lays, chosen)
-                lines[:] = workspaces.reconcile(conn, mdl, schema, spaces)
+                ensure_layout(conn, schema, layouts, chosen)
+                lines[:] = workspaces.reconcile(conn, loaded, schema, spaces)
                 conn.commit()
 
             LockRetry(conn, limits).run(f"setting up platform {schema}", step,
-                                        lambda: layout_relations(schema, lays) + workspaces.relations(spaces),
+                                        lambda: layout_relations(schema, layouts) + workspaces.relations(spaces),
                                         exclusive=True)
-            lines += cdc_slots.drop_stale(conn, mdl, schema)
-    print(f"{schema}: {len(lays)} dataset(s) of {len(chosen)} store(s) ready ({mode})")
+            lines += cdc_slots.drop_stale(conn, loaded, schema)
+    print(f"{schema}: {len(layouts)} dataset(s) of {len(chosen)} store(s) ready ({mode})")
     for line in lines:
         print(line)

@@ -22,8 +22,7 @@ from psycopg2 import sql
 
 from datasurface.db import PgConnection
 from datasurface.errors import DataSurfaceError
-from datasurface.merge import layout
-from datasurface.merge.layout import OPEN_END, DatasetLayout
+from datasurface.merge.layout import FORENSIC, MAX_IDENT, OPEN_END, DatasetLayout
 from datasurface.merge.ledger import Stream
 from datasurface.model import Store
 
@@ -32,16 +31,16 @@ from . import objects
 EXTRA_COLUMNS = ("ds_batch_in", "ds_batch_out", "valid_from", "valid_to", "is_current", "ended_by")
 
 
-def history_view(lay: DatasetLayout) -> str:
-    return lay.names.history
+def history_view(layout: DatasetLayout) -> str:
+    return layout.names.history
 
 
-def as_of_function(lay: DatasetLayout) -> str:
-    return lay.names.as_of
+def as_of_function(layout: DatasetLayout) -> str:
+    return layout.names.as_of
 
 
-def as_of_batch_function(lay: DatasetLayout) -> str:
-    return lay.names.as_of_batch
+def as_of_batch_function(layout: DatasetLayout) -> str:
+    return layout.names.as_of_batch
 
 
 def stream_key(store: Store, dataset: str) -> str:
@@ -49,33 +48,34 @@ def stream_key(store: Store, dataset: str) -> str:
     return Stream(store.name, dataset if store.consistency == "single_dataset" else None).key
 
 
-def check_names(lay: DatasetLayout) -> None:
-    for name in (history_view(lay), as_of_batch_function(lay)):
-        if len(name) > layout.MAX_IDENT:
+def check_names(layout: DatasetLayout) -> None:
+    for name in (history_view(layout), as_of_batch_function(layout)):
+        if len(name) > MAX_IDENT:
             raise DataSurfaceError(
-                f"store {lay.store!r} dataset {lay.dataset.name!r}: the name {name!r} is longer than PostgreSQL's "
-                f"{layout.MAX_IDENT} characters; use shorter store or dataset names")
+                f"store {layout.store!r} dataset {layout.dataset.name!r}: the name {name!r} is longer than "
+                f"PostgreSQL's "
+                f"{MAX_IDENT} characters; use shorter store or dataset names")
 
 
-def relations(lay: DatasetLayout) -> list[str]:
-    return [f'"{lay.schema}"."{history_view(lay)}"'] if lay.mode == layout.FORENSIC else []
+def relations(layout: DatasetLayout) -> list[str]:
+    return [f'"{layout.schema}"."{history_view(layout)}"'] if layout.mode == FORENSIC else []
 
 
 def _open_end() -> sql.Composable:
     return sql.Literal(OPEN_END)
 
 
-def history_columns(lay: DatasetLayout, stream: str) -> tuple[list[tuple[str, sql.Composable]], sql.Composable]:
+def history_columns(layout: DatasetLayout, stream: str) -> tuple[list[tuple[str, sql.Composable]], sql.Composable]:
     """The history view's (name, expression) columns and its FROM clause, over the forensic table."""
-    t = lay.qualified(lay.table)
-    ledger = lay.qualified("ds_batches")
+    t = layout.qualified(layout.table)
+    ledger = layout.qualified("ds_batches")
     same_key = sql.SQL(" AND ").join(
-        sql.SQL("{} = {}").format(sql.Identifier("n", k), sql.Identifier("t", k)) for k in lay.key)
+        sql.SQL("{} = {}").format(sql.Identifier("n", k), sql.Identifier("t", k)) for k in layout.key)
     ended_by = sql.SQL(
         "CASE WHEN t.ds_batch_out = {end} THEN NULL::text "
         "WHEN EXISTS (SELECT 1 FROM {t} n WHERE {same_key} AND n.ds_batch_in = t.ds_batch_out) THEN 'update'::text "
         "ELSE 'delete'::text END").format(end=_open_end(), t=t, same_key=same_key)
-    columns: list[tuple[str, sql.Composable]] = [(c, sql.Identifier("t", c)) for c in lay.columns]
+    columns: list[tuple[str, sql.Composable]] = [(c, sql.Identifier("t", c)) for c in layout.columns]
     columns += [
         ("ds_batch_in", sql.SQL("t.ds_batch_in")),
         ("ds_batch_out", sql.SQL("NULLIF(t.ds_batch_out, {})").format(_open_end())),
@@ -94,27 +94,27 @@ def _select(columns: list[str], alias: str) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(alias, c) for c in columns)
 
 
-def ensure(conn: PgConnection, lay: DatasetLayout, store: Store) -> bool:
+def ensure(conn: PgConnection, layout: DatasetLayout, store: Store) -> bool:
     """Create or evolve the dataset's history view and as-of functions (the caller's transaction;
     after its `_current` view). True if anything changed."""
-    if lay.mode != layout.FORENSIC:
+    if layout.mode != FORENSIC:
         return False
-    check_names(lay)
-    stream = stream_key(store, lay.dataset.name)
-    columns, rest = history_columns(lay, stream)
-    changed = objects.ensure_view(conn, lay.schema, history_view(lay), columns, rest)
-    cols = objects.view_columns(conn, lay.schema, lay.view)  # the result's columns: the _current view's order
-    returns = lay.qualified(lay.view)
-    t, ledger = lay.qualified(lay.table), lay.qualified("ds_batches")
+    check_names(layout)
+    stream = stream_key(store, layout.dataset.name)
+    columns, rest = history_columns(layout, stream)
+    changed = objects.ensure_view(conn, layout.schema, history_view(layout), columns, rest)
+    cols = objects.view_columns(conn, layout.schema, layout.view)  # the result's columns: the _current view's order
+    returns = layout.qualified(layout.view)
+    t, ledger = layout.qualified(layout.table), layout.qualified("ds_batches")
     body = sql.SQL("SELECT {cols} FROM {t} t WHERE t.ds_batch_out > $1 AND t.ds_batch_in <= $1 AND EXISTS "
                    "(SELECT 1 FROM {l} b WHERE b.stream = {s} AND b.batch_id = $1 AND b.status = 'committed')"
                    ).format(cols=_select(cols, "t"), t=t, l=ledger, s=sql.Literal(stream))
-    changed |= objects.ensure_function(conn, lay.schema, as_of_batch_function(lay), ("batch", "integer"), returns,
+    changed |= objects.ensure_function(conn, layout.schema, as_of_batch_function(layout), ("batch", "integer"), returns,
                                        body, public=True)
     latest = sql.SQL("(SELECT max(b.batch_id) FROM {l} b WHERE b.stream = {s} AND b.status = 'committed' "
                      "AND b.snapshot_at <= $1)").format(l=ledger, s=sql.Literal(stream))
     body = sql.SQL("SELECT {cols} FROM {t} t WHERE t.ds_batch_out > {b} AND t.ds_batch_in <= {b}").format(
         cols=_select(cols, "t"), t=t, b=latest)
-    changed |= objects.ensure_function(conn, lay.schema, as_of_function(lay), ("at", "timestamptz"), returns, body,
-                                       public=True)
+    changed |= objects.ensure_function(conn, layout.schema, as_of_function(layout), ("at", "timestamptz"), returns,
+                                       body, public=True)
     return changed

@@ -26,8 +26,7 @@ from psycopg2 import sql
 
 from datasurface.db import PgConnection
 from datasurface.errors import DataSurfaceError
-from datasurface.merge import layout
-from datasurface.merge.layout import DatasetLayout
+from datasurface.merge.layout import FORENSIC, DatasetLayout
 from datasurface.model import Model, Store, Workspace
 
 from . import history, objects
@@ -44,14 +43,14 @@ def schema_mark(platform_schema: str) -> str:
 
 
 def of_platform(model: Model, platform_schema: str) -> list[Workspace]:
-    return [ws for ws in model.workspaces if ws.platform.lower() == platform_schema]
+    return [workspace for workspace in model.workspaces if workspace.platform.lower() == platform_schema]
 
 
 class Target(NamedTuple):
     """One workspace on this platform, with the layouts of its datasets."""
 
     workspace: Workspace
-    lays: tuple[DatasetLayout, ...]
+    layouts: tuple[DatasetLayout, ...]
     stores: tuple[Store, ...]
 
     @property
@@ -59,22 +58,23 @@ class Target(NamedTuple):
         return self.workspace.schema
 
 
-def targets(model: Model, platform_schema: str, lays: list[DatasetLayout], stores: Iterable[Store]) -> list[Target]:
+def targets(model: Model, platform_schema: str, layouts: list[DatasetLayout], stores: Iterable[Store]) -> list[Target]:
     """The platform's workspaces; a workspace listing a store this setup does not cover is an error."""
-    by_key = {(lay.store, lay.dataset.name): lay for lay in lays}
+    by_key = {(layout.store, layout.dataset.name): layout for layout in layouts}
     chosen = {s.name: s for s in stores}
     result = []
-    for i, ws in enumerate(model.workspaces):
-        if ws.platform.lower() != platform_schema:
+    for i, workspace in enumerate(model.workspaces):
+        if workspace.platform.lower() != platform_schema:
             continue
-        for j, item in enumerate(ws.datasets):
+        for j, item in enumerate(workspace.datasets):
             if item.store not in chosen:
                 raise DataSurfaceError(
-                    f"workspace {ws.name} (workspaces[{i}].datasets[{j}]) lists store {item.store}, which platform "
-                    f"{ws.platform} does not ingest (its stores here: {', '.join(chosen) or 'none'}); add the store "
-                    f"to the platform or remove it from the workspace")
-        ws_lays = tuple(by_key[(d.store, d.dataset)] for d in ws.datasets)
-        result.append(Target(ws, ws_lays, tuple(chosen[n] for n in dict.fromkeys(d.store for d in ws.datasets))))
+                    f"workspace {workspace.name} (workspaces[{i}].datasets[{j}]) lists store {item.store}, which "
+                    f"platform {workspace.platform} does not ingest (its stores here: {', '.join(chosen) or 'none'}); "
+                    f"add the store to the platform or remove it from the workspace")
+        workspace_layouts = tuple(by_key[(d.store, d.dataset)] for d in workspace.datasets)
+        stores = tuple(chosen[name] for name in dict.fromkeys(d.store for d in workspace.datasets))
+        result.append(Target(workspace, workspace_layouts, stores))
     return result
 
 
@@ -93,46 +93,46 @@ def relations(wanted: list[Target]) -> list[str]:
     names = []
     for t in wanted:
         names.append(f'"{t.schema}"."{BATCHES}"')
-        for lay in t.lays:
-            names.append(f'"{t.schema}"."{lay.table}"')
-            if lay.mode == layout.FORENSIC:
-                names.append(f'"{t.schema}"."{history.history_view(lay)}"')
+        for layout in t.layouts:
+            names.append(f'"{t.schema}"."{layout.table}"')
+            if layout.mode == FORENSIC:
+                names.append(f'"{t.schema}"."{history.history_view(layout)}"')
     return names
 
 
 # --- the objects of one workspace -------------------------------------------------------------------------
 
-def _batches_view(conn: PgConnection, t: Target, platform_schema: str) -> bool:
+def _batches_view(conn: PgConnection, target: Target, platform_schema: str) -> bool:
     per_store = []
-    for store in t.stores:
-        listed = [d.dataset for d in t.workspace.datasets if d.store == store.name]
+    for store in target.stores:
+        listed = [d.dataset for d in target.workspace.datasets if d.store == store.name]
         per_store.append(sql.SQL("(b.store = {} AND (b.dataset IS NULL OR b.dataset IN ({})))").format(
             sql.Literal(store.name), sql.SQL(", ").join(sql.Literal(d) for d in listed)))
     rest = sql.SQL("FROM {} b WHERE b.status = 'committed' AND ({})").format(
         sql.Identifier(platform_schema, "ds_batches"), sql.SQL(" OR ").join(per_store))
-    return objects.ensure_view(conn, t.schema, BATCHES, [(c, sql.Identifier("b", c)) for c in BATCH_COLUMNS], rest,
+    return objects.ensure_view(conn, target.schema, BATCHES, [(c, sql.Identifier("b", c)) for c in BATCH_COLUMNS], rest,
                                barrier=True)
 
 
-def _dataset_objects(conn: PgConnection, schema: str, lay: DatasetLayout, store: Store,
+def _dataset_objects(conn: PgConnection, schema: str, layout: DatasetLayout, store: Store,
                      only: set[tuple[str, str]] | None = None) -> bool:
     """The dataset's view(s) and function in a workspace schema. `only`: evolve just these existing ones."""
     changed = False
-    current = lay.table
+    current = layout.table
     if only is None or ("view", current) in only:
-        cols = objects.view_columns(conn, lay.schema, lay.view)
+        cols = objects.view_columns(conn, layout.schema, layout.view)
         changed |= objects.ensure_view(conn, schema, current, [(c, sql.Identifier("c", c)) for c in cols],
-                                       sql.SQL("FROM {} c").format(lay.qualified(lay.view)), barrier=True)
-    if lay.mode != layout.FORENSIC:
+                                       sql.SQL("FROM {} c").format(layout.qualified(layout.view)), barrier=True)
+    if layout.mode != FORENSIC:
         return changed
-    hist = history.history_view(lay)
+    hist = history.history_view(layout)
     if only is None or ("view", hist) in only:
-        cols = objects.view_columns(conn, lay.schema, hist)
+        cols = objects.view_columns(conn, layout.schema, hist)
         changed |= objects.ensure_view(conn, schema, hist, [(c, sql.Identifier("h", c)) for c in cols],
-                                       sql.SQL("FROM {} h").format(lay.qualified(hist)), barrier=True)
-    fn = history.as_of_function(lay)
-    if only is None or ("function", fn) in only:
-        dataset = lay.dataset.name if store.consistency == "single_dataset" else None
+                                       sql.SQL("FROM {} h").format(layout.qualified(hist)), barrier=True)
+    function = history.as_of_function(layout)
+    if only is None or ("function", function) in only:
+        dataset = layout.dataset.name if store.consistency == "single_dataset" else None
         same_stream = sql.SQL("b.dataset IS NULL") if dataset is None else sql.SQL("b.dataset = {}").format(
             sql.Literal(dataset))
         latest = sql.SQL("(SELECT max(b.batch_id) FROM {} b WHERE b.store = {} AND {} AND b.snapshot_at <= $1)"
@@ -141,17 +141,17 @@ def _dataset_objects(conn: PgConnection, schema: str, lay: DatasetLayout, store:
         body = sql.SQL("SELECT {cols} FROM {h} h WHERE h.ds_batch_in <= {b} AND (h.ds_batch_out IS NULL OR "
                        "h.ds_batch_out > {b})").format(
             cols=sql.SQL(", ").join(sql.Identifier("h", c) for c in cols), h=sql.Identifier(schema, hist), b=latest)
-        changed |= objects.ensure_function(conn, schema, fn, ("at", "timestamptz"), sql.Identifier(schema, current),
-                                           body)
+        changed |= objects.ensure_function(conn, schema, function, ("at", "timestamptz"),
+                                           sql.Identifier(schema, current), body)
     return changed
 
 
-def _wanted_names(t: Target) -> set[tuple[str, str]]:
+def _wanted_names(target: Target) -> set[tuple[str, str]]:
     names = {("view", BATCHES)}
-    for lay in t.lays:
-        names.add(("view", lay.table))
-        if lay.mode == layout.FORENSIC:
-            names |= {("view", history.history_view(lay)), ("function", history.as_of_function(lay))}
+    for layout in target.layouts:
+        names.add(("view", layout.table))
+        if layout.mode == FORENSIC:
+            names |= {("view", history.history_view(layout)), ("function", history.as_of_function(layout))}
     return names
 
 
@@ -242,12 +242,12 @@ def reconcile(conn: PgConnection, model: Model, platform_schema: str, wanted: li
                     sql.Identifier(t.schema), sql.Literal(schema_mark(platform_schema))))
         stores = {s.name: s for s in t.stores}
         _batches_view(conn, t, platform_schema)
-        for lay in t.lays:
-            _dataset_objects(conn, t.schema, lay, stores[lay.store])
+        for layout in t.layouts:
+            _dataset_objects(conn, t.schema, layout, stores[layout.store])
         keep = _wanted_names(t)
         _drop(conn, t.schema, [o for k, o in objects.owned(conn, t.schema).items() if k not in keep])
         _grants(conn, t.schema, t.workspace.role)
-        lines.append(f"{t.schema}: workspace {t.workspace.name}, {len(t.lays)} dataset(s), role {t.workspace.role}")
+        lines.append(f"{t.schema}: workspace {t.workspace.name}, {len(t.layouts)} dataset(s), role {t.workspace.role}")
     lines += _remove_others(conn, platform_schema, {t.schema for t in wanted})
     return lines
 
@@ -278,16 +278,16 @@ def _remove_others(conn: PgConnection, platform_schema: str, keep: set[str]) -> 
     return lines
 
 
-def evolve(conn: PgConnection, model: Model, platform_schema: str, store: Store, lays: list[DatasetLayout]) -> bool:
+def evolve(conn: PgConnection, model: Model, platform_schema: str, store: Store, layouts: list[DatasetLayout]) -> bool:
     """merge: the existing workspace objects of these datasets follow the platform's views (an added column
     appears in them). Creates nothing new and grants nothing: that is setup's."""
     changed = False
-    for ws in of_platform(model, platform_schema):
-        exists, comment = _schema_comment(conn, ws.schema)
+    for workspace in of_platform(model, platform_schema):
+        exists, comment = _schema_comment(conn, workspace.schema)
         if not exists or comment != schema_mark(platform_schema):
             continue
-        mine = set(objects.owned(conn, ws.schema))
-        for lay in lays:
-            if any(d.store == store.name and d.dataset == lay.dataset.name for d in ws.datasets):
-                changed |= _dataset_objects(conn, ws.schema, lay, store, only=mine)
+        mine = set(objects.owned(conn, workspace.schema))
+        for layout in layouts:
+            if any(d.store == store.name and d.dataset == layout.dataset.name for d in workspace.datasets):
+                changed |= _dataset_objects(conn, workspace.schema, layout, store, only=mine)
     return changed

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Protocol, assert_never
 
 from psycopg2 import Error as PgError
 
@@ -20,7 +20,6 @@ from datasurface.db import PgConnection
 from datasurface.errors import DatabaseError
 from datasurface.merge.layout import DatasetLayout
 from datasurface.model import Dataset, Store
-from datasurface.model.validate import SOURCE_TYPES  # the one list: the model accepts no other source type
 from datasurface.sessions import Ahead, SessionLimits
 
 
@@ -39,7 +38,7 @@ class SourceSession(Protocol):
     def begin_snapshot(self) -> datetime.datetime:
         """Start the one consistent snapshot every dataset of the batch is read in; its time (§5)."""
 
-    def copy_dataset(self, merge: PgConnection, lay: DatasetLayout, load_batch: int | None = None) -> int:
+    def copy_dataset(self, merge: PgConnection, layout: DatasetLayout, load_batch: int | None = None) -> int:
         """Stream one dataset of the snapshot into its fresh staging table, or, with `load_batch`, straight
         into its merge table as that batch's rows (a first load: the table has no current rows); the number
         of rows."""
@@ -55,32 +54,41 @@ def open_source(store: Store, role: str, run_id: str | None = None, limits: Sess
                 ahead: Ahead | None = None) -> AbstractContextManager[SourceSession]:
     """A session on the store's source; `role` names the connection (e.g. its application_name). `ahead`:
     where `open_ahead` may have started opening it."""
-    if store.source.type == "mysql":
+    kind = store.source.type
+    if kind == "postgres":
+        from datasurface.ingest import postgres
+
+        return postgres.open_source(store, role, run_id, limits, ahead)
+    if kind == "mysql":
         from datasurface.ingest import mysql
 
         return mysql.open_source(store, role, run_id, limits)
-    from datasurface.ingest import postgres
-
-    return postgres.open_source(store, role, run_id, limits, ahead)
+    assert_never(kind)
 
 
 def open_ahead(store: Store, role: str, run_id: str, limits: SessionLimits, ahead: Ahead) -> None:
     """Start opening the session `open_source` will open, while the run does other work: a PostgreSQL
     source's (a MySQL source's engine connects when `open_source` needs it)."""
-    if store.source.type == "postgres":
+    kind = store.source.type
+    if kind == "postgres":
         from datasurface.ingest import postgres
 
         postgres.open_ahead(store, role, run_id, limits, ahead)
+    elif kind != "mysql":
+        assert_never(kind)
 
 
 def describe(store: Store) -> str:
-    if store.source.type == "mysql":
+    kind = store.source.type
+    if kind == "postgres":
+        from datasurface.ingest import postgres
+
+        return postgres.describe(store)
+    if kind == "mysql":
         from datasurface.ingest import mysql
 
         return mysql.describe(store)
-    from datasurface.ingest import postgres
-
-    return postgres.describe(store)
+    assert_never(kind)
 
 
-__all__ = ["SOURCE_TYPES", "SourceSession", "describe", "open_ahead", "open_source"]
+__all__ = ["SourceSession", "describe", "open_ahead", "open_source"]

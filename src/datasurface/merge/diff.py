@@ -32,24 +32,24 @@ from datasurface.merge.staging import duplicate_keys
 DIFF_TABLE = sql.Identifier("pg_temp", "ds_diff")
 
 
-def key_match(lay: DatasetLayout, left: str, right: str) -> sql.Composable:
+def key_match(layout: DatasetLayout, left: str, right: str) -> sql.Composable:
     return sql.SQL(" AND ").join(
-        sql.SQL("{} = {}").format(sql.Identifier(left, k), sql.Identifier(right, k)) for k in lay.key
+        sql.SQL("{} = {}").format(sql.Identifier(left, k), sql.Identifier(right, k)) for k in layout.key
     )
 
 
-def current_rows(lay: DatasetLayout) -> sql.Composable:
+def current_rows(layout: DatasetLayout) -> sql.Composable:
     """The current versions: the whole live table, or the open versions of the forensic one."""
-    if lay.mode == LIVE:
-        return lay.qualified(lay.table)
+    if layout.mode == LIVE:
+        return layout.qualified(layout.table)
     return sql.SQL("(SELECT * FROM {} WHERE ds_batch_out = {})").format(
-        lay.qualified(lay.table), sql.Literal(OPEN_END))
+        layout.qualified(layout.table), sql.Literal(OPEN_END))
 
 
 _BY_TEXT = frozenset({"real", "double precision", "jsonb", "json", "interval"})
 
 
-def compared(lay: DatasetLayout, alias: str) -> sql.Composable:
+def compared(layout: DatasetLayout, alias: str) -> sql.Composable:
     """The non-key values as the diff compares them: as consumers see them, not only as `=` does.
 
     `=` calls 1.0 and 1.00 (numeric), 0 and -0 (floats) and {"x": 1.0} and {"x": 1.00} (jsonb) equal,
@@ -65,7 +65,7 @@ def compared(lay: DatasetLayout, alias: str) -> sql.Composable:
     phantom updates. See docs/concepts.md, "What counts as a change".
     """
     parts: list[sql.Composable] = []
-    for col in lay.dataset.non_key_columns:
+    for col in layout.dataset.non_key_columns:
         ref = sql.Identifier(alias, col.name)
         if col.type == "numeric":
             parts += [ref, sql.SQL("scale({})").format(ref)]
@@ -86,85 +86,87 @@ def materialize_diff(conn: PgConnection, query: sql.Composable) -> dict[str, int
         return {row[0]: int(row[1]) for row in cur.fetchall()}
 
 
-def current_count(conn: PgConnection, lay: DatasetLayout) -> int:
+def current_count(conn: PgConnection, layout: DatasetLayout) -> int:
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT count(*) FROM {} t").format(current_rows(lay)))
+        cur.execute(sql.SQL("SELECT count(*) FROM {} t").format(current_rows(layout)))
         return int(cur.fetchone()[0])  # type: ignore[index]
 
 
-def compute_diff(conn: PgConnection, lay: DatasetLayout, snapshot_rows: int, current_hint: int | None = None) -> Counts:
+def compute_diff(conn: PgConnection, layout: DatasetLayout, snapshot_rows: int,
+                 current_hint: int | None = None) -> Counts:
     """`current_hint`: the current row count as the ledger knows it (the last committed batch's total),
     which spares counting the current rows; they are counted only when the identity does not hold."""
-    first_key = sql.Identifier("t", lay.key[0])
+    first_key = sql.Identifier("t", layout.key[0])
     op = sql.SQL("CASE WHEN {tk} IS NULL THEN 'I' WHEN {sk} IS NULL THEN 'D' ELSE 'U' END").format(
-        tk=first_key, sk=sql.Identifier("s", lay.key[0]))
+        tk=first_key, sk=sql.Identifier("s", layout.key[0]))
     keys = sql.SQL(", ").join(
         sql.SQL("COALESCE({}, {}) AS {}").format(sql.Identifier("s", k), sql.Identifier("t", k), sql.Identifier(k))
-        for k in lay.key
+        for k in layout.key
     )
-    changed: sql.Composable = sql.SQL("{} IS NULL OR {} IS NULL").format(first_key, sql.Identifier("s", lay.key[0]))
+    changed: sql.Composable = sql.SQL("{} IS NULL OR {} IS NULL").format(first_key, sql.Identifier("s", layout.key[0]))
     select_values: sql.Composable = sql.SQL("")
-    if lay.values:
+    if layout.values:
         changed = changed + sql.SQL(" OR ROW({}) IS DISTINCT FROM ROW({})").format(
-            compared(lay, "s"), compared(lay, "t"))
-        select_values = sql.SQL(", ") + idents(lay.values, "s")
+            compared(layout, "s"), compared(layout, "t"))
+        select_values = sql.SQL(", ") + idents(layout.values, "s")
     query = sql.SQL(
         "CREATE TEMP TABLE {diff} ON COMMIT DROP AS "
         "SELECT {op} AS _ds_op, {keys}{values} FROM {staging} s FULL JOIN {current} t ON {match} WHERE {changed}"
     ).format(
         diff=DIFF_TABLE, op=op, keys=keys, values=select_values,
-        staging=lay.qualified(lay.staging), current=current_rows(lay), match=key_match(lay, "s", "t"),
+        staging=layout.qualified(layout.staging), current=current_rows(layout), match=key_match(layout, "s", "t"),
         changed=changed,
     )
     by_op = materialize_diff(conn, query)
     counts = Counts(total=snapshot_rows, inserted=by_op.get("I", 0), updated=by_op.get("U", 0),
                     deleted=by_op.get("D", 0))
     if current_hint is None or snapshot_rows != current_hint - counts.deleted + counts.inserted:
-        if snapshot_rows != current_count(conn, lay) - counts.deleted + counts.inserted:
-            raise duplicate_keys(conn, lay)
+        if snapshot_rows != current_count(conn, layout) - counts.deleted + counts.inserted:
+            raise duplicate_keys(conn, layout)
     return counts
 
 
-def compute_change_diff(conn: PgConnection, lay: DatasetLayout, truncated: bool, current_hint: int | None) -> Counts:
+def compute_change_diff(conn: PgConnection, layout: DatasetLayout, truncated: bool, current_hint: int | None) -> Counts:
     """The diff of a change batch: `pg_temp.ds_net` (merge/changes.py: the last change of each changed key)
     against the current rows, compared as a snapshot's rows are; keys without a change keep their rows, unless
     the batch truncated the table. The total follows from the last one: current - deleted + inserted."""
-    first_key = sql.Identifier("t", lay.key[0])
+    first_key = sql.Identifier("t", layout.key[0])
     net = sql.Identifier("pg_temp", "ds_net")
     present = sql.SQL("s._ds_op <> 'D'")
     changed: sql.Composable = sql.SQL("{} IS NULL").format(first_key)
-    if lay.values:
+    if layout.values:
         changed = changed + sql.SQL(" OR ROW({}) IS DISTINCT FROM ROW({})").format(
-            compared(lay, "s"), compared(lay, "t"))
-    values = sql.SQL(", ") + idents(lay.values, "s") if lay.values else sql.SQL("")
+            compared(layout, "s"), compared(layout, "t"))
+    values = sql.SQL(", ") + idents(layout.values, "s") if layout.values else sql.SQL("")
     query = sql.SQL(
         "CREATE TEMP TABLE {diff} ON COMMIT DROP AS "
         "SELECT CASE WHEN NOT ({present}) THEN 'D' WHEN {tk} IS NULL THEN 'I' ELSE 'U' END AS _ds_op, {keys}{values} "
         "FROM {net} s LEFT JOIN {current} t ON {match} "
         "WHERE CASE WHEN {present} THEN {changed} ELSE {tk} IS NOT NULL END"
-    ).format(diff=DIFF_TABLE, present=present, tk=first_key, keys=idents(lay.key, "s"), values=values, net=net,
-             current=current_rows(lay), match=key_match(lay, "s", "t"), changed=changed)
+    ).format(diff=DIFF_TABLE, present=present, tk=first_key, keys=idents(layout.key, "s"), values=values, net=net,
+             current=current_rows(layout), match=key_match(layout, "s", "t"), changed=changed)
     if truncated:  # every current key the batch did not write again is gone
-        nulls = sql.SQL("").join(sql.SQL(", NULL") for _ in lay.values)
+        nulls = sql.SQL("").join(sql.SQL(", NULL") for _ in layout.values)
         query = query + sql.SQL(" UNION ALL SELECT 'D', {keys}{nulls} FROM {current} t WHERE NOT EXISTS "
                                 "(SELECT FROM {net} s WHERE {match})").format(
-            keys=idents(lay.key, "t"), nulls=nulls, current=current_rows(lay), net=net, match=key_match(lay, "s", "t"))
+            keys=idents(layout.key, "t"), nulls=nulls, current=current_rows(layout), net=net,
+            match=key_match(layout, "s", "t"))
     by_op = materialize_diff(conn, query)
     if current_hint is None:
-        current_hint = current_count(conn, lay)
+        current_hint = current_count(conn, layout)
     inserted, deleted = by_op.get("I", 0), by_op.get("D", 0)
     return Counts(total=current_hint - deleted + inserted, inserted=inserted, updated=by_op.get("U", 0),
                   deleted=deleted)
 
 
 @contextmanager
-def duplicates_refused(lay: DatasetLayout) -> Iterator[None]:
+def duplicates_refused(layout: DatasetLayout) -> Iterator[None]:
     """Around the INSERT of new keys: a unique violation there means the snapshot repeats a new key."""
     try:
         yield
     except psycopg2.errors.UniqueViolation as exc:
         detail = getattr(exc.diag, "message_detail", None) or first_line(exc)
-        raise SnapshotError(f"snapshot of {lay.dataset.table} (dataset {lay.dataset.name}) has duplicate "
+        raise SnapshotError(f"snapshot of {layout.dataset.table} (dataset {layout.dataset.name}) has duplicate "
                             f"primary keys: {detail}") from exc
 
 
@@ -188,7 +190,7 @@ def keyed_apply(conn: PgConnection) -> Iterator[None]:
         cur.execute("SET LOCAL random_page_cost TO DEFAULT")
 
 
-def refresh_stats(conn: PgConnection, lay: DatasetLayout, counts: Counts) -> None:
+def refresh_stats(conn: PgConnection, layout: DatasetLayout, counts: Counts) -> None:
     """ANALYZE the merge table when its number of current rows moved by more than autovacuum's threshold
     (50 rows + 10%), so the next batch's diff and apply are planned with its real size (e.g. after the
     first load, planned for ~3k rows instead of 1M without it). A batch that changes many rows but
@@ -197,21 +199,21 @@ def refresh_stats(conn: PgConnection, lay: DatasetLayout, counts: Counts) -> Non
     before = counts.total - counts.inserted + counts.deleted
     if abs(counts.inserted - counts.deleted) > 50 + before // 10:
         with conn.cursor() as cur:
-            cur.execute(sql.SQL("ANALYZE {}").format(lay.qualified(lay.table)))
+            cur.execute(sql.SQL("ANALYZE {}").format(layout.qualified(layout.table)))
 
 
-def no_current_rows(conn: PgConnection, lay: DatasetLayout) -> bool:
+def no_current_rows(conn: PgConnection, layout: DatasetLayout) -> bool:
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM {} t)").format(current_rows(lay)))
+        cur.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM {} t)").format(current_rows(layout)))
         return bool(cur.fetchone()[0])  # type: ignore[index]
 
 
-def loaded(conn: PgConnection, lay: DatasetLayout, rows: int) -> Counts:
+def loaded(conn: PgConnection, layout: DatasetLayout, rows: int) -> Counts:
     """The counts of a batch that inserted its whole snapshot of `rows` into a table without current rows
     (its secondary indexes built if it had none yet, its statistics refreshed: the table grew from nothing)."""
-    complete_indexes(conn, lay, loaded=True)
+    complete_indexes(conn, layout, loaded=True)
     counts = Counts(total=rows, inserted=rows, updated=0, deleted=0)
-    refresh_stats(conn, lay, counts)
+    refresh_stats(conn, layout, counts)
     return counts
 
 
@@ -219,35 +221,35 @@ class DiffMerge:
     """Diff the staged snapshot against the current rows, then write the changes: first what the diff
     retires (deleted keys, old values), then what it adds (new keys, new values). Each mode says how."""
 
-    def __init__(self, conn: PgConnection, lay: DatasetLayout):
+    def __init__(self, conn: PgConnection, layout: DatasetLayout):
         self.conn = conn
-        self.lay = lay
-        self.target = lay.qualified(lay.table)
+        self.layout = layout
+        self.target = layout.qualified(layout.table)
 
     def apply(self, batch_id: int, snapshot_rows: int, current_hint: int | None = None) -> Counts:
-        if current_hint == 0 and no_current_rows(self.conn, self.lay):
+        if current_hint == 0 and no_current_rows(self.conn, self.layout):
             return self.load(batch_id, snapshot_rows)
-        counts = compute_diff(self.conn, self.lay, snapshot_rows, current_hint)
-        killpoint(f"merge:{self.lay.dataset.name}:diffed")
+        counts = compute_diff(self.conn, self.layout, snapshot_rows, current_hint)
+        killpoint(f"merge:{self.layout.dataset.name}:diffed")
         with keyed_apply(self.conn), self.conn.cursor() as cur:
             self.retire(cur, counts, batch_id)
-            killpoint(f"merge:{self.lay.dataset.name}:changed")
-            with duplicates_refused(self.lay):
+            killpoint(f"merge:{self.layout.dataset.name}:changed")
+            with duplicates_refused(self.layout):
                 self.add(cur, counts, batch_id)
-        refresh_stats(self.conn, self.lay, counts)
+        refresh_stats(self.conn, self.layout, counts)
         drop_diff(self.conn)
         return counts
 
     def apply_changes(self, batch_id: int, truncated: bool, current_hint: int | None) -> Counts:
         """A change batch's net changes (`pg_temp.ds_net`), through the same diff and writes as a snapshot."""
         with keyed_apply(self.conn):  # a few keys' current rows: through the key index, not a scan of the table
-            counts = compute_change_diff(self.conn, self.lay, truncated, current_hint)
-        killpoint(f"merge:{self.lay.dataset.name}:diffed")
+            counts = compute_change_diff(self.conn, self.layout, truncated, current_hint)
+        killpoint(f"merge:{self.layout.dataset.name}:diffed")
         with keyed_apply(self.conn), self.conn.cursor() as cur:
             self.retire(cur, counts, batch_id)
-            killpoint(f"merge:{self.lay.dataset.name}:changed")
+            killpoint(f"merge:{self.layout.dataset.name}:changed")
             self.add(cur, counts, batch_id)
-        refresh_stats(self.conn, self.lay, counts)
+        refresh_stats(self.conn, self.layout, counts)
         drop_diff(self.conn)
         return counts
 
@@ -255,29 +257,30 @@ class DiffMerge:
         """No current rows (the first batch, or one after an empty snapshot): every staged row is new, so the
         snapshot is inserted straight from staging, without a diff table that would copy all of it once more.
         A repeated key violates the merge table's unique key on the way in; the error names that key."""
-        killpoint(f"merge:{self.lay.dataset.name}:diffed")
+        killpoint(f"merge:{self.layout.dataset.name}:diffed")
         with self.conn.cursor() as cur:
-            killpoint(f"merge:{self.lay.dataset.name}:changed")
+            killpoint(f"merge:{self.layout.dataset.name}:changed")
             cur.execute("SAVEPOINT ds_load")
             try:
                 self.add_all(cur, batch_id)
             except psycopg2.errors.UniqueViolation:  # name the repeated key itself (not a forensic version's)
                 cur.execute("ROLLBACK TO SAVEPOINT ds_load")
-                raise duplicate_keys(self.conn, self.lay) from None
+                raise duplicate_keys(self.conn, self.layout) from None
             inserted = cur.rowcount
             cur.execute("RELEASE SAVEPOINT ds_load")
         if inserted != snapshot_rows:  # the staged count is the ledger's; the two can only differ by a bug
-            raise SnapshotError(f"loading {self.lay.dataset.table}: {inserted} rows inserted, {snapshot_rows} staged")
-        return loaded(self.conn, self.lay, snapshot_rows)
+            raise SnapshotError(f"loading {self.layout.dataset.table}: {inserted} rows inserted, "
+                                f"{snapshot_rows} staged")
+        return loaded(self.conn, self.layout, snapshot_rows)
 
     def add_all(self, cur: cursor, batch_id: int) -> None:
         """Insert every staged row as of `batch_id`."""
-        self._insert(cur, batch_id, self.lay.qualified(self.lay.staging))
+        self._insert(cur, batch_id, self.layout.qualified(self.layout.staging))
 
     def _insert(self, cur: cursor, batch_id: int, rows: sql.Composable) -> None:
         """Insert `rows` (the model's columns) as rows `batch_id` adds: with the mode's batch columns."""
-        cols = idents(self.lay.columns)
-        names, values = zip(*self.lay.batch_values(batch_id), strict=True)
+        cols = idents(self.layout.columns)
+        names, values = zip(*self.layout.batch_values(batch_id), strict=True)
         cur.execute(sql.SQL("INSERT INTO {} ({}, {}) SELECT {}, {} FROM {}").format(
             self.target, cols, idents(names), cols, sql.SQL(", ").join(sql.Literal(v) for v in values), rows))
 

@@ -17,7 +17,7 @@ class ForensicMerge(DiffMerge):
     def retire(self, cur: cursor, counts: Counts, batch_id: int) -> None:
         if counts.updated or counts.deleted:
             cur.execute(sql.SQL("UPDATE {} t SET ds_batch_out = {} FROM {} WHERE {} AND t.ds_batch_out = {}").format(
-                self.target, sql.Literal(batch_id), diff_rows(("U", "D")), key_match(self.lay, "t", "d"),
+                self.target, sql.Literal(batch_id), diff_rows(("U", "D")), key_match(self.layout, "t", "d"),
                 sql.Literal(OPEN_END)))
 
     def add(self, cur: cursor, counts: Counts, batch_id: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 from psycopg2 import sql
 from psycopg2.extensions import cursor
@@ -21,8 +21,11 @@ from datasurface.model import Dataset, Store
 from datasurface.model.names import DatasetNames, dataset_names
 from datasurface.pgtypes import same_type
 
-LIVE, FORENSIC = "live", "forensic"
-MODES = (LIVE, FORENSIC)
+# a platform keeps the current rows only (live), or every version with the batches it was current in
+Mode = Literal["live", "forensic"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+LIVE: Mode = "live"
+FORENSIC: Mode = "forensic"
 OPEN_END = 2147483647  # ds_batch_out of a current forensic version
 MAX_IDENT = 63
 _PLATFORM_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -44,10 +47,11 @@ def platform_schema(platform: str) -> str:
     return platform.lower()
 
 
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise DataSurfaceError(f"invalid mode {mode!r}: expected one of {', '.join(MODES)}")
-    return mode
+def check_mode(mode: str) -> Mode:
+    for known in MODES:
+        if mode == known:
+            return known
+    raise DataSurfaceError(f"invalid mode {mode!r}: expected one of {', '.join(MODES)}")
 
 
 def staging_name(table: str) -> str:
@@ -62,7 +66,7 @@ class DatasetLayout(NamedTuple):
     schema: str
     store: str
     dataset: Dataset
-    mode: str
+    mode: Mode
 
     @property
     def names(self) -> DatasetNames:
@@ -112,55 +116,55 @@ class DatasetLayout(NamedTuple):
             )
 
 
-def layouts(schema: str, store: Store, mode: str) -> list[DatasetLayout]:
+def dataset_layouts(schema: str, store: Store, mode: Mode) -> list[DatasetLayout]:
     result = [DatasetLayout(schema, store.name, d, mode) for d in store.datasets]
-    for lay in result:
-        lay.check_names()
+    for layout in result:
+        layout.check_names()
     return result
 
 
-def column_defs(lay: DatasetLayout) -> list[sql.Composable]:
+def column_defs(layout: DatasetLayout) -> list[sql.Composable]:
     """The model's columns; key columns and `nullable: false` ones are NOT NULL (staging tables too, so
     a snapshot with a NULL there is refused while it is copied)."""
     defs: list[sql.Composable] = []
-    for c in lay.dataset.columns:
-        not_null = " NOT NULL" if c.name in lay.key or not c.nullable else ""
+    for c in layout.dataset.columns:
+        not_null = " NOT NULL" if c.name in layout.key or not c.nullable else ""
         defs.append(sql.SQL("{} {}" + not_null).format(sql.Identifier(c.name), sql.SQL(c.type)))
     return defs
 
 
-def create_table(cur: cursor, lay: DatasetLayout) -> None:
-    defs = column_defs(lay)
-    t = lay.qualified(lay.table)
-    if lay.mode == LIVE:
+def create_table(cur: cursor, layout: DatasetLayout) -> None:
+    defs = column_defs(layout)
+    t = layout.qualified(layout.table)
+    if layout.mode == LIVE:
         defs.append(sql.SQL("ds_batch_id integer NOT NULL"))
         defs.append(sql.SQL("CONSTRAINT {} PRIMARY KEY ({})").format(
-            sql.Identifier(lay.names.primary_key_index), idents(lay.key)))
+            sql.Identifier(layout.names.primary_key_index), idents(layout.key)))
         cur.execute(sql.SQL("CREATE TABLE {} ({})").format(t, sql.SQL(", ").join(defs)))
     else:
         defs.append(sql.SQL("ds_batch_in integer NOT NULL"))
         defs.append(sql.SQL("ds_batch_out integer NOT NULL DEFAULT {}").format(sql.Literal(OPEN_END)))
         defs.append(sql.SQL("CONSTRAINT {} PRIMARY KEY ({}, ds_batch_in)").format(
-            sql.Identifier(lay.names.primary_key_index), idents(lay.key)))
+            sql.Identifier(layout.names.primary_key_index), idents(layout.key)))
         defs.append(sql.SQL("CHECK (ds_batch_in < ds_batch_out)"))
         cur.execute(sql.SQL("CREATE TABLE {} ({})").format(t, sql.SQL(", ").join(defs)))
         # its secondary indexes come with its first rows (complete_indexes)
 
 
-def secondary_indexes(lay: DatasetLayout) -> list[tuple[str, sql.Composable]]:
+def secondary_indexes(layout: DatasetLayout) -> list[tuple[str, sql.Composable]]:
     """A table's indexes besides its primary key, by name. Forensic: the unique index of current versions
     (the database itself guarantees at most one current version per key) and the as-of index on
     (ds_batch_out, ds_batch_in) (consumers/history.py reads through it)."""
-    if lay.mode != FORENSIC:
+    if layout.mode != FORENSIC:
         return []
-    t = lay.qualified(lay.table)
-    current, batch = lay.names.current_index, lay.names.batch_index
+    t = layout.qualified(layout.table)
+    current, batch = layout.names.current_index, layout.names.batch_index
     return [(current, sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) WHERE ds_batch_out = {}").format(
-                sql.Identifier(current), t, idents(lay.key), sql.Literal(OPEN_END))),
+                sql.Identifier(current), t, idents(layout.key), sql.Literal(OPEN_END))),
             (batch, sql.SQL("CREATE INDEX {} ON {} (ds_batch_out, ds_batch_in)").format(sql.Identifier(batch), t))]
 
 
-def complete_indexes(conn: PgConnection, lay: DatasetLayout, *, loaded: bool) -> bool:
+def complete_indexes(conn: PgConnection, layout: DatasetLayout, *, loaded: bool) -> bool:
     """Create the secondary indexes the table lacks (in the caller's transaction); True if it made any.
 
     A new table has its primary key only: its other indexes are built by the batch that loads its first rows,
@@ -169,7 +173,7 @@ def complete_indexes(conn: PgConnection, lay: DatasetLayout, *, loaded: bool) ->
     on its own). They need no DDL lock: the store's stream lock keeps every other run off the table, and
     building them locks out writers (none) but never readers. Before a batch (`loaded=False`) they are made
     only for a table that has rows and lacks one (it was dropped, or the table is older than the index)."""
-    wanted = {sql.Identifier(lay.schema, name).as_string(conn): create for name, create in secondary_indexes(lay)}
+    wanted = {sql.Identifier(layout.schema, name).as_string(conn): create for name, create in secondary_indexes(layout)}
     if not wanted:
         return False
     with conn.cursor() as cur:
@@ -178,7 +182,7 @@ def complete_indexes(conn: PgConnection, lay: DatasetLayout, *, loaded: bool) ->
         if not missing:
             return False
         if not loaded:
-            cur.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(lay.qualified(lay.table)))
+            cur.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(layout.qualified(layout.table)))
             if cur.fetchone()[0]:  # type: ignore[index]
                 return False  # no rows yet: the batch that loads them makes the indexes
         for name in missing:
@@ -216,11 +220,11 @@ def ensure_view(conn: PgConnection, schema: str, view: str, columns: Sequence[tu
     return True
 
 
-def ensure_current_view(conn: PgConnection, lay: DatasetLayout) -> bool:
+def ensure_current_view(conn: PgConnection, layout: DatasetLayout) -> bool:
     """`<table>_current`: the model's columns of the current rows (both modes)."""
-    where = sql.SQL("") if lay.mode == LIVE else sql.SQL(" WHERE ds_batch_out = {}").format(sql.Literal(OPEN_END))
-    return ensure_view(conn, lay.schema, lay.view, [(c, sql.Identifier(c)) for c in lay.columns],
-                       sql.SQL("FROM {}{}").format(lay.qualified(lay.table), where))
+    where = sql.SQL("") if layout.mode == LIVE else sql.SQL(" WHERE ds_batch_out = {}").format(sql.Literal(OPEN_END))
+    return ensure_view(conn, layout.schema, layout.view, [(c, sql.Identifier(c)) for c in layout.columns],
+                       sql.SQL("FROM {}{}").format(layout.qualified(layout.table), where))
 
 
 def table_columns(conn: PgConnection, schema: str, table: str) -> dict[str, str] | None:
@@ -255,25 +259,25 @@ def table_key(conn: PgConnection, schema: str, table: str) -> tuple[str, ...]:
         return tuple(r[0] for r in cur.fetchall())
 
 
-def plan_evolution(conn: PgConnection, lay: DatasetLayout) -> list[str] | None:
+def plan_evolution(conn: PgConnection, layout: DatasetLayout) -> list[str] | None:
     """None: the table does not exist yet. Otherwise the new nullable columns to add (maybe none).
 
     Raises SchemaChangeError for anything that is not additive.
     """
-    existing = table_columns(conn, lay.schema, lay.table)
+    existing = table_columns(conn, layout.schema, layout.table)
     if existing is None:
         return None
-    where = f"{lay.schema}.{lay.table}"
-    mode_cols = LIVE_COLUMNS if lay.mode == LIVE else FORENSIC_COLUMNS
-    other_cols = FORENSIC_COLUMNS if lay.mode == LIVE else LIVE_COLUMNS
+    where = f"{layout.schema}.{layout.table}"
+    mode_cols = LIVE_COLUMNS if layout.mode == LIVE else FORENSIC_COLUMNS
+    other_cols = FORENSIC_COLUMNS if layout.mode == LIVE else LIVE_COLUMNS
     if any(c in existing for c in other_cols) or not all(c in existing for c in mode_cols):
-        other = FORENSIC if lay.mode == LIVE else LIVE
+        other = FORENSIC if layout.mode == LIVE else LIVE
         raise SchemaChangeError(
-            f"{where} is a {other} table, but mode {lay.mode} was requested: a platform has one mode; "
-            f"use another platform name for {lay.mode}"
+            f"{where} is a {other} table, but mode {layout.mode} was requested: a platform has one mode; "
+            f"use another platform name for {layout.mode}"
         )
     problems = []
-    model_cols = {c.name: c for c in lay.dataset.columns}
+    model_cols = {c.name: c for c in layout.dataset.columns}
     for name, typ in existing.items():
         if name in mode_cols:
             continue
@@ -282,41 +286,41 @@ def plan_evolution(conn: PgConnection, lay: DatasetLayout) -> list[str] | None:
             problems.append(f"column {name!r} was removed from the model")
         elif not same_type(col.type, typ):
             problems.append(f"column {name!r} changed type from {typ} to {col.type}")
-    key = table_key(conn, lay.schema, lay.table)
-    if lay.mode == FORENSIC:
+    key = table_key(conn, layout.schema, layout.table)
+    if layout.mode == FORENSIC:
         key = key[:-1]  # the primary key is (key..., ds_batch_in)
-    if key != lay.key:
-        problems.append(f"primary key changed from ({', '.join(key)}) to ({', '.join(lay.key)})")
-    added = [c for c in lay.dataset.columns if c.name not in existing]
+    if key != layout.key:
+        problems.append(f"primary key changed from ({', '.join(key)}) to ({', '.join(layout.key)})")
+    added = [c for c in layout.dataset.columns if c.name not in existing]
     problems += [f"new column {c.name!r} is NOT NULL (only nullable columns can be added)"
                  for c in added if not c.nullable]
     if problems:
         raise SchemaChangeError(
             f"{where}: the model changed in a way that cannot be applied to existing data: "
             f"{'; '.join(problems)}. Only new nullable columns are applied automatically; to apply this "
-            f"change, run `datasurface-job reset-store --platform {lay.schema} --store {lay.store}` (it lists what "
-            f"it drops; with --yes the store starts again at batch 1 from a fresh snapshot, and a forensic "
-            f"platform loses the store's history) or ingest into a new platform"
+            f"change, run `datasurface-job reset-store --platform {layout.schema} --store {layout.store}` "
+            f"(it lists what it drops; with --yes the store starts again at batch 1 from a fresh snapshot, and a "
+            f"forensic platform loses the store's history) or ingest into a new platform"
         )
     return [c.name for c in added]
 
 
-def ensure_dataset(conn: PgConnection, lay: DatasetLayout) -> bool:
+def ensure_dataset(conn: PgConnection, layout: DatasetLayout) -> bool:
     """Create or evolve the dataset's table and view (in the caller's transaction). True if changed."""
-    added = plan_evolution(conn, lay)
+    added = plan_evolution(conn, layout)
     with conn.cursor() as cur:
         if added is None:
-            create_table(cur, lay)
+            create_table(cur, layout)
         for name in added or ():
-            col = lay.dataset.column(name)
+            col = layout.dataset.column(name)
             cur.execute(
                 sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                    lay.qualified(lay.table), sql.Identifier(name), sql.SQL(col.type)
+                    layout.qualified(layout.table), sql.Identifier(name), sql.SQL(col.type)
                 )
             )
-    nullability = added is not None and ensure_nullability(conn, lay)
-    indexed = added is not None and complete_indexes(conn, lay, loaded=False)
-    viewed = ensure_current_view(conn, lay)
+    nullability = added is not None and ensure_nullability(conn, layout)
+    indexed = added is not None and complete_indexes(conn, layout, loaded=False)
+    viewed = ensure_current_view(conn, layout)
     return added is None or bool(added) or nullability or indexed or viewed
 
 
@@ -324,7 +328,7 @@ def _not_null_check(column: str) -> str:
     return f"{column}_not_null"[:MAX_IDENT]
 
 
-def ensure_nullability(conn: PgConnection, lay: DatasetLayout) -> bool:
+def ensure_nullability(conn: PgConnection, layout: DatasetLayout) -> bool:
     """An existing table follows the model's `nullable` of its non-key columns. Made NOT NULL, a column
     gets `CHECK (c IS NOT NULL) NOT VALID`: every row written from now on is checked, rows already
     there (forensic history from before) are not rescanned. Made nullable again, the rule is dropped."""
@@ -336,11 +340,11 @@ def ensure_nullability(conn: PgConnection, lay: DatasetLayout) -> bool:
                       AND c.conname = left(a.attname || '_not_null', 63)
                 WHERE a.attrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))
                   AND a.attnum > 0 AND NOT a.attisdropped""",
-            (lay.schema, lay.table))
+            (layout.schema, layout.table))
         actual = {name: (notnull, checked) for name, notnull, checked in cur.fetchall()}
         changed = False
-        t = lay.qualified(lay.table)
-        for col in lay.dataset.non_key_columns:
+        t = layout.qualified(layout.table)
+        for col in layout.dataset.non_key_columns:
             notnull, checked = actual.get(col.name, (False, False))
             if not col.nullable and not (notnull or checked):
                 cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(

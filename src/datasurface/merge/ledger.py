@@ -18,6 +18,7 @@ from psycopg2 import sql
 
 from datasurface.db import PgConnection
 from datasurface.errors import DataSurfaceError
+from datasurface.merge.layout import Mode
 
 INGESTING, STAGED, COMMITTED = "ingesting", "staged", "committed"
 
@@ -161,7 +162,7 @@ class BatchLedger:
             return None
         return _batch(stream, row)
 
-    def open_batch(self, stream: Stream, mode: str, fingerprint: str, staging_tables: list[str]) -> Batch:
+    def open_batch(self, stream: Stream, mode: Mode, fingerprint: str, staging_tables: list[str]) -> Batch:
         last = self.latest(stream)
         batch_id = 1 if last is None else last.batch_id + 1
         with self.conn.cursor() as cur:

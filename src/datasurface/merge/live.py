@@ -12,15 +12,15 @@ from datasurface.merge.ledger import Counts
 
 class LiveMerge(DiffMerge):
     def retire(self, cur: cursor, counts: Counts, batch_id: int) -> None:
-        lay = self.lay
+        layout = self.layout
         if counts.deleted:
             cur.execute(sql.SQL("DELETE FROM {} t USING {} WHERE {}").format(
-                self.target, diff_rows(("D",)), key_match(lay, "t", "d")))
+                self.target, diff_rows(("D",)), key_match(layout, "t", "d")))
         if counts.updated:
             sets = sql.SQL(", ").join(
-                sql.SQL("{} = {}").format(sql.Identifier(c), sql.Identifier("d", c)) for c in lay.values)
+                sql.SQL("{} = {}").format(sql.Identifier(c), sql.Identifier("d", c)) for c in layout.values)
             cur.execute(sql.SQL("UPDATE {} t SET {}, ds_batch_id = {} FROM {} WHERE {}").format(
-                self.target, sets, sql.Literal(batch_id), diff_rows(("U",)), key_match(lay, "t", "d")))
+                self.target, sets, sql.Literal(batch_id), diff_rows(("U",)), key_match(layout, "t", "d")))
 
     def add(self, cur: cursor, counts: Counts, batch_id: int) -> None:
         if counts.inserted:

@@ -14,37 +14,34 @@ from datasurface.db import PgConnection, first_line, idents
 from datasurface.errors import SnapshotError
 from datasurface.merge.layout import DatasetLayout, column_defs
 
-# SnapshotError: the error these functions return, for a caller that handles what they raise
-__all__ = ["SnapshotError", "create_staging", "drop_staging", "duplicate_keys", "staged_rows", "staging_error"]
 
-
-def create_staging(merge: PgConnection, lay: DatasetLayout) -> None:
+def create_staging(merge: PgConnection, layout: DatasetLayout) -> None:
     """A fresh, empty staging table for the dataset (one left by an earlier attempt is dropped)."""
-    drop_staging(merge, lay)
+    drop_staging(merge, layout)
     with merge.cursor() as cur:
         cur.execute(
             sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(
-                lay.qualified(lay.staging), sql.SQL(", ").join(column_defs(lay))
+                layout.qualified(layout.staging), sql.SQL(", ").join(column_defs(layout))
             )
         )
 
 
-def staging_error(lay: DatasetLayout, exc: BaseException, load_batch: int | None = None) -> SnapshotError:
+def staging_error(layout: DatasetLayout, exc: BaseException, load_batch: int | None = None) -> SnapshotError:
     """The error for a snapshot the merge side's COPY refused (a NULL key, a value out of range; a repeated
     key, for a first load copied straight into the merge table as batch `load_batch`)."""
     if isinstance(exc, psycopg2.errors.NotNullViolation):
         column = getattr(exc.diag, "column_name", None) or "?"
-        why = "a primary key column" if column in lay.key else "declared `nullable: false` in the model"
-        return SnapshotError(f"snapshot of {lay.dataset.table} (dataset {lay.dataset.name}) has a NULL in column "
+        why = "a primary key column" if column in layout.key else "declared `nullable: false` in the model"
+        return SnapshotError(f"snapshot of {layout.dataset.table} (dataset {layout.dataset.name}) has a NULL in column "
                              f"{column!r}, {why}")
     if isinstance(exc, psycopg2.errors.UniqueViolation) and load_batch is not None:
         detail = getattr(exc.diag, "message_detail", None) or first_line(exc)
-        return SnapshotError(f"snapshot of {lay.dataset.table} (dataset {lay.dataset.name}) has duplicate "
-                             f"primary keys: {_model_key(detail, lay, load_batch)}")
-    return SnapshotError(f"{'staging' if load_batch is None else 'loading'} {lay.dataset.name}: {first_line(exc)}")
+        return SnapshotError(f"snapshot of {layout.dataset.table} (dataset {layout.dataset.name}) has duplicate "
+                             f"primary keys: {_model_key(detail, layout, load_batch)}")
+    return SnapshotError(f"{'staging' if load_batch is None else 'loading'} {layout.dataset.name}: {first_line(exc)}")
 
 
-def _model_key(detail: str, lay: DatasetLayout, batch_id: int) -> str:
+def _model_key(detail: str, layout: DatasetLayout, batch_id: int) -> str:
     """`Key (a, b)=(1, 2) already exists.` for a forensic primary key's `Key (a, b, ds_batch_in)=(1, 2, 7) …`:
     the repeated key of the model, without the version's batch (which every row of the load shares)."""
     names, sep, rest = detail.partition(")=(")
@@ -55,28 +52,28 @@ def _model_key(detail: str, lay: DatasetLayout, batch_id: int) -> str:
     return detail
 
 
-def duplicate_keys(merge: PgConnection, lay: DatasetLayout) -> SnapshotError:
+def duplicate_keys(merge: PgConnection, layout: DatasetLayout) -> SnapshotError:
     """The error for a staged snapshot the diff found duplicate keys in, naming one of them."""
     with merge.cursor() as cur:
         cur.execute(sql.SQL("SELECT {} FROM {} GROUP BY {} HAVING count(*) > 1 LIMIT 1").format(
-            idents(lay.key), lay.qualified(lay.staging), idents(lay.key)))
+            idents(layout.key), layout.qualified(layout.staging), idents(layout.key)))
         row = cur.fetchone()
-    detail = ("Key ({})=({}) is duplicated.".format(", ".join(lay.key), ", ".join(str(v) for v in row))
+    detail = ("Key ({})=({}) is duplicated.".format(", ".join(layout.key), ", ".join(str(v) for v in row))
               if row is not None else "the staged row count does not add up")
     return SnapshotError(
-        f"snapshot of {lay.dataset.table} (dataset {lay.dataset.name}) has duplicate primary keys: {detail}")
+        f"snapshot of {layout.dataset.table} (dataset {layout.dataset.name}) has duplicate primary keys: {detail}")
 
 
-def staged_rows(merge: PgConnection, lay: DatasetLayout) -> int | None:
+def staged_rows(merge: PgConnection, layout: DatasetLayout) -> int | None:
     """Rows in the staging table, or None when it is gone (e.g. unlogged data lost in a server crash)."""
     with merge.cursor() as cur:
-        cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (lay.schema, lay.staging))
+        cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (layout.schema, layout.staging))
         if cur.fetchone()[0] is None:  # type: ignore[index]
             return None
-        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(lay.qualified(lay.staging)))
+        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(layout.qualified(layout.staging)))
         return int(cur.fetchone()[0])  # type: ignore[index]
 
 
-def drop_staging(merge: PgConnection, lay: DatasetLayout) -> None:
+def drop_staging(merge: PgConnection, layout: DatasetLayout) -> None:
     with merge.cursor() as cur:
-        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(lay.qualified(lay.staging)))
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(layout.qualified(layout.staging)))

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 from datasurface.errors import DataSurfaceError
 from datasurface.model.names import workspace_schema
+
+# The kinds of source a store reads: the model accepts these, the source dispatch opens each
+# (ingest/sources.py) and the simulator drives each (docs/sources.md).
+SourceType = Literal["postgres", "mysql"]
+SOURCE_TYPES: tuple[SourceType, ...] = get_args(SourceType)
+# whole snapshots, or changes from a PostgreSQL replication slot
+Ingestion = Literal["snapshot", "cdc"]
+INGESTIONS: tuple[Ingestion, ...] = get_args(Ingestion)
+# one stream (one batch) for all the store's datasets, or one per dataset
+Consistency = Literal["multi_dataset", "single_dataset"]
+CONSISTENCIES: tuple[Consistency, ...] = get_args(Consistency)
 
 
 class Column(NamedTuple):
@@ -43,14 +54,14 @@ class Source(NamedTuple):
     database: str
     schema: str
     credential: str
-    type: str = "postgres"  # "postgres" | "mysql" (docs/sources.md)
-    ingestion: str = "snapshot"  # "snapshot" | "cdc": whole snapshots, or changes from a replication slot
+    type: SourceType = "postgres"
+    ingestion: Ingestion = "snapshot"
     publication: str = ""  # cdc: the publication the slot decodes (default ds_<store lower>)
 
 
 class Store(NamedTuple):
     name: str
-    consistency: str  # "multi_dataset" | "single_dataset"
+    consistency: Consistency
     source: Source
     datasets: tuple[Dataset, ...]
 

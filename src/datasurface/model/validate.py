@@ -17,15 +17,27 @@ import yaml
 from datasurface.errors import ModelError
 from datasurface.model import names, safeyaml
 from datasurface.model.names import IDENTIFIER_MAX
-from datasurface.model.schema import Column, Dataset, Model, Source, Store, Workspace, WorkspaceDataset
+from datasurface.model.schema import (
+    CONSISTENCIES,
+    INGESTIONS,
+    SOURCE_TYPES,
+    Column,
+    Consistency,
+    Dataset,
+    Ingestion,
+    Model,
+    Source,
+    SourceType,
+    Store,
+    Workspace,
+    WorkspaceDataset,
+)
 
 API_VERSION = "datasurface/v1"
 KIND = "Model"
-CONSISTENCIES = ("multi_dataset", "single_dataset")
-DEFAULT_CONSISTENCY = "multi_dataset"
+DEFAULT_CONSISTENCY: Consistency = "multi_dataset"
 DEFAULT_PORT = 5432
-SOURCE_TYPES = ("postgres", "mysql")
-DEFAULT_PORTS = {"postgres": DEFAULT_PORT, "mysql": 3306}
+DEFAULT_PORTS: dict[SourceType, int] = {"postgres": DEFAULT_PORT, "mysql": 3306}
 DEFAULT_SCHEMA = "public"
 
 STORE_NAME_MAX = 40
@@ -63,7 +75,6 @@ WORKSPACE_NAME_MAX = 40
 PLATFORM_NAME_MAX = 63
 _STORE_KEYS = ("name", "consistency", "source", "datasets")
 _SOURCE_KEYS = ("type", "host", "port", "database", "schema", "credential", "ingestion", "publication")
-INGESTIONS = ("snapshot", "cdc")
 _DATASET_KEYS = ("name", "table", "primaryKey", "columns")
 _COLUMN_KEYS = ("name", "type", "nullable", "source")
 SOURCE_NAME_MAX = 63  # bytes in UTF-8: PostgreSQL's limit (a longer name is cut there, never matched)
@@ -373,16 +384,16 @@ class _Validator:
         first_seen: dict[str, Path] = {}
         for i, item in enumerate(items or ()):
             path: Path = ("workspaces", i)
-            ws = self.workspace(item, path, stores)
-            if ws is None:
+            workspace = self.workspace(item, path, stores)
+            if workspace is None:
                 continue
-            key = ws.name.lower()
+            key = workspace.name.lower()
             if key in first_seen:
-                self.add((*path, "name"), f"duplicate workspace name {ws.name!r} (same as "
+                self.add((*path, "name"), f"duplicate workspace name {workspace.name!r} (same as "
                          f"{format_path(first_seen[key])}, names are compared case-insensitively)")
                 continue
             first_seen[key] = (*path, "name")
-            result.append(ws)
+            result.append(workspace)
         return result
 
     def workspace(self, value: object, path: Path, stores: list[Store]) -> Workspace | None:
@@ -442,11 +453,11 @@ class _Validator:
             name = None
         consistency = DEFAULT_CONSISTENCY
         if "consistency" in data:
-            c = data["consistency"]
-            if c not in CONSISTENCIES:
-                self.add((*path, "consistency"), f"expected {' or '.join(CONSISTENCIES)}, got {_kind_of(c)}")
+            given = data["consistency"]
+            if given not in CONSISTENCIES:
+                self.add((*path, "consistency"), f"expected {' or '.join(CONSISTENCIES)}, got {_kind_of(given)}")
             else:
-                consistency = c
+                consistency = given
         source = self.source(data["source"], (*path, "source")) if "source" in data else None
         datasets: list[Dataset] = []
         first_seen: dict[str, Path] = {}
@@ -480,7 +491,7 @@ class _Validator:
         if data is None:
             return None
         ok = True
-        kind = "postgres"
+        kind: SourceType = "postgres"
         if "type" in data:
             if data["type"] not in SOURCE_TYPES:
                 self.add((*path, "type"), f"expected {' or '.join(SOURCE_TYPES)}, got {_kind_of(data['type'])}")
@@ -520,7 +531,7 @@ class _Validator:
             self.add((*path, "credential"), f"{shown(credential)} is not a credential name: use letters, digits, "
                      "_ - and ., starting with a letter (it names env X_USER and X_PASSWORD)")
             credential = None
-        ingestion = "snapshot"
+        ingestion: Ingestion = "snapshot"
         if "ingestion" in data:
             if data["ingestion"] not in INGESTIONS:
                 self.add((*path, "ingestion"), f"expected {' or '.join(INGESTIONS)}, got {_kind_of(data['ingestion'])}")

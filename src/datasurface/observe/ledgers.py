@@ -90,15 +90,15 @@ class PlatformState:
     has_ledger: bool
     streams: dict[StreamKey, StreamState]
 
-    def snapshot_age(self, s: StreamState) -> float | None:
+    def snapshot_age(self, stream: StreamState) -> float | None:
         """Seconds since the snapshot of the last committed batch (its start, for batches from before
         snapshot_at existed: an upper bound of the age)."""
-        if s.committed is None:
+        if stream.committed is None:
             return None
-        return (self.now - (s.committed.snapshot_at or s.committed.started_at)).total_seconds()
+        return (self.now - (stream.committed.snapshot_at or stream.committed.started_at)).total_seconds()
 
-    def open_age(self, s: StreamState) -> float:
-        return 0.0 if s.open is None else max(0.0, (self.now - s.open.started_at).total_seconds())
+    def open_age(self, stream: StreamState) -> float:
+        return 0.0 if stream.open is None else max(0.0, (self.now - stream.open.started_at).total_seconds())
 
 
 def _exists(conn: PgConnection, schema: str, table: str) -> bool:
@@ -127,22 +127,22 @@ def read_platform(conn: PgConnection, schema: str) -> PlatformState:
         for store, dataset, batch_id, status, started, finished, snap, *counts in rows:
             info = BatchInfo(batch_id, status, started, finished, snap,
                              None if counts[0] is None else tuple(int(c) for c in counts))  # type: ignore[arg-type]
-            st = stream(store, dataset)
+            state = stream(store, dataset)
             if status == COMMITTED:
-                if st.committed is None:
-                    st.committed = info
-            elif st.open is None and st.committed is None:
-                st.open = info
+                if state.committed is None:
+                    state.committed = info
+            elif state.open is None and state.committed is None:
+                state.open = info
     if _exists(conn, schema, "ds_run_totals"):
         with conn.cursor() as cur:
             cur.execute(sql.SQL(RUNS).format(runs=sql.Identifier(schema, "ds_runs"),
                                              totals=sql.Identifier(schema, "ds_run_totals")))
             run_rows: list[Any] = cur.fetchall()
         for store, dataset, ok, recovered, failed, in_a_row, f_start, f_end, f_error, f_batch in run_rows:
-            st = stream(store, dataset)
-            st.runs = {"ok": int(ok), "recovered": int(recovered), "failed": int(failed)}
-            st.failures_in_a_row = int(in_a_row)
+            state = stream(store, dataset)
+            state.runs = {"ok": int(ok), "recovered": int(recovered), "failed": int(failed)}
+            state.failures_in_a_row = int(in_a_row)
             if f_start is not None:
-                st.last_failure = Failure(f_start, f_end, f_error, f_batch)
+                state.last_failure = Failure(f_start, f_end, f_error, f_batch)
     return PlatformState(schema, now, has_ledger, dict(sorted(streams.items())))
 

@@ -44,13 +44,13 @@ def _when(at: datetime.datetime, now: datetime.datetime) -> str:
     return f"{at.astimezone(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC ({age((now - at).total_seconds())} ago)"
 
 
-def _state(state: PlatformState, s: StreamState) -> str:
+def _state(state: PlatformState, stream: StreamState) -> str:
     parts = []
-    if s.open is not None:
-        parts.append(f"open batch {s.open.batch_id} ({s.open.status}, {age(state.open_age(s))})")
-    if s.failures_in_a_row:
-        parts.append(f"[red]failing: {s.failures_in_a_row} run(s)[/red]")
-    if s.committed is None and s.open is None and not s.failures_in_a_row:
+    if stream.open is not None:
+        parts.append(f"open batch {stream.open.batch_id} ({stream.open.status}, {age(state.open_age(stream))})")
+    if stream.failures_in_a_row:
+        parts.append(f"[red]failing: {stream.failures_in_a_row} run(s)[/red]")
+    if stream.committed is None and stream.open is None and not stream.failures_in_a_row:
         parts.append("no batch yet")
     return "; ".join(parts) or "[green]ok[/green]"
 
@@ -89,14 +89,14 @@ def failures(state: PlatformState) -> list[str]:
     return lines
 
 
-def size(n: int) -> str:
+def size(count: int) -> str:
     """`512 B`, `3.4 MiB`, `1.2 GiB`."""
-    value, unit = float(n), "B"
+    value, unit = float(count), "B"
     for next_unit in ("KiB", "MiB", "GiB", "TiB"):
         if value < 1024:
             break
         value, unit = value / 1024, next_unit
-    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+    return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
 def slot_lines(schema: str, wal: dict[str, int | str | None]) -> list[str]:
@@ -119,9 +119,10 @@ def batches_table(conn: PgConnection, schema: str, store: str | None, limit: int
     for col in ("stream", "batch", "status", "started", "secs", "total", "+ins", "~upd", "-del"):
         table.add_column(col, justify="left" if col in ("stream", "status", "started") else "right",
                          no_wrap=True)
-    for st, ds, batch_id, status, started, finished, *counts in BatchLedger(conn, schema).recent(store, limit):
+    recent = BatchLedger(conn, schema).recent(store, limit)
+    for store_name, dataset, batch_id, status, started, finished, *counts in recent:
         secs = f"{(finished - started).total_seconds():.1f}" if finished else ""
-        table.add_row(st + (f".{ds}" if ds else ""), str(batch_id), status,
+        table.add_row(store_name + (f".{dataset}" if dataset else ""), str(batch_id), status,
                       started.astimezone(datetime.UTC).strftime("%m-%d %H:%M:%S"), secs,
                       *("" if c is None else f"{c:,}" for c in counts))
     return table
@@ -133,9 +134,9 @@ def run_status(*, platform: str, store: str | None, limit: int, merge: Endpoint,
     """`model`: where the cdc stores' sources are, to show the WAL their slots retain (none without it)."""
     schema = layout.platform_schema(platform)
     out = console or Console()
-    mdl, model_error = None, None
+    loaded_model, model_error = None, None
     try:  # the ledgers are shown whatever the model's repository says
-        mdl = load_model(model, model_ref, model_path) if model else None
+        loaded_model = load_model(model, model_ref, model_path) if model else None
     except DataSurfaceError as exc:
         model_error = f"model: {exc}; the WAL that cdc streams' slots retain is not shown"
     with closing(connect(merge, credentials.resolve(merge_credential),
@@ -151,9 +152,9 @@ def run_status(*, platform: str, store: str | None, limit: int, merge: Endpoint,
             out.print(line)
         if model_error is not None:
             out.print(f"[yellow]{escape(model_error)}[/yellow]")
-        if mdl is not None:
+        if loaded_model is not None:
             mine = {k[0] for k in state.streams}
-            wal = slots.retained_by_store(mdl, schema, source_timeout, "datasurface-job status")
+            wal = slots.retained_by_store(loaded_model, schema, source_timeout, "datasurface-job status")
             for line in slot_lines(schema, {k: v for k, v in wal.items() if k in mine}):
                 out.print(line)
         if limit > 0 and state.has_ledger:

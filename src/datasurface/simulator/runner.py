@@ -23,8 +23,9 @@ from typing import Any
 from datasurface.credentials import Credential, resolve
 from datasurface.db import Endpoint
 from datasurface.errors import DatabaseError, DataSurfaceError, UsageError
+from datasurface.model.schema import SOURCE_TYPES
 from datasurface.simulator.backends import backend_for
-from datasurface.simulator.backends.base import DB_TYPES, Backend
+from datasurface.simulator.backends.base import Backend
 from datasurface.simulator.operations import OPERATIONS, Outcome, Tx, choose, create_customer
 from datasurface.simulator.tables import SEED_CUSTOMERS, SEED_RNG, TABLES
 from datasurface.simulator.target import ModelRef, resolve_target
@@ -247,8 +248,8 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 def _validate(db_type: str | None, port: int | None, max_changes: int, min_interval: float, max_interval: float,
               max_disconnected: float) -> None:
-    if db_type is not None and db_type not in DB_TYPES:
-        raise UsageError(f"--db-type {db_type}: must be one of {', '.join(DB_TYPES)}")
+    if db_type is not None and db_type not in SOURCE_TYPES:
+        raise UsageError(f"--db-type {db_type}: must be one of {', '.join(SOURCE_TYPES)}")
     if port is not None and not 0 < port < 65536:
         raise UsageError(f"--port {port}: not a TCP port")
     if max_changes < 0:

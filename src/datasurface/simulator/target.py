@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from datasurface.errors import UsageError
 from datasurface.model import Store
-from datasurface.simulator.backends.base import DB_TYPES
 from datasurface.simulator.tables import TABLES
 
 DEFAULT_SCHEMA = "public"
@@ -48,9 +47,6 @@ def resolve_target(*, model: ModelRef | None, db_type: str | None, host: str | N
         return Target(db_type or "postgres", host, port, database, credential)
     store = _store(model)
     src = store.source
-    if src.type not in DB_TYPES:
-        raise UsageError(f"store {store.name!r} reads a {src.type} source; the simulator drives "
-                         f"{' and '.join(DB_TYPES)} only")
     if db_type is not None and db_type != src.type:
         raise UsageError(f"--db-type {db_type}: store {store.name!r} of the model reads a {src.type} source")
     tables = {t.name for t in TABLES}

@@ -79,7 +79,7 @@ class MySqlSnapshot:
         with suppress(Exception):
             self.conn.exec_driver_sql("ROLLBACK")  # read-only: nothing to keep
 
-    def copy_dataset(self, merge: PgConnection, lay: DatasetLayout, load_batch: int | None = None) -> int:
+    def copy_dataset(self, merge: PgConnection, layout: DatasetLayout, load_batch: int | None = None) -> int:
         """Stream one source table into its (fresh) staging table or, for a first load (`load_batch`), into
         the merge table with the batch's columns; returns the number of rows. The rows are read and written
         once either way: a load straight into the merge table saves copying them from staging.
@@ -87,26 +87,26 @@ class MySqlSnapshot:
         Values PostgreSQL cannot hold (a zero date, a tinyint(1) of 2, a time of 100:00:00) make its COPY
         fail, and `_diagnose` then names the first such row by its key."""
         started = time.monotonic()
-        into = lay.staging
+        into = layout.staging
         extra: tuple[tuple[str, int], ...] = ()  # a first load's batch columns and their values
         if load_batch is None:
-            create_staging(merge, lay)
+            create_staging(merge, layout)
         else:
-            into, extra = lay.table, lay.batch_values(load_batch)
-        table = f"{quote(self.store.source.database)}.{quote(lay.dataset.table)}"
-        kinds = self._column_kinds(lay.dataset)
+            into, extra = layout.table, layout.batch_values(load_batch)
+        table = f"{quote(self.store.source.database)}.{quote(layout.dataset.table)}"
+        kinds = self._column_kinds(layout.dataset)
         # a float column is read as the double it converts to exactly (MySQL prints a float's text rounded)
         exprs = [f"({quote(c.source_name)} + 0e0)" if kind == "float" else quote(c.source_name)
-                 for c, kind in zip(lay.dataset.columns, kinds, strict=True)]
+                 for c, kind in zip(layout.dataset.columns, kinds, strict=True)]
         select = f"SELECT {', '.join(exprs)} FROM {table}"  # noqa: S608 - quoted identifiers of the model
         # the text format (tab-separated, NULL is \N); staging, created in this transaction, with FREEZE (as
         # postgres/snapshot.py: the diff's first read would otherwise dirty and write back all of its pages)
         copy_in = sql.SQL("COPY {} ({}) FROM STDIN{}").format(
-            lay.qualified(into), idents((*lay.columns, *(name for name, _ in extra))),
+            layout.qualified(into), idents((*layout.columns, *(name for name, _ in extra))),
             sql.SQL(" (FREEZE)" if load_batch is None else "")).as_string(merge)
         cursor = None
         try:
-            cursor = self._read(select, lay)
+            cursor = self._read(select, layout)
             # the server's number and date text needs no escaping; bytea and time are made COPY text
             escaped = [i for i, (desc, kind) in enumerate(zip(cursor.description, kinds, strict=True))
                        if desc[1] not in AS_TEXT and kind not in _TRANSFORMS]
@@ -114,7 +114,7 @@ class MySqlSnapshot:
                 # `timestamp` columns are read in the session time zone +00:00: UTC, for timestamptz
                 cur.execute("SET LOCAL TimeZone = 'UTC'")
                 interrupted_before = interrupts.count()
-                reader = _CopyRows(self._batches(cursor, lay), _transforms(kinds), escaped,
+                reader = _CopyRows(self._batches(cursor, layout), _transforms(kinds), escaped,
                                    tuple(value for _, value in extra))
                 try:
                     cur.copy_expert(copy_in, reader, size=CHUNK)
@@ -131,11 +131,16 @@ class MySqlSnapshot:
                 self.conn.invalidate()
             if cursor is not None:  # its result went with the connection: nothing to drain when it is collected
                 cursor.connection = None
+                # nor by the result itself: collected later (by the reading thread's end, or at exit), an active
+                # unbuffered result reads its rest from the closed socket and prints a traceback to stderr
+                result = getattr(cursor, "_result", None)
+                if result is not None:
+                    result.unbuffered_active = False
             if isinstance(exc, DataSurfaceError) or not isinstance(exc, Exception):  # the source's read failed
                 raise
-            raise (self._diagnose(lay, kinds) or staging_error(lay, exc, load_batch)) from exc
-        killpoint(f"ingest:{lay.dataset.name}:copied")
-        log.info("snapshot %s: %s rows in %.1fs", lay.dataset.name, f"{reader.rows:,}", time.monotonic() - started)
+            raise (self._diagnose(layout, kinds) or staging_error(layout, exc, load_batch)) from exc
+        killpoint(f"ingest:{layout.dataset.name}:copied")
+        log.info("snapshot %s: %s rows in %.1fs", layout.dataset.name, f"{reader.rows:,}", time.monotonic() - started)
         return reader.rows
 
     def _column_kinds(self, dataset: Dataset) -> list[str]:
@@ -158,7 +163,7 @@ class MySqlSnapshot:
                 kinds.append("plain")
         return kinds
 
-    def _read(self, select: str, lay: DatasetLayout) -> Any:
+    def _read(self, select: str, layout: DatasetLayout) -> Any:
         """The executed SELECT on an unbuffered cursor of the session's DBAPI connection (no SQLAlchemy
         `Row` per row), inside the snapshot's transaction.
 
@@ -177,35 +182,35 @@ class MySqlSnapshot:
             finally:
                 raw.decoders = decoders
         except Exception as exc:
-            raise self._read_error(lay, exc) from exc
+            raise self._read_error(layout, exc) from exc
         return cursor
 
-    def _batches(self, cursor: Any, lay: DatasetLayout) -> Iterator[Sequence[Any]]:
+    def _batches(self, cursor: Any, layout: DatasetLayout) -> Iterator[Sequence[Any]]:
         """The result's rows, BATCH_ROWS at a time."""
         try:
             first = True
             while batch := cursor.fetchmany(BATCH_ROWS):
                 yield batch
                 if first:
-                    killpoint(f"ingest:{lay.dataset.name}:reading")
+                    killpoint(f"ingest:{layout.dataset.name}:reading")
                     first = False
         except GeneratorExit:
             raise
         except Exception as exc:
-            raise self._read_error(lay, exc) from exc
+            raise self._read_error(layout, exc) from exc
 
-    def _read_error(self, lay: DatasetLayout, exc: BaseException) -> SnapshotError:
-        return SnapshotError(f"reading source table {lay.dataset.table} from {self.name}: "
+    def _read_error(self, layout: DatasetLayout, exc: BaseException) -> SnapshotError:
+        return SnapshotError(f"reading source table {layout.dataset.table} from {self.name}: "
                              f"{driver_message(exc)}")
 
-    def _diagnose(self, lay: DatasetLayout, kinds: list[str]) -> SnapshotError | None:
+    def _diagnose(self, layout: DatasetLayout, kinds: list[str]) -> SnapshotError | None:
         """After a failed COPY: the first row holding a value PostgreSQL cannot hold, named by its key
         (read on a fresh connection: the snapshot's one is gone)."""
-        keys = ", ".join(quote(lay.dataset.column(k).source_name) for k in lay.key)
-        table = f"{quote(self.store.source.database)}.{quote(lay.dataset.table)}"
+        keys = ", ".join(quote(layout.dataset.column(k).source_name) for k in layout.key)
+        table = f"{quote(self.store.source.database)}.{quote(layout.dataset.table)}"
         try:
             with self.engine.connect() as conn:
-                for col, kind in zip(lay.dataset.columns, kinds, strict=True):
+                for col, kind in zip(layout.dataset.columns, kinds, strict=True):
                     test, why = _INVALID.get(kind, ("", ""))
                     if not test:
                         continue
@@ -216,10 +221,10 @@ class MySqlSnapshot:
                     if row is not None:
                         key = ", ".join(str(v) for v in row[:-1])
                         return SnapshotError(
-                            f"source table {lay.dataset.table} (dataset {lay.dataset.name}), key "
-                            f"({', '.join(lay.key)})=({key}): column {column!r} holds {row[-1]!r}, {why}")
+                            f"source table {layout.dataset.table} (dataset {layout.dataset.name}), key "
+                            f"({', '.join(layout.key)})=({key}): column {column!r} holds {row[-1]!r}, {why}")
         except Exception as exc:  # the diagnosis is best effort: the COPY's own error is reported then
-            log.debug("diagnosing %s: %s", lay.dataset.table, driver_message(exc))
+            log.debug("diagnosing %s: %s", layout.dataset.table, driver_message(exc))
         return None
 
 
@@ -237,11 +242,11 @@ _INVALID = {
 DAY = datetime.timedelta(days=1)
 
 
-def _time(v: datetime.timedelta) -> str:
+def _time(value: datetime.timedelta) -> str:
     """`HH:MM:SS.ffffff` for a time of day; a duration outside one day is left for PostgreSQL to refuse."""
-    if not datetime.timedelta(0) <= v < DAY:
-        return str(v)
-    secs, micros = v.seconds, v.microseconds
+    if not datetime.timedelta(0) <= value < DAY:
+        return str(value)
+    secs, micros = value.seconds, value.microseconds
     return f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{micros:06d}"
 
 

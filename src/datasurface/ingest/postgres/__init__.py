@@ -49,10 +49,10 @@ class PostgresSource:
     def begin_snapshot(self) -> datetime.datetime:
         return snapshot.begin_snapshot(self.conn)
 
-    def copy_dataset(self, merge: PgConnection, lay: DatasetLayout, load_batch: int | None = None) -> int:
+    def copy_dataset(self, merge: PgConnection, layout: DatasetLayout, load_batch: int | None = None) -> int:
         if load_batch is not None:
             raise ValueError("a PostgreSQL source always stages (loads_directly is False)")
-        return snapshot.copy_dataset(self.conn, merge, lay, self.store.source.schema)
+        return snapshot.copy_dataset(self.conn, merge, layout, self.store.source.schema)
 
     def end_snapshot(self) -> None:
         with suppress(psycopg2.Error):

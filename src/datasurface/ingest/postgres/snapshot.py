@@ -39,29 +39,29 @@ def begin_snapshot(source: PgConnection) -> datetime.datetime:
     return at
 
 
-def copy_dataset(source: PgConnection, merge: PgConnection, lay: DatasetLayout, source_schema: str) -> int:
+def copy_dataset(source: PgConnection, merge: PgConnection, layout: DatasetLayout, source_schema: str) -> int:
     """Stream one source table into its (fresh) staging table; returns the number of rows."""
     started = time.monotonic()
-    create_staging(merge, lay)
-    cols = idents(lay.columns)
+    create_staging(merge, layout)
+    cols = idents(layout.columns)
     out_sql = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)").format(
-        select_list(lay.dataset.columns), sql.Identifier(source_schema, lay.dataset.table)).as_string(source)
+        select_list(layout.dataset.columns), sql.Identifier(source_schema, layout.dataset.table)).as_string(source)
     # FREEZE: the table was created in this transaction, so its rows are written frozen, hint bits set;
     # otherwise the diff's first read of them would dirty (and write back) every page of the snapshot
     in_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary, FREEZE)").format(
-        lay.qualified(lay.staging), cols).as_string(merge)
+        layout.qualified(layout.staging), cols).as_string(merge)
 
     def produce(writer: BinaryIO) -> None:
         with source.cursor() as cur:
             cur.copy_expert(out_sql, writer, size=PIPE_CHUNK)
 
     try:
-        rows = copy_through_pipe(source, produce, merge, in_sql, f"copy-{lay.table}")
+        rows = copy_through_pipe(source, produce, merge, in_sql, f"copy-{layout.table}")
     except PipeError as exc:
-        failure = _source_error(lay, exc.cause) if exc.side == "source" else staging_error(lay, exc.cause)
+        failure = _source_error(layout, exc.cause) if exc.side == "source" else staging_error(layout, exc.cause)
         raise failure from exc.cause
-    killpoint(f"ingest:{lay.dataset.name}:copied")
-    log.info("snapshot %s: %s rows in %.1fs", lay.dataset.name, f"{rows:,}", time.monotonic() - started)
+    killpoint(f"ingest:{layout.dataset.name}:copied")
+    log.info("snapshot %s: %s rows in %.1fs", layout.dataset.name, f"{rows:,}", time.monotonic() - started)
     return rows
 
 
@@ -72,5 +72,5 @@ def select_list(columns: Sequence[Column]) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(c.source_name) for c in columns)
 
 
-def _source_error(lay: DatasetLayout, exc: BaseException) -> SnapshotError:
-    return SnapshotError(f"reading source table {lay.dataset.table}: {first_line(exc)}")
+def _source_error(layout: DatasetLayout, exc: BaseException) -> SnapshotError:
+    return SnapshotError(f"reading source table {layout.dataset.table}: {first_line(exc)}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from datasurface.errors import UsageError
-from datasurface.simulator.backends.base import DB_TYPES, Backend
+from datasurface.model.schema import SOURCE_TYPES
+from datasurface.simulator.backends.base import Backend
 
 
 def backend_for(db_type: str) -> Backend:
@@ -15,4 +16,4 @@ def backend_for(db_type: str) -> Backend:
         from datasurface.simulator.backends.mysql import MYSQL
 
         return MYSQL
-    raise UsageError(f"--db-type {db_type}: must be one of {', '.join(DB_TYPES)}")
+    raise UsageError(f"--db-type {db_type}: must be one of {', '.join(SOURCE_TYPES)}")

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
 # what a failed statement means for the loop: reconnect, retry the transaction, the tables are missing
 Failure = Literal["lost", "retry", "missing", "other"]
-DB_TYPES = ("postgres", "mysql")
 
 
 class Backend(Protocol):

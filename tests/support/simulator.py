@@ -8,10 +8,19 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from datasurface.db import Endpoint
 from datasurface.simulator import invariant_violations
+from datasurface.simulator.backends import backend_for
+from datasurface.simulator.backends.base import Backend
 from datasurface.simulator.tables import SEED_CUSTOMERS
+from tests.support.mysql import make_mysql_databases
 
 SUMMARY = re.compile(r"summary: (\d+) operations in [\d.]+s: (.*?);")
 OP_LINE = re.compile(r": (op \d+ \w+: .*)$", re.M)  # the message, without timestamp and logger
@@ -92,3 +101,25 @@ def assert_invariant_detects_breakage(conn) -> None:  # type: ignore[no-untyped-
         cur.execute("UPDATE customers SET primaryaddressid = NULL WHERE id = %s", [second_id])
     conn.commit()
     assert invariant_violations(conn) == [(first_id, "billing", "A999999999999"), (second_id, "primary", None)]
+
+
+@dataclass
+class SimulatedSource:
+    """A source database of the given type for the simulator: where it is, the job's env, its backend."""
+
+    endpoint: Endpoint
+    env: dict[str, str]
+    backend: Backend
+    connect: Callable[[], Any]
+
+
+def simulated_source(source_type: str, request: pytest.FixtureRequest) -> SimulatedSource:
+    """A fresh source database of `source_type` (the suite's PostgreSQL, or its MariaDB) for one test."""
+    pg_server = request.getfixturevalue("pg_server")
+    if source_type == "mysql":
+        mysql_dbs = make_mysql_databases(request.getfixturevalue("mariadb"), pg_server)
+        return SimulatedSource(Endpoint(mysql_dbs.host, 3306, mysql_dbs.source), mysql_dbs.env,
+                               backend_for("mysql"), mysql_dbs.connect_source)
+    dbs = request.getfixturevalue("dbs")
+    return SimulatedSource(Endpoint(dbs.host, dbs.port, dbs.source), dbs.env, backend_for("postgres"),
+                           lambda: dbs.connect(dbs.source))

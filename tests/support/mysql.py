@@ -1,11 +1,17 @@
-"""MariaDB versions of the engine tests' helpers: the same datasets (every model type), in MySQL types."""
+"""MariaDB versions of the engine tests' helpers: the same datasets (every model type), in MySQL types, and
+a MariaDB source database beside a PostgreSQL merge database for one test (`MySqlDatabases`)."""
 
 from __future__ import annotations
 
+import itertools
+import os
+import secrets
+from dataclasses import dataclass, field
 from typing import Any
 
-from tests.engine.support import COMMON_DATASETS as DATASETS
-from tests.engine.support import model_dict
+from tests.support.databases import make_databases
+from tests.support.engine import COMMON_DATASETS as DATASETS
+from tests.support.engine import model_dict
 
 # the MySQL type each model type of the test datasets is stored in (README: "MySQL and MariaDB sources")
 MYSQL_TYPES = {
@@ -20,9 +26,9 @@ MYSQL_TYPES = {
 
 def mysql_model(host: str, database: str, *, datasets: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
     doc = model_dict(host, 3306, database, datasets=DATASETS if datasets is None else datasets, **kw)
-    src = doc["stores"][0]["source"]
-    src["type"] = "mysql"
-    del src["port"]  # the mysql default (3306); a socket file makes it moot anyway
+    source = doc["stores"][0]["source"]
+    source["type"] = "mysql"
+    del source["port"]  # the mysql default (3306); a socket file makes it moot anyway
     return doc
 
 
@@ -78,3 +84,43 @@ def rfc4122(snap: Snapshot) -> Snapshot:
         types = [t for _, t in DATASETS[name][0]]
         out[name] = {k: tuple(fix(v, t) for v, t in zip(r, types, strict=True)) for k, r in rows.items()}
     return out
+
+
+_counter = itertools.count()
+
+
+@dataclass
+class MySqlDatabases:
+    """A MariaDB source database and a PostgreSQL merge database, with the job's credential env."""
+
+    server: Any
+    pg: Any  # the tests' Databases on PostgreSQL (its merge database is ours)
+    source: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def host(self) -> str:
+        return str(self.server.socket)
+
+    def connect_source(self, **kw: Any) -> Any:
+        import pymysql
+
+        return pymysql.connect(unix_socket=self.server.socket, user=self.env["SOURCE_USER"],
+                               password=self.env["SOURCE_PASSWORD"], database=self.source, charset="utf8mb4",
+                               init_command="SET time_zone = '+00:00'", **kw)
+
+    def connect_merge(self) -> Any:
+        return self.pg.connect(self.pg.merge)
+
+    def merge_args(self) -> list[str]:
+        return list(self.pg.merge_args())
+
+
+def make_mysql_databases(server: Any, pg_server: Any) -> MySqlDatabases:
+    pg = make_databases(pg_server)
+    tag = f"{os.getpid()}_{next(_counter)}"
+    user, password = f"src_{tag}", secrets.token_hex(8)
+    source = f"source_{tag}"
+    server.create_database(source, user, password)
+    env = {**pg.env, "SOURCE_USER": user, "SOURCE_PASSWORD": password}
+    return MySqlDatabases(server=server, pg=pg, source=source, env=env)

@@ -6,7 +6,7 @@ from typing import Any
 
 from psycopg2 import sql
 
-from tests.engine.support import DATASETS
+from tests.support.engine import DATASETS
 
 
 def allow_replication(dbs: Any) -> None:

@@ -1,5 +1,6 @@
 """Helpers for the merge engine tests: a two-dataset source covering every model type, random
-snapshot sequences, an oracle for counts, and readers of the merge tables."""
+snapshot sequences, an oracle for counts, readers of the merge tables, the job run as a process and its
+one-line errors, and the `world` fixtures' first live batch (platform Yellow)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 COMMON_COLUMNS = [  # types both source kinds hold
@@ -162,7 +165,7 @@ def next_snapshot(rng: random.Random, prev: dict[str, dict[tuple[Any, ...], tupl
                   removed: dict[str, set[tuple[Any, ...]]], datasets: Datasets = DATASETS
                   ) -> dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]:
     """Deletes, updates (one or all values; NULL/''/value flips), inserts and re-adds of deleted keys."""
-    snap = {}
+    snapshot = {}
     for name in datasets:
         rows = dict(prev.get(name, {}))
         cols, keycols = datasets[name]
@@ -185,15 +188,15 @@ def next_snapshot(rng: random.Random, prev: dict[str, dict[tuple[Any, ...], tupl
             if k not in rows and rng.random() < 0.3:  # delete, then re-add
                 rows[k] = random_row(rng, name, k, datasets)
                 removed[name].discard(k)
-        snap[name] = rows
-    return snap
+        snapshot[name] = rows
+    return snapshot
 
 
-def load_snapshot(conn: Any, snap: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]) -> None:
+def load_snapshot(conn: Any, snapshot: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]) -> None:
     from psycopg2.extras import execute_values
 
     with conn.cursor() as cur:
-        for name, rows in snap.items():
+        for name, rows in snapshot.items():
             cols = [c for c, _ in DATASETS[name][0]]
             cur.execute(f'TRUNCATE "{name}"')
             if rows:
@@ -261,7 +264,7 @@ def merge_args(model: Path, platform: str, mode: str, dbs: Any, store: str = "St
             *dbs.merge_args()]
 
 
-def merge_both_and_check(mrg: Any, model: Path, endpoint: Any, expected: dict[str, list[list[Any]]], n: int,
+def merge_both_and_check(merge: Any, model: Path, endpoint: Any, expected: dict[str, list[list[Any]]], n: int,
                          datasets: Datasets = DATASETS) -> None:
     """Batch n on the oracle platforms (OracleLive, OracleForensic) equals the oracle: tables, views, every
     forensic as-of of batches 1..n, and the ledger's counts per dataset."""
@@ -275,22 +278,22 @@ def merge_both_and_check(mrg: Any, model: Path, endpoint: Any, expected: dict[st
     for name, (_cols, key) in datasets.items():
         want = expected[name][n]
         table = f"store1_{name}"
-        assert fetch(mrg, f"oraclelive.{table}", name, datasets=datasets) == want, f"live table, batch {n}"
-        assert fetch(mrg, f"oraclelive.{table}_current", name, datasets=datasets) == want, f"live view, batch {n}"
-        assert fetch(mrg, f"oracleforensic.{table}_current", name, datasets=datasets) == want, \
+        assert fetch(merge, f"oraclelive.{table}", name, datasets=datasets) == want, f"live table, batch {n}"
+        assert fetch(merge, f"oraclelive.{table}_current", name, datasets=datasets) == want, f"live view, batch {n}"
+        assert fetch(merge, f"oracleforensic.{table}_current", name, datasets=datasets) == want, \
             f"forensic view, batch {n}"
         for m in range(1, n + 1):
-            as_of = fetch(mrg, f"oracleforensic.{table}", name,
+            as_of = fetch(merge, f"oracleforensic.{table}", name,
                           "WHERE ds_batch_in <= %s AND %s < ds_batch_out", (m, m), datasets)
             assert as_of == expected[name][m], f"forensic as of {m} after batch {n}"
         oracle = oracle_counts(expected[name][n - 1], want, len(key))
         for schema in ("oraclelive", "oracleforensic"):
-            with mrg.cursor() as cur:
+            with merge.cursor() as cur:
                 cur.execute(f"""SELECT rows_total, rows_inserted, rows_updated, rows_deleted
                                   FROM {schema}.ds_batch_datasets WHERE batch_id = %s AND dataset = %s""",
                             (n, name))
                 got = dict(zip(("total", "inserted", "updated", "deleted"), cur.fetchone(), strict=True))
-            mrg.rollback()
+            merge.rollback()
             assert got == oracle, f"{schema} counts of {name}, batch {n}"
 
 
@@ -308,3 +311,44 @@ def ctrl_c_when(job: subprocess.Popen[str], reached: Callable[[], None], timeout
     assert job.returncode == 130, out + err
     assert err.strip().splitlines()[-1] == "datasurface-job: interrupted", err
     assert out.strip().splitlines()[-1] == "DATASURFACE_RESULT_CODE=130"
+
+
+PLATFORM, SCHEMA = "Yellow", "yellow"
+SMALL = {"pairs": DATASETS["pairs"]}
+
+
+def first_live_batch(dbs: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """The `world` fixture's: a source with data, a model and one committed live batch."""
+    source = dbs.connect(dbs.source)
+    create_source_tables(source, SMALL)
+    rng = random.Random(5)
+    snapshot = next_snapshot(rng, {}, defaultdict(set))
+    load_snapshot(source, {"pairs": snapshot["pairs"]})
+    model_doc = model_dict(dbs.host, dbs.port, dbs.source, datasets=SMALL)
+    model = write_model(tmp_path / "model", model_doc)
+    first = run_job(merge_args(model, PLATFORM, "live", dbs), dbs.env)
+    assert first.returncode == 0, first.stderr
+    merge = dbs.connect(dbs.merge)
+    yield {"dbs": dbs, "src": source, "mrg": merge, "model": model, "doc": model_doc, "tmp": tmp_path}
+    source.close()
+    merge.close()
+
+
+def on_every_version() -> Any:
+    """For a module: `world = on_every_version()` runs its `world` tests on PostgreSQL 15 and on 18."""
+
+    @pytest.fixture
+    def world(world_each: dict[str, Any]) -> dict[str, Any]:
+        return world_each
+
+    return world
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str, code: int = 1) -> None:
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("datasurface-job: error: "), proc.stderr
+    for f in fragments:
+        assert f in last, last
+    assert proc.stdout.strip().splitlines()[-1] == f"DATASURFACE_RESULT_CODE={code}"
