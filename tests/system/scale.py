@@ -37,12 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "chart")]
-
-from kubelet import _mnt_ns  # noqa: E402
-from release import Release  # noqa: E402
+from kubelet import _mnt_ns
+from release import Release
 
 AGE_TARGET_S = 120.0
 CPU_TARGET_CORES = 1.0
