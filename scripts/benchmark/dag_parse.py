@@ -4,7 +4,9 @@ parses a file (Airflow's own import included once, then the DagBag over the plat
 
 Run with the Airflow environment's Python (scripts/airflow-venv.sh):
 
-    scripts/benchmark.sh --dag-parse [--stores 400] [--stores-per-task 1,50] [--bound 10]
+    scripts/benchmark.sh --dag-parse [--stores 400] [--stores-per-task 1,50] [--bound 10] [--deferrable]
+
+`--deferrable`: the pod tasks deferrable and in a pool, as `deferrable: true` and `airflow.pool.name` render.
 
 Exit 1 when a parse takes longer than `--bound` seconds.
 """
@@ -31,8 +33,8 @@ print(json.dumps({"seconds": time.monotonic() - started, "dags": len(bag.dags), 
 """
 
 
-def settings(stores: int, per_task: int) -> dict[str, object]:
-    return {
+def settings(stores: int, per_task: int, deferrable: bool = False) -> dict[str, object]:
+    return {**({"deferrable": True, "pool": "datasurface"} if deferrable else {}),
         "version": 1, "platform": "Big", "mode": "live", "stores": [f"S{i:03d}" for i in range(1, stores + 1)],
         "schedule": "* * * * *", "storesPerTask": per_task,
         "model": {"repo": "https://example.invalid/model.git", "ref": "main", "path": "datasurface.yaml"},
@@ -48,6 +50,7 @@ def main() -> int:
     p.add_argument("--stores", type=int, default=400)
     p.add_argument("--stores-per-task", default="1,50", help="storesPerTask values, comma-separated")
     p.add_argument("--bound", type=float, default=10.0, help="seconds a parse may take")
+    p.add_argument("--deferrable", action="store_true", help="deferrable pod tasks in a pool")
     args = p.parse_args()
     over = False
     with tempfile.TemporaryDirectory(prefix="ds-dag-parse-") as tmp:
@@ -55,7 +58,7 @@ def main() -> int:
             folder = Path(tmp) / f"big{per_task}"
             folder.mkdir()
             (folder / "datasurface_dags.py").write_text(MODULE.read_text())
-            (folder / "platform.json").write_text(json.dumps(settings(args.stores, per_task)))
+            (folder / "platform.json").write_text(json.dumps(settings(args.stores, per_task, args.deferrable)))
             env_home = Path(tmp) / f"home{per_task}"
             proc = subprocess.run([sys.executable, "-c", PARSE, str(folder)], capture_output=True, text=True,
                                   env={"AIRFLOW_HOME": str(env_home), "PATH": "/usr/bin:/bin"}, timeout=600)
@@ -65,7 +68,8 @@ def main() -> int:
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             ok = result["seconds"] <= args.bound and result["errors"] == 0
             over |= not ok
-            print(f"# DAG parse, {args.stores} stores, storesPerTask {per_task}: {result['dags']} DAGs in "
+            what = ", deferrable" if args.deferrable else ""
+            print(f"# DAG parse, {args.stores} stores, storesPerTask {per_task}{what}: {result['dags']} DAGs in "
                   f"{result['seconds']:.2f}s, {result['errors']} import errors "
                   f"({'ok' if ok else 'OVER'} the {args.bound:g} s bound)", flush=True)
     return 1 if over else 0

@@ -66,6 +66,7 @@ _WITHHELD_PG = frozenset({"PGUSER", "PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PG
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # platforms and stores (the model's naming rule)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")  # DNS-1123 subdomain
+_POOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,256}")
 _PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 
@@ -146,6 +147,8 @@ class PlatformSettings:
     execution_timeout_seconds: int = EXECUTION_TIMEOUT_SECONDS
     stores_per_task: int = 1
     parallel_stores: int = 1
+    deferrable: bool = False  # KubernetesPodOperator tasks hand the wait for their pod to the triggerer
+    pool: str | None = None  # the Airflow pool of the job tasks; None: default_pool
     secret_env: tuple[SecretEnv, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     slack_webhook_env: str | None = None
@@ -322,8 +325,8 @@ def _kind_name(types: type | tuple[type, ...]) -> str:
 
 
 _TOP_KEYS = ("version", "platform", "mode", "stores", "schedule", "infrastructureSchedule", "runner",
-             "retries", "retryDelaySeconds", "executionTimeoutSeconds", "storesPerTask", "parallelStores", "model",
-             "merge", "secretEnv", "env", "slackWebhookEnv", "kubernetes")
+             "retries", "retryDelaySeconds", "executionTimeoutSeconds", "storesPerTask", "parallelStores",
+             "deferrable", "pool", "model", "merge", "secretEnv", "env", "slackWebhookEnv", "kubernetes")
 _K8S_KEYS = ("namespace", "image", "imagePullPolicy", "imagePullSecrets", "serviceAccountName", "resources",
              "labels", "startupTimeoutSeconds", "modelConfigMap", "securityContext",
              "containerSecurityContext", "secretMounts", "nodeSelector", "tolerations", "affinity", "annotations")
@@ -365,6 +368,11 @@ def parse_settings(data: Any) -> PlatformSettings:
                                     maximum=high)
     stores_per_task = top.integer("storesPerTask", default=1, minimum=1, maximum=MAX_STORES_PER_TASK)
     parallel_stores = top.integer("parallelStores", default=1, minimum=1, maximum=MAX_STORES_PER_TASK)
+    deferrable = top.boolean("deferrable", default=False)
+    if deferrable and runner != "kubernetes":
+        top.fail("only the kubernetes runner's pod tasks can be deferred (a local job runs inside its task)",
+                 "deferrable")
+    pool = top.string("pool", nullable=True, pattern=_POOL_NAME)
 
     m = top.child("model", top.value("model", True, {}))
     model = ModelSettings(repo=m.string("repo", required=True), ref=m.string("ref", nullable=True),
@@ -412,8 +420,8 @@ def parse_settings(data: Any) -> PlatformSettings:
                             schedule=schedule, infrastructure_schedule=infra_schedule, runner=runner,
                             retries=retries, retry_delay_seconds=retry_delay,
                             execution_timeout_seconds=execution_timeout, stores_per_task=stores_per_task,
-                            parallel_stores=parallel_stores, secret_env=tuple(secret_env), env=env,
-                            slack_webhook_env=slack, kubernetes=kubernetes)
+                            parallel_stores=parallel_stores, deferrable=deferrable, pool=pool,
+                            secret_env=tuple(secret_env), env=env, slack_webhook_env=slack, kubernetes=kubernetes)
 
 
 def _job_env_names() -> set[str]:
@@ -665,6 +673,9 @@ def _kubernetes_job(settings: PlatformSettings, *, task_id: str, name: str, args
         do_xcom_push=False,
         get_logs=True,
         skip_on_exit_code=EXIT_RUN_AGAIN if run_again_on_10 else None,
+        # deferred: the task process ends once its pod runs; the triggerer polls the pod (many at once)
+        # and the task resumes only to read the exit status and delete the pod
+        deferrable=settings.deferrable,
         **kwargs,
     )
 
@@ -674,6 +685,8 @@ def job_task(settings: PlatformSettings, *, task_id: str, args: list[str], store
     """The task running `datasurface-job ARGS` with the platform's runner, stopped after the platform's
     executionTimeoutSeconds (Airflow then calls on_kill: the pod is deleted, the subprocess stopped)."""
     kwargs.setdefault("execution_timeout", timedelta(seconds=settings.execution_timeout_seconds))
+    if settings.pool:
+        kwargs["pool"] = settings.pool
     if settings.runner == "local":
         return LocalJobOperator(task_id=task_id, job_args=args, job_env=settings.job_env(),
                                 required_env=[s.name for s in settings.secret_env if not s.optional],

@@ -63,6 +63,7 @@
 {{- include "datasurface.database.tlsEnv" . }}
 - name: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN
   value: {{ printf "postgresql+psycopg2://%s:%s/%s" (include "datasurface.database.host" .) (include "datasurface.database.port" .) (include "datasurface.database.airflow" .) | quote }}
+{{ include "datasurface.airflow.scaleEnv" . }}
 {{- with .Values.airflow.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -106,6 +107,38 @@
 {{- include "datasurface.database.caVolume" . }}
 {{- with .Values.airflow.extraVolumes }}
 {{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* How much Airflow runs at once: read by the scheduler (parallelism) and when DAGs are parsed (max
+     active tasks of a DAG); in the shared env before extraEnv, which may still override them. */}}
+{{- define "datasurface.airflow.scaleEnv" -}}
+- name: AIRFLOW__CORE__PARALLELISM
+  value: {{ .Values.airflow.parallelism | quote }}
+- name: AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG
+  value: {{ .Values.airflow.maxActiveTasksPerDag | quote }}
+{{- end -}}
+
+{{/* The scheduler's init container creating (or resizing) the job tasks' pool before it schedules them:
+     a task naming a pool that does not exist would never run. */}}
+{{- define "datasurface.airflow.createPool" -}}
+{{- with .Values.airflow.pool }}
+{{- if .name }}
+- name: create-pool
+  image: {{ include "datasurface.airflowImage" $ }}
+  imagePullPolicy: {{ $.Values.airflow.image.pullPolicy }}
+  args: [pools, set, {{ .name | quote }}, {{ .slots | quote }}, "DataSurface job tasks"{{ if .includeDeferred }}, --include-deferred{{ end }}]
+  securityContext:
+    {{- toYaml $.Values.airflow.containerSecurityContext | nindent 4 }}
+  env:
+    {{- include "datasurface.airflow.env" $ | nindent 4 }}
+  {{- with $.Values.airflow.initContainers.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  volumeMounts:
+    {{- include "datasurface.airflow.mounts" $ | nindent 4 }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
