@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = --help ] || [ "${1:-}" = -h ]; then
   [ -x .venv-airflow/bin/python ] || { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
-  PYTHONPATH="$PWD/tests/system:$PWD/tests/chart:$PWD" exec .venv-airflow/bin/python tests/system/scale.py --help
+  PYTHONPATH="$PWD" exec .venv-airflow/bin/python -m tests.system.scale --help
 fi
 if [ "$(id -u)" != 0 ]; then
   echo "scale.sh: needs root (the release's pods run as processes in namespaces: tests/system/README.md)" >&2
@@ -18,6 +18,6 @@ if [ "$(id -u)" != 0 ]; then
 fi
 scripts/airflow-venv.sh >/dev/null
 export PATH="$PWD/.venv-airflow/bin:$PATH"
-# the system tests' modules (release.py, kubelet.py), the chart helpers they import as `helm`, and `tests`
-export PYTHONPATH="$PWD/tests/system:$PWD/tests/chart:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec .venv-airflow/bin/python tests/system/scale.py "$@"
+# the repository, whose `tests` package holds the system tests' modules (tests.system.scale)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+exec .venv-airflow/bin/python -m tests.system.scale "$@"

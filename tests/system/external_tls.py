@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from kubelet import secret
+from tests.system.kubelet import secret
 
 NAMESPACE = "default"
 SERVICE = "pg-tls"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from kubelet import Manifests
+from tests.system.kubelet import Manifests
 
 # Fields the API server refuses to change on update ("field is immutable"), by kind.
 IMMUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {

@@ -19,10 +19,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from helm import render_chart_text
-from kubelet import Cluster, KubeletError, Manifests, Pod, airflow_image, job_image, postgres_image
-
 from datasurface.localpg import SUPERUSER, LocalPostgres, find_bin_dir
+from tests.support.helm import render_chart_text
+from tests.system.kubelet import Cluster, KubeletError, Manifests, Pod, airflow_image, job_image, postgres_image
 
 VENV = Path(os.environ.get("VIRTUAL_ENV") or Path(__import__("sys").executable).parents[1])
 

@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubelet import _mnt_ns
-from release import Release
+
+from tests.system.kubelet import _mnt_ns
+from tests.system.release import Release
 
 AGE_TARGET_S = 120.0
 CPU_TARGET_CORES = 1.0

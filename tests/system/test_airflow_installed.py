@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from release import AirflowApi, Release, job_processes
+
+from tests.system.release import AirflowApi, Release, job_processes
 
 pytestmark = pytest.mark.timeout(900)
 

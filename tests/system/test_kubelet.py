@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubelet import Cluster, Image, KubeletError, Manifests, Pod, expand, secret
+
+from tests.system.kubelet import Cluster, Image, KubeletError, Manifests, Pod, expand, secret
 
 # Debian's Python (standard library only): reachable by any user wherever the clone lives (a venv inside a
 # 0700 clone folder is not, for the non-root users these containers run as)

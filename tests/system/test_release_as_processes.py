@@ -18,7 +18,8 @@ from contextlib import closing
 from typing import Any
 
 import pytest
-from release import AirflowApi, Release, job_processes
+
+from tests.system.release import AirflowApi, Release, job_processes
 
 pytestmark = pytest.mark.timeout(900)
 

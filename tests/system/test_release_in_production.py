@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from external_tls import CA_SECRET, DB_SECRET, HOST, SERVICE, make_ca, server_objects
-from helm import render_chart_text
-from kubectl_apply import ApplyError, apply
-from kubelet import Manifests, Pod
-from release import AirflowApi, Release
+
+from tests.support.helm import render_chart_text
+from tests.system.external_tls import CA_SECRET, DB_SECRET, HOST, SERVICE, make_ca, server_objects
+from tests.system.kubectl_apply import ApplyError, apply
+from tests.system.kubelet import Manifests, Pod
+from tests.system.release import AirflowApi, Release
 
 pytestmark = pytest.mark.timeout(900)
 

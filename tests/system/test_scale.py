@@ -5,8 +5,9 @@ scheduled cycle, and the data age and CPU figures are produced and sane."""
 from __future__ import annotations
 
 import pytest
-from release import AirflowApi
-from scale import AGE_TARGET_S, CPUACCT, measure, scaled_release, store_names
+
+from tests.system.release import AirflowApi
+from tests.system.scale import AGE_TARGET_S, CPUACCT, measure, scaled_release, store_names
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -1,0 +1,1 @@
+"""The system tests: the chart's workloads run as processes (README.md)."""
