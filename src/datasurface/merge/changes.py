@@ -3,15 +3,16 @@
 The change table holds every change row of the batch in commit order (`seq`), for all the store's datasets:
 the dataset's index, the operation (I, U, D, or T for a truncate), the 1-based positions of values an
 UPDATE left out (unchanged TOASTed values) and the values as the source's text. Its values are cast with
-each column's type on the way into `pg_temp.ds_net`, as COPY's text input would: the same values a snapshot
-delivers. `ds_net` has one row per changed key: its last change, with every left-out value filled in from
-the key's earlier changes in the batch or else from its current merged row; the diff (merge/diff.py) then
-compares it with the current rows exactly as it compares a snapshot.
+each column's type on the way into the net changes, as COPY's text input would: the same values a snapshot
+delivers. The net changes have one row per changed key: its last change, with every left-out value filled in
+from the key's earlier changes in the batch or else from its current merged row (in `pg_temp.ds_net`); the
+diff (merge/diff.py) then compares them with the current rows exactly as it compares a snapshot.
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import NamedTuple
 
 from psycopg2 import sql
 
@@ -63,26 +64,39 @@ def _typed(lay: DatasetLayout, alias: str) -> list[sql.Composable]:
             for i, c in enumerate(lay.dataset.columns, start=1)]
 
 
+class Net(NamedTuple):
+    """A dataset's net changes for the diff: a FROM item of its rows (`pg_temp.ds_net`, or the query that
+    makes them), and whether the batch truncated the table (then every current key without a later change is
+    gone)."""
+
+    rows: sql.Composable
+    truncated: bool
+
+
 def build_net(conn: PgConnection, lay: DatasetLayout, changes: sql.Composable, index: int,
-              current: sql.Composable) -> bool:
-    """Fill `pg_temp.ds_net` with the dataset's last change per key after its last truncate; whether the batch
-    truncated the table (then every current key without a later change is gone)."""
+              current: sql.Composable) -> Net:
+    """The dataset's last change per key after its last truncate. One scan of the change table says whether
+    the batch truncated it or left values out; without either (the usual batch) the diff reads the last
+    changes straight from the change table, else they are made into `pg_temp.ds_net` first, filled in and,
+    after a truncate, read twice."""
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT max(seq) FROM {} WHERE ds = %s AND op = 'T'").format(changes), (index,))
-        truncated_at = cur.fetchone()[0]  # type: ignore[index]
+        cur.execute(sql.SQL("SELECT max(seq) FILTER (WHERE op = 'T'), bool_or(unchanged IS NOT NULL) FROM {} "
+                            "WHERE ds = %s").format(changes), (index,))
+        truncated_at, left_out = cur.fetchone()  # type: ignore[misc]
         after = -1 if truncated_at is None else truncated_at
         rows = sql.SQL("(SELECT seq, op, unchanged, {} FROM {} c WHERE c.ds = {} AND c.op <> 'T' AND c.seq > {}) s"
                        ).format(sql.SQL(", ").join(_typed(lay, "c")), changes, sql.Literal(index), sql.Literal(after))
+        last = sql.SQL("SELECT DISTINCT ON ({}) op AS _ds_op, unchanged AS _ds_unchanged, {} FROM {} ORDER BY {}, seq "
+                       "DESC").format(idents(lay.key), idents(lay.columns), rows, idents(lay.key))
+        if truncated_at is None and not left_out:
+            return Net(sql.SQL("({})").format(last), False)
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(NET_TABLE))
-        cur.execute(sql.SQL(
-            "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT DISTINCT ON ({}) op AS _ds_op, unchanged AS _ds_unchanged, "
-            "{} FROM {} ORDER BY {}, seq DESC").format(
-            NET_TABLE, idents(lay.key), idents(lay.columns), rows, idents(lay.key)))
-        cur.execute(sql.SQL("SELECT DISTINCT unnest(_ds_unchanged) FROM {}").format(NET_TABLE))
-        left_out = sorted(r[0] for r in cur.fetchall())
-        for position in left_out:
-            _fill(cur, lay, position, rows, current)
+        cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(NET_TABLE, last))
         if left_out:
+            cur.execute(sql.SQL("SELECT DISTINCT unnest(_ds_unchanged) FROM {}").format(NET_TABLE))
+            positions = sorted(r[0] for r in cur.fetchall())
+            for position in positions:
+                _fill(cur, lay, position, rows, current)
             cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE _ds_op <> 'D' AND cardinality(_ds_unchanged) > 0")
                         .format(NET_TABLE))
             unresolved = cur.fetchone()[0]  # type: ignore[index]
@@ -90,7 +104,7 @@ def build_net(conn: PgConnection, lay: DatasetLayout, changes: sql.Composable, i
                 raise UnresolvedValues(f"{unresolved} changed row(s) of {lay.dataset.name} left out values that no "
                                        "earlier version of the row holds")
         cur.execute(sql.SQL("ANALYZE {}").format(NET_TABLE))
-    return truncated_at is not None
+    return Net(NET_TABLE, truncated_at is not None)
 
 
 def _fill(cur: object, lay: DatasetLayout, position: int, rows: sql.Composable, current: sql.Composable) -> None:
