@@ -104,10 +104,10 @@ class Capture:
     def check(self, datasets: Sequence[Dataset]) -> None:
         """Refuse, in one line saying what to change, a source that cannot serve this store's changes; create
         or complete the publication where the role may. One round trip, unless the publication must change."""
-        facts = self._facts(datasets)
-        self._refuse(facts, datasets)
-        self._ensure_publication(facts, datasets, f"store {self.store.name} (ingestion: cdc)")
-        self.conn.commit()
+        with self._single():
+            facts = self._facts(datasets)
+            self._refuse(facts, datasets)
+            self._ensure_publication(facts, datasets, f"store {self.store.name} (ingestion: cdc)")
 
     def requirements(self, datasets: Sequence[Dataset]) -> None:
         """The checks that change nothing: wal_level, the REPLICATION attribute, each table's replica identity."""
@@ -205,7 +205,8 @@ class Capture:
             with self.conn.cursor() as cur:
                 cur.execute(statement)
         except psycopg2.errors.InsufficientPrivilege as exc:
-            self.conn.rollback()
+            with suppress(psycopg2.Error):
+                self.conn.rollback()
             raise CaptureError(f"{where}: publication {self.publication} lacks "
                                f"{', '.join(d.table for d in missing)} and role may not change it ({first_line(exc)}); "
                                f"have its owner run `{statement.as_string(self.conn)}`") from None

@@ -35,10 +35,9 @@ def table_name(schema: str, store: str) -> str:
 
 def create(conn: PgConnection, schema: str, name: str) -> None:
     target = sql.Identifier(schema, name)
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
-        cur.execute(sql.SQL('CREATE UNLOGGED TABLE {} (seq bigint NOT NULL, ds smallint NOT NULL, op "char" NOT NULL, '
-                            "unchanged smallint[], vals text[] NOT NULL)").format(target))
+    with conn.cursor() as cur:  # one round trip
+        cur.execute(sql.SQL('DROP TABLE IF EXISTS {0}; CREATE UNLOGGED TABLE {0} (seq bigint NOT NULL, ds smallint '
+                            'NOT NULL, op "char" NOT NULL, unchanged smallint[], vals text[] NOT NULL)').format(target))
 
 
 def staged_rows(conn: PgConnection, schema: str, name: str, lays: list[DatasetLayout]) -> dict[str, int] | None:
