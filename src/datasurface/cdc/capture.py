@@ -375,6 +375,7 @@ _ARRAY_HEAD = struct.Struct(">iiiIii")  # vals: length, ndim, flags, element typ
 _SOURCE_ROW = struct.Struct(">hiqi")  # the source's COPY row: 2 fields, lsn (8 bytes), the message's length
 _NULL = struct.pack(">i", -1)
 _INSERT, _UPDATE, _DELETE = ord("I"), ord("U"), ord("D")
+_ROW_CHANGES = frozenset((_INSERT, _UPDATE, _DELETE))
 
 
 class _Target(NamedTuple):
@@ -433,7 +434,10 @@ class _Encoder:
             end = pos + 18 + length
             if size < end:
                 break
-            self._message(lsn, buf, pos + 18, parts)
+            if buf[pos + 18] in _ROW_CHANGES:  # the usual message, straight to its row
+                self._change(buf, pos + 18, parts)
+            else:
+                self._message(lsn, buf, pos + 18, parts)
             pos = end
         self.pending = buf[pos:]
         if parts:
@@ -496,17 +500,23 @@ class _Encoder:
             if new is None:
                 return
         values = new if target.identity else [new[p] for p in target.columns]
+        if not left_out:  # _emit, inline: the path of nearly every change
+            self.seq += 1
+            self.counts[target.ds] += 1
+            body = b"".join(values)  # type: ignore[arg-type]
+            parts += (_ROW.pack(5, 8, self.seq, 2, target.ds, 1, data[start], -1, 20 + len(body), 1, 0, _TEXT_OID,
+                                len(values), 1), body)
+            return
         unchanged = []
-        if left_out:
-            values = list(values)
-            for i, value in enumerate(values):
-                if value is UNCHANGED:
-                    before = old[target.columns[i]] if old is not None and old_full else UNCHANGED
-                    if before is UNCHANGED:  # the merge side takes it from the row's last known version
-                        unchanged.append(i + 1)
-                        values[i] = NULL_ELEMENT
-                    else:
-                        values[i] = before
+        values = list(values)
+        for i, value in enumerate(values):
+            if value is UNCHANGED:
+                before = old[target.columns[i]] if old is not None and old_full else UNCHANGED
+                if before is UNCHANGED:  # the merge side takes it from the row's last known version
+                    unchanged.append(i + 1)
+                    values[i] = NULL_ELEMENT
+                else:
+                    values[i] = before
         self._emit(parts, target.ds, data[start], unchanged, values)
 
     def _emit(self, parts: list[bytes], index: int, op: int, unchanged: list[int], values: list[Element]) -> None:
