@@ -333,7 +333,8 @@ class StreamRun:
             if batch.staged_rows.get(name) == 0 and total is not None:  # no change: nothing to diff or write
                 per_dataset[name] = Counts(total=total, inserted=0, updated=0, deleted=0)
             else:
-                net = changes.build_net(self.merge, lay, target, index, current_rows(lay))
+                net = changes.build_net(self.merge, lay, target, index, current_rows(lay),
+                                        batch.staged_rows.get(name, 0))
                 per_dataset[name] = strategy(self.merge, lay).apply_changes(batch.batch_id, net.rows, net.truncated,
                                                                             total)
             killpoint(f"merge:{name}:applied")

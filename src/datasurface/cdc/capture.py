@@ -124,8 +124,9 @@ class Capture:
                 """SELECT current_setting('wal_level'), current_user::text, r.rolreplication OR r.rolsuper,
                           p.oid IS NOT NULL, p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate,
                           p.pubviaroot,
-                          ARRAY(SELECT tablename::text FROM pg_publication_tables
-                                 WHERE p.oid IS NOT NULL AND pubname = p.pubname AND schemaname = %(schema)s),
+                          ARRAY(SELECT c.relname::text FROM pg_get_publication_tables(p.pubname::text) g
+                                  JOIN pg_class c ON c.oid = g.relid
+                                 WHERE p.oid IS NOT NULL AND c.relnamespace = to_regnamespace(quote_ident(%(schema)s))),
                           (SELECT json_agg(json_build_array(c.relkind, c.relreplident, ARRAY(
                                     SELECT a.attname::text FROM pg_index i
                                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)

@@ -22,6 +22,9 @@ from datasurface.merge.layout import DatasetLayout
 
 COPY_COLUMNS = ("seq", "ds", "op", "unchanged", "vals")
 NET_TABLE = sql.Identifier("pg_temp", "ds_net")
+# up to this many changes of a dataset, its diff reads them straight from the change table (the planner, which
+# knows nothing of how many keys they hold, then probes the current rows by key: right for a few)
+INLINE_NET_ROWS = 100_000
 
 
 class UnresolvedValues(DataSurfaceError):
@@ -73,11 +76,13 @@ class Net(NamedTuple):
 
 
 def build_net(conn: PgConnection, lay: DatasetLayout, changes: sql.Composable, index: int,
-              current: sql.Composable) -> Net:
-    """The dataset's last change per key after its last truncate. One scan of the change table says whether
-    the batch truncated it or left values out; without either (the usual batch) the diff reads the last
-    changes straight from the change table, else they are made into `pg_temp.ds_net` first, filled in and,
-    after a truncate, read twice."""
+              current: sql.Composable, count: int) -> Net:
+    """The dataset's last change per key after its last truncate (`count`: its change rows). One scan of the
+    change table says whether the batch truncated it or left values out; without either, in a batch of up to
+    INLINE_NET_ROWS changes (the usual batch), the diff reads the last changes straight from the change table,
+    and probes the current rows of their keys. Otherwise they are made into `pg_temp.ds_net` first, filled in,
+    analysed (the planner then sees how many there are, and joins many by hash) and, after a truncate, read
+    twice."""
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT max(seq) FILTER (WHERE op = 'T'), bool_or(unchanged IS NOT NULL) FROM {} "
                             "WHERE ds = %s").format(changes), (index,))
@@ -87,7 +92,7 @@ def build_net(conn: PgConnection, lay: DatasetLayout, changes: sql.Composable, i
                        ).format(sql.SQL(", ").join(_typed(lay, "c")), changes, sql.Literal(index), sql.Literal(after))
         last = sql.SQL("SELECT DISTINCT ON ({}) op AS _ds_op, unchanged AS _ds_unchanged, {} FROM {} ORDER BY {}, seq "
                        "DESC").format(idents(lay.key), idents(lay.columns), rows, idents(lay.key))
-        if truncated_at is None and not left_out:
+        if truncated_at is None and not left_out and count <= INLINE_NET_ROWS:
             return Net(sql.SQL("({})").format(last), False)
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(NET_TABLE))
         cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(NET_TABLE, last))
