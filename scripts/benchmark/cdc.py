@@ -10,6 +10,12 @@ floor of the same changes, in the same run:
 - `floor+w s`: the same decode and COPY, that diff materialised and the minimal writes, exactly as the
   snapshot scenarios' `floor+w` (`Bench.floor_writes`).
 
+A batch with changes has two ratios against `floor+w`: the whole job's (`ratio w`, process start included),
+and the batch's (`batch ratio w`): the job less the job's fixed cost, which is a whole no-change batch of a
+1k-row snapshot table beside it (store `Tiny`; the median of three runs right before the cdc batch). The
+fixed cost is budgeted on its own (the no-change batch against it, below), so the 1% target (<= 1.5) is
+judged on the batch ratio; both are printed, with the fixed cost subtracted.
+
 Per size (`--cdc-sizes`): the narrow table, loaded by the cdc job (its first batch is a full snapshot) and
 by a snapshot job of the same table on another platform; then per churn level (`--cdc-churn`, percent) the
 churn, both floors, the cdc batch and the snapshot batch of the same changes (the cdc speed-up over it, and
@@ -53,6 +59,7 @@ from .serverlog import ServerLog, configure_server_log
 from .shapes import NARROW, OPEN_END, SHAPES, STORE, UPDATE_SET
 
 SHAPE = "narrow"
+FIXED_RUNS = 3  # runs of the fixed-cost batch before a batch with changes (median)
 FLOOR_SLOT = "bench_cdc_floor"
 CDC_KEYS = "cdc_floor_keys"  # the keys the churn touches: unlogged, so the slot never sees them
 CDC_NET = "cdc_floor_net"  # their rows after the churn: what the floor copies
@@ -234,13 +241,13 @@ class CdcBench(Bench):
     def floor_diff(self, conn: Any, shape: str, mode: str, select: str) -> str:
         """The snapshot floor's FULL JOIN, restricted to the changed keys: their rows after the churn against
         their current rows (a deleted key has no row after it), compared as the job compares."""
-        lay = self.layout(shape, mode)
+        layout = self.layout(shape, mode)
         target = f'"bench_{mode}"."{STORE.lower()}_{shape}"'
         still_open = "" if mode == "live" else f" WHERE c.ds_batch_out = {OPEN_END}"
         return (f"{select} FROM (SELECT * FROM floor_stage WHERE NOT _gone) s FULL JOIN "
                 f"(SELECT c.* FROM {target} c JOIN floor_stage k ON k.id = c.id{still_open}) c ON s.id = c.id "
-                f"WHERE s.id IS NULL OR c.id IS NULL OR ROW({compared(lay, 's').as_string(conn)}) "
-                f"IS DISTINCT FROM ROW({compared(lay, 'c').as_string(conn)})")
+                f"WHERE s.id IS NULL OR c.id IS NULL OR ROW({compared(layout, 's').as_string(conn)}) "
+                f"IS DISTINCT FROM ROW({compared(layout, 'c').as_string(conn)})")
 
     # ---- the snapshot job of the same table ----------------------------------------------------
 
@@ -279,19 +286,23 @@ class CdcBench(Bench):
         return statistics.median(times)
 
 
-PHASES = ("read: peek + decode + send (source COPY TO)", "stage: COPY into the change table (merge)", "net per key",
-          "diff", "apply", "source: other", "merge: other")
+PHASES = ("read: peek + decode + send (source COPY TO)", "stage: COPY into the change table (merge)",
+          "net per key (scan of the change table; ds_net when it is made)", "diff (with the net per key)", "apply",
+          "source: other", "merge: other")
 
 
 def phase(side: str, statement: str) -> str:
-    """Which part of the batch one of the job's statements is."""
+    """Which part of the batch one of the job's statements is. The usual batch's diff reads the last change
+    per key straight from the change table (merge/changes.py): its net is part of the diff statement."""
     if side == "source":
         return PHASES[0] if "pg_logical_slot_peek_binary_changes" in statement else PHASES[5]
     if "FROM STDIN" in statement:
         return PHASES[1]
     if "ds_diff" in statement:  # the diff reads ds_net too
         return PHASES[4] if statement.startswith(("DELETE", "UPDATE", "INSERT")) else PHASES[3]
-    return PHASES[2] if "ds_net" in statement else PHASES[6]
+    if "ds_net" in statement or "FILTER (WHERE op = 'T')" in statement:
+        return PHASES[2]
+    return PHASES[6]
 
 
 class Profile:
@@ -385,6 +396,10 @@ def one_batch(bench: CdcBench, size: int, mode: str, fraction: float | None, bat
     times, rss, cpu = [], 0.0, []
     profile = Profile(bench) if bench.profile else None
     fixed: list[float] = []
+    if fraction:  # the job's fixed cost, subtracted for the batch ratio: measured here, right before the batch
+        for _ in range(FIXED_RUNS):
+            bench.settle()
+            fixed.append(bench.fixed_batch())
     for _ in range(runs):
         if fraction == 0:  # the fixed cost it is held against, right before each run: the same machine
             bench.settle()
@@ -415,6 +430,9 @@ def one_batch(bench: CdcBench, size: int, mode: str, fraction: float | None, bat
                  "job_min_s": min(times), "job_max_s": max(times), "runs": runs}
     if fixed:
         res.table.update(fixed_s=statistics.median(fixed), round_trip_s=bench.round_trip())
+        if changes and res.floor_w_s == res.floor_w_s:  # the batch alone: the job less its fixed cost
+            res.table.update(batch_s=res.job_s - res.table["fixed_s"],
+                             batch_ratio_w=(res.job_s - res.table["fixed_s"]) / res.floor_w_s)
     emit(res)
     out = [res]
     if fraction is not None:
@@ -450,12 +468,19 @@ def summary(res: Result, budget: dict[str, float]) -> None:
             f"decode {t['decode_s']:.2f}s of {t['messages']:,} messages, COPY {t['copy_s']:.2f}s")
     if "speed_up" in t:
         line += (f"; floor+w {res.floor_w_s:.2f}s (diff + writes {res.floor_w_s - t['decode_s'] - t['copy_s']:.2f}s): "
-                 f"ratio w {res.ratio_w:.2f}, ratio {res.ratio:.2f}; snapshot batch {t['snapshot_s']:.2f}s: cdc "
-                 f"{t['speed_up']:.1f}x faster")
-    if res.churn == "1%":
-        line += f" (target ratio w <= 1.5: {'met' if res.ratio_w <= 1.5 else 'MISSED'})"
-    elif res.churn == "0.1%":
+                 f"ratio w {res.ratio_w:.2f}, ratio {res.ratio:.2f} (the whole job); snapshot batch "
+                 f"{t['snapshot_s']:.2f}s: cdc {t['speed_up']:.1f}x faster")
+    if "batch_ratio_w" in t:
+        line += (f"; batch ratio w {t['batch_ratio_w']:.2f} = (job {res.job_s:.2f}s - the job's fixed cost "
+                 f"{t['fixed_s']:.2f}s [a whole no-change batch of a 1k-row snapshot store, median of {FIXED_RUNS} "
+                 f"right before it]) / floor+w {res.floor_w_s:.2f}s")
+    if res.churn == "1%" and "batch_ratio_w" in t:
+        line += (f" (target batch ratio w <= 1.5: {'met' if t['batch_ratio_w'] <= 1.5 else 'MISSED'}; whole-job "
+                 f"ratio w {res.ratio_w:.2f})")
+    elif res.churn == "0.1%" and res.nominal >= 10_000_000:
         line += f" (target >= 20x the snapshot: {'met' if t['speed_up'] >= 20 else 'MISSED'})"
+    elif res.churn == "0.1%":
+        line += " (the >= 20x target is for 10M rows)"
     elif res.churn.startswith("all"):
         line += f"; ratio {res.ratio:.2f} (target peak RSS < 250 MB: {'met' if res.rss_mb < 250 else 'MISSED'})"
     print(line, flush=True)

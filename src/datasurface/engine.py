@@ -10,19 +10,18 @@ stream in one of those states; the next run finishes that batch and exits 10.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 from psycopg2 import sql
 
 from datasurface import credentials
-from datasurface.cdc import pgoutput, plan
-from datasurface.cdc.capture import Capture, SlotState
 from datasurface.consumers import history as consumers_history
 from datasurface.consumers import workspaces
 from datasurface.db import Endpoint, PgConnection, driver_error, first_line, is_lost
@@ -50,6 +49,9 @@ from datasurface.merge.locks import LockRetry, StreamLock
 from datasurface.model import Model, Store, find_store, load_model
 from datasurface.observe import runs
 from datasurface.sessions import Ahead, Heartbeat, SessionLimits, connection, merge_run_ahead, new_run_id
+
+if TYPE_CHECKING:  # change data capture is imported where a store reads changes: other merges start without it
+    from datasurface.cdc.capture import Capture, SlotState
 
 log = logging.getLogger("datasurface")
 
@@ -163,6 +165,8 @@ class StreamRun:
                 source.end_run_sessions(self.taken_over)
             source.check(tuple(layout.dataset for layout in self.layouts))
             if self.store.source.ingestion == "cdc":  # before the batch opens: a refusal changes nothing
+                from datasurface.cdc.capture import Capture
+
                 Capture(source.conn, self.store, self.schema).check(  # type: ignore[attr-defined]
                     [layout.dataset for layout in self.layouts])
             killpoint("source:checked")
@@ -254,24 +258,27 @@ class StreamRun:
         """A batch of a store that reads changes (cdc/): the slot's changes since the last batch, or a full
         snapshot where the changes cannot say the whole truth (cdc/plan.py). The slot is advanced only after the
         batch committed; a run stopped before that leaves it behind the ledger, and the next run catches up."""
+        from datasurface.cdc import pgoutput, plan
+        from datasurface.cdc.capture import Capture
+
         capture = Capture(source.conn, self.store, self.schema)  # type: ignore[attr-defined]
-        capture.release(self.limits.lock_wait)  # a killed run's backend may still be decoding from the slot
         table = changes.table_name(self.schema, self.store.name)
         if batch.status == STAGED and batch.source_lsn is not None \
                 and changes.staged_rows(self.merge, self.schema, table, self.layouts) == batch.staged_rows:
+            capture.release(self.limits.lock_wait)  # a killed run's backend may still be decoding from the slot
             staged = batch
         elif batch.status == STAGED and batch.source_lsn is None and self._staged_rows(batch) is not None:
             return self.locks.run(f"merging batch {batch.batch_id} of {what}",
                                   lambda: self._merge(batch, batch.staged_rows), lambda: self._merge_relations())
         else:
-            state = capture.state()
+            state, fixed_at = capture.begin(self.limits.lock_wait)  # ends a killed run's read of the slot
             decided = plan.plan(capture.slot, state, self.ledger.last_committed(self.stream), self.fingerprint)
             if decided.snapshot:
                 return self._capture_snapshot(source, capture, state, batch, what, decided.reason)
             if decided.catch_up is not None:
                 capture.advance(decided.catch_up)
             staged = self.locks.run(f"staging changes of batch {batch.batch_id} of {what}",
-                                    lambda: self._stage_changes(capture, batch, table), lambda: [])
+                                    lambda: self._stage_changes(capture, batch, table, fixed_at), lambda: [])
         try:
             counts = self.locks.run(f"merging batch {batch.batch_id} of {what}",
                                     lambda: self._merge_changes(staged, table), lambda: self._merge_relations())
@@ -291,6 +298,8 @@ class StreamRun:
     def _capture_snapshot(self, source: SourceSession, capture: Capture,
                           state: SlotState | None, batch: Batch, what: str,
                           reason: str | None) -> dict[str, Counts]:
+        from datasurface.cdc import pgoutput
+
         if reason is not None:
             log.warning("%s: %s; this batch is a full snapshot", self.stream.describe(), reason)
         if state is not None and (state.lost or state.confirmed is None):
@@ -306,8 +315,9 @@ class StreamRun:
         return self.locks.run(f"merging batch {batch.batch_id} of {what}",
                               lambda: self._merge(batch, rows), lambda: self._merge_relations())
 
-    def _stage_changes(self, capture: Capture, batch: Batch, table: str) -> Batch:
-        fixed_at = capture.mark()
+    def _stage_changes(self, capture: Capture, batch: Batch, table: str, fixed_at: datetime.datetime) -> Batch:
+        from datasurface.cdc import pgoutput
+
         changes.create(self.merge, self.schema, table)
         rows, end = capture.copy_changes(self.merge, sql.Identifier(self.schema, table),
                                          [layout.dataset for layout in self.layouts])
@@ -326,9 +336,14 @@ class StreamRun:
         self._lock_merge_tables()
         for index, layout in enumerate(self.layouts):
             name = layout.dataset.name
-            truncated = changes.build_net(self.merge, layout, target, index, current_rows(layout))
-            per_dataset[name] = strategy(self.merge, layout).apply_changes(
-                batch.batch_id, truncated, self.ledger.last_total(self.store.name, name))
+            total = self.ledger.last_total(self.store.name, name)
+            if batch.staged_rows.get(name) == 0 and total is not None:  # no change: nothing to diff or write
+                per_dataset[name] = Counts(total=total, inserted=0, updated=0, deleted=0)
+            else:
+                net = changes.build_net(self.merge, layout, target, index, current_rows(layout),
+                                        batch.staged_rows.get(name, 0))
+                per_dataset[name] = strategy(self.merge, layout).apply_changes(batch.batch_id, net.rows,
+                                                                               net.truncated, total)
             killpoint(f"merge:{name}:applied")
         self.ledger.commit(batch, per_dataset)
         killpoint("ledger:updated")

@@ -160,7 +160,7 @@ def big(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bi
     drop_slots(world.dbs)
 
 
-STATEMENTS = {"copy": 'COPY "%"."ds_changes_%FROM STDIN%', "net": "CREATE TEMP TABLE %ds_net%",
+STATEMENTS = {"copy": 'COPY "%"."ds_changes_%FROM STDIN%', "diff": "CREATE TEMP TABLE %ds_diff%",
               "apply": 'UPDATE "%"."store1_big" t %'}
 CASES = [(signal.SIGKILL, s, "live") for s in ("read", *STATEMENTS)] + \
     [(signal.SIGKILL, "apply", "forensic"), (signal.SIGSTOP, "copy", "live"), (signal.SIGSTOP, "apply", "forensic")]

@@ -15,20 +15,21 @@ import datetime
 import logging
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from typing import BinaryIO, NamedTuple
 
 import psycopg2
 from psycopg2 import sql
+from psycopg2.extensions import cursor
 
 from datasurface.cdc.pgoutput import (
+    NULL_ELEMENT,
     UNCHANGED,
-    Change,
-    Commit,
+    DecodeError,
     Decoder,
+    Element,
     Relation,
-    Truncate,
-    Value,
     format_lsn,
     parse_lsn,
 )
@@ -58,6 +59,31 @@ def slot_prefix(platform_schema: str) -> str:
     return f"ds_{platform_schema.lower()}_"
 
 
+class _Table(NamedTuple):
+    relkind: str | None  # None: no such table
+    identity: str | None  # relreplident: d(efault), i(ndex), f(ull), n(othing)
+    columns: list[str]  # the columns of the replica identity's index
+
+
+class _Facts(NamedTuple):
+    """What the source says about change capture for a store (Capture._facts)."""
+
+    wal_level: str
+    role: str
+    replication: bool
+    pub_exists: bool
+    pub_all_kinds: bool  # publishes inserts, updates, deletes and truncates
+    pub_via_root: bool
+    published: set[str]  # the store's schema's tables the publication holds
+    tables: list[_Table]  # per dataset, in order
+
+
+# a slot's row: confirmed_flush_lsn, lost, retained bytes, whether it is this database's, its database, plugin
+_SLOT_COLUMNS = """s.confirmed_flush_lsn::text, s.wal_status = 'lost' OR (s.restart_lsn IS NULL),
+                   pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint,
+                   s.database = current_database(), s.database::text, s.plugin::text"""
+
+
 class SlotState(NamedTuple):
     confirmed: int | None  # where the next peek starts: every commit before it has been merged
     lost: bool  # invalidated: the WAL it needed was removed (wal_status = lost)
@@ -77,41 +103,63 @@ class Capture:
 
     def check(self, datasets: Sequence[Dataset]) -> None:
         """Refuse, in one line saying what to change, a source that cannot serve this store's changes; create
-        or complete the publication where the role may."""
-        self.requirements(datasets)
-        self._ensure_publication(datasets, f"store {self.store.name} (ingestion: cdc)")
-        self.conn.commit()
+        or complete the publication where the role may. One round trip, unless the publication must change."""
+        with self._single():
+            facts = self._facts(datasets)
+            self._refuse(facts, datasets)
+            self._ensure_publication(facts, datasets, f"store {self.store.name} (ingestion: cdc)")
 
     def requirements(self, datasets: Sequence[Dataset]) -> None:
         """The checks that change nothing: wal_level, the REPLICATION attribute, each table's replica identity."""
-        with self.conn.cursor() as cur:
-            cur.execute("""SELECT current_setting('wal_level'), current_user, r.rolreplication OR r.rolsuper
-                             FROM pg_roles r WHERE r.rolname = current_user""")
-            wal_level, role, replication = cur.fetchone()  # type: ignore[misc]
-        where = f"store {self.store.name} (ingestion: cdc)"
-        if wal_level != "logical":
-            raise CaptureError(f"{where}: the source has wal_level = {wal_level}; change data capture needs "
-                               "`ALTER SYSTEM SET wal_level = logical` and a restart of the source server")
-        if not replication:
-            raise CaptureError(f"{where}: role {role} may not read replication slots; run "
-                               f"`ALTER ROLE {self._quoted(role)} REPLICATION`")
-        for dataset in datasets:
-            self._check_kind(dataset, where)
-            self._check_identity(dataset, where)
+        self._refuse(self._facts(datasets), datasets)
         self.conn.rollback()
 
-    def _relkind(self, dataset: Dataset) -> str | None:
+    def _facts(self, datasets: Sequence[Dataset]) -> _Facts:
+        """Everything the checks look at, in one query: the server's and the role's settings, the publication,
+        and per table its kind, its replica identity (the setting and the columns of its index) and whether the
+        publication holds it."""
+        schema = self.store.source.schema
         with self.conn.cursor() as cur:
-            cur.execute("SELECT relkind::text FROM pg_class WHERE oid = to_regclass(format('%%I.%%I', %s::text, "
-                        "%s::text))", (self.store.source.schema, dataset.table))
+            cur.execute(
+                """SELECT current_setting('wal_level'), current_user::text, r.rolreplication OR r.rolsuper,
+                          p.oid IS NOT NULL, p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate,
+                          p.pubviaroot,
+                          ARRAY(SELECT c.relname::text FROM pg_get_publication_tables(p.pubname::text) g
+                                  JOIN pg_class c ON c.oid = g.relid
+                                 WHERE p.oid IS NOT NULL AND c.relnamespace = to_regnamespace(quote_ident(%(schema)s))),
+                          (SELECT json_agg(json_build_array(c.relkind, c.relreplident, ARRAY(
+                                    SELECT a.attname::text FROM pg_index i
+                                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                                     WHERE i.indrelid = c.oid
+                                       AND CASE c.relreplident WHEN 'd' THEN i.indisprimary
+                                                               WHEN 'i' THEN i.indisreplident ELSE false END))
+                                    ORDER BY t.n)
+                             FROM unnest(%(tables)s::text[]) WITH ORDINALITY t(name, n)
+                             LEFT JOIN pg_class c ON c.oid = to_regclass(format('%%I.%%I', %(schema)s::text, t.name)))
+                     FROM pg_roles r LEFT JOIN pg_publication p ON p.pubname = %(publication)s
+                    WHERE r.rolname = current_user""",
+                {"schema": schema, "tables": [d.table for d in datasets], "publication": self.publication})
             row = cur.fetchone()
-        return None if row is None else str(row[0])
+        assert row is not None
+        tables = [_Table(*t) for t in row[7] or []]
+        return _Facts(row[0], row[1], bool(row[2]), bool(row[3]), bool(row[4]), bool(row[5]), set(row[6]), tables)
 
-    def _check_kind(self, dataset: Dataset, where: str) -> None:
+    def _refuse(self, facts: _Facts, datasets: Sequence[Dataset]) -> None:
+        where = f"store {self.store.name} (ingestion: cdc)"
+        if facts.wal_level != "logical":
+            raise CaptureError(f"{where}: the source has wal_level = {facts.wal_level}; change data capture needs "
+                               "`ALTER SYSTEM SET wal_level = logical` and a restart of the source server")
+        if not facts.replication:
+            raise CaptureError(f"{where}: role {facts.role} may not read replication slots; run "
+                               f"`ALTER ROLE {self._quoted(facts.role)} REPLICATION`")
+        for dataset, table in zip(datasets, facts.tables, strict=True):
+            self._check_kind(dataset, table, where)
+            self._check_identity(dataset, table, where)
+
+    def _check_kind(self, dataset: Dataset, table: _Table, where: str) -> None:
         """Only tables have changes to read: a view or materialized view is read by snapshots."""
-        relkind = self._relkind(dataset)
-        if relkind in ("v", "m"):
-            kind = "a view" if relkind == "v" else "a materialized view"
+        if table.relkind in ("v", "m"):
+            kind = "a view" if table.relkind == "v" else "a materialized view"
             raise CaptureError(f"{where}: source table {self.store.source.schema}.{dataset.table} is {kind}, whose "
                                "changes cannot be captured; read it with `ingestion: snapshot` in a store of its own")
 
@@ -121,22 +169,11 @@ class Capture:
     def _table(self, dataset: Dataset) -> str:
         return self._quoted(self.store.source.schema, dataset.table)
 
-    def _check_identity(self, dataset: Dataset, where: str) -> None:
+    def _check_identity(self, dataset: Dataset, table: _Table, where: str) -> None:
         """Deletes and key changes carry the row's replica identity only: it must hold the model's key."""
-        with self.conn.cursor() as cur:
-            cur.execute(
-                """SELECT c.relreplident,
-                          ARRAY(SELECT a.attname::text FROM pg_index i
-                                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-                                 WHERE i.indrelid = c.oid
-                                   AND CASE c.relreplident WHEN 'd' THEN i.indisprimary
-                                                           WHEN 'i' THEN i.indisreplident ELSE false END)
-                     FROM pg_class c WHERE c.oid = to_regclass(format('%%I.%%I', %s::text, %s::text))""",
-                (self.store.source.schema, dataset.table))
-            row = cur.fetchone()
-        if row is None:
+        if table.relkind is None:
             return  # a missing table is the source check's to report
-        setting, columns = row
+        setting, columns = str(table.identity), table.columns
         if setting == "f" or {dataset.column(k).source_name for k in dataset.primary_key} <= set(columns):
             return
         has = {"n": "no replica identity", "d": "a replica identity (its primary key) of "
@@ -146,37 +183,31 @@ class Capture:
             f"which does not hold the model's primary key ({', '.join(dataset.primary_key)}): its deletes could "
             f"not be told apart; run `ALTER TABLE {self._table(dataset)} REPLICA IDENTITY FULL`")
 
-    def _ensure_publication(self, datasets: Sequence[Dataset], where: str) -> None:
+    def _ensure_publication(self, facts: _Facts, datasets: Sequence[Dataset], where: str) -> None:
         schema = self.store.source.schema
-        with self.conn.cursor() as cur:
-            cur.execute("""SELECT puballtables, pubinsert AND pubupdate AND pubdelete AND pubtruncate, pubviaroot
-                             FROM pg_publication WHERE pubname = %s""", (self.publication,))
-            row = cur.fetchone()
-            cur.execute("SELECT tablename::text FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s",
-                        (self.publication, schema))
-            present = {r[0] for r in cur.fetchall()}
-        missing = [d for d in datasets if d.table not in present]
+        missing = [d for d in datasets if d.table not in facts.published]
         tables = sql.SQL(", ").join(sql.Identifier(schema, d.table) for d in missing)
         pub = sql.Identifier(self.publication)
-        if row is not None and not row[1]:
+        if facts.pub_exists and not facts.pub_all_kinds:
             raise CaptureError(f"{where}: publication {self.publication} does not publish every kind of change; run "
                                f"`ALTER PUBLICATION {self._quoted(self.publication)} SET (publish = 'insert, update, "
                                "delete, truncate')`")
-        partitioned = any(self._relkind(d) == "p" for d in datasets)
-        if row is not None and not row[2] and partitioned:  # its changes would name its partitions
+        partitioned = any(t.relkind == "p" for t in facts.tables)
+        if facts.pub_exists and not facts.pub_via_root and partitioned:  # its changes would name its partitions
             raise CaptureError(f"{where}: publication {self.publication} publishes the changes of a partitioned "
                                "table under its partitions' names; run `ALTER PUBLICATION "
                                f"{self._quoted(self.publication)} SET (publish_via_partition_root = true)`")
         if not missing:
             return
         statement = (sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)")
-                     if row is None
+                     if not facts.pub_exists
                      else sql.SQL("ALTER PUBLICATION {} ADD TABLE {}")).format(pub, tables)
         try:
             with self.conn.cursor() as cur:
                 cur.execute(statement)
         except psycopg2.errors.InsufficientPrivilege as exc:
-            self.conn.rollback()
+            with suppress(psycopg2.Error):
+                self.conn.rollback()
             raise CaptureError(f"{where}: publication {self.publication} lacks "
                                f"{', '.join(d.table for d in missing)} and role may not change it ({first_line(exc)}); "
                                f"have its owner run `{statement.as_string(self.conn)}`") from None
@@ -186,19 +217,65 @@ class Capture:
 
     def state(self) -> SlotState | None:
         with self.conn.cursor() as cur:
-            cur.execute("""SELECT confirmed_flush_lsn::text, wal_status = 'lost' OR (restart_lsn IS NULL),
-                                  pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
-                                  database = current_database(), database, plugin
-                             FROM pg_replication_slots WHERE slot_name = %s""", (self.slot,))
+            cur.execute(sql.SQL("SELECT {} FROM pg_replication_slots s WHERE slot_name = %s").format(
+                sql.SQL(_SLOT_COLUMNS)), (self.slot,))
             row = cur.fetchone()
         self.conn.commit()
-        if row is None:
+        return self._state(row)
+
+    def _state(self, row: Sequence[object] | None) -> SlotState | None:
+        """A SlotState of the `_SLOT_COLUMNS` of the slot's row; None: no slot."""
+        if row is None or row[4] is None:
             return None
         if not row[3] or row[5] != "pgoutput":  # slot names are the server's: another database may hold it
             raise CaptureError(f"store {self.store.name}: replication slot {self.slot} on the source belongs to "
                                f"database {row[4]} ({row[5]}), not to {self.store.source.database}: two platforms "
                                "of the same name read this server; rename one, or drop the slot if it is stale")
-        return SlotState(parse_lsn(row[0]) if row[0] else None, bool(row[1]), row[2])
+        return SlotState(parse_lsn(str(row[0])) if row[0] else None, bool(row[1]), row[2])  # type: ignore[arg-type]
+
+    def begin(self, timeout: float) -> tuple[SlotState | None, datetime.datetime]:
+        """The start of a change batch on the source, in one statement (one round trip, no transaction block
+        around it): the slot's state, with a killed run's session that still reads the slot ended (see
+        `release`, which waits up to `timeout` seconds for it or names another holder); and the batch's end
+        fixed by a marker transaction, committed and flushed now, whose commit the batch's read reaches.
+        Decoding reads flushed WAL only, and a server with asynchronous commits flushes a commit later than
+        it acknowledges it; the marker's flushed commit is a record boundary every earlier commit precedes.
+        The session's text settings for the decoder are set on the way. Returns the slot's state and the
+        source's clock at the marker. (A batch that then takes a snapshot leaves an unread marker behind:
+        the next batch's read skips it like any message.)"""
+        settings = sql.SQL(", ").join(sql.SQL("set_config({}, {}, false)").format(sql.Literal(k), sql.Literal(v))
+                                      for k, v in _TEXT_SETTINGS)
+        query = sql.SQL(
+            "SELECT {slot}, s.active_pid <> pg_backend_pid(), "
+            "CASE WHEN s.active_pid <> pg_backend_pid() AND a.application_name LIKE {app} "
+            "THEN pg_terminate_backend(s.active_pid) END, "
+            "set_config('synchronous_commit', 'local', true), {settings}, "
+            "pg_logical_emit_message(true, {marker}, {name}), clock_timestamp() "
+            "FROM (VALUES (1)) one (x) LEFT JOIN pg_replication_slots s ON s.slot_name = {name} "
+            "LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid").format(
+            slot=sql.SQL(_SLOT_COLUMNS), app=sql.Literal(f"{APP_PREFIX} %"), settings=settings,
+            marker=sql.Literal(MARKER), name=sql.Literal(self.slot))
+        with self._single() as cur:
+            cur.execute(query)
+            row = cur.fetchone()
+        assert row is not None
+        at: datetime.datetime = row[-1]
+        if row[6]:  # held by another session: wait for it to go (a killed run's), then read the slot again
+            self.release(timeout)
+            return self.state(), at
+        return self._state(row), at
+
+    @contextmanager
+    def _single(self) -> Iterator[cursor]:
+        """A cursor whose statements each commit on their own: no BEGIN and COMMIT round trips around a
+        statement that is a transaction of its own."""
+        self.conn.autocommit = True
+        try:
+            with self.conn.cursor() as cur:
+                yield cur
+        finally:
+            with suppress(psycopg2.Error):  # a lost session keeps its own error
+                self.conn.autocommit = False
 
     def release(self, timeout: float) -> None:
         """Wait, up to `timeout` seconds, until no other session reads the slot. The run holds the stream's
@@ -240,25 +317,8 @@ class Capture:
 
     def advance(self, lsn: int) -> None:
         """Give the source back the WAL of every change up to `lsn`: they are merged."""
-        with self.conn.cursor() as cur:
+        with self._single() as cur:
             cur.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, format_lsn(lsn)))
-        self.conn.commit()
-
-    def mark(self) -> datetime.datetime:
-        """Fix where the batch ends: a marker transaction, committed and flushed now, whose commit the batch's
-        read reaches. Decoding reads flushed WAL only, and a server with asynchronous commits flushes a commit
-        later than it acknowledges it; the marker's flushed commit is a record boundary every earlier commit
-        precedes. The session's text settings for the decoder are set on the way. Returns the source's clock
-        at the marker."""
-        settings = (sql.SQL("set_config({}, {}, false)").format(sql.Literal(k), sql.Literal(v))
-                    for k, v in _TEXT_SETTINGS)
-        with self.conn.cursor() as cur:
-            cur.execute(sql.SQL("SET LOCAL synchronous_commit = local; SELECT {}, "
-                                "pg_logical_emit_message(true, {}, {}), clock_timestamp()").format(
-                sql.SQL(", ").join(settings), sql.Literal(MARKER), sql.Literal(self.slot)))
-            at: datetime.datetime = cur.fetchone()[-1]  # type: ignore[index]
-        self.conn.commit()
-        return at
 
     # --- the changes --------------------------------------------------------------------------------
 
@@ -285,13 +345,13 @@ class Capture:
                 out.write(_COPY_TRAILER)
 
         try:
-            copy_through_pipe(self.conn, produce, merge, in_sql, "cdc-read")
+            with self._single():  # the read is a transaction of its own
+                copy_through_pipe(self.conn, produce, merge, in_sql, "cdc-read")
         except PipeError as exc:
             if isinstance(exc.cause, DataSurfaceError):
                 raise exc.cause from None
             side = "reading" if exc.side == "source" else "staging"
             raise CaptureError(f"{side} the changes of slot {self.slot}: {first_line(exc.cause)}") from exc.cause
-        self.conn.commit()
         if not encoder.last_commit:
             raise CaptureError(f"the changes of slot {self.slot} lack the batch's own marker transaction")
         killpoint("cdc:copied")
@@ -307,143 +367,172 @@ _TEXT_SETTINGS = (("TimeZone", "UTC"), ("DateStyle", "ISO, YMD"), ("IntervalStyl
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\0" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 _TEXT_OID, _INT2_OID = 25, 21
-_ROW = struct.Struct(">hiqihiB")  # 5 fields; seq (8 bytes); dataset (int2); op ("char", 1 byte)
+# a change row up to its values' elements: 5 fields; seq (8 bytes); dataset (int2); op ("char", 1 byte);
+# unchanged (NULL); vals: its length, then a one-dimensional text[] (flags 0: array_recv reads the NULLs from
+# the elements) of n elements from index 1
+_ROW = struct.Struct(">hiqihiBiiiiIii")
+_ROW_HEAD = struct.Struct(">hiqihiB")  # the same up to op, for a row with an unchanged column
+_ARRAY_HEAD = struct.Struct(">iiiIii")  # vals: length, ndim, flags, element type, n, lower bound
+_SOURCE_ROW = struct.Struct(">hiqi")  # the source's COPY row: 2 fields, lsn (8 bytes), the message's length
 _NULL = struct.pack(">i", -1)
+_INSERT, _UPDATE, _DELETE = ord("I"), ord("U"), ord("D")
+_ROW_CHANGES = frozenset((_INSERT, _UPDATE, _DELETE))
+
+
+class _Target(NamedTuple):
+    """Where a relation's changes go: the dataset (its index) and where each model column stands in the
+    relation's tuples (`identity`: in the model's order, nothing else)."""
+
+    ds: int  # the dataset's index
+    dataset: Dataset
+    columns: list[int]
+    key: list[int]
+    identity: bool
 
 
 class _Encoder:
     """Reads the source's binary COPY of (lsn, message) rows, decodes each message and writes the batch's
-    change rows in COPY's binary format: (seq, dataset, op, unchanged columns, values as text[])."""
+    change rows in COPY's binary format: (seq, dataset, op, unchanged columns, values as text[]). A change's
+    values are its tuple's columns as they stand in the message (binary array elements, cdc/pgoutput.py)."""
 
     def __init__(self, schema: str, datasets: Sequence[Dataset]):
         self.decoder = Decoder()
         self.tables = {d.table: (i, d) for i, d in enumerate(datasets)}
         self.schema = schema
-        self.rows = {d.name: 0 for d in datasets}
+        self.counts = [0] * len(datasets)
+        self.names = [d.name for d in datasets]
         self.seq = 0
         self.last_commit = 0
-        self.buffer = bytearray()
+        self.pending = b""
         self.header_read = False
         self.out: object = None
-        self._positions: dict[tuple[Relation, int], tuple[list[int], list[int]]] = {}
+        self._targets: dict[int, tuple[Relation, _Target | None]] = {}
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return dict(zip(self.names, self.counts, strict=True))
 
     # psycopg2 writes the COPY's data here
     def write(self, data: bytes) -> int:
-        self.buffer += data
-        self._parse()
-        return len(data)
-
-    def _parse(self) -> None:
-        buf = self.buffer
+        buf = self.pending + data if self.pending else bytes(data)
         pos = 0
         if not self.header_read:
             if len(buf) < 19:
-                return
+                self.pending = buf
+                return len(data)
             (ext,) = struct.unpack_from(">i", buf, 15)
             pos = 19 + ext
             self.header_read = True
-        while len(buf) - pos >= 2:
-            (fields,) = struct.unpack_from(">h", buf, pos)
-            if fields == -1:
+        parts: list[bytes] = []
+        size = len(buf)
+        while size - pos >= 2:
+            if buf[pos:pos + 2] == b"\xff\xff":  # the trailer
                 pos += 2
                 break
-            # lsn: length 8 + int8; data: length + bytes
-            if len(buf) - pos < 2 + 4 + 8 + 4:
+            if size - pos < 18:
                 break
-            (lsn,) = struct.unpack_from(">q", buf, pos + 6)
-            (size,) = struct.unpack_from(">i", buf, pos + 14)
-            end = pos + 18 + size
-            if len(buf) < end:
+            _, _, lsn, length = _SOURCE_ROW.unpack_from(buf, pos)
+            end = pos + 18 + length
+            if size < end:
                 break
-            self._message(lsn, bytes(buf[pos + 18:end]))
+            if buf[pos + 18] in _ROW_CHANGES:  # the usual message, straight to its row
+                self._change(buf, pos + 18, parts)
+            else:
+                self._message(lsn, buf, pos + 18, parts)
             pos = end
-        del buf[:pos]
+        self.pending = buf[pos:]
+        if parts:
+            self.out.write(b"".join(parts))  # type: ignore[attr-defined]
+        return len(data)
 
     def finish(self) -> None:
-        if self.buffer:
+        if self.pending:
             raise CaptureError("the source's change stream ended inside a row")
 
-    def _message(self, lsn: int, data: bytes) -> None:
-        for event in self.decoder.decode(lsn, data):
-            if isinstance(event, Commit):
-                self.last_commit = event.end_lsn
-            elif isinstance(event, Truncate):
-                for rel in event.relations:
-                    found = self._dataset(rel.schema, rel.table)
-                    if found is not None:
-                        self._emit(found[0], found[1], "T", [], ())
-            else:
-                self._change(event)
+    def _message(self, lsn: int, data: bytes, start: int, parts: list[bytes]) -> None:
+        kind = data[start]
+        if kind in (_INSERT, _UPDATE, _DELETE):
+            self._change(data, start, parts)
+        elif kind == 0x43:  # 'C': the row's lsn for a commit is the end of its commit record
+            self.last_commit = lsn
+        elif kind == 0x52:  # 'R'
+            self.decoder.relation(data, start)
+        elif kind == 0x54:  # 'T'
+            for rel in self.decoder.truncated(data, start):
+                found = self.tables.get(rel.table) if rel.schema == self.schema else None
+                if found is not None:
+                    self._emit(parts, found[0], ord("T"), [], [])
+        elif kind not in b"BOYM":  # begin, origin, type, message: nothing a batch needs
+            raise DecodeError(f"pgoutput message of unknown type {chr(kind)!r} at {format_lsn(lsn)}")
 
-    def _dataset(self, schema: str, table: str) -> tuple[int, Dataset] | None:
-        return self.tables.get(table) if schema == self.schema else None
-
-    def _columns(self, change: Change, index: int, dataset: Dataset) -> tuple[list[int], list[int]]:
-        """Where each model column (and each key column) stands in the relation's tuples."""
-        cached = self._positions.get((change.relation, index))  # a relation is its name and columns
-        if cached is not None:
-            return cached
-        where = {name: i for i, name in enumerate(change.relation.columns)}
+    def _target(self, relid: int, relation: Relation) -> _Target | None:
+        """The relation's dataset and column positions (None: not one of the store's tables), kept per relation
+        id until a Relation message changes it."""
+        cached = self._targets.get(relid)
+        if cached is not None and cached[0] is relation:
+            return cached[1]
+        found = self.tables.get(relation.table) if relation.schema == self.schema else None
+        if found is None:
+            self._targets[relid] = (relation, None)
+            return None
+        index, dataset = found
+        where = {name: i for i, name in enumerate(relation.columns)}
         missing = [c.source_name for c in dataset.columns if c.source_name not in where]
         if missing:
             raise CaptureError(f"changes of {self.schema}.{dataset.table} lack column(s) {', '.join(missing)} of "
                                f"the model (the table changed on the source)")
-        positions = ([where[c.source_name] for c in dataset.columns],
-                     [where[dataset.column(k).source_name] for k in dataset.primary_key])
-        self._positions[(change.relation, index)] = positions
-        return positions
+        columns = [where[c.source_name] for c in dataset.columns]
+        target = _Target(index, dataset, columns,
+                         [where[dataset.column(k).source_name] for k in dataset.primary_key],
+                         columns == list(range(len(relation.columns))))
+        self._targets[relid] = (relation, target)
+        return target
 
-    def _change(self, change: Change) -> None:
-        found = self._dataset(change.relation.schema, change.relation.table)
-        if found is None:
+    def _change(self, data: bytes, start: int, parts: list[bytes]) -> None:
+        relation, relid, new, old, old_full, left_out = self.decoder.elements(data, start)
+        target = self._target(relid, relation)
+        if target is None:
             return
-        index, dataset = found
-        columns, key = self._columns(change, index, dataset)
-        old, new = change.old, change.new
-        if change.op == "D":
+        key = target.key
+        if new is None or (old is not None and any(old[p] != new[p] for p in key)):  # a delete, or a new key
             assert old is not None
-            self._emit(index, dataset, "D", [], tuple(old[p] if p in key else None for p in columns))
+            self._emit(parts, target.ds, _DELETE, [], [old[p] if p in key else NULL_ELEMENT
+                                                          for p in target.columns])
+            if new is None:
+                return
+        values = new if target.identity else [new[p] for p in target.columns]
+        if not left_out:  # _emit, inline: the path of nearly every change
+            self.seq += 1
+            self.counts[target.ds] += 1
+            body = b"".join(values)  # type: ignore[arg-type]
+            parts += (_ROW.pack(5, 8, self.seq, 2, target.ds, 1, data[start], -1, 20 + len(body), 1, 0, _TEXT_OID,
+                                len(values), 1), body)
             return
-        assert new is not None
-        if old is not None and any(old[p] != new[p] for p in key):  # a new key: the old one is gone
-            self._emit(index, dataset, "D", [], tuple(old[p] if p in key else None for p in columns))
-        values: list[Value] = [new[p] for p in columns]
         unchanged = []
+        values = list(values)
         for i, value in enumerate(values):
             if value is UNCHANGED:
-                before = old[columns[i]] if old is not None and change.old_full else UNCHANGED
+                before = old[target.columns[i]] if old is not None and old_full else UNCHANGED
                 if before is UNCHANGED:  # the merge side takes it from the row's last known version
                     unchanged.append(i + 1)
-                    values[i] = None
+                    values[i] = NULL_ELEMENT
                 else:
                     values[i] = before
-        self._emit(index, dataset, change.op, unchanged, tuple(values))
+        self._emit(parts, target.ds, data[start], unchanged, values)
 
-    def _emit(self, index: int, dataset: Dataset, op: str, unchanged: list[int], values: Sequence[Value]) -> None:
+    def _emit(self, parts: list[bytes], index: int, op: int, unchanged: list[int], values: list[Element]) -> None:
         self.seq += 1
-        self.rows[dataset.name] += 1
-        out = self.out
-        parts = [_ROW.pack(5, 8, self.seq, 2, index, 1, ord(op))]
-        parts.append(_int2_array(unchanged) if unchanged else _NULL)
-        parts.append(_text_array(values))
-        out.write(b"".join(parts))  # type: ignore[attr-defined]
+        self.counts[index] += 1
+        body = b"".join(values)  # type: ignore[arg-type]
+        if unchanged:
+            parts += (_ROW_HEAD.pack(5, 8, self.seq, 2, index, 1, op), _int2_array(unchanged),
+                      _ARRAY_HEAD.pack(20 + len(body), 1, 0, _TEXT_OID, len(values), 1), body)
+        else:
+            parts += (_ROW.pack(5, 8, self.seq, 2, index, 1, op, -1, 20 + len(body), 1, 0, _TEXT_OID, len(values), 1),
+                      body)
 
 
 def _int2_array(items: list[int]) -> bytes:
     body = b"".join(struct.pack(">ih", 2, v) for v in items)
     head = struct.pack(">iiiii", 1, 0, _INT2_OID, len(items), 1)
     return struct.pack(">i", len(head) + len(body)) + head + body
-
-
-def _text_array(values: Sequence[Value]) -> bytes:
-    has_null = any(v is None for v in values)
-    parts = [struct.pack(">iiiii", 1, int(has_null), _TEXT_OID, len(values), 1)]
-    for v in values:
-        if v is None or v is UNCHANGED:
-            parts.append(_NULL)
-        else:
-            assert isinstance(v, bytes)
-            parts.append(struct.pack(">i", len(v)))
-            parts.append(v)
-    body = b"".join(parts)
-    return struct.pack(">i", len(body)) + body

@@ -24,6 +24,8 @@ class UnchangedToast:
 
 UNCHANGED = UnchangedToast()
 Value = bytes | None | UnchangedToast
+Element = bytes | UnchangedToast  # a column as a binary array element: Int32 length + bytes (-1: NULL)
+NULL_ELEMENT = b"\xff\xff\xff\xff"
 
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
@@ -58,6 +60,9 @@ class Commit(NamedTuple):
 
 
 Event = Change | Truncate | Commit
+# (relation, relation id, new tuple, old tuple, whether the old tuple is the whole row (REPLICA IDENTITY
+# FULL), whether the new tuple left values out)
+RawChange = tuple[Relation, int, list[Element] | None, list[Element] | None, bool, bool]
 
 
 class DecodeError(DataSurfaceError):
@@ -65,7 +70,12 @@ class DecodeError(DataSurfaceError):
 
 
 class Decoder:
-    """Keeps the relations the stream announced; `decode` turns one message into its events."""
+    """Keeps the relations the stream announced; `decode` turns one message into its events.
+
+    A tuple's columns are read as binary array elements: pgoutput writes a text column as its kind byte, an
+    Int32 length and the bytes, which without the kind byte is exactly an element of a binary `text[]`
+    (NULL: length -1). `elements` hands them over as such, so a change row is written by slicing, without
+    decoding each value (cdc/capture.py)."""
 
     def __init__(self) -> None:
         self.relations: dict[int, Relation] = {}
@@ -73,29 +83,34 @@ class Decoder:
     def decode(self, lsn: int, data: bytes) -> Iterator[Event]:
         kind = data[:1]
         if kind in (b"I", b"U", b"D"):
-            yield self._change(kind.decode(), data)
+            relation, _, new, old, old_full, _ = self.elements(data, 0)
+            yield Change(relation, kind.decode(), _values(new), _values(old), old_full)
         elif kind == b"R":
-            self._relation(data)
+            self.relation(data, 0)
         elif kind == b"C":
             yield Commit(lsn)  # the row's lsn for a commit is the end of its commit record
         elif kind == b"T":
-            (count,) = _I32.unpack_from(data, 1)
-            ids = struct.unpack_from(f">{count}I", data, 6)
-            yield Truncate(tuple(self._known(i) for i in ids))
+            yield Truncate(self.truncated(data, 0))
         elif kind in (b"B", b"O", b"Y", b"M"):
             return  # begin, origin, type, message: nothing a batch needs
         else:
             raise DecodeError(f"pgoutput message of unknown type {kind!r} at {format_lsn(lsn)}")
 
-    def _known(self, relid: int) -> Relation:
+    def known(self, relid: int) -> Relation:
         try:
             return self.relations[relid]
         except KeyError:
             raise DecodeError(f"pgoutput change of relation {relid} before its Relation message") from None
 
-    def _relation(self, data: bytes) -> None:
-        (relid,) = _U32.unpack_from(data, 1)
-        schema, pos = _string(data, 5)
+    def truncated(self, data: bytes, start: int) -> tuple[Relation, ...]:
+        """The relations of the Truncate message at `start`."""
+        (count,) = _I32.unpack_from(data, start + 1)
+        return tuple(self.known(i) for i in struct.unpack_from(f">{count}I", data, start + 6))
+
+    def relation(self, data: bytes, start: int) -> None:
+        """Read the Relation message at `start`."""
+        (relid,) = _U32.unpack_from(data, start + 1)
+        schema, pos = _string(data, start + 5)
         table, pos = _string(data, pos)
         pos += 1  # replica identity setting
         (ncols,) = _I16.unpack_from(data, pos)
@@ -107,19 +122,22 @@ class Decoder:
             columns.append(name)
         self.relations[relid] = Relation(schema, table, tuple(columns))
 
-    def _change(self, op: str, data: bytes) -> Change:
-        (relid,) = _U32.unpack_from(data, 1)
-        relation = self._known(relid)
-        pos = 5
+    def elements(self, data: bytes, start: int) -> RawChange:
+        """The Insert, Update or Delete message at `start`, its tuples as binary array elements."""
+        (relid,) = _U32.unpack_from(data, start + 1)
+        relation = self.known(relid)
+        pos = start + 5
         old = new = None
-        old_full = data[pos:pos + 1] == b"O"
-        if data[pos:pos + 1] in (b"K", b"O"):
-            old, pos = _tuple(data, pos + 1)
-        if op != "D":
-            if data[pos:pos + 1] != b"N":
-                raise DecodeError(f"pgoutput {op} message of {relation.table} without its new tuple")
-            new, pos = _tuple(data, pos + 1)
-        return Change(relation, op, new, old, old_full)
+        tag = data[pos]
+        old_full = tag == 0x4F  # 'O'
+        if old_full or tag == 0x4B:  # 'K'
+            old, pos, _ = _tuple(data, pos + 1)
+        left_out = False
+        if data[start] != 0x44:  # not a Delete: the new tuple follows
+            if data[pos] != 0x4E:  # 'N'
+                raise DecodeError(f"pgoutput {chr(data[start])} message of {relation.table} without its new tuple")
+            new, pos, left_out = _tuple(data, pos + 1)
+        return relation, relid, new, old, old_full, left_out
 
 
 def _string(data: bytes, pos: int) -> tuple[str, int]:
@@ -127,24 +145,38 @@ def _string(data: bytes, pos: int) -> tuple[str, int]:
     return data[pos:end].decode(), end + 1
 
 
-def _tuple(data: bytes, pos: int) -> tuple[tuple[Value, ...], int]:
-    (ncols,) = _I16.unpack_from(data, pos)
+def _tuple(data: bytes, pos: int) -> tuple[list[Element], int, bool]:
+    """The TupleData at `pos` as binary array elements; where it ends; whether a value was left out. (The
+    loop every changed column goes through: its names are local.)"""
+    ncols = data[pos] << 8 | data[pos + 1]
     pos += 2
-    values: list[Value] = []
+    out: list[Element] = []
+    append, unpack = out.append, _I32.unpack_from
+    left_out = False
     for _ in range(ncols):
         kind = data[pos]
-        pos += 1
-        if kind == 0x74:  # 't': text
-            (length,) = _I32.unpack_from(data, pos)
-            values.append(data[pos + 4:pos + 4 + length])
-            pos += 4 + length
+        if kind == 0x74:  # 't': Int32 length + text, an array element as it stands
+            end = pos + 5 + unpack(data, pos + 1)[0]
+            append(data[pos + 1:end])
+            pos = end
         elif kind == 0x6E:  # 'n': NULL
-            values.append(None)
+            append(NULL_ELEMENT)
+            pos += 1
         elif kind == 0x75:  # 'u': unchanged TOASTed value
-            values.append(UNCHANGED)
+            append(UNCHANGED)
+            left_out = True
+            pos += 1
         else:
             raise DecodeError(f"pgoutput tuple column of unknown kind {chr(kind)!r}")
-    return tuple(values), pos
+    return out, pos, left_out
+
+
+def _values(elements: list[Element] | None) -> tuple[Value, ...] | None:
+    """Elements as values: the text's bytes, None for NULL, UNCHANGED."""
+    if elements is None:
+        return None
+    return tuple(None if e == NULL_ELEMENT else e if e is UNCHANGED else e[4:]  # type: ignore[index]
+                 for e in elements)
 
 
 def format_lsn(lsn: int) -> str:

@@ -19,10 +19,11 @@ import sys
 # PostgreSQL source dialect is imported by the engine when the store is opened, the codec of the model
 # file (read as utf-8-sig: a byte-order mark is no part of the YAML) when it is read, and what fetching a
 # model from git needs (model/loader.py) when the model is a repository, as it is in a cluster, and what
-# merging several stores in one run needs (group.py).
+# merging several stores in one run needs (group.py), and change data capture for a store that reads changes.
 # tests/engine/test_cli_fast.py checks that a real merge imports nothing outside these modules' imports.
 MERGE_MODULES = ("datasurface.cli", "datasurface.cli.fast", "datasurface.cli.outcome", "datasurface.engine",
-                 "datasurface.group", "datasurface.ingest.postgres", "encodings.utf_8_sig", "base64", "shutil",
+                 "datasurface.group", "datasurface.ingest.postgres", "datasurface.cdc.capture", "datasurface.cdc.plan",
+                 "encodings.utf_8_sig", "base64", "shutil",
                  "subprocess", "tempfile")
 
 

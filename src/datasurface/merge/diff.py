@@ -76,12 +76,14 @@ def compared(layout: DatasetLayout, alias: str) -> sql.Composable:
     return sql.SQL(", ").join(parts)
 
 
-def materialize_diff(conn: PgConnection, query: sql.Composable) -> dict[str, int]:
-    """Run the CREATE TEMP TABLE of a diff into `pg_temp.ds_diff`, analyze it; its rows per `_ds_op`."""
+def materialize_diff(conn: PgConnection, query: sql.Composable, analyzed: list[str] | None = None) -> dict[str, int]:
+    """Run the CREATE TEMP TABLE of a diff into `pg_temp.ds_diff`, analyze it (only the columns `analyzed`,
+    when given); its rows per `_ds_op`."""
+    columns = sql.SQL("") if analyzed is None else sql.SQL(" ({})").format(idents(analyzed))
     with conn.cursor() as cur:
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(DIFF_TABLE))
         cur.execute(query)
-        cur.execute(sql.SQL("ANALYZE {}").format(DIFF_TABLE))
+        cur.execute(sql.SQL("ANALYZE {}{}").format(DIFF_TABLE, columns))
         cur.execute(sql.SQL("SELECT _ds_op, count(*) FROM {} GROUP BY _ds_op").format(DIFF_TABLE))
         return {row[0]: int(row[1]) for row in cur.fetchall()}
 
@@ -126,12 +128,14 @@ def compute_diff(conn: PgConnection, layout: DatasetLayout, snapshot_rows: int,
     return counts
 
 
-def compute_change_diff(conn: PgConnection, layout: DatasetLayout, truncated: bool, current_hint: int | None) -> Counts:
-    """The diff of a change batch: `pg_temp.ds_net` (merge/changes.py: the last change of each changed key)
+def compute_change_diff(conn: PgConnection, layout: DatasetLayout, net: sql.Composable, truncated: bool,
+                        current_hint: int | None) -> Counts:
+    """The diff of a change batch: `net` (merge/changes.py: a FROM item of the last change of each changed key)
     against the current rows, compared as a snapshot's rows are; keys without a change keep their rows, unless
-    the batch truncated the table. The total follows from the last one: current - deleted + inserted."""
+    the batch truncated the table (`net` is then a table, read twice). The total follows from the last one:
+    current - deleted + inserted. The diff is analysed for what plans the writes: how many rows of each kind,
+    their keys (the values' statistics, which nothing reads, would cost more than the diff)."""
     first_key = sql.Identifier("t", layout.key[0])
-    net = sql.Identifier("pg_temp", "ds_net")
     present = sql.SQL("s._ds_op <> 'D'")
     changed: sql.Composable = sql.SQL("{} IS NULL").format(first_key)
     if layout.values:
@@ -151,7 +155,7 @@ def compute_change_diff(conn: PgConnection, layout: DatasetLayout, truncated: bo
                                 "(SELECT FROM {net} s WHERE {match})").format(
             keys=idents(layout.key, "t"), nulls=nulls, current=current_rows(layout), net=net,
             match=key_match(layout, "s", "t"))
-    by_op = materialize_diff(conn, query)
+    by_op = materialize_diff(conn, query, ["_ds_op", *layout.key])
     if current_hint is None:
         current_hint = current_count(conn, layout)
     inserted, deleted = by_op.get("I", 0), by_op.get("D", 0)
@@ -240,10 +244,10 @@ class DiffMerge:
         drop_diff(self.conn)
         return counts
 
-    def apply_changes(self, batch_id: int, truncated: bool, current_hint: int | None) -> Counts:
-        """A change batch's net changes (`pg_temp.ds_net`), through the same diff and writes as a snapshot."""
+    def apply_changes(self, batch_id: int, net: sql.Composable, truncated: bool, current_hint: int | None) -> Counts:
+        """A change batch's net changes (`net`: merge/changes.py), through the same diff and writes as a snapshot."""
         with keyed_apply(self.conn):  # a few keys' current rows: through the key index, not a scan of the table
-            counts = compute_change_diff(self.conn, self.layout, truncated, current_hint)
+            counts = compute_change_diff(self.conn, self.layout, net, truncated, current_hint)
         killpoint(f"merge:{self.layout.dataset.name}:diffed")
         with keyed_apply(self.conn), self.conn.cursor() as cur:
             self.retire(cur, counts, batch_id)
