@@ -122,18 +122,23 @@ def kill_job_inside(release: Release, platform: str, statement_prefix: str, time
     seen: set[str] = set()  # every statement of the job's sessions seen meanwhile (for the failure message)
     # closing(), not `with conn`: psycopg2's connection block is one transaction even in autocommit, and
     # PostgreSQL keeps a transaction's first look at pg_stat_activity for the rest of it
+    pid = None  # the job's process, found before its statement is looked for: the kill then follows at once
     with closing(release.connect("merge_db", "merge")) as conn, conn.cursor() as cur:
         while time.monotonic() < deadline:
+            if pid is not None and not os.path.exists(f"/proc/{pid}"):  # it ended: another run's job comes
+                pid = None
+            if pid is None:
+                pids = job_processes(release.pods["scheduler"], platform)
+                assert len(pids) <= 1, f"one {platform} job expected in the scheduler container, found {pids}"
+                pid = pids[0] if pids else None
             cur.execute("""SELECT query FROM pg_stat_activity
                             WHERE datname = current_database() AND state = 'active'
                               AND application_name LIKE 'datasurface-job merge %'""")
             queries = [q for (q,) in cur.fetchall()]
             seen.update(q[:120] for q in queries)
             statement = next((q for q in queries if q.startswith(statement_prefix)), None)
-            if statement is not None:
-                pids = job_processes(release.pods["scheduler"], platform)
-                assert len(pids) == 1, f"one {platform} job expected in the scheduler container, found {pids}"
-                os.kill(pids[0], signal.SIGKILL)
+            if statement is not None and pid is not None:
+                os.kill(pid, signal.SIGKILL)
                 cur.execute("""SELECT count(*) FROM pg_stat_activity WHERE state = 'active'
                                   AND application_name LIKE 'datasurface-job merge %%' AND query = %s""", [statement])
                 assert cur.fetchone()[0] == 1, "the statement had ended before the job was killed"
