@@ -16,20 +16,6 @@ import pytest
 
 from tests.support.databases import Databases, make_databases
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """For pytest-xdist's `--dist loadgroup` (scripts/test.sh): a file's tests run on one worker, so its
-    module fixtures (big tables, servers) are made once, and the files that build or run images share one
-    worker, as buildah's storage is one. (The Airflow venv runs its folders without xdist.)"""
-    if not config.pluginmanager.has_plugin("xdist"):
-        return
-    for item in items:
-        parts = item.path.relative_to(ROOT).parts
-        group = "images" if parts[:2] in (("tests", "image"), ("tests", "image_build")) else "/".join(parts)
-        item.add_marker(pytest.mark.xdist_group(group))
-
 
 def _start(prefer: str):  # type: ignore[no-untyped-def]
     from datasurface.localpg import LocalPostgres, find_bin_dir
