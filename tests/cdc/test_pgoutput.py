@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import struct
+from typing import Any
 
 import pytest
+import yaml
 
 from datasurface.cdc.pgoutput import UNCHANGED, Change, Commit, DecodeError, Decoder, Truncate, format_lsn, parse_lsn
 
@@ -64,3 +67,112 @@ def test_unknown_messages_and_relations_are_errors() -> None:
 def test_lsn_text() -> None:
     assert format_lsn(parse_lsn("16/B374D848")) == "16/B374D848"
     assert parse_lsn("0/10") == 16
+
+
+# ---- the change rows the capture writes (cdc/capture.py), from a source's COPY of (lsn, message) rows ----
+
+def copy_stream(messages: list[bytes]) -> bytes:
+    rows = b"".join(struct.pack(">hiqi", 2, 8, lsn, len(m)) + m for lsn, m in enumerate(messages, start=100))
+    return b"PGCOPY\n\xff\r\n\0" + struct.pack(">ii", 0, 0) + rows + struct.pack(">h", -1)
+
+
+def change_rows(out: bytes) -> list[tuple[int, int, str, list[int] | None, list[bytes | None]]]:
+    """The encoder's binary COPY rows: (seq, dataset, op, unchanged positions, values)."""
+    rows, pos = [], 0
+
+    def field() -> bytes | None:
+        nonlocal pos
+        (n,) = struct.unpack_from(">i", out, pos)
+        pos += 4
+        if n < 0:
+            return None
+        pos += n
+        return out[pos - n:pos]
+
+    def array(data: bytes | None) -> list[bytes | None] | None:
+        if data is None:
+            return None
+        ndim, _, _ = struct.unpack_from(">iiI", data)
+        assert ndim == 1
+        (count, _), at, items = struct.unpack_from(">ii", data, 12), 20, []
+        for _ in range(count):
+            (n,) = struct.unpack_from(">i", data, at)
+            items.append(None if n < 0 else data[at + 4:at + 4 + n])
+            at += 4 + max(n, 0)
+        return items
+
+    while pos < len(out):
+        assert struct.unpack_from(">h", out, pos)[0] == 5
+        pos += 2
+        seq, ds, op = field(), field(), field()
+        unchanged = array(field())
+        values = array(field())
+        assert seq and ds and op and values is not None
+        rows.append((struct.unpack(">q", seq)[0], struct.unpack(">h", ds)[0], op.decode(),
+                     None if unchanged is None else [struct.unpack(">h", u or b"")[0] for u in unchanged], values))
+    return rows
+
+
+def encode(messages: list[bytes], chunk: int, general: bool = False) -> tuple[list[Any], Any]:
+    from datasurface.cdc import capture
+    from datasurface.model import parse_model
+
+    class General(capture._Encoder):  # every change through `_change`: the general path
+        def _target(self, relid: int, relation: Any) -> Any:
+            found = super()._target(relid, relation)
+            self._plain.clear()
+            return found
+
+    model = parse_model(yaml.safe_dump({
+        "apiVersion": "datasurface/v1", "kind": "Model", "stores": [{
+            "name": "S", "source": {"host": "h", "port": 1, "database": "d", "credential": "c", "ingestion": "cdc"},
+            "datasets": [{"name": "t", "primaryKey": ["id"], "columns": [{"name": "id", "type": "integer"},
+                                                                          {"name": "body", "type": "text"}]}]}]}), "p")
+    encoder = (General if general else capture._Encoder)("public", model.stores[0].datasets)
+    out = io.BytesIO()
+    encoder.out = out
+    data = copy_stream(messages)
+    for i in range(0, len(data), chunk):
+        encoder.write(data[i:i + chunk])
+    encoder.finish()
+    return change_rows(out.getvalue()), encoder
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 16])
+def test_capture_writes_each_change_as_its_row(chunk: int) -> None:
+    """Inserts, updates and deletes of a table in the model's column order take the capture's short path;
+    an old key, an unchanged TOASTed value, another table and a table whose columns moved take the general
+    one: both write the same rows, whatever the chunks the source's COPY arrives in."""
+    rel = struct.pack(">I", 16384)
+    moved = struct.pack(">I", 16385)
+    messages = [
+        b"B" + struct.pack(">qqi", 1, 2, 3),
+        relation(16384, "public", "t", ["id", "body"]),
+        b"I" + rel + b"N" + tuple_data(b"1", "é".encode()),
+        b"I" + rel + b"N" + tuple_data(b"2", None),
+        b"U" + rel + b"N" + tuple_data(b"1", b"x"),
+        b"U" + rel + b"K" + tuple_data(b"2", None) + b"N" + tuple_data(b"3", b"y"),  # a new key
+        b"U" + rel + b"N" + tuple_data(b"3", UNCHANGED),
+        b"D" + rel + b"K" + tuple_data(b"1", None),
+        b"D" + rel + b"O" + tuple_data(b"3", b"y"),
+        relation(16385, "other", "t", ["id", "body"]),
+        b"I" + moved + b"N" + tuple_data(b"9", b"z"),  # not the store's schema
+        relation(16384, "public", "t", ["body", "id"]),  # the table's columns changed order
+        b"I" + rel + b"N" + tuple_data(b"w", b"4"),
+        b"C" + b"\0" + struct.pack(">qqq", 10, 20, 0),
+    ]
+    rows, encoder = encode(messages, chunk)
+    assert rows == [
+        (1, 0, "I", None, [b"1", "é".encode()]),
+        (2, 0, "I", None, [b"2", None]),
+        (3, 0, "U", None, [b"1", b"x"]),
+        (4, 0, "D", None, [b"2", None]),
+        (5, 0, "U", None, [b"3", b"y"]),
+        (6, 0, "U", [2], [b"3", None]),
+        (7, 0, "D", None, [b"1", None]),
+        (8, 0, "D", None, [b"3", None]),
+        (9, 0, "I", None, [b"4", b"w"]),
+    ]
+    assert encoder.rows == {"t": 9}
+    assert encoder.last_commit == 100 + len(messages) - 1
+    assert (rows, encoder.rows) == (lambda r, e: (r, e.rows))(*encode(messages, chunk, general=True))

@@ -377,6 +377,8 @@ _SOURCE_ROW = struct.Struct(">hiqi")  # the source's COPY row: 2 fields, lsn (8 
 _NULL = struct.pack(">i", -1)
 _INSERT, _UPDATE, _DELETE = ord("I"), ord("U"), ord("D")
 _ROW_CHANGES = frozenset((_INSERT, _UPDATE, _DELETE))
+_NEW, _KEY = ord("N"), ord("K")  # a change's tuple: the new row; a delete's old key
+_I32, _U32 = struct.Struct(">i"), struct.Struct(">I")
 
 
 class _Target(NamedTuple):
@@ -407,6 +409,7 @@ class _Encoder:
         self.header_read = False
         self.out: object = None
         self._targets: dict[int, tuple[Relation, _Target | None]] = {}
+        self._plain: dict[int, tuple[int, int]] = {}  # relation id: (dataset, columns) of a table in the model's order
 
     @property
     def rows(self) -> dict[str, int]:
@@ -424,22 +427,59 @@ class _Encoder:
             pos = 19 + ext
             self.header_read = True
         parts: list[bytes] = []
+        push, source_row, length_at, relid_at, pack = parts.append, _SOURCE_ROW.unpack_from, _I32.unpack_from, \
+            _U32.unpack_from, _ROW.pack
+        plain, counts, seq = self._plain, self.counts, self.seq
         size = len(buf)
-        while size - pos >= 2:
+        while size - pos >= 18:
+            _, _, lsn, length = source_row(buf, pos)
+            start = pos + 18
+            end = start + length
+            if size < end:
+                break
+            kind = buf[start]
+            known = plain.get(relid_at(buf, start + 1)[0]) if kind in _ROW_CHANGES else None
+            if known is not None and buf[start + 5] == (_KEY if kind == _DELETE else _NEW):
+                # nearly every change: an insert or update of a table whose columns are the model's, in order
+                # (its one tuple), or a delete (the old key's): its columns' text (t) or NULL (n) as the
+                # array's elements, in a loop of its own (anything else takes `_change`)
+                index, ncols = known
+                at = start + 8
+                elements: list[bytes] = []
+                add = elements.append
+                for _ in range(ncols):
+                    column = buf[at]
+                    if column == 0x74:  # 't'
+                        stop = at + 5 + length_at(buf, at + 1)[0]
+                        add(buf[at + 1:stop])
+                        at = stop
+                    elif column == 0x6E:  # 'n'
+                        add(NULL_ELEMENT)
+                        at += 1
+                    else:
+                        break
+                else:
+                    seq += 1
+                    counts[index] += 1
+                    body = b"".join(elements)
+                    push(pack(5, 8, seq, 2, index, 1, kind, -1, 20 + len(body), 1, 0, _TEXT_OID, ncols, 1))
+                    push(body)
+                    pos = end
+                    continue
             if buf[pos:pos + 2] == b"\xff\xff":  # the trailer
                 pos += 2
                 break
-            if size - pos < 18:
-                break
-            _, _, lsn, length = _SOURCE_ROW.unpack_from(buf, pos)
-            end = pos + 18 + length
-            if size < end:
-                break
-            if buf[pos + 18] in _ROW_CHANGES:  # the usual message, straight to its row
-                self._change(buf, pos + 18, parts)
+            self.seq = seq
+            if kind in _ROW_CHANGES:
+                self._change(buf, start, parts)
             else:
-                self._message(lsn, buf, pos + 18, parts)
+                self._message(lsn, buf, start, parts)
+            seq = self.seq
             pos = end
+        else:
+            if buf[pos:pos + 2] == b"\xff\xff":
+                pos += 2
+        self.seq = seq
         self.pending = buf[pos:]
         if parts:
             self.out.write(b"".join(parts))  # type: ignore[attr-defined]
@@ -457,6 +497,7 @@ class _Encoder:
             self.last_commit = lsn
         elif kind == 0x52:  # 'R'
             self.decoder.relation(data, start)
+            self._plain.pop(_U32.unpack_from(data, start + 1)[0], None)
         elif kind == 0x54:  # 'T'
             for rel in self.decoder.truncated(data, start):
                 found = self.tables.get(rel.table) if rel.schema == self.schema else None
@@ -486,6 +527,8 @@ class _Encoder:
                          [where[dataset.column(k).source_name] for k in dataset.primary_key],
                          columns == list(range(len(relation.columns))))
         self._targets[relid] = (relation, target)
+        if target.identity:
+            self._plain[relid] = (index, len(columns))
         return target
 
     def _change(self, data: bytes, start: int, parts: list[bytes]) -> None:
