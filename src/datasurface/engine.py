@@ -51,7 +51,7 @@ from datasurface.observe import runs
 from datasurface.sessions import Ahead, Heartbeat, SessionLimits, connection, merge_run_ahead, new_run_id
 
 if TYPE_CHECKING:  # change data capture is imported where a store reads changes: other merges start without it
-    from datasurface.cdc.capture import Capture, SlotState
+    from datasurface.cdc.capture import Begun, Capture, SlotState
 
 log = logging.getLogger("datasurface")
 
@@ -164,11 +164,12 @@ class StreamRun:
             if self.taken_over:  # the dead or frozen run's snapshot would hold back the source's vacuum
                 source.end_run_sessions(self.taken_over)
             source.check(tuple(layout.dataset for layout in self.layouts))
+            begun = None
             if self.store.source.ingestion == "cdc":  # before the batch opens: a refusal changes nothing
                 from datasurface.cdc.capture import Capture
 
-                Capture(source.conn, self.store, self.schema).check(  # type: ignore[attr-defined]
-                    [layout.dataset for layout in self.layouts])
+                capture = Capture(source.conn, self.store, self.schema)  # type: ignore[attr-defined]
+                begun = capture.check([layout.dataset for layout in self.layouts], self.limits.lock_wait)
             killpoint("source:checked")
             batch = self.locks.run(f"preparing the merge tables of {what}", lambda: self._open(open_batch),
                                    lambda: layout_relations(self.schema, self.layouts), exclusive=True)
@@ -178,9 +179,9 @@ class StreamRun:
                 log.warning("%s: finishing batch %s left %s by an interrupted run", self.stream.describe(),
                             batch.batch_id, batch.status)
             try:
-                rows = None if self.store.source.ingestion == "cdc" else self._staged_rows(batch)
-                if self.store.source.ingestion == "cdc":
-                    counts = self._capture_batch(source, batch, what)
+                rows = None if begun is not None else self._staged_rows(batch)
+                if begun is not None:
+                    counts = self._capture_batch(source, capture, begun, batch, what)
                 elif rows is None and source.loads_directly and self._first_load():
                     counts = self.locks.run(f"loading batch {batch.batch_id} of {what}",
                                             lambda: self._load(source, batch), lambda: self._merge_relations())
@@ -254,31 +255,31 @@ class StreamRun:
     def _changes_tables(self) -> list[str]:
         return [changes.table_name(self.schema, self.store.name)] if self.store.source.ingestion == "cdc" else []
 
-    def _capture_batch(self, source: SourceSession, batch: Batch, what: str) -> dict[str, Counts]:
+    def _capture_batch(self, source: SourceSession, capture: Capture, begun: Begun, batch: Batch,
+                       what: str) -> dict[str, Counts]:
         """A batch of a store that reads changes (cdc/): the slot's changes since the last batch, or a full
         snapshot where the changes cannot say the whole truth (cdc/plan.py). The slot is advanced only after the
-        batch committed; a run stopped before that leaves it behind the ledger, and the next run catches up."""
+        batch committed; a run stopped before that leaves it behind the ledger, and the next run catches up.
+        `begun`: the batch's start on the source (Capture.check), which also ended a killed run's read of
+        the slot."""
         from datasurface.cdc import pgoutput, plan
-        from datasurface.cdc.capture import Capture
 
-        capture = Capture(source.conn, self.store, self.schema)  # type: ignore[attr-defined]
         table = changes.table_name(self.schema, self.store.name)
         if batch.status == STAGED and batch.source_lsn is not None \
                 and changes.staged_rows(self.merge, self.schema, table, self.layouts) == batch.staged_rows:
-            capture.release(self.limits.lock_wait)  # a killed run's backend may still be decoding from the slot
             staged = batch
         elif batch.status == STAGED and batch.source_lsn is None and self._staged_rows(batch) is not None:
             return self.locks.run(f"merging batch {batch.batch_id} of {what}",
                                   lambda: self._merge(batch, batch.staged_rows), lambda: self._merge_relations())
         else:
-            state, fixed_at = capture.begin(self.limits.lock_wait)  # ends a killed run's read of the slot
-            decided = plan.plan(capture.slot, state, self.ledger.last_committed(self.stream), self.fingerprint)
+            decided = plan.plan(capture.slot, begun.state, self.ledger.last_committed(self.stream), self.fingerprint,
+                                begun.repaired)
             if decided.snapshot:
-                return self._capture_snapshot(source, capture, state, batch, what, decided.reason)
+                return self._capture_snapshot(source, capture, begun.state, batch, what, decided.reason)
             if decided.catch_up is not None:
                 capture.advance(decided.catch_up)
             staged = self.locks.run(f"staging changes of batch {batch.batch_id} of {what}",
-                                    lambda: self._stage_changes(capture, batch, table, fixed_at), lambda: [])
+                                    lambda: self._stage_changes(capture, batch, table, begun.fixed_at), lambda: [])
         try:
             counts = self.locks.run(f"merging batch {batch.batch_id} of {what}",
                                     lambda: self._merge_changes(staged, table), lambda: self._merge_relations())

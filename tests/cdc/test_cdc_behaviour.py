@@ -182,16 +182,32 @@ def test_a_batch_never_splits_a_source_transaction(make: Any) -> None:
     assert s.same("a") and s.same("b")
 
 
-def test_a_dropped_slot_makes_a_full_snapshot_with_a_warning(make: Any) -> None:
+def _drop_slot(s: Source) -> None:
+    s.admin("SELECT pg_drop_replication_slot('ds_cdc_store1')")
+
+
+def _unpublish(s: Source) -> None:  # a DBA takes the table out of the job's publication
+    with s.src.cursor() as cur:
+        cur.execute("SELECT pubname FROM pg_publication")
+        (publication,) = cur.fetchone()
+    s.sql(sql.SQL("ALTER PUBLICATION {} DROP TABLE docs").format(sql.Identifier(publication)))
+
+
+@pytest.mark.parametrize(("lose", "why"), [(_drop_slot, "replication slot ds_cdc_store1 is missing"),
+                                           (_unpublish, "the publication lacked table(s) docs until now")],
+                         ids=["slot dropped", "table unpublished"])
+def test_changes_missing_from_the_slot_make_a_full_snapshot_with_a_warning(make: Any, lose: Any, why: str) -> None:
+    """A slot dropped, or a table out of the publication for a while (the job adds it back): the changes in
+    between are not in the slot, so that batch is a full snapshot, with one warning line saying why."""
     s = make()
     s.sql("INSERT INTO docs VALUES (1, 'a', 'x', 0), (2, 'b', 'y', 0)")
     s.merge()
     s.sql("UPDATE docs SET n = 1 WHERE id = 1")
-    s.admin("SELECT pg_drop_replication_slot('ds_cdc_store1')")
-    s.sql("DELETE FROM docs WHERE id = 2")  # after the slot is gone: only a snapshot sees it
+    lose(s)
+    s.sql("DELETE FROM docs WHERE id = 2")  # after the loss: only a snapshot sees it
     proc = s.merge()
     warnings = [line for line in proc.stderr.splitlines() if "full snapshot" in line]
-    assert len(warnings) == 1 and "replication slot ds_cdc_store1 is missing" in warnings[0], proc.stderr
+    assert len(warnings) == 1 and why in warnings[0], proc.stderr
     assert s.same("docs")
     assert s.counts() == (1, 0, 1, 1)
     s.sql("INSERT INTO docs VALUES (3, 'c', 'z', 0)")

@@ -90,6 +90,39 @@ class SlotState(NamedTuple):
     retained_bytes: int | None  # WAL the slot keeps on the source
 
 
+# Everything the checks look at, in one row: the server's and the role's settings, the publication, and per
+# table its kind, its replica identity (the setting and the columns of its index) and whether the publication
+# holds it (the columns of _Facts, in order)
+_FACTS = """SELECT current_setting('wal_level') AS wal_level, current_user::text AS role,
+                  r.rolreplication OR r.rolsuper AS replication, p.oid IS NOT NULL AS pub_exists,
+                  p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate AS pub_all_kinds,
+                  p.pubviaroot AS pub_via_root,
+                  ARRAY(SELECT c.relname::text FROM pg_get_publication_tables(p.pubname::text) g
+                          JOIN pg_class c ON c.oid = g.relid
+                         WHERE p.oid IS NOT NULL AND c.relnamespace = to_regnamespace(quote_ident(%(schema)s)))
+                    AS published,
+                  (SELECT json_agg(json_build_array(c.relkind, c.relreplident, ARRAY(
+                            SELECT a.attname::text FROM pg_index i
+                              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                             WHERE i.indrelid = c.oid
+                               AND CASE c.relreplident WHEN 'd' THEN i.indisprimary
+                                                       WHEN 'i' THEN i.indisreplident ELSE false END))
+                            ORDER BY t.n)
+                     FROM unnest(%(tables)s::text[]) WITH ORDINALITY t(name, n)
+                     LEFT JOIN pg_class c ON c.oid = to_regclass(format('%%I.%%I', %(schema)s::text, t.name)))
+                    AS tables
+             FROM pg_roles r LEFT JOIN pg_publication p ON p.pubname = %(publication)s
+            WHERE r.rolname = current_user"""
+
+
+class Begun(NamedTuple):
+    """A change batch's start on the source (Capture.check)."""
+
+    state: SlotState | None  # the slot (None: there is none)
+    fixed_at: datetime.datetime  # the source's clock when the batch's end was fixed
+    repaired: list[str]  # tables the publication lacked until now: their changes so far are not in the slot
+
+
 class Capture:
     """One store's changes on its source session (`conn`)."""
 
@@ -99,50 +132,66 @@ class Capture:
         self.slot = slot_name(platform_schema, store.name)
         self.publication = store.source.publication
 
-    # --- requirements -------------------------------------------------------------------------------
+    # --- requirements, and the batch's start -----------------------------------------------------------
 
-    def check(self, datasets: Sequence[Dataset]) -> None:
+    def check(self, datasets: Sequence[Dataset], timeout: float) -> Begun:
         """Refuse, in one line saying what to change, a source that cannot serve this store's changes; create
-        or complete the publication where the role may. One round trip, unless the publication must change."""
-        with self._single():
-            facts = self._facts(datasets)
+        or complete the publication where the role may; and fix where the batch's changes end. One round trip
+        (one statement, no transaction block around it), unless the publication must change or a killed run's
+        session still reads the slot (`release` waits up to `timeout` seconds for it to go).
+
+        The end is a marker transaction, committed and flushed by the same statement, whose commit the batch's
+        read reaches: decoding reads flushed WAL only, and a server with asynchronous commits flushes a commit
+        later than it acknowledges it; the marker's flushed commit is a record boundary every earlier commit
+        precedes. The session's text settings for the decoder are set on the way. A batch that then takes a
+        snapshot (or finishes a staged one) leaves an unread marker behind: the next read skips it like any
+        message."""
+        settings = sql.SQL(", ").join(sql.SQL("set_config({}, {}, false)").format(sql.Literal(k), sql.Literal(v))
+                                      for k, v in _TEXT_SETTINGS)
+        begin = sql.SQL(
+            "SELECT {slot}, s.active_pid <> pg_backend_pid(), "
+            "CASE WHEN s.active_pid <> pg_backend_pid() AND a.application_name LIKE %(app)s "
+            "THEN pg_terminate_backend(s.active_pid) END, "
+            "set_config('synchronous_commit', 'local', true), {settings}, "
+            "CASE WHEN f.wal_level = 'logical' AND f.replication THEN pg_logical_emit_message(true, %(marker)s, "
+            "%(slot)s) END, clock_timestamp() "
+            "FROM (VALUES (1)) one (x) LEFT JOIN pg_replication_slots s ON s.slot_name = %(slot)s "
+            "LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid").format(slot=sql.SQL(_SLOT_COLUMNS),
+                                                                            settings=settings)
+        with self._single() as cur:
+            cur.execute(sql.SQL("SELECT * FROM ({}) f CROSS JOIN LATERAL ({}) b").format(sql.SQL(_FACTS), begin),
+                        {**self._facts_parameters(datasets), "app": f"{APP_PREFIX} %", "marker": MARKER,
+                         "slot": self.slot})
+            row = cur.fetchone()
+            assert row is not None
+            facts = self._facts_of(row[:len(_Facts._fields)])
             self._refuse(facts, datasets)
-            self._ensure_publication(facts, datasets, f"store {self.store.name} (ingestion: cdc)")
+            repaired = self._ensure_publication(facts, datasets, f"store {self.store.name} (ingestion: cdc)")
+        slot_row = row[len(_Facts._fields):]
+        at: datetime.datetime = slot_row[-1]
+        if slot_row[6]:  # held by another session: wait for it to go (a killed run's), then read the slot again
+            self.release(timeout)
+            return Begun(self.state(), at, repaired)
+        return Begun(self._state(slot_row), at, repaired)
 
     def requirements(self, datasets: Sequence[Dataset]) -> None:
         """The checks that change nothing: wal_level, the REPLICATION attribute, each table's replica identity."""
-        self._refuse(self._facts(datasets), datasets)
-        self.conn.rollback()
-
-    def _facts(self, datasets: Sequence[Dataset]) -> _Facts:
-        """Everything the checks look at, in one query: the server's and the role's settings, the publication,
-        and per table its kind, its replica identity (the setting and the columns of its index) and whether the
-        publication holds it."""
-        schema = self.store.source.schema
         with self.conn.cursor() as cur:
-            cur.execute(
-                """SELECT current_setting('wal_level'), current_user::text, r.rolreplication OR r.rolsuper,
-                          p.oid IS NOT NULL, p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate,
-                          p.pubviaroot,
-                          ARRAY(SELECT c.relname::text FROM pg_get_publication_tables(p.pubname::text) g
-                                  JOIN pg_class c ON c.oid = g.relid
-                                 WHERE p.oid IS NOT NULL AND c.relnamespace = to_regnamespace(quote_ident(%(schema)s))),
-                          (SELECT json_agg(json_build_array(c.relkind, c.relreplident, ARRAY(
-                                    SELECT a.attname::text FROM pg_index i
-                                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-                                     WHERE i.indrelid = c.oid
-                                       AND CASE c.relreplident WHEN 'd' THEN i.indisprimary
-                                                               WHEN 'i' THEN i.indisreplident ELSE false END))
-                                    ORDER BY t.n)
-                             FROM unnest(%(tables)s::text[]) WITH ORDINALITY t(name, n)
-                             LEFT JOIN pg_class c ON c.oid = to_regclass(format('%%I.%%I', %(schema)s::text, t.name)))
-                     FROM pg_roles r LEFT JOIN pg_publication p ON p.pubname = %(publication)s
-                    WHERE r.rolname = current_user""",
-                {"schema": schema, "tables": [d.table for d in datasets], "publication": self.publication})
+            cur.execute(_FACTS, self._facts_parameters(datasets))
             row = cur.fetchone()
         assert row is not None
-        tables = [_Table(*t) for t in row[7] or []]
-        return _Facts(row[0], row[1], bool(row[2]), bool(row[3]), bool(row[4]), bool(row[5]), set(row[6]), tables)
+        self._refuse(self._facts_of(row), datasets)
+        self.conn.rollback()
+
+    def _facts_parameters(self, datasets: Sequence[Dataset]) -> dict[str, object]:
+        return {"schema": self.store.source.schema, "tables": [d.table for d in datasets],
+                "publication": self.publication}
+
+    @staticmethod
+    def _facts_of(row: Sequence[object]) -> _Facts:
+        tables = [_Table(*t) for t in row[7] or []]  # type: ignore[attr-defined]
+        return _Facts(str(row[0]), str(row[1]), bool(row[2]), bool(row[3]), bool(row[4]), bool(row[5]),
+                      set(row[6]), tables)  # type: ignore[call-overload]
 
     def _refuse(self, facts: _Facts, datasets: Sequence[Dataset]) -> None:
         where = f"store {self.store.name} (ingestion: cdc)"
@@ -183,7 +232,8 @@ class Capture:
             f"which does not hold the model's primary key ({', '.join(dataset.primary_key)}): its deletes could "
             f"not be told apart; run `ALTER TABLE {self._table(dataset)} REPLICA IDENTITY FULL`")
 
-    def _ensure_publication(self, facts: _Facts, datasets: Sequence[Dataset], where: str) -> None:
+    def _ensure_publication(self, facts: _Facts, datasets: Sequence[Dataset], where: str) -> list[str]:
+        """Create the publication, or add the tables it lacks, where the role may; the tables it lacked."""
         schema = self.store.source.schema
         missing = [d for d in datasets if d.table not in facts.published]
         tables = sql.SQL(", ").join(sql.Identifier(schema, d.table) for d in missing)
@@ -198,7 +248,7 @@ class Capture:
                                "table under its partitions' names; run `ALTER PUBLICATION "
                                f"{self._quoted(self.publication)} SET (publish_via_partition_root = true)`")
         if not missing:
-            return
+            return []
         statement = (sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)")
                      if not facts.pub_exists
                      else sql.SQL("ALTER PUBLICATION {} ADD TABLE {}")).format(pub, tables)
@@ -212,6 +262,7 @@ class Capture:
                                f"{', '.join(d.table for d in missing)} and role may not change it ({first_line(exc)}); "
                                f"have its owner run `{statement.as_string(self.conn)}`") from None
         log.info("%s: %s", where, statement.as_string(self.conn))
+        return [d.table for d in missing]
 
     # --- the slot -----------------------------------------------------------------------------------
 
@@ -232,38 +283,6 @@ class Capture:
                                f"database {row[4]} ({row[5]}), not to {self.store.source.database}: two platforms "
                                "of the same name read this server; rename one, or drop the slot if it is stale")
         return SlotState(parse_lsn(str(row[0])) if row[0] else None, bool(row[1]), row[2])  # type: ignore[arg-type]
-
-    def begin(self, timeout: float) -> tuple[SlotState | None, datetime.datetime]:
-        """The start of a change batch on the source, in one statement (one round trip, no transaction block
-        around it): the slot's state, with a killed run's session that still reads the slot ended (see
-        `release`, which waits up to `timeout` seconds for it or names another holder); and the batch's end
-        fixed by a marker transaction, committed and flushed now, whose commit the batch's read reaches.
-        Decoding reads flushed WAL only, and a server with asynchronous commits flushes a commit later than
-        it acknowledges it; the marker's flushed commit is a record boundary every earlier commit precedes.
-        The session's text settings for the decoder are set on the way. Returns the slot's state and the
-        source's clock at the marker. (A batch that then takes a snapshot leaves an unread marker behind:
-        the next batch's read skips it like any message.)"""
-        settings = sql.SQL(", ").join(sql.SQL("set_config({}, {}, false)").format(sql.Literal(k), sql.Literal(v))
-                                      for k, v in _TEXT_SETTINGS)
-        query = sql.SQL(
-            "SELECT {slot}, s.active_pid <> pg_backend_pid(), "
-            "CASE WHEN s.active_pid <> pg_backend_pid() AND a.application_name LIKE {app} "
-            "THEN pg_terminate_backend(s.active_pid) END, "
-            "set_config('synchronous_commit', 'local', true), {settings}, "
-            "pg_logical_emit_message(true, {marker}, {name}), clock_timestamp() "
-            "FROM (VALUES (1)) one (x) LEFT JOIN pg_replication_slots s ON s.slot_name = {name} "
-            "LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid").format(
-            slot=sql.SQL(_SLOT_COLUMNS), app=sql.Literal(f"{APP_PREFIX} %"), settings=settings,
-            marker=sql.Literal(MARKER), name=sql.Literal(self.slot))
-        with self._single() as cur:
-            cur.execute(query)
-            row = cur.fetchone()
-        assert row is not None
-        at: datetime.datetime = row[-1]
-        if row[6]:  # held by another session: wait for it to go (a killed run's), then read the slot again
-            self.release(timeout)
-            return self.state(), at
-        return self._state(row), at
 
     @contextmanager
     def _single(self) -> Iterator[cursor]:
@@ -405,7 +424,9 @@ class _Encoder:
         self.names = [d.name for d in datasets]
         self.seq = 0
         self.last_commit = 0
-        self.pending = b""
+        self.pending = b""  # the start of a row the last chunk cut
+        self.received: list[bytes] = []  # the source's messages not decoded yet
+        self.received_bytes = 0
         self.header_read = False
         self.out: object = None
         self._targets: dict[int, tuple[Relation, _Target | None]] = {}
@@ -415,14 +436,22 @@ class _Encoder:
     def rows(self) -> dict[str, int]:
         return dict(zip(self.names, self.counts, strict=True))
 
-    # psycopg2 writes the COPY's data here
+    # psycopg2 writes the COPY's data here, a call per row: they are decoded a chunk at a time
     def write(self, data: bytes) -> int:
-        buf = self.pending + data if self.pending else bytes(data)
+        self.received.append(data)
+        self.received_bytes += len(data)
+        if self.received_bytes >= PIPE_CHUNK:
+            self._decode()
+        return len(data)
+
+    def _decode(self) -> None:
+        buf = b"".join((self.pending, *self.received))
+        self.received, self.received_bytes = [], 0
         pos = 0
         if not self.header_read:
             if len(buf) < 19:
                 self.pending = buf
-                return len(data)
+                return
             (ext,) = struct.unpack_from(">i", buf, 15)
             pos = 19 + ext
             self.header_read = True
@@ -483,9 +512,9 @@ class _Encoder:
         self.pending = buf[pos:]
         if parts:
             self.out.write(b"".join(parts))  # type: ignore[attr-defined]
-        return len(data)
 
     def finish(self) -> None:
+        self._decode()
         if self.pending:
             raise CaptureError("the source's change stream ended inside a row")
 

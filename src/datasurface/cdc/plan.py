@@ -1,14 +1,16 @@
 """What a change-capture batch reads: the slot's changes, or a full snapshot (and why).
 
 The slot is never the only copy of the truth: without the slot (missing, invalidated), with a model whose
-datasets changed, or with a slot that moved past what the ledger merged, the batch is a full consistent
-snapshot. The snapshot is taken after the slot's position is fixed, so the next change batch reads changes
-the snapshot already holds; applying a key's last state again is harmless (the diff finds it unchanged),
+datasets changed, with a publication that lacked one of the store's tables (its changes were not decoded
+meanwhile), or with a slot that moved past what the ledger merged, the batch is a full consistent snapshot.
+The snapshot is taken after the slot's position is fixed, so the next change batch reads changes the
+snapshot already holds; applying a key's last state again is harmless (the diff finds it unchanged),
 which is why a snapshot taken later than the slot's start is exact.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from datasurface.cdc.capture import SlotState
@@ -22,7 +24,9 @@ class Plan(NamedTuple):
     catch_up: int | None = None  # changes: the ledger is ahead of the slot (a run stopped before advancing it)
 
 
-def plan(slot: str, state: SlotState | None, last: Batch | None, fingerprint: str) -> Plan:
+def plan(slot: str, state: SlotState | None, last: Batch | None, fingerprint: str,
+         repaired: Sequence[str] = ()) -> Plan:
+    """`repaired`: the store's tables the publication lacked until this run added them."""
     if last is None:
         return Plan(snapshot=True)
     if state is None:
@@ -32,6 +36,9 @@ def plan(slot: str, state: SlotState | None, last: Batch | None, fingerprint: st
                           "it still needed")
     if last.fingerprint != fingerprint:
         return Plan(True, "the model's datasets of the store changed")
+    if repaired:
+        return Plan(True, f"the publication lacked table(s) {', '.join(repaired)} until now: their changes in the "
+                          "meantime are not in the slot")
     if last.slot_lsn is None:
         return Plan(True, "the last batch was not read through the replication slot")
     merged = parse_lsn(last.slot_lsn)
