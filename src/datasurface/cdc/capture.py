@@ -150,14 +150,13 @@ class Capture:
                                       for k, v in _TEXT_SETTINGS)
         begin = sql.SQL(
             "SELECT {slot}, s.active_pid <> pg_backend_pid(), "
-            "CASE WHEN s.active_pid <> pg_backend_pid() AND a.application_name LIKE %(app)s "
-            "THEN pg_terminate_backend(s.active_pid) END, "
+            "CASE WHEN s.active_pid <> pg_backend_pid() THEN CASE WHEN (SELECT a.application_name FROM "
+            "pg_stat_get_activity(s.active_pid) a) LIKE %(app)s THEN pg_terminate_backend(s.active_pid) END END, "
             "set_config('synchronous_commit', 'local', true), {settings}, "
             "CASE WHEN f.wal_level = 'logical' AND f.replication THEN pg_logical_emit_message(true, %(marker)s, "
             "%(slot)s) END, clock_timestamp() "
-            "FROM (VALUES (1)) one (x) LEFT JOIN pg_replication_slots s ON s.slot_name = %(slot)s "
-            "LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid").format(slot=sql.SQL(_SLOT_COLUMNS),
-                                                                            settings=settings)
+            "FROM (VALUES (1)) one (x) LEFT JOIN pg_replication_slots s ON s.slot_name = %(slot)s").format(
+            slot=sql.SQL(_SLOT_COLUMNS), settings=settings)
         with self._single() as cur:
             cur.execute(sql.SQL("SELECT * FROM ({}) f CROSS JOIN LATERAL ({}) b").format(sql.SQL(_FACTS), begin),
                         {**self._facts_parameters(datasets), "app": f"{APP_PREFIX} %", "marker": MARKER,
