@@ -30,7 +30,7 @@ from datasurface.faults import killpoint
 from datasurface.ingest import sources
 from datasurface.ingest.sources import SourceSession
 from datasurface.merge import changes, ddl, staging
-from datasurface.merge.diff import current_rows, loaded, no_current_rows
+from datasurface.merge.diff import current_count, current_rows, loaded, no_current_rows
 from datasurface.merge.forensic import ForensicMerge
 from datasurface.merge.layout import (
     LIVE,
@@ -265,6 +265,7 @@ class StreamRun:
         from datasurface.cdc import pgoutput, plan
 
         table = changes.table_name(self.schema, self.store.name)
+        counts: dict[str, Counts] | None = None
         if batch.status == STAGED and batch.source_lsn is not None \
                 and changes.staged_rows(self.merge, self.schema, table, self.layouts) == batch.staged_rows:
             staged = batch
@@ -278,14 +279,16 @@ class StreamRun:
                 return self._capture_snapshot(source, capture, begun.state, batch, what, decided.reason)
             if decided.catch_up is not None:
                 capture.advance(decided.catch_up)
-            staged = self.locks.run(f"staging changes of batch {batch.batch_id} of {what}",
-                                    lambda: self._stage_changes(capture, batch, table, begun.fixed_at), lambda: [])
-        try:
-            counts = self.locks.run(f"merging batch {batch.batch_id} of {what}",
-                                    lambda: self._merge_changes(staged, table), lambda: self._merge_relations())
-        except changes.UnresolvedValues as exc:
-            self.merge.rollback()
-            return self._capture_snapshot(source, capture, capture.state(), batch, what, str(exc))
+            staged, counts = self.locks.run(f"staging changes of batch {batch.batch_id} of {what}",
+                                            lambda: self._stage_changes(capture, batch, table, begun.fixed_at),
+                                            lambda: self._merge_relations())
+        if counts is None:
+            try:
+                counts = self.locks.run(f"merging batch {batch.batch_id} of {what}",
+                                        lambda: self._merge_changes(staged, table), lambda: self._merge_relations())
+            except changes.UnresolvedValues as exc:
+                self.merge.rollback()
+                return self._capture_snapshot(source, capture, capture.state(), batch, what, str(exc))
         killpoint("cdc:before_advance")
         try:
             capture.advance(pgoutput.parse_lsn(staged.slot_lsn or ""))
@@ -316,18 +319,23 @@ class StreamRun:
         return self.locks.run(f"merging batch {batch.batch_id} of {what}",
                               lambda: self._merge(batch, rows), lambda: self._merge_relations())
 
-    def _stage_changes(self, capture: Capture, batch: Batch, table: str, fixed_at: datetime.datetime) -> Batch:
+    def _stage_changes(self, capture: Capture, batch: Batch, table: str,
+                       fixed_at: datetime.datetime) -> tuple[Batch, dict[str, Counts] | None]:
+        """The batch's changes staged (committed), or, when there were none, the whole batch merged in the
+        same transaction (its counts): an empty batch makes no change table and commits once."""
         from datasurface.cdc import pgoutput
 
-        changes.create(self.merge, self.schema, table)
         rows, end = capture.copy_changes(self.merge, sql.Identifier(self.schema, table),
-                                         [layout.dataset for layout in self.layouts])
+                                         [layout.dataset for layout in self.layouts],
+                                         lambda: changes.create(self.merge, self.schema, table))
         lsn = pgoutput.format_lsn(end)
         staged = self.ledger.mark_staged(batch, rows, fixed_at, source_lsn=lsn, slot_lsn=lsn)
+        if not any(rows.values()):
+            return staged, self._merge_changes(staged, table)
         killpoint("ingest:before_commit")
         self.merge.commit()
         killpoint("after_ingest")
-        return staged
+        return staged, None
 
     def _merge_changes(self, batch: Batch, table: str) -> dict[str, Counts]:
         """Every dataset's net changes and the ledger entry: one transaction."""
@@ -338,7 +346,8 @@ class StreamRun:
         for index, layout in enumerate(self.layouts):
             name = layout.dataset.name
             total = self.ledger.last_total(self.store.name, name)
-            if batch.staged_rows.get(name) == 0 and total is not None:  # no change: nothing to diff or write
+            if batch.staged_rows.get(name) == 0:  # no change: nothing to diff or write
+                total = total if total is not None else current_count(self.merge, layout)
                 per_dataset[name] = Counts(total=total, inserted=0, updated=0, deleted=0)
             else:
                 net = changes.build_net(self.merge, layout, target, index, current_rows(layout),
@@ -348,7 +357,8 @@ class StreamRun:
             killpoint(f"merge:{name}:applied")
         self.ledger.commit(batch, per_dataset)
         killpoint("ledger:updated")
-        changes.drop(self.merge, self.schema, table)
+        if any(batch.staged_rows.values()):  # a batch without changes made no change table
+            changes.drop(self.merge, self.schema, table)
         killpoint("ledger:before_commit")
         self.merge.commit()
         killpoint("ledger:committed")

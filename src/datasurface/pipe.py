@@ -3,10 +3,11 @@ size of what is copied. Used by the snapshot (the source's COPY) and by change c
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import psycopg2
 
@@ -26,10 +27,12 @@ class PipeError(Exception):
 
 
 def copy_through_pipe(source: PgConnection, produce: Callable[[BinaryIO], None], merge: PgConnection,
-                      in_sql: str, name: str) -> int:
+                      in_sql: str, name: str, prepare: Callable[[], None] | None = None) -> int:
     """Run `produce(writer)` (reading from `source`) in a thread while `in_sql` (a COPY … FROM STDIN on
-    `merge`) reads what it writes; the rows copied. A failure raises PipeError naming the side that caused
-    it: the producer's error caused by the COPY failing first (a cancel, a closed pipe) is not the cause."""
+    `merge`) reads what it writes; the rows copied. With `prepare`, the COPY waits for the producer's first
+    bytes and runs `prepare()` (which makes its table) first: a producer that writes nothing runs neither.
+    A failure raises PipeError naming the side that caused it: the producer's error caused by the COPY
+    failing first (a cancel, a closed pipe) is not the cause."""
     read_fd, write_fd = os.pipe()
     producer_error: list[BaseException] = []
 
@@ -46,16 +49,30 @@ def copy_through_pipe(source: PgConnection, produce: Callable[[BinaryIO], None],
     reader = os.fdopen(read_fd, "rb", buffering=PIPE_CHUNK)
     interrupted_before = interrupts.count()
     rows = 0
+    prepare_error: BaseException | None = None
     try:
-        with merge.cursor() as cur:
-            cur.copy_expert(in_sql, reader, size=PIPE_CHUNK)
-            rows = cur.rowcount
+        first = b""
+        if prepare is not None:
+            first = os.read(read_fd, PIPE_CHUNK)  # as soon as there are any (none: the producer ended)
+            if first:
+                try:
+                    prepare()
+                except BaseException as exc:  # its own error, as it is (a lock timeout is retried by the caller)
+                    prepare_error = exc
+                    source.cancel()
+        if prepare_error is None and (prepare is None or first):
+            with merge.cursor() as cur:
+                ahead = io.BufferedReader(_Replay(first, read_fd), PIPE_CHUNK) if first else reader
+                cur.copy_expert(in_sql, ahead, size=PIPE_CHUNK)
+                rows = cur.rowcount
     except psycopg2.Error as exc:
         consumer_error = exc
         source.cancel()  # stop the source from sending more
     finally:
         reader.close()  # unblocks a producer waiting on a full pipe
         thread.join()
+    if prepare_error is not None:
+        raise prepare_error
     if consumer_error is not None:
         interrupts.raise_if_interrupted(interrupted_before)  # Ctrl-C inside a read of the pipe
     if producer_error and not (
@@ -66,3 +83,20 @@ def copy_through_pipe(source: PgConnection, produce: Callable[[BinaryIO], None],
     if consumer_error is not None:
         raise PipeError("merge", consumer_error)
     return rows
+
+
+class _Replay(io.RawIOBase):
+    """The bytes read ahead, then the rest of the pipe (`fd`, which stays open)."""
+
+    def __init__(self, first: bytes, fd: int):
+        self.first = first
+        self.fd = fd
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.first[:len(buffer)] if self.first else os.read(self.fd, len(buffer))
+        self.first = self.first[len(data):]
+        buffer[:len(data)] = data
+        return len(data)

@@ -233,6 +233,48 @@ def test_a_model_change_makes_a_full_snapshot(make: Any) -> None:
     assert s.same("docs")
 
 
+def test_a_batch_without_changes_makes_no_table_and_commits_once(make: Any, dbs: Any) -> None:
+    """Streams on a one-minute schedule mostly have nothing new: such a batch creates and drops no change
+    table on the merge side (no catalog churn) and writes its ledger entry in one transaction."""
+    s = make()
+    s.sql("INSERT INTO docs VALUES (1, 'a', 'x', 0)")
+    s.merge()
+    admin = dbs.server.admin_connect(dbs.merge)
+    admin.autocommit = True
+    with admin.cursor() as cur:  # every DDL command on the merge database, and every ledger write, logged
+        cur.execute("""CREATE TABLE public.ddl_seen (tag text, at xid8 DEFAULT pg_current_xact_id());
+                       CREATE FUNCTION public.ddl_seen() RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
+                           AS $$ BEGIN INSERT INTO public.ddl_seen (tag) VALUES (tg_tag); END $$;
+                       CREATE EVENT TRIGGER ddl_seen ON ddl_command_end EXECUTE FUNCTION public.ddl_seen();
+                       CREATE FUNCTION public.ledger_seen() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+                           AS $$ BEGIN INSERT INTO public.ddl_seen (tag) VALUES (TG_OP || ' ' || NEW.status);
+                                       RETURN NEW; END $$;
+                       CREATE TRIGGER ledger_seen AFTER INSERT OR UPDATE ON cdc.ds_batches
+                           FOR EACH ROW EXECUTE FUNCTION public.ledger_seen();
+                       TRUNCATE public.ddl_seen""")
+    try:
+        s.merge()
+        assert s.counts() == (1, 0, 0, 0)
+        with admin.cursor() as cur:
+            cur.execute("SELECT tag, at FROM public.ddl_seen ORDER BY at")
+            seen = cur.fetchall()
+            cur.execute("TRUNCATE public.ddl_seen")
+        # the batch opens (committed on its own), then is staged and committed in one transaction
+        assert [tag for tag, _ in seen] == ["INSERT ingesting", "UPDATE staged", "UPDATE committed"], seen
+        assert seen[0][1] != seen[1][1] == seen[2][1]
+        s.sql("UPDATE docs SET n = 1")
+        s.merge()  # a change: the change table is made (the log sees what it logs)
+        with admin.cursor() as cur:
+            cur.execute("SELECT tag FROM public.ddl_seen WHERE tag = 'CREATE TABLE'")
+            assert cur.fetchall() == [("CREATE TABLE",)]
+        assert s.same("docs")
+    finally:
+        with admin.cursor() as cur:
+            cur.execute("""DROP EVENT TRIGGER ddl_seen; DROP TRIGGER ledger_seen ON cdc.ds_batches;
+                           DROP TABLE public.ddl_seen; DROP FUNCTION public.ddl_seen(), public.ledger_seen()""")
+        admin.close()
+
+
 def test_the_ledger_records_each_batchs_lsn(make: Any) -> None:
     s = make()
     for i in range(3):

@@ -77,8 +77,11 @@ def copy_stream(messages: list[bytes]) -> bytes:
 
 
 def change_rows(out: bytes) -> list[tuple[int, int, str, list[int] | None, list[bytes | None]]]:
-    """The encoder's binary COPY rows: (seq, dataset, op, unchanged positions, values)."""
-    rows, pos = [], 0
+    """The encoder's binary COPY rows: (seq, dataset, op, unchanged positions, values), after the COPY's
+    header (none at all without a row)."""
+    header = b"PGCOPY\n\xff\r\n\0" + struct.pack(">ii", 0, 0)
+    assert out.startswith(header) or not out
+    rows, pos = [], len(header) if out else 0
 
     def field() -> bytes | None:
         nonlocal pos
@@ -176,3 +179,8 @@ def test_capture_writes_each_change_as_its_row(chunk: int) -> None:
     assert encoder.rows == {"t": 9}
     assert encoder.last_commit == 100 + len(messages) - 1
     assert (rows, encoder.rows) == (lambda r, e: (r, e.rows))(*encode(messages, chunk, general=True))
+    # a batch of no change of the store's tables (another table's, and the batch's marker): nothing is
+    # written, not even the COPY's header, so the merge side makes no change table and runs no COPY
+    rows, encoder = encode([*messages[:2], *messages[9:11], b"M\x01" + struct.pack(">q", 7) + b"datasurface\0"
+                            + struct.pack(">i", 2) + b"ds", messages[-1]], chunk)
+    assert rows == [] and encoder.rows == {"t": 0} and encoder.last_commit == 105

@@ -15,7 +15,7 @@ import datetime
 import logging
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import BinaryIO, NamedTuple
 
@@ -340,10 +340,11 @@ class Capture:
 
     # --- the changes --------------------------------------------------------------------------------
 
-    def copy_changes(self, merge: PgConnection, target: sql.Composable,
-                     datasets: Sequence[Dataset]) -> tuple[dict[str, int], int]:
+    def copy_changes(self, merge: PgConnection, target: sql.Composable, datasets: Sequence[Dataset],
+                     prepare: Callable[[], None]) -> tuple[dict[str, int], int]:
         """Stream every change flushed by now (the marker's commit included) into `target` (the batch's change
-        table); the change rows per dataset and the batch's end: the end of the last commit read (the
+        table, made by `prepare()` once there is a change row: a batch without changes makes nothing on the
+        merge side); the change rows per dataset and the batch's end: the end of the last commit read (the
         marker's, or a later one)."""
         encoder = _Encoder(self.store.source.schema, datasets)
         out_sql = sql.SQL(
@@ -357,14 +358,14 @@ class Capture:
         def produce(out: BinaryIO) -> None:
             with self.conn.cursor() as cur:
                 encoder.out = out
-                out.write(_COPY_HEADER)
                 cur.copy_expert(out_sql, encoder, size=PIPE_CHUNK)
                 encoder.finish()
-                out.write(_COPY_TRAILER)
+                if encoder.seq:
+                    out.write(_COPY_TRAILER)
 
         try:
             with self._single():  # the read is a transaction of its own
-                copy_through_pipe(self.conn, produce, merge, in_sql, "cdc-read")
+                copy_through_pipe(self.conn, produce, merge, in_sql, "cdc-read", prepare)
         except PipeError as exc:
             if isinstance(exc.cause, DataSurfaceError):
                 raise exc.cause from None
@@ -458,6 +459,7 @@ class _Encoder:
         push, source_row, length_at, relid_at, pack = parts.append, _SOURCE_ROW.unpack_from, _I32.unpack_from, \
             _U32.unpack_from, _ROW.pack
         plain, counts, seq = self._plain, self.counts, self.seq
+        written = seq > 0  # change rows (and the COPY's header) went out with an earlier chunk
         size = len(buf)
         while size - pos >= 18:
             _, _, lsn, length = source_row(buf, pos)
@@ -510,6 +512,8 @@ class _Encoder:
         self.seq = seq
         self.pending = buf[pos:]
         if parts:
+            if not written:  # the COPY's header, with the first change rows: no rows, no COPY at all
+                parts.insert(0, _COPY_HEADER)
             self.out.write(b"".join(parts))  # type: ignore[attr-defined]
 
     def finish(self) -> None:
