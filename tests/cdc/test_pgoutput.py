@@ -1,4 +1,5 @@
-"""The pgoutput decoder on messages built by hand as the protocol describes them (no server)."""
+"""The pgoutput decoder, and the change rows the capture writes, on messages built by hand as the protocol
+describes them (no server)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from datasurface.cdc.pgoutput import UNCHANGED, Change, Commit, DecodeError, Decoder, Truncate, format_lsn, parse_lsn
+from datasurface.cdc.pgoutput import NULL_ELEMENT, UNCHANGED, DecodeError, Decoder, format_lsn, parse_lsn
 
 
 def _s(text: str) -> bytes:
@@ -36,32 +37,34 @@ def tuple_data(*values: bytes | object | None) -> bytes:
     return out
 
 
-def test_changes_truncates_and_commits() -> None:
+def test_relations_tuples_and_truncates() -> None:
     d = Decoder()
-    assert list(d.decode(1, relation(16384, "public", "t", ["id", "body"]))) == []
+    d.relation(relation(16384, "public", "t", ["id", "body"]), 0)
     rel = d.relations[16384]
-    assert rel.columns == ("id", "body")
-    insert = b"I" + struct.pack(">I", 16384) + b"N" + tuple_data(b"1", "é".encode())
-    assert list(d.decode(2, insert)) == [Change(rel, "I", (b"1", "é".encode()), None)]
-    update = b"U" + struct.pack(">I", 16384) + b"K" + tuple_data(b"1", None) + b"N" + tuple_data(b"2", UNCHANGED)
-    assert list(d.decode(3, update)) == [Change(rel, "U", (b"2", UNCHANGED), (b"1", None), False)]
-    full = b"U" + struct.pack(">I", 16384) + b"O" + tuple_data(b"1", b"x") + b"N" + tuple_data(b"1", b"")
-    assert list(d.decode(3, full)) == [Change(rel, "U", (b"1", b""), (b"1", b"x"), True)]
-    delete = b"D" + struct.pack(">I", 16384) + b"K" + tuple_data(b"2", None)
-    assert list(d.decode(4, delete)) == [Change(rel, "D", None, (b"2", None))]
-    truncate = b"T" + struct.pack(">ib", 1, 0) + struct.pack(">I", 16384)
-    assert list(d.decode(5, truncate)) == [Truncate((rel,))]
-    commit = b"C" + b"\0" + struct.pack(">qqq", 10, 20, 0)
-    assert list(d.decode(0x1_0000_0020, commit)) == [Commit(0x1_0000_0020)]
-    assert list(d.decode(6, b"B" + struct.pack(">qqi", 1, 2, 3))) == []
+    assert rel == ("public", "t", ("id", "body"))
+    rid = struct.pack(">I", 16384)
+    t = struct.pack(">i", 1)  # an element's length prefix
+    insert = b"I" + rid + b"N" + tuple_data(b"1", "é".encode())
+    assert d.elements(insert, 0) == (rel, 16384, [t + b"1", struct.pack(">i", 2) + "é".encode()], None, False, False)
+    update = b"U" + rid + b"K" + tuple_data(b"1", None) + b"N" + tuple_data(b"2", UNCHANGED)
+    assert d.elements(update, 0) == (rel, 16384, [t + b"2", UNCHANGED], [t + b"1", NULL_ELEMENT], False, True)
+    full = b"U" + rid + b"O" + tuple_data(b"1", b"x") + b"N" + tuple_data(b"1", b"")
+    assert d.elements(full, 0) == (rel, 16384, [t + b"1", struct.pack(">i", 0)], [t + b"1", t + b"x"], True, False)
+    delete = b"D" + rid + b"K" + tuple_data(b"2", None)
+    assert d.elements(b"xx" + delete, 2) == (rel, 16384, None, [t + b"2", NULL_ELEMENT], False, False)  # at an offset
+    truncate = b"T" + struct.pack(">ib", 1, 0) + rid
+    assert d.truncated(truncate, 0) == (rel,)
 
 
-def test_unknown_messages_and_relations_are_errors() -> None:
+def test_unknown_relations_and_tuples_are_errors() -> None:
     d = Decoder()
     with pytest.raises(DecodeError, match="before its Relation message"):
-        list(d.decode(1, b"I" + struct.pack(">I", 7) + b"N" + tuple_data(b"1")))
-    with pytest.raises(DecodeError, match="unknown type"):
-        list(d.decode(1, b"Z"))
+        d.elements(b"I" + struct.pack(">I", 7) + b"N" + tuple_data(b"1"), 0)
+    d.relation(relation(7, "public", "t", ["id"]), 0)
+    with pytest.raises(DecodeError, match="without its new tuple"):
+        d.elements(b"U" + struct.pack(">I", 7) + b"K" + tuple_data(b"1") + b"?", 0)
+    with pytest.raises(DecodeError, match="unknown kind 'x'"):
+        d.elements(b"I" + struct.pack(">I", 7) + b"N" + struct.pack(">h", 1) + b"x", 0)
 
 
 def test_lsn_text() -> None:

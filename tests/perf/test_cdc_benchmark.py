@@ -102,6 +102,7 @@ def test_each_scenario_prints_its_ratios(run: tuple[subprocess.CompletedProcess[
     assert t["budget_s"] == pytest.approx(t["fixed_s"] + t["round_trip_s"]) and t["fixed_s"] > 0
     assert t["budget_ratio"] == pytest.approx(idle["job_s"] / t["budget_s"])
     assert f"{idle['table']['budget_ratio']:.2f}x (target <= 1)" in text
+    assert f"{t['job_cpu_s'] * 1000:.0f} against {t['fixed_cpu_s'] * 1000:.0f} ms" in text and t["fixed_cpu_s"] > 0
     fixed = next(r for r in results if r["shape"] == "fixed")
     assert f"process start to first query: {fixed['job_s'] * 1000:.0f} ms" in text
     big = by[(2000, "all, 1 tx")]

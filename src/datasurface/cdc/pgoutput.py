@@ -1,7 +1,8 @@
 """A decoder of pgoutput's messages (protocol version 1), as `pg_logical_slot_peek_binary_changes` returns them.
 
-Only what a batch needs: Relation messages (which table a relation id is, and its columns), Insert, Update,
-Delete, Truncate and Commit. Values stay the server's text output (pgoutput sends the type's output
+Only what a batch needs: Relation messages (which table a relation id is, and its columns), and the tuples of
+Insert, Update and Delete and the relations of Truncate (capture.py reads the kind of each message, and a
+Commit's position from the row it arrives in). Values stay the server's text output (pgoutput sends the type's output
 function's text), which the merge side casts back with the type's input function: the same values a
 snapshot's COPY delivers. The layout of each message is PostgreSQL's "Logical Replication Message Formats".
 """
@@ -9,7 +10,6 @@ snapshot's COPY delivers. The layout of each message is PostgreSQL's "Logical Re
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from typing import NamedTuple
 
 from datasurface.errors import DataSurfaceError
@@ -23,14 +23,12 @@ class UnchangedToast:
 
 
 UNCHANGED = UnchangedToast()
-Value = bytes | None | UnchangedToast
 Element = bytes | UnchangedToast  # a column as a binary array element: Int32 length + bytes (-1: NULL)
 NULL_ELEMENT = b"\xff\xff\xff\xff"
 
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
 _U32 = struct.Struct(">I")
-_I64 = struct.Struct(">q")
 
 
 class Relation(NamedTuple):
@@ -39,27 +37,6 @@ class Relation(NamedTuple):
     columns: tuple[str, ...]
 
 
-class Change(NamedTuple):
-    """One row change: `op` I, U or D. `old`: the row before an UPDATE (only when its replica identity
-    changed, or always under REPLICA IDENTITY FULL) or the deleted row: all its columns when `old_full`
-    (REPLICA IDENTITY FULL), else its replica identity's columns, the others NULL."""
-
-    relation: Relation
-    op: str
-    new: tuple[Value, ...] | None
-    old: tuple[Value, ...] | None
-    old_full: bool = False
-
-
-class Truncate(NamedTuple):
-    relations: tuple[Relation, ...]
-
-
-class Commit(NamedTuple):
-    end_lsn: int
-
-
-Event = Change | Truncate | Commit
 # (relation, relation id, new tuple, old tuple, whether the old tuple is the whole row (REPLICA IDENTITY
 # FULL), whether the new tuple left values out)
 RawChange = tuple[Relation, int, list[Element] | None, list[Element] | None, bool, bool]
@@ -70,7 +47,7 @@ class DecodeError(DataSurfaceError):
 
 
 class Decoder:
-    """Keeps the relations the stream announced; `decode` turns one message into its events.
+    """Keeps the relations the stream announced, and reads the messages that refer to them.
 
     A tuple's columns are read as binary array elements: pgoutput writes a text column as its kind byte, an
     Int32 length and the bytes, which without the kind byte is exactly an element of a binary `text[]`
@@ -79,22 +56,6 @@ class Decoder:
 
     def __init__(self) -> None:
         self.relations: dict[int, Relation] = {}
-
-    def decode(self, lsn: int, data: bytes) -> Iterator[Event]:
-        kind = data[:1]
-        if kind in (b"I", b"U", b"D"):
-            relation, _, new, old, old_full, _ = self.elements(data, 0)
-            yield Change(relation, kind.decode(), _values(new), _values(old), old_full)
-        elif kind == b"R":
-            self.relation(data, 0)
-        elif kind == b"C":
-            yield Commit(lsn)  # the row's lsn for a commit is the end of its commit record
-        elif kind == b"T":
-            yield Truncate(self.truncated(data, 0))
-        elif kind in (b"B", b"O", b"Y", b"M"):
-            return  # begin, origin, type, message: nothing a batch needs
-        else:
-            raise DecodeError(f"pgoutput message of unknown type {kind!r} at {format_lsn(lsn)}")
 
     def known(self, relid: int) -> Relation:
         try:
@@ -169,14 +130,6 @@ def _tuple(data: bytes, pos: int) -> tuple[list[Element], int, bool]:
         else:
             raise DecodeError(f"pgoutput tuple column of unknown kind {chr(kind)!r}")
     return out, pos, left_out
-
-
-def _values(elements: list[Element] | None) -> tuple[Value, ...] | None:
-    """Elements as values: the text's bytes, None for NULL, UNCHANGED."""
-    if elements is None:
-        return None
-    return tuple(None if e == NULL_ELEMENT else e if e is UNCHANGED else e[4:]  # type: ignore[index]
-                 for e in elements)
 
 
 def format_lsn(lsn: int) -> str:
