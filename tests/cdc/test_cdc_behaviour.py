@@ -6,6 +6,7 @@ that say what to change and change nothing."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,44 @@ def test_a_batch_never_splits_a_source_transaction(make: Any) -> None:
         thread.join()
     s.merge()
     assert s.same("a") and s.same("b")
+
+
+def test_a_batch_ends_at_its_marker_however_long_it_takes_to_open(make: Any) -> None:
+    """The batch's end is fixed (and its time read) before the batch opens; a change committed while it opens
+    (here: a pause of the run) belongs to the next batch, so `snapshot_at` tells the truth for as-of queries."""
+    s = make()
+    s.sql("INSERT INTO docs VALUES (1, 'a', 'x', 0)")
+    s.merge()
+    args = ["merge", "--model", str(s.model), "--platform", PLATFORM, "--mode", s.mode, "--store", "Store1",
+            *s.dbs.merge_args()]
+    done: list[Any] = []
+    run = threading.Thread(target=lambda: done.append(
+        run_job(args, s.dbs.env, {"DATASURFACE_TEST_PAUSE_AT": "batch:opened=3"})))
+    run.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the batch is open: its end is fixed
+            with s.mrg.cursor() as cur:
+                cur.execute(f"SELECT count(*) FROM {SCHEMA}.ds_batches WHERE batch_id = 2")
+                opened = cur.fetchone()[0]
+            s.mrg.rollback()
+            if opened or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        s.sql("UPDATE docs SET n = 1")
+        with s.src.cursor() as cur:
+            cur.execute("SELECT clock_timestamp()")
+            changed_at = cur.fetchone()[0]
+    finally:
+        run.join()
+    assert done[0].returncode == 0, done[0].stdout + done[0].stderr
+    assert s.counts() == (1, 0, 0, 0)  # not in batch 2
+    with s.mrg.cursor() as cur:
+        cur.execute(f"SELECT snapshot_at FROM {SCHEMA}.ds_batches WHERE batch_id = 2")
+        assert cur.fetchone()[0] < changed_at
+    s.mrg.rollback()
+    s.merge()
+    assert s.counts() == (1, 0, 1, 0) and s.same("docs")  # batch 3
 
 
 def _drop_slot(s: Source) -> None:

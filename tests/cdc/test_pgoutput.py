@@ -119,6 +119,18 @@ def change_rows(out: bytes) -> list[tuple[int, int, str, list[int] | None, list[
     return rows
 
 
+MARKER = "ds_p_s 0123abcd"  # this run's marker (Capture.marker)
+
+
+def message(prefix: str, content: str) -> bytes:
+    """A logical Message (pg_logical_emit_message, transactional)."""
+    body = content.encode()
+    return b"M\x01" + struct.pack(">q", 7) + prefix.encode() + b"\0" + struct.pack(">i", len(body)) + body
+
+
+COMMIT = b"C" + b"\0" + struct.pack(">qqq", 10, 20, 0)
+
+
 def encode(messages: list[bytes], chunk: int, general: bool = False) -> tuple[list[Any], Any]:
     from datasurface.cdc import capture
     from datasurface.model import parse_model
@@ -134,7 +146,7 @@ def encode(messages: list[bytes], chunk: int, general: bool = False) -> tuple[li
             "name": "S", "source": {"host": "h", "port": 1, "database": "d", "credential": "c", "ingestion": "cdc"},
             "datasets": [{"name": "t", "primaryKey": ["id"], "columns": [{"name": "id", "type": "integer"},
                                                                           {"name": "body", "type": "text"}]}]}]}), "p")
-    encoder = (General if general else capture._Encoder)("public", model.stores[0].datasets)
+    encoder = (General if general else capture._Encoder)("public", model.stores[0].datasets, MARKER)
     out = io.BytesIO()
     encoder.out = out
     data = copy_stream(messages)
@@ -165,7 +177,17 @@ def test_capture_writes_each_change_as_its_row(chunk: int) -> None:
         b"I" + moved + b"N" + tuple_data(b"9", b"z"),  # not the store's schema
         relation(16384, "public", "t", ["body", "id"]),  # the table's columns changed order
         b"I" + rel + b"N" + tuple_data(b"w", b"4"),
-        b"C" + b"\0" + struct.pack(">qqq", 10, 20, 0),
+        COMMIT,
+        b"B" + struct.pack(">qqi", 1, 2, 3),
+        message("datasurface", "ds_p_s 99999999"),  # an earlier run's marker, left unread
+        COMMIT,
+        b"B" + struct.pack(">qqi", 1, 2, 3),
+        message("datasurface", MARKER),  # this run's: its commit ends the batch
+        COMMIT,
+        b"B" + struct.pack(">qqi", 1, 2, 3),  # committed after the marker: the next batch's
+        b"I" + rel + b"N" + tuple_data(b"v", b"5"),
+        b"T" + struct.pack(">ib", 1, 0) + rel,
+        COMMIT,
     ]
     rows, encoder = encode(messages, chunk)
     assert rows == [
@@ -180,10 +202,9 @@ def test_capture_writes_each_change_as_its_row(chunk: int) -> None:
         (9, 0, "I", None, [b"4", b"w"]),
     ]
     assert encoder.rows == {"t": 9}
-    assert encoder.last_commit == 100 + len(messages) - 1
+    assert encoder.last_commit == 100 + messages.index(message("datasurface", MARKER)) + 1
     assert (rows, encoder.rows) == (lambda r, e: (r, e.rows))(*encode(messages, chunk, general=True))
     # a batch of no change of the store's tables (another table's, and the batch's marker): nothing is
     # written, not even the COPY's header, so the merge side makes no change table and runs no COPY
-    rows, encoder = encode([*messages[:2], *messages[9:11], b"M\x01" + struct.pack(">q", 7) + b"datasurface\0"
-                            + struct.pack(">i", 2) + b"ds", messages[-1]], chunk)
-    assert rows == [] and encoder.rows == {"t": 0} and encoder.last_commit == 105
+    rows, encoder = encode([*messages[:2], *messages[9:11], message("datasurface", MARKER), COMMIT], chunk)
+    assert rows == [] and encoder.rows == {"t": 0} and encoder.last_commit == 105 and encoder.ended

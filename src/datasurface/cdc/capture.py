@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import secrets
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -131,6 +132,7 @@ class Capture:
         self.store = store
         self.slot = slot_name(platform_schema, store.name)
         self.publication = store.source.publication
+        self.marker = f"{self.slot} {secrets.token_hex(8)}"  # this run's: the batch ends at its commit
 
     # --- requirements, and the batch's start -----------------------------------------------------------
 
@@ -140,12 +142,13 @@ class Capture:
         (one statement, no transaction block around it), unless the publication must change or a killed run's
         session still reads the slot (`release` waits up to `timeout` seconds for it to go).
 
-        The end is a marker transaction, committed and flushed by the same statement, whose commit the batch's
-        read reaches: decoding reads flushed WAL only, and a server with asynchronous commits flushes a commit
-        later than it acknowledges it; the marker's flushed commit is a record boundary every earlier commit
-        precedes. The session's text settings for the decoder are set on the way. A batch that then takes a
-        snapshot (or finishes a staged one) leaves an unread marker behind: the next read skips it like any
-        message."""
+        The end is a marker transaction (a logical message of this run's own content), committed and flushed by
+        the same statement: the batch holds every transaction committed up to the marker's commit, and none
+        after it, however long the batch takes to open. Decoding reads flushed WAL only, and a server with
+        asynchronous commits flushes a commit later than it acknowledges it; the marker's flushed commit is a
+        record boundary every earlier commit precedes. The session's text settings for the decoder are set on
+        the way. A batch that then takes a snapshot (or finishes a staged one) leaves an unread marker behind:
+        the next read skips it like any message."""
         settings = sql.SQL(", ").join(sql.SQL("set_config({}, {}, false)").format(sql.Literal(k), sql.Literal(v))
                                       for k, v in _TEXT_SETTINGS)
         begin = sql.SQL(
@@ -154,13 +157,13 @@ class Capture:
             "pg_stat_get_activity(s.active_pid) a) LIKE %(app)s THEN pg_terminate_backend(s.active_pid) END END, "
             "set_config('synchronous_commit', 'local', true), {settings}, "
             "CASE WHEN f.wal_level = 'logical' AND f.replication THEN pg_logical_emit_message(true, %(marker)s, "
-            "%(slot)s) END, clock_timestamp() "
+            "%(content)s) END, clock_timestamp() "
             "FROM (VALUES (1)) one (x) LEFT JOIN pg_replication_slots s ON s.slot_name = %(slot)s").format(
             slot=sql.SQL(_SLOT_COLUMNS), settings=settings)
         with self._single() as cur:
             cur.execute(sql.SQL("SELECT * FROM ({}) f CROSS JOIN LATERAL ({}) b").format(sql.SQL(_FACTS), begin),
                         {**self._facts_parameters(datasets), "app": f"{APP_PREFIX} %", "marker": MARKER,
-                         "slot": self.slot})
+                         "content": self.marker, "slot": self.slot})
             row = cur.fetchone()
             assert row is not None
             facts = self._facts_of(row[:len(_Facts._fields)])
@@ -342,11 +345,10 @@ class Capture:
 
     def copy_changes(self, merge: PgConnection, target: sql.Composable, datasets: Sequence[Dataset],
                      prepare: Callable[[], None]) -> tuple[dict[str, int], int]:
-        """Stream every change flushed by now (the marker's commit included) into `target` (the batch's change
+        """Stream every change committed up to this run's marker (`check`) into `target` (the batch's change
         table, made by `prepare()` once there is a change row: a batch without changes makes nothing on the
-        merge side); the change rows per dataset and the batch's end: the end of the last commit read (the
-        marker's, or a later one)."""
-        encoder = _Encoder(self.store.source.schema, datasets)
+        merge side); the change rows per dataset and the batch's end: the end of the marker's commit."""
+        encoder = _Encoder(self.store.source.schema, datasets, self.marker)
         out_sql = sql.SQL(
             "COPY (SELECT lsn, data FROM pg_logical_slot_peek_binary_changes({}, pg_current_wal_flush_lsn(), NULL, "
             "'proto_version', '1', 'publication_names', {}, 'messages', 'true')) TO STDOUT (FORMAT binary)").format(
@@ -371,7 +373,7 @@ class Capture:
                 raise exc.cause from None
             side = "reading" if exc.side == "source" else "staging"
             raise CaptureError(f"{side} the changes of slot {self.slot}: {first_line(exc.cause)}") from exc.cause
-        if not encoder.last_commit:
+        if not encoder.ended:
             raise CaptureError(f"the changes of slot {self.slot} lack the batch's own marker transaction")
         killpoint("cdc:copied")
         log.info("changes of store %s up to %s: %s", self.store.name, format_lsn(encoder.last_commit),
@@ -416,8 +418,11 @@ class _Encoder:
     change rows in COPY's binary format: (seq, dataset, op, unchanged columns, values as text[]). A change's
     values are its tuple's columns as they stand in the message (binary array elements, cdc/pgoutput.py)."""
 
-    def __init__(self, schema: str, datasets: Sequence[Dataset]):
+    def __init__(self, schema: str, datasets: Sequence[Dataset], marker: str):
         self.decoder = Decoder()
+        self.marker = marker.encode()
+        self.at_marker = False  # inside the marker's transaction: its commit ends the batch
+        self.ended = False  # past it: what follows belongs to the next batch
         self.tables = {d.table: (i, d) for i, d in enumerate(datasets)}
         self.schema = schema
         self.counts = [0] * len(datasets)
@@ -526,16 +531,22 @@ class _Encoder:
         if kind in (_INSERT, _UPDATE, _DELETE):
             self._change(data, start, parts)
         elif kind == 0x43:  # 'C': the row's lsn for a commit is the end of its commit record
-            self.last_commit = lsn
+            if not self.ended:
+                self.last_commit = lsn
+                self.ended = self.at_marker
+                if self.ended:
+                    self._plain.clear()  # every later change takes `_change`, which skips it
         elif kind == 0x52:  # 'R'
             self.decoder.relation(data, start)
             self._plain.pop(_U32.unpack_from(data, start + 1)[0], None)
-        elif kind == 0x54:  # 'T'
+        elif kind == 0x4D:  # 'M': flags, lsn, prefix, content
+            self.at_marker |= self.decoder.message(data, start) == (MARKER, self.marker)
+        elif kind == 0x54 and not self.ended:  # 'T'
             for rel in self.decoder.truncated(data, start):
                 found = self.tables.get(rel.table) if rel.schema == self.schema else None
                 if found is not None:
                     self._emit(parts, found[0], ord("T"), [], [])
-        elif kind not in b"BOYM":  # begin, origin, type, message: nothing a batch needs
+        elif kind not in b"BOYT":  # begin, origin, type (and a truncate past the batch): nothing a batch needs
             raise DecodeError(f"pgoutput message of unknown type {chr(kind)!r} at {format_lsn(lsn)}")
 
     def _target(self, relid: int, relation: Relation) -> _Target | None:
@@ -564,6 +575,8 @@ class _Encoder:
         return target
 
     def _change(self, data: bytes, start: int, parts: list[bytes]) -> None:
+        if self.ended:
+            return
         relation, relid, new, old, old_full, left_out = self.decoder.elements(data, start)
         target = self._target(relid, relation)
         if target is None:

@@ -1,10 +1,11 @@
 """A decoder of pgoutput's messages (protocol version 1), as `pg_logical_slot_peek_binary_changes` returns them.
 
-Only what a batch needs: Relation messages (which table a relation id is, and its columns), and the tuples of
-Insert, Update and Delete and the relations of Truncate (capture.py reads the kind of each message, and a
-Commit's position from the row it arrives in). Values stay the server's text output (pgoutput sends the type's output
-function's text), which the merge side casts back with the type's input function: the same values a
-snapshot's COPY delivers. The layout of each message is PostgreSQL's "Logical Replication Message Formats".
+Only what a batch needs: Relation messages (which table a relation id is, and its columns), the tuples of
+Insert, Update and Delete, the relations of Truncate and the prefix and content of a logical Message
+(capture.py reads the kind of each message, and a Commit's position from the row it arrives in). Values stay
+the server's text output (pgoutput sends the type's output function's text), which the merge side casts back
+with the type's input function: the same values a snapshot's COPY delivers. The layout of each message is
+PostgreSQL's "Logical Replication Message Formats".
 """
 
 from __future__ import annotations
@@ -67,6 +68,13 @@ class Decoder:
         """The relations of the Truncate message at `start`."""
         (count,) = _I32.unpack_from(data, start + 1)
         return tuple(self.known(i) for i in struct.unpack_from(f">{count}I", data, start + 6))
+
+    @staticmethod
+    def message(data: bytes, start: int) -> tuple[str, bytes]:
+        """The prefix and the content of the logical Message at `start` (`pg_logical_emit_message`)."""
+        prefix, pos = _string(data, start + 10)  # after the flags and the message's LSN
+        (length,) = _I32.unpack_from(data, pos)
+        return prefix, data[pos + 4:pos + 4 + length]
 
     def relation(self, data: bytes, start: int) -> None:
         """Read the Relation message at `start`."""
