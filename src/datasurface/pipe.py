@@ -46,7 +46,6 @@ def copy_through_pipe(source: PgConnection, produce: Callable[[BinaryIO], None],
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     consumer_error: psycopg2.Error | None = None
-    reader = os.fdopen(read_fd, "rb", buffering=PIPE_CHUNK)
     interrupted_before = interrupts.count()
     rows = 0
     prepare_error: BaseException | None = None
@@ -62,14 +61,13 @@ def copy_through_pipe(source: PgConnection, produce: Callable[[BinaryIO], None],
                     source.cancel()
         if prepare_error is None and (prepare is None or first):
             with merge.cursor() as cur:
-                ahead = io.BufferedReader(_Replay(first, read_fd), PIPE_CHUNK) if first else reader
-                cur.copy_expert(in_sql, ahead, size=PIPE_CHUNK)
+                cur.copy_expert(in_sql, io.BufferedReader(_PipeReader(first, read_fd), PIPE_CHUNK), size=PIPE_CHUNK)
                 rows = cur.rowcount
     except psycopg2.Error as exc:
         consumer_error = exc
         source.cancel()  # stop the source from sending more
     finally:
-        reader.close()  # unblocks a producer waiting on a full pipe
+        os.close(read_fd)  # unblocks a producer waiting on a full pipe
         thread.join()
     if prepare_error is not None:
         raise prepare_error
@@ -85,8 +83,8 @@ def copy_through_pipe(source: PgConnection, produce: Callable[[BinaryIO], None],
     return rows
 
 
-class _Replay(io.RawIOBase):
-    """The bytes read ahead, then the rest of the pipe (`fd`, which stays open)."""
+class _PipeReader(io.RawIOBase):
+    """The bytes read ahead (if any), then the rest of the pipe (`fd`, which its opener closes)."""
 
     def __init__(self, first: bytes, fd: int):
         self.first = first

@@ -80,10 +80,11 @@ def copy_stream(messages: list[bytes]) -> bytes:
 
 
 def change_rows(out: bytes) -> list[tuple[int, int, str, list[int] | None, list[bytes | None]]]:
-    """The encoder's binary COPY rows: (seq, dataset, op, unchanged positions, values), after the COPY's
-    header (none at all without a row)."""
-    header = b"PGCOPY\n\xff\r\n\0" + struct.pack(">ii", 0, 0)
-    assert out.startswith(header) or not out
+    """The encoder's binary COPY rows: (seq, dataset, op, unchanged positions, values), between the COPY's
+    header and trailer (none at all without a row)."""
+    header, trailer = b"PGCOPY\n\xff\r\n\0" + struct.pack(">ii", 0, 0), struct.pack(">h", -1)
+    assert (out.startswith(header) and out.endswith(trailer)) or not out
+    out = out[:-len(trailer)] if out else out
     rows, pos = [], len(header) if out else 0
 
     def field() -> bytes | None:

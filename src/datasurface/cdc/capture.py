@@ -362,8 +362,6 @@ class Capture:
                 encoder.out = out
                 cur.copy_expert(out_sql, encoder, size=PIPE_CHUNK)
                 encoder.finish()
-                if encoder.seq:
-                    out.write(_COPY_TRAILER)
 
         try:
             with self._single():  # the read is a transaction of its own
@@ -501,9 +499,6 @@ class _Encoder:
                     push(body)
                     pos = end
                     continue
-            if buf[pos:pos + 2] == b"\xff\xff":  # the trailer
-                pos += 2
-                break
             self.seq = seq
             if kind in _ROW_CHANGES:
                 self._change(buf, start, parts)
@@ -512,7 +507,7 @@ class _Encoder:
             seq = self.seq
             pos = end
         else:
-            if buf[pos:pos + 2] == b"\xff\xff":
+            if buf[pos:pos + 2] == b"\xff\xff":  # the source's trailer
                 pos += 2
         self.seq = seq
         self.pending = buf[pos:]
@@ -522,15 +517,17 @@ class _Encoder:
             self.out.write(b"".join(parts))  # type: ignore[attr-defined]
 
     def finish(self) -> None:
+        """Decode what is left; the COPY's trailer after the change rows (no rows: no COPY at all)."""
         self._decode()
         if self.pending:
             raise CaptureError("the source's change stream ended inside a row")
+        if self.seq:
+            self.out.write(_COPY_TRAILER)  # type: ignore[attr-defined]
 
     def _message(self, lsn: int, data: bytes, start: int, parts: list[bytes]) -> None:
+        """A message other than a row change."""
         kind = data[start]
-        if kind in (_INSERT, _UPDATE, _DELETE):
-            self._change(data, start, parts)
-        elif kind == 0x43:  # 'C': the row's lsn for a commit is the end of its commit record
+        if kind == 0x43:  # 'C': the row's lsn for a commit is the end of its commit record
             if not self.ended:
                 self.last_commit = lsn
                 self.ended = self.at_marker
@@ -588,17 +585,9 @@ class _Encoder:
                                                           for p in target.columns])
             if new is None:
                 return
-        values = new if target.identity else [new[p] for p in target.columns]
-        if not left_out:  # _emit, inline: the path of nearly every change
-            self.seq += 1
-            self.counts[target.ds] += 1
-            body = b"".join(values)  # type: ignore[arg-type]
-            parts += (_ROW.pack(5, 8, self.seq, 2, target.ds, 1, data[start], -1, 20 + len(body), 1, 0, _TEXT_OID,
-                                len(values), 1), body)
-            return
+        values = [new[p] for p in target.columns]
         unchanged = []
-        values = list(values)
-        for i, value in enumerate(values):
+        for i, value in enumerate(values if left_out else ()):
             if value is UNCHANGED:
                 before = old[target.columns[i]] if old is not None and old_full else UNCHANGED
                 if before is UNCHANGED:  # the merge side takes it from the row's last known version
