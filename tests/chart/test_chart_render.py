@@ -22,6 +22,7 @@ DEFAULT_OBJECTS = {
     ("Secret", "mvp-datasurface-airflow"),
     ("Secret", "mvp-datasurface-postgresql"),
     ("ConfigMap", "mvp-datasurface-airflow-dags-root"),
+    ("ConfigMap", "mvp-datasurface-airflow-executor"),
     ("ConfigMap", "mvp-datasurface-dags-yellowlive"),
     ("ConfigMap", "mvp-datasurface-dags-yellowforensic"),
     ("ConfigMap", "mvp-datasurface-model"),
@@ -53,6 +54,7 @@ AIRFLOW_OBJECTS = {
     ("ServiceAccount", "mvp-datasurface-airflow"),
     ("Secret", "mvp-datasurface-airflow"),
     ("ConfigMap", "mvp-datasurface-airflow-dags-root"),
+    ("ConfigMap", "mvp-datasurface-airflow-executor"),
     ("Service", "mvp-datasurface-airflow-api-server"),
     ("Deployment", "mvp-datasurface-airflow-api-server"),
     ("Deployment", "mvp-datasurface-airflow-scheduler"),
@@ -524,7 +526,7 @@ def test_airflow_components(defaults: Docs) -> None:
         assert re.fullmatch(r"apache/airflow:3\.\d+\.\d+", main["image"])
         assert main["args"] == args
         env = env_of(main)
-        assert env["AIRFLOW__CORE__EXECUTOR"]["value"] == "LocalExecutor"
+        assert env["AIRFLOW__CORE__EXECUTOR"]["value"] == "datasurface_executor.LocalExecutor"
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]["value"] == (
             "http://mvp-datasurface-airflow-api-server:8080/execution/")
         init = pod_spec(dep)["initContainers"][0]
@@ -534,6 +536,31 @@ def test_airflow_components(defaults: Docs) -> None:
     assert pod_spec(job)["containers"][0]["args"] == ["db", "migrate"]
     svc = find(defaults, "Service", "mvp-datasurface-airflow-api-server")
     assert svc["spec"]["ports"][0]["port"] == 8080
+
+
+def test_every_airflow_container_can_import_the_executor(defaults: Docs) -> None:
+    """AIRFLOW__CORE__EXECUTOR names a module of the chart's: each container given Airflow's env (the
+    components, their init containers, the migration Job) has it mounted on its PYTHONPATH."""
+    [cm] = [d for d in defaults if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-executor")]
+    module = (CHART_DIR / "files" / "airflow" / "datasurface_executor.py").read_text()
+    assert cm["data"]["datasurface_executor.py"].strip() == module.strip()
+    seen = 0
+    for doc in defaults:
+        if doc["kind"] not in ("Deployment", "Job"):
+            continue
+        spec = pod_spec(doc)
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
+            env = env_of(c)
+            if "AIRFLOW__CORE__EXECUTOR" not in env:
+                continue
+            seen += 1
+            name = f"{doc['metadata']['name']}/{c['name']}"
+            assert env["AIRFLOW__CORE__EXECUTOR"]["value"] == "datasurface_executor.LocalExecutor", name
+            mount = next(m for m in c["volumeMounts"] if m["name"] == "executor")
+            assert mount["mountPath"] == env["PYTHONPATH"]["value"] and mount.get("readOnly"), name
+            volume = next(v for v in spec["volumes"] if v["name"] == "executor")
+            assert volume["configMap"]["name"] == cm["metadata"]["name"], name
+    assert seen >= 7  # api-server, dag-processor, scheduler, their init containers, the migration Job
 
 
 def test_dags_folder_mount(defaults: Docs) -> None:

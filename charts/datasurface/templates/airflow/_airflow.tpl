@@ -2,8 +2,11 @@
 {{- define "datasurface.airflow.env" -}}
 {{- $secret := include "datasurface.airflow.secretName" . -}}
 {{- $dbSecret := default (include "datasurface.database.secretName" .) .Values.airflow.database.secretName -}}
+{{- /* Airflow's LocalExecutor, with a stop that cannot hang (files/airflow/datasurface_executor.py) */}}
 - name: AIRFLOW__CORE__EXECUTOR
-  value: LocalExecutor
+  value: datasurface_executor.LocalExecutor
+- name: PYTHONPATH
+  value: {{ include "datasurface.airflow.executorPath" . }}
 - name: AIRFLOW__CORE__LOAD_EXAMPLES
   value: "False"
 - name: AIRFLOW__CORE__DAGS_FOLDER
@@ -86,6 +89,9 @@
   mountPath: /tmp
 - name: logs
   mountPath: /opt/airflow/logs
+- name: executor
+  mountPath: {{ include "datasurface.airflow.executorPath" . }}
+  readOnly: true
 {{- include "datasurface.database.caMount" . }}
 {{- with .Values.airflow.extraVolumeMounts }}
 {{ toYaml . }}
@@ -104,6 +110,10 @@
   {{- else }}
   emptyDir: {}
   {{- end }}
+- name: executor
+  configMap:
+    name: {{ include "datasurface.airflow.name" (dict "ctx" . "component" "executor") }}
+    defaultMode: 0444
 {{- include "datasurface.database.caVolume" . }}
 {{- with .Values.airflow.extraVolumes }}
 {{ toYaml . }}
@@ -250,4 +260,9 @@ spec:
             {{- include "datasurface.airflow.mounts" . | nindent 12 }}
       volumes:
         {{- include "datasurface.airflow.volumes" . | nindent 8 }}
+{{- end -}}
+
+{{/* Where the executor's module is mounted in the Airflow containers (on their PYTHONPATH). */}}
+{{- define "datasurface.airflow.executorPath" -}}
+/opt/datasurface/airflow
 {{- end -}}
